@@ -82,20 +82,24 @@ RopeConfig rope_config(const json& p) {
   return c;
 }
 
-// Tolerances: 0 where the op only moves values (bit-exact); 1e-6 where each result is a
-// handful of f32 operations or an accumulation of a few; 1e-5 for reductions whose order
-// differs from torch's; 2e-5 for dot products (K <= 64), normalizations and
-// transcendentals, where both sides round differently in the same ~sqrt(K) * 6e-8 band.
+// Tolerances: 0 where the op only moves values (bit-exact); 1e-6 where each result is one
+// f32 operation or an accumulation of a few; 1e-5 for sums whose order differs from torch's
+// (broadcast gradients are sums too: their cancellation against max|torch| reached 1.4e-6
+// for div); 2e-5 for dot products (K <= 64), normalizations and transcendentals.
+// Worst seen over 10 seeds (R1_TEST_VERBOSE=1 prints each): add/sub/mul/div 1.4e-6,
+// softmax/log_softmax 1.2e-6, sum/mean 8.7e-7, cross_entropy 6.7e-7, matmul/linear 1.7e-7,
+// rmsnorm 2.3e-7, rope 1.0e-7; scale, add_scalar, max, concat, split, gather,
+// index_select, embedding 0.
 const std::map<std::string, OpDef>& ops() {
   static const std::map<std::string, OpDef> m = {
       {"matmul", {2e-5, [](auto& x, auto& p) {
          return std::vector{matmul(x[0], x[1], p["trans_a"], p["trans_b"])}; }}},
       {"linear", {2e-5, [](auto& x, auto&) {
          return std::vector{linear(x[0], x[1], x.size() > 2 ? x[2] : Tensor())}; }}},
-      {"add", {1e-6, [](auto& x, auto&) { return std::vector{add(x[0], x[1])}; }}},
-      {"sub", {1e-6, [](auto& x, auto&) { return std::vector{sub(x[0], x[1])}; }}},
-      {"mul", {1e-6, [](auto& x, auto&) { return std::vector{mul(x[0], x[1])}; }}},
-      {"div", {2e-6, [](auto& x, auto&) { return std::vector{div(x[0], x[1])}; }}},
+      {"add", {1e-5, [](auto& x, auto&) { return std::vector{add(x[0], x[1])}; }}},
+      {"sub", {1e-5, [](auto& x, auto&) { return std::vector{sub(x[0], x[1])}; }}},
+      {"mul", {1e-5, [](auto& x, auto&) { return std::vector{mul(x[0], x[1])}; }}},
+      {"div", {1e-5, [](auto& x, auto&) { return std::vector{div(x[0], x[1])}; }}},
       {"scale", {1e-6, [](auto& x, auto& p) { return std::vector{scale(x[0], p["s"])}; }}},
       {"add_scalar", {1e-6, [](auto& x, auto& p) {
          return std::vector{add_scalar(x[0], p["s"])}; }}},
@@ -333,9 +337,12 @@ TableRun run_all() {
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (rc != 0) {
     std::ifstream err(dir + "/stderr.txt");
-    const std::string text((std::istreambuf_iterator<char>(err)), {});
+    std::string text((std::istreambuf_iterator<char>(err)), {});
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    if (rc == 3) fs::remove_all(dir);  // nothing to debug: the interpreter lacks torch
     run.fatal = rc == 3 ? fmt::format("PyTorch is not importable by {} ({}): run "
-                                      "scripts/setup.sh (it installs python3-torch)",
+                                      "scripts/setup.sh (it installs python3-torch and "
+                                      "python3-numpy)",
                                       R1_TEST_PYTHON, text)
                         : fmt::format("`{}` failed (exit {}), inputs kept in {}:\n{}", cmd, rc,
                                       dir, text);
@@ -392,6 +399,7 @@ void expect_match(const std::string& what, const Tensor& got, const Tensor& ref,
   }
   if (a.empty()) return;
   const double rel = scale > 0 ? worst / scale : worst;
+  if (std::getenv("R1_TEST_VERBOSE")) std::printf("%s: %.3g\n", what.c_str(), rel);
   EXPECT_LE(rel, tol) << what << ": max|r1 - torch| / max|torch| = " << rel << " at element "
                       << at << " (r1 " << a[at] << ", torch " << b[at] << ", max|torch| "
                       << scale << ")";

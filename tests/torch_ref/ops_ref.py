@@ -7,7 +7,7 @@ SPEC: {"cases": [{"name", "op", "params": {...}, "n_in", "n_out"}]}. IN holds, p
 op's outputs and the gradients of sum_j sum(out_j * gout_j) with respect to the float
 inputs, and writes "<case>/out/<j>" and "<case>/grad/<k>". A case that fails here gets its
 error as OUT metadata "error/<case>" instead, so one bad case does not hide the others.
-Exit code 3: torch cannot be imported.
+Exit code 3: torch or numpy cannot be imported.
 """
 import json
 import math
@@ -15,15 +15,16 @@ import os
 import sys
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import safetensors_np  # noqa: E402
-
 try:
+    import numpy  # noqa: F401  (safetensors_np needs it)
     import torch
     import torch.nn.functional as F
 except ImportError as e:  # the C++ test turns this into "run scripts/setup.sh"
-    print(f"cannot import torch ({e}) with {sys.executable}", file=sys.stderr)
+    print(f"cannot import torch/numpy ({e}) with {sys.executable}", file=sys.stderr)
     sys.exit(3)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import safetensors_np  # noqa: E402
 
 
 # ---- RoPE with YaRN, after deepseek-ai/DeepSeek-V3 inference/model.py ------------------
