@@ -1,32 +1,41 @@
 #include "engine/cuda/runtime.h"
 
+#include "engine/cuda/caching_allocator.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/stream.h"
 
 namespace r1::cuda {
 namespace {
 
+// From the pool, ordered on the calling thread's current stream of the device.
 void* cuda_allocate(size_t nbytes, Device d) {
-  R1_CUDA_CHECK(cudaSetDevice(d.index));
-  void* p = nullptr;
-  if (nbytes) R1_CUDA_CHECK(cudaMalloc(&p, nbytes));
-  return p;
+  return CachingAllocator::instance().allocate(nbytes, d.index, current_stream(d.index));
 }
-void cuda_deallocate(void* p, size_t, Device d) {
-  if (!p) return;
-  cudaSetDevice(d.index);
-  cudaFree(p);
+
+void cuda_deallocate(void* p, size_t, Device) { CachingAllocator::instance().deallocate(p); }
+
+// Queued on the current stream of the CUDA side (the destination's when both are), so it is
+// ordered after the kernels that produced the source; then that stream is synchronized,
+// because the engine's copy_bytes returns with the bytes in place: a host destination is
+// read right after, and a host source may be freed or reused right after.
+void cuda_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) {
+  if (n == 0) return;
+  const int dev = dst_dev.is_cuda() ? dst_dev.index : src_dev.index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  R1_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, s));
+  R1_CUDA_CHECK(cudaStreamSynchronize(s));
 }
-void cuda_copy(void* dst, Device, const void* src, Device, size_t n) {
-  R1_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyDefault));
-}
+
 void cuda_synchronize(Device d) {
-  R1_CUDA_CHECK(cudaSetDevice(d.index));
+  DeviceGuard g(d.index);
   R1_CUDA_CHECK(cudaDeviceSynchronize());
 }
+
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no device" error
+    (void)cudaGetLastError();  // clear the "no device" error so later checks do not see it
     return 0;
   }
   return n;

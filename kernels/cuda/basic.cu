@@ -1,0 +1,320 @@
+// CUDA: fill, copy_strided (any dtype pair, up to 8 dims), add_scaled and affine (f32 and
+// bf16, fp32 math). Contracts in engine/kernels.h; the CPU versions (kernels/cpu/basic.cc)
+// are the reference (tests/test_cuda_runtime.cc).
+//
+// All four are memory bound: the ceiling is HBM bandwidth (H100 SXM ~3.35 TB/s). Contiguous
+// f32/bf16 data moves in 16-byte vectors when both pointers are 16-byte aligned; a view
+// with an odd offset takes the scalar path. Not yet measured on a GPU.
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#include "engine/convert.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/stream.h"
+#include "engine/kernels.h"
+
+namespace r1::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// 8 resident blocks of 256 threads per SM fill Hopper's 2048 threads/SM; a grid-stride loop
+// covers the rest, so no launch is larger than the machine.
+constexpr int kBlocksPerSm = 8;
+constexpr int kMaxDims = 8;
+
+int grid_for(int64_t items, int device) {
+  const int64_t want = (items + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t{sm_count(device)} * kBlocksPerSm;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, cap));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+__device__ inline int64_t global_thread() {
+  return int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+}
+__device__ inline int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
+
+// ---- fill ------------------------------------------------------------------------------
+
+struct Bytes16 {
+  unsigned char b[16];
+};
+
+// out: `nbytes` bytes at p := the 16-byte pattern repeated (an element size divides 16, so
+// the pattern lines up with elements). Aligned part as uint4, the tail byte by byte.
+__global__ void fill_kernel(unsigned char* p, int64_t nbytes, Bytes16 pattern) {
+  const int64_t nvec = nbytes / 16;
+  uint4 v;
+  memcpy(&v, pattern.b, 16);
+  for (int64_t i = global_thread(); i < nvec; i += grid_threads())
+    reinterpret_cast<uint4*>(p)[i] = v;
+  for (int64_t i = nvec * 16 + global_thread(); i < nbytes; i += grid_threads())
+    p[i] = pattern.b[i % 16];
+}
+
+// Unaligned views: one element (W = an unsigned word of the element's size) per thread.
+template <class W>
+__global__ void fill_words_kernel(W* p, int64_t n, W v) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) p[i] = v;
+}
+
+// out (any dtype, contiguous) := value, converted as the CPU converts it.
+void fill_cuda(Tensor& out, double value) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const int dev = out.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  const size_t es = dtype_size(out.dtype());
+  unsigned char one[8] = {};
+  convert_buffer(&value, DType::F64, one, out.dtype(), 1);
+  void* p = out.data_ptr();
+  if (aligned16(p)) {
+    Bytes16 pat;
+    for (size_t i = 0; i < 16; ++i) pat.b[i] = one[i % es];
+    const int64_t nbytes = n * static_cast<int64_t>(es);
+    fill_kernel<<<grid_for(nbytes / 16 + 16, dev), kThreads, 0, s>>>(
+        static_cast<unsigned char*>(p), nbytes, pat);
+    R1_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  auto launch = [&](auto word) {
+    using W = decltype(word);
+    W v;
+    std::memcpy(&v, one, sizeof(W));
+    fill_words_kernel<W><<<grid_for(n, dev), kThreads, 0, s>>>(static_cast<W*>(p), n, v);
+    R1_CUDA_CHECK_LAUNCH();
+  };
+  switch (es) {
+    case 1: launch(uint8_t{}); break;
+    case 2: launch(uint16_t{}); break;
+    case 4: launch(uint32_t{}); break;
+    case 8: launch(uint64_t{}); break;
+    default: R1_CHECK(false, "fill: element size {} of {}", es, dtype_name(out.dtype()));
+  }
+}
+
+// ---- copy_strided ----------------------------------------------------------------------
+
+// Element load/store through double, exactly as engine/convert.cc's convert_buffer does, so
+// a CUDA copy equals the CPU copy bit for bit for every dtype pair.
+template <DType T>
+__device__ inline double load_as_double(const void* p, int64_t i) {
+  if constexpr (T == DType::F32) return static_cast<const float*>(p)[i];
+  else if constexpr (T == DType::F64) return static_cast<const double*>(p)[i];
+  else if constexpr (T == DType::BF16) return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else if constexpr (T == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else if constexpr (T == DType::E4M3) return e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
+  else if constexpr (T == DType::E5M2) return e5m2_to_f32(static_cast<const uint8_t*>(p)[i]);
+  else if constexpr (T == DType::I32) return static_cast<const int32_t*>(p)[i];
+  else if constexpr (T == DType::I64) return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+  else if constexpr (T == DType::U8) return static_cast<const uint8_t*>(p)[i];
+  else return static_cast<const uint8_t*>(p)[i] != 0 ? 1.0 : 0.0;  // Bool
+}
+
+template <DType T>
+__device__ inline void store_from_double(void* p, int64_t i, double v) {
+  if constexpr (T == DType::F32) static_cast<float*>(p)[i] = static_cast<float>(v);
+  else if constexpr (T == DType::F64) static_cast<double*>(p)[i] = v;
+  else if constexpr (T == DType::BF16)
+    static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v));
+  else if constexpr (T == DType::F16)
+    static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v));
+  else if constexpr (T == DType::E4M3)
+    static_cast<uint8_t*>(p)[i] = f32_to_e4m3(static_cast<float>(v));
+  else if constexpr (T == DType::E5M2)
+    static_cast<uint8_t*>(p)[i] = f32_to_e5m2(static_cast<float>(v));
+  else if constexpr (T == DType::I32) static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+  else if constexpr (T == DType::I64) static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+  else if constexpr (T == DType::U8) static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
+  else static_cast<uint8_t*>(p)[i] = v != 0.0 ? 1 : 0;  // Bool
+}
+
+// Sizes and element strides of both sides after merging dims that are contiguous in both.
+struct StridedLayout {
+  int ndim = 0;
+  int64_t size[kMaxDims];
+  int64_t src_stride[kMaxDims];
+  int64_t dst_stride[kMaxDims];
+};
+
+StridedLayout collapse(const Tensor& src, const Tensor& dst) {
+  StridedLayout l;
+  for (int64_t d = 0; d < src.dim(); ++d) {
+    if (src.size(d) == 1) continue;  // a size-1 dim moves nothing
+    if (l.ndim > 0 && l.src_stride[l.ndim - 1] == src.stride(d) * src.size(d) &&
+        l.dst_stride[l.ndim - 1] == dst.stride(d) * src.size(d)) {
+      const int last = l.ndim - 1;  // merge into the previous (outer) dim
+      l.size[last] *= src.size(d);
+      l.src_stride[last] = src.stride(d);
+      l.dst_stride[last] = dst.stride(d);
+      continue;
+    }
+    R1_CHECK(l.ndim < kMaxDims, "copy_strided: {} -> {} needs more than {} dims after merging",
+             src.str(), dst.str(), kMaxDims);
+    l.size[l.ndim] = src.size(d);
+    l.src_stride[l.ndim] = src.stride(d);
+    l.dst_stride[l.ndim] = dst.stride(d);
+    ++l.ndim;
+  }
+  if (l.ndim == 0) {  // a scalar, or all dims of size 1
+    l.ndim = 1;
+    l.size[0] = 1;
+    l.src_stride[0] = l.dst_stride[0] = 1;
+  }
+  return l;
+}
+
+template <DType S, DType D>
+__global__ void copy_strided_kernel(const void* src, void* dst, int64_t n, StridedLayout l) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t rem = i, so = 0, doff = 0;
+    for (int d = l.ndim - 1; d > 0; --d) {
+      const int64_t q = rem / l.size[d];
+      const int64_t r = rem - q * l.size[d];
+      so += r * l.src_stride[d];
+      doff += r * l.dst_stride[d];
+      rem = q;
+    }
+    so += rem * l.src_stride[0];
+    doff += rem * l.dst_stride[0];
+    store_from_double<D>(dst, doff, load_as_double<S>(src, so));
+  }
+}
+
+// Calls fn(std::integral_constant<DType, t>{}) for the runtime dtype t.
+template <class Fn>
+void dispatch_dtype(DType t, Fn&& fn) {
+  using std::integral_constant;
+  switch (t) {
+    case DType::F32: return fn(integral_constant<DType, DType::F32>{});
+    case DType::F64: return fn(integral_constant<DType, DType::F64>{});
+    case DType::BF16: return fn(integral_constant<DType, DType::BF16>{});
+    case DType::F16: return fn(integral_constant<DType, DType::F16>{});
+    case DType::E4M3: return fn(integral_constant<DType, DType::E4M3>{});
+    case DType::E5M2: return fn(integral_constant<DType, DType::E5M2>{});
+    case DType::I32: return fn(integral_constant<DType, DType::I32>{});
+    case DType::I64: return fn(integral_constant<DType, DType::I64>{});
+    case DType::U8: return fn(integral_constant<DType, DType::U8>{});
+    case DType::Bool: return fn(integral_constant<DType, DType::Bool>{});
+  }
+}
+
+// src, dst: same shape, any strides, any dtypes, both on one CUDA device.
+void copy_strided_cuda(const Tensor& src, Tensor& dst) {
+  R1_CHECK(src.shape() == dst.shape(), "copy_strided: {} -> {}", src.str(), dst.str());
+  const int64_t n = src.numel();
+  if (n == 0) return;
+  const int dev = dst.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
+    R1_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.nbytes(),
+                                  cudaMemcpyDeviceToDevice, s));
+    return;
+  }
+  const StridedLayout l = collapse(src, dst);
+  const void* sp = src.data_ptr();
+  void* dp = dst.data_ptr();
+  dispatch_dtype(src.dtype(), [&](auto st) {
+    dispatch_dtype(dst.dtype(), [&](auto dt) {
+      copy_strided_kernel<decltype(st)::value, decltype(dt)::value>
+          <<<grid_for(n, dev), kThreads, 0, s>>>(sp, dp, n, l);
+      R1_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+// ---- add_scaled, affine ----------------------------------------------------------------
+
+// Storage type <-> fp32: f32 as is, bf16 (uint16_t bits) through engine/convert.h, so the
+// rounding is the CPU's round-to-nearest-even.
+__device__ inline float to_f32(float v) { return v; }
+__device__ inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
+template <class T>
+__device__ inline T from_f32(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else return f32_to_bf16(v);
+}
+
+struct AddScaledFn {  // y + alpha * x
+  float alpha;
+  __device__ float operator()(float x, float y) const { return fmaf(alpha, x, y); }
+};
+struct AffineFn {  // s * x + b
+  float s, b;
+  __device__ float operator()(float x, float) const { return fmaf(s, x, b); }
+};
+
+// out[i] := f(x[i], out[i]) in fp32 (out read only when kReadOut). The first nvec items are
+// 16-byte vectors (nvec = 0 when a pointer is unaligned), the rest single elements.
+template <class T, bool kReadOut, class F>
+__global__ void map_kernel(const T* x, T* out, int64_t n, int64_t nvec, F f) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t items = nvec + (n - nvec * kVec);
+  for (int64_t i = global_thread(); i < items; i += grid_threads()) {
+    if (i < nvec) {
+      const uint4 xv = reinterpret_cast<const uint4*>(x)[i];
+      uint4 ov{};
+      if constexpr (kReadOut) ov = reinterpret_cast<const uint4*>(out)[i];
+      T xs[kVec], os[kVec];
+      memcpy(xs, &xv, 16);
+      memcpy(os, &ov, 16);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) os[k] = from_f32<T>(f(to_f32(xs[k]), to_f32(os[k])));
+      memcpy(&ov, os, 16);
+      reinterpret_cast<uint4*>(out)[i] = ov;
+    } else {
+      const int64_t j = nvec * kVec + (i - nvec);
+      const float o = kReadOut ? to_f32(out[j]) : 0.0f;
+      out[j] = from_f32<T>(f(to_f32(x[j]), o));
+    }
+  }
+}
+
+template <bool kReadOut, class F>
+void launch_map(const char* what, const Tensor& x, Tensor& out, F f) {
+  R1_CHECK(x.shape() == out.shape() && x.dtype() == out.dtype(), "{}: x {} and out {}", what,
+           x.str(), out.str());
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const int dev = out.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int kVec = 16 / sizeof(T);
+    const int64_t nvec = aligned16(x.data_ptr()) && aligned16(out.data_ptr()) ? n / kVec : 0;
+    const int64_t items = nvec + (n - nvec * kVec);
+    map_kernel<T, kReadOut><<<grid_for(items, dev), kThreads, 0, s>>>(
+        static_cast<const T*>(x.data_ptr()), static_cast<T*>(out.data_ptr()), n, nvec, f);
+    R1_CUDA_CHECK_LAUNCH();
+  };
+  switch (x.dtype()) {
+    case DType::F32: run(float{}); break;
+    case DType::BF16: run(uint16_t{}); break;
+    default:
+      R1_CHECK(false, "{}: CUDA kernels take f32 or bf16, got {}", what, dtype_name(x.dtype()));
+  }
+}
+
+// y, x: same shape, f32 or bf16. y += alpha * x.
+void add_scaled_cuda(Tensor& y, const Tensor& x, double alpha) {
+  launch_map<true>("add_scaled", x, y, AddScaledFn{static_cast<float>(alpha)});
+}
+
+// x, out: same shape, f32 or bf16. out := s * x + b.
+void affine_cuda(const Tensor& x, double s, double b, Tensor& out) {
+  launch_map<false>("affine", x, out, AffineFn{static_cast<float>(s), static_cast<float>(b)});
+}
+
+}  // namespace
+
+R1_REGISTER_KERNEL(fill, CUDA, fill_cuda);
+R1_REGISTER_KERNEL(copy_strided, CUDA, copy_strided_cuda);
+R1_REGISTER_KERNEL(add_scaled, CUDA, add_scaled_cuda);
+R1_REGISTER_KERNEL(affine, CUDA, affine_cuda);
+
+}  // namespace r1::cuda

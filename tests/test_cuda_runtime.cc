@@ -1,0 +1,393 @@
+// CUDA runtime: the caching allocator's reuse, statistics and cross-stream rules, streams,
+// and the basic CUDA kernels (fill, copy_strided, add_scaled, affine) against the CPU
+// backend on fresh random inputs. Every test skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "engine/kernels.h"
+#include "engine/tensor.h"
+#include "tests/test_util.h"
+
+#if defined(R1_HAVE_CUDA)
+#include "engine/cuda/caching_allocator.h"
+#include "engine/cuda/stream.h"
+#endif
+
+namespace r1 {
+namespace {
+
+using test::case_seed;
+
+const Device kGpu = Device::cuda(0);
+constexpr DType kAllDTypes[] = {DType::F32, DType::F64, DType::BF16, DType::F16, DType::E4M3,
+                                DType::E5M2, DType::I32, DType::I64, DType::U8, DType::Bool};
+
+// The bytes of t (any device, any strides), row-major.
+std::vector<unsigned char> host_bytes(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu()).contiguous();
+  std::vector<unsigned char> b(h.nbytes());
+  if (!b.empty()) std::memcpy(b.data(), h.data_ptr(), b.size());
+  return b;
+}
+
+// Sets every byte of a contiguous tensor to 0xFF (NaN for floats, -1 for ints) without
+// going through the kernels under test.
+void poison(Tensor& t) {
+  std::vector<unsigned char> b(t.nbytes(), 0xFF);
+  copy_bytes(t.data_ptr(), t.device(), b.data(), Device::cpu(), b.size());
+}
+
+// Random values that every dtype can hold without undefined conversions: [0, 200) when an
+// unsigned or bool side is involved, else N(0, 20^2).
+Tensor random_values(const Shape& shape, DType src, DType dst, uint64_t seed) {
+  const bool nonneg = src == DType::U8 || dst == DType::U8 || src == DType::Bool ||
+                      dst == DType::Bool;
+  const Tensor v = nonneg ? Tensor::rand(shape, seed, 0.0, 200.0, DType::F64)
+                          : Tensor::randn(shape, seed, DType::F64, Device::cpu(), 20.0);
+  return v.to(src);
+}
+
+#if defined(R1_HAVE_CUDA)
+using cuda::CachingAllocator;
+
+constexpr size_t kMiB = size_t{1} << 20;
+
+// Holds a stream at a host callback until open() (or destruction): work queued after it,
+// and events recorded after it, stay incomplete meanwhile.
+class StreamGate {
+ public:
+  explicit StreamGate(cudaStream_t s) : s_(s) {
+    R1_CUDA_CHECK(cudaLaunchHostFunc(s, &StreamGate::wait, &open_));
+  }
+  ~StreamGate() { open(); }
+  void open() {
+    open_.store(true);
+    (void)cudaStreamSynchronize(s_);
+  }
+
+ private:
+  static void wait(void* flag) {
+    while (!static_cast<std::atomic<bool>*>(flag)->load()) std::this_thread::yield();
+  }
+  cudaStream_t s_;
+  std::atomic<bool> open_{false};
+};
+
+TEST(CudaAllocator, RoundsSizes) {
+  R1_SKIP_WITHOUT_CUDA();
+  EXPECT_EQ(CachingAllocator::round_size(1), 512u);
+  EXPECT_EQ(CachingAllocator::round_size(512), 512u);
+  EXPECT_EQ(CachingAllocator::round_size(513), 1024u);
+  EXPECT_EQ(CachingAllocator::round_size(kMiB), kMiB);
+  EXPECT_EQ(CachingAllocator::round_size(kMiB + 1), 2 * kMiB);
+  EXPECT_EQ(CachingAllocator::round_size(5 * kMiB), 6 * kMiB);
+}
+
+TEST(CudaAllocator, SameStreamReuseAndStats) {
+  R1_SKIP_WITHOUT_CUDA();
+  auto& a = CachingAllocator::instance();
+  cuda::Stream s(0);
+  std::mt19937_64 rng(case_seed(1));
+  const size_t n = 600 + rng() % 400;  // rounds to 1024
+  a.reset_peak(0);
+  const cuda::AllocatorStats st0 = a.stats(0);
+  void* p = a.allocate(n, 0, s.handle());
+  cuda::AllocatorStats st = a.stats(0);
+  EXPECT_EQ(st.allocated_bytes, st0.allocated_bytes + 1024);
+  EXPECT_EQ(st.num_cuda_malloc, st0.num_cuda_malloc + 1);
+  a.deallocate(p);
+  st = a.stats(0);
+  EXPECT_EQ(st.allocated_bytes, st0.allocated_bytes);
+  EXPECT_EQ(st.cached_bytes, st0.cached_bytes + 1024);
+  void* q = a.allocate(n - 100, 0, s.handle());  // same size class, same stream
+  EXPECT_EQ(q, p);
+  st = a.stats(0);
+  EXPECT_EQ(st.num_cuda_malloc, st0.num_cuda_malloc + 1) << "a hit must not cudaMalloc";
+  EXPECT_EQ(st.num_cache_hits, st0.num_cache_hits + 1);
+  EXPECT_EQ(st.cached_bytes, st0.cached_bytes);
+  void* r = a.allocate(3 * kMiB, 0, s.handle());  // large: 4 MiB
+  EXPECT_EQ(a.stats(0).peak_allocated_bytes, st0.allocated_bytes + 1024 + 4 * kMiB);
+  a.deallocate(q);
+  a.deallocate(r);
+  EXPECT_EQ(a.stats(0).allocated_bytes, st0.allocated_bytes);
+}
+
+TEST(CudaAllocator, CrossStreamReuseWaitsForTheFreeEvent) {
+  R1_SKIP_WITHOUT_CUDA();
+  auto& a = CachingAllocator::instance();
+  cuda::Stream s1(0), s2(0);
+  const size_t size = 38 * kMiB;  // a size no other test caches
+  void* p = a.allocate(size, 0, s1.handle());
+  {
+    StreamGate gate(s1.handle());
+    a.deallocate(p);  // its event sits behind the gate
+    const int64_t mallocs = a.stats(0).num_cuda_malloc;
+    void* q = a.allocate(size, 0, s2.handle());
+    EXPECT_NE(q, p) << "reused on another stream before the free event completed";
+    EXPECT_EQ(a.stats(0).num_cuda_malloc, mallocs + 1);
+    void* r = a.allocate(size, 0, s1.handle());
+    EXPECT_EQ(r, p) << "the same stream may reuse at once";
+    a.deallocate(r);
+    a.deallocate(q);
+    gate.open();
+  }
+  // Both cached blocks' events have completed: a third stream takes both without cudaMalloc.
+  cuda::Stream s3(0);
+  const int64_t mallocs = a.stats(0).num_cuda_malloc;
+  void* t1 = a.allocate(size, 0, s3.handle());
+  void* t2 = a.allocate(size, 0, s3.handle());
+  EXPECT_EQ(a.stats(0).num_cuda_malloc, mallocs);
+  EXPECT_TRUE((t1 == p) != (t2 == p)) << "the block freed on s1 was not reused on s3";
+  a.deallocate(t1);
+  a.deallocate(t2);
+}
+
+TEST(CudaAllocator, RecordStreamDelaysReuse) {
+  R1_SKIP_WITHOUT_CUDA();
+  auto& a = CachingAllocator::instance();
+  cuda::Stream s1(0), s2(0);
+  const size_t size = 52 * kMiB;
+  void* p = a.allocate(size, 0, s1.handle());
+  a.record_stream(p, s2.handle());
+  {
+    StreamGate gate(s2.handle());
+    a.deallocate(p);
+    void* q = a.allocate(size, 0, s1.handle());
+    EXPECT_NE(q, p) << "reused while work on a recorded stream may still use it";
+    a.deallocate(q);
+  }
+  // Once s2 has drained, both cached blocks serve s1 without cudaMalloc.
+  const int64_t mallocs = a.stats(0).num_cuda_malloc;
+  void* r1 = a.allocate(size, 0, s1.handle());
+  void* r2 = a.allocate(size, 0, s1.handle());
+  EXPECT_EQ(a.stats(0).num_cuda_malloc, mallocs);
+  EXPECT_TRUE(r1 == p || r2 == p);
+  a.deallocate(r1);
+  a.deallocate(r2);
+}
+
+TEST(CudaAllocator, OutOfMemoryEmptiesTheCacheAndRetries) {
+  R1_SKIP_WITHOUT_CUDA();
+  auto& a = CachingAllocator::instance();
+  a.empty_cache();
+  size_t free_b = 0, total = 0;
+  R1_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+  const size_t big = free_b / 10 * 6 / (2 * kMiB) * (2 * kMiB);
+  void* p = a.allocate(big, 0, cudaStreamLegacy);
+  a.deallocate(p);
+  const cuda::AllocatorStats st0 = a.stats(0);
+  EXPECT_GE(st0.cached_bytes, big);
+  // 0.8 of free memory: too big to reuse the cached 0.6 block, too big to fit beside it.
+  void* q = a.allocate(free_b / 10 * 8, 0, cudaStreamLegacy);
+  const cuda::AllocatorStats st1 = a.stats(0);
+  EXPECT_EQ(st1.num_oom_retries, st0.num_oom_retries + 1);
+  EXPECT_EQ(st1.cached_bytes, 0u);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "the OOM error must not stay pending";
+  a.deallocate(q);
+  a.empty_cache();
+  EXPECT_EQ(a.stats(0).cached_bytes, 0u);
+  EXPECT_THROW(a.allocate(total * 2, 0, cudaStreamLegacy), Error);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  void* small = a.allocate(100, 0, cudaStreamLegacy);  // still usable
+  EXPECT_NE(small, nullptr);
+  a.deallocate(small);
+}
+
+TEST(CudaStream, CurrentStreamIsPerThreadAndTensorsUseIt) {
+  R1_SKIP_WITHOUT_CUDA();
+  EXPECT_EQ(cuda::current_stream(0), cudaStreamLegacy);
+  cuda::Stream s(0);
+  void* old = nullptr;
+  {
+    cuda::StreamGuard g(s);
+    EXPECT_EQ(cuda::current_stream(0), s.handle());
+    cudaStream_t seen = nullptr;
+    std::thread([&] { seen = cuda::current_stream(0); }).join();
+    EXPECT_EQ(seen, cudaStreamLegacy) << "another thread keeps its own current stream";
+    Tensor t = Tensor::empty({77 * 1024 * 1024 / 4}, DType::F32, kGpu);  // 77 MiB: unique
+    old = t.data_ptr();
+    StreamGate gate(s.handle());
+    t = Tensor();  // freed on s, behind the gate
+    {
+      cuda::StreamGuard legacy(0, cudaStreamLegacy);
+      Tensor u = Tensor::empty({77 * 1024 * 1024 / 4}, DType::F32, kGpu);
+      EXPECT_NE(u.data_ptr(), old) << "the runtime must allocate on the current stream";
+    }
+    Tensor w = Tensor::empty({77 * 1024 * 1024 / 4}, DType::F32, kGpu);
+    EXPECT_EQ(w.data_ptr(), old);
+  }
+  EXPECT_EQ(cuda::current_stream(0), cudaStreamLegacy);
+}
+#endif  // R1_HAVE_CUDA
+
+// ---- kernels against the CPU backend -----------------------------------------------------
+
+TEST(CudaKernels, FillMatchesCpuForEveryDtype) {
+  R1_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng(case_seed(10));
+  for (DType t : kAllDTypes) {
+    for (int64_t n : {1, 17, 4099}) {
+      for (int64_t off : {0, 1}) {  // off = 1: a view whose pointer is not 16-byte aligned
+        const bool nonneg = t == DType::U8 || t == DType::Bool;
+        const double value = nonneg ? double(rng() % 200) : std::normal_distribution<>(0, 30)(rng);
+        Tensor cpu = Tensor::empty({n}, t);
+        kernels::fill()(Device::cpu(), cpu, value);
+        Tensor base = Tensor::empty({n + off}, t, kGpu);
+        poison(base);
+        Tensor gpu = base.narrow(0, off, n);
+        kernels::fill()(kGpu, gpu, value);
+        EXPECT_EQ(host_bytes(gpu), host_bytes(cpu))
+            << dtype_name(t) << " n=" << n << " off=" << off << " value=" << value;
+        if (off) {
+          EXPECT_EQ(host_bytes(base.narrow(0, 0, 1)),
+                    std::vector<unsigned char>(dtype_size(t), 0xFF)) << "wrote outside the view";
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, CopyStridedMatchesCpuForEveryDtypePair) {
+  R1_SKIP_WITHOUT_CUDA();
+  uint64_t k = 100;
+  for (DType st : kAllDTypes) {
+    for (DType dt : kAllDTypes) {
+      // src: (3, 4, 5, 6) permuted to (5, 3, 6, 4); dst: (6, 4, 5, 3) permuted to the same.
+      const Tensor src_base = random_values({3, 4, 5, 6}, st, dt, case_seed(++k));
+      const Tensor src_cpu = src_base.permute({2, 0, 3, 1});
+      Tensor dst_cpu_base = Tensor::empty({6, 4, 5, 3}, dt);
+      Tensor dst_cpu = dst_cpu_base.permute({2, 3, 0, 1});
+      kernels::copy_strided()(Device::cpu(), src_cpu, dst_cpu);
+
+      const Tensor src_gpu = src_base.to(kGpu).permute({2, 0, 3, 1});
+      Tensor dst_gpu_base = Tensor::empty({6, 4, 5, 3}, dt, kGpu);
+      poison(dst_gpu_base);
+      Tensor dst_gpu = dst_gpu_base.permute({2, 3, 0, 1});
+      kernels::copy_strided()(kGpu, src_gpu, dst_gpu);
+      EXPECT_EQ(host_bytes(dst_gpu_base), host_bytes(dst_cpu_base))
+          << dtype_name(st) << " -> " << dtype_name(dt);
+    }
+  }
+}
+
+TEST(CudaKernels, CopyStridedEightDimsAndOffsets) {
+  R1_SKIP_WITHOUT_CUDA();
+  // 8 dims of size 2..3 reversed: no two dims merge, so all 8 are walked.
+  const Shape shape = {2, 3, 2, 3, 2, 2, 3, 2};
+  const std::vector<int64_t> rev = {7, 6, 5, 4, 3, 2, 1, 0};
+  const Tensor src_base = random_values({1, 2, 3, 2, 3, 2, 2, 3, 2}, DType::F32, DType::BF16,
+                                        case_seed(200));
+  const Tensor src_cpu = src_base.select(0, 0).permute(rev);  // shape reversed
+  Tensor dst_cpu = Tensor::empty(src_cpu.shape(), DType::BF16);
+  kernels::copy_strided()(Device::cpu(), src_cpu, dst_cpu);
+  const Tensor src_gpu = src_base.to(kGpu).select(0, 0).permute(rev);
+  Tensor dst_gpu = Tensor::empty(src_cpu.shape(), DType::BF16, kGpu);
+  poison(dst_gpu);
+  kernels::copy_strided()(kGpu, src_gpu, dst_gpu);
+  EXPECT_EQ(host_bytes(dst_gpu), host_bytes(dst_cpu));
+
+  // A narrowed source (offset, strides) into a contiguous destination.
+  const Tensor s2 = random_values({7, 9}, DType::BF16, DType::F32, case_seed(201));
+  Tensor d_cpu = Tensor::empty({5, 4}, DType::F32);
+  kernels::copy_strided()(Device::cpu(), s2.narrow(0, 1, 5).narrow(1, 3, 4), d_cpu);
+  Tensor d_gpu = Tensor::empty({5, 4}, DType::F32, kGpu);
+  poison(d_gpu);
+  kernels::copy_strided()(kGpu, s2.to(kGpu).narrow(0, 1, 5).narrow(1, 3, 4), d_gpu);
+  EXPECT_EQ(host_bytes(d_gpu), host_bytes(d_cpu));
+
+  // Nine dims that cannot merge are more than the kernel walks: an error, not a wrong copy.
+  const Tensor nine = Tensor::zeros({2, 2, 2, 2, 2, 2, 2, 2, 2}, DType::F32, kGpu)
+                          .permute({8, 7, 6, 5, 4, 3, 2, 1, 0});
+  Tensor nine_dst = Tensor::empty(nine.shape(), DType::F32, kGpu);
+  EXPECT_THROW(kernels::copy_strided()(kGpu, nine, nine_dst), Error);
+}
+
+// The CPU reference for a bf16 input computes in f32 on the widened values, then rounds.
+Tensor to_f32_cpu(const Tensor& t) { return t.to(Device::cpu()).contiguous().to(DType::F32); }
+
+struct MapCase {
+  DType dtype;
+  int64_t n;
+  int64_t off;
+};
+
+std::vector<MapCase> map_cases() {
+  std::vector<MapCase> cs;
+  for (DType t : {DType::F32, DType::BF16})
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{4099}, (int64_t{1} << 20) + 3})
+      for (int64_t off : {0, 1}) cs.push_back({t, n, off});
+  return cs;
+}
+
+// f32: fp32 FMA on the GPU against mul-then-add on the CPU (half an ulp of each term);
+// bf16: one more bf16 rounding step apart at most.
+double atol_for(DType t) { return t == DType::BF16 ? 1e-5 : 4e-6; }
+double rtol_for(DType t) { return t == DType::BF16 ? 1.0 / 128 : 1e-6; }
+
+TEST(CudaKernels, AddScaledMatchesCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  uint64_t k = 300;
+  for (const MapCase& c : map_cases()) {
+    std::mt19937_64 rng(case_seed(++k));
+    const double alpha = std::uniform_real_distribution<>(-2, 2)(rng);
+    const Tensor x_base = Tensor::randn({c.n + c.off}, case_seed(++k), c.dtype);
+    const Tensor y_base = Tensor::randn({c.n + c.off}, case_seed(++k), c.dtype);
+    Tensor y_ref = to_f32_cpu(y_base.narrow(0, c.off, c.n));
+    kernels::add_scaled()(Device::cpu(), y_ref, to_f32_cpu(x_base.narrow(0, c.off, c.n)), alpha);
+
+    Tensor y_gpu_base = y_base.to(kGpu);
+    Tensor y_gpu = y_gpu_base.narrow(0, c.off, c.n);
+    kernels::add_scaled()(kGpu, y_gpu, x_base.to(kGpu).narrow(0, c.off, c.n), alpha);
+    const std::string name = fmt::format("add_scaled {} n={} off={}", dtype_name(c.dtype), c.n,
+                                         c.off);
+    test::expect_close(name, y_gpu.to(Device::cpu()), y_ref.to(c.dtype), atol_for(c.dtype),
+                       rtol_for(c.dtype));
+    if (c.off) {
+      EXPECT_EQ(host_bytes(y_gpu_base.narrow(0, 0, 1)), host_bytes(y_base.narrow(0, 0, 1)))
+          << name << ": wrote outside the view";
+    }
+  }
+}
+
+TEST(CudaKernels, AffineMatchesCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  uint64_t k = 500;
+  for (const MapCase& c : map_cases()) {
+    std::mt19937_64 rng(case_seed(++k));
+    const double s = std::uniform_real_distribution<>(-3, 3)(rng);
+    const double b = std::uniform_real_distribution<>(-1, 1)(rng);
+    const Tensor x_base = Tensor::randn({c.n + c.off}, case_seed(++k), c.dtype);
+    Tensor ref = Tensor::empty({c.n}, DType::F32);
+    kernels::affine()(Device::cpu(), to_f32_cpu(x_base.narrow(0, c.off, c.n)), s, b, ref);
+
+    Tensor out_base = Tensor::empty({c.n + c.off}, c.dtype, kGpu);
+    poison(out_base);
+    Tensor out = out_base.narrow(0, c.off, c.n);
+    kernels::affine()(kGpu, x_base.to(kGpu).narrow(0, c.off, c.n), s, b, out);
+    const std::string name = fmt::format("affine {} n={} off={}", dtype_name(c.dtype), c.n,
+                                         c.off);
+    test::expect_close(name, out.to(Device::cpu()), ref.to(c.dtype), atol_for(c.dtype),
+                       rtol_for(c.dtype));
+    if (c.off) {
+      EXPECT_EQ(host_bytes(out_base.narrow(0, 0, 1)),
+                std::vector<unsigned char>(dtype_size(c.dtype), 0xFF))
+          << name << ": wrote outside the view";
+    }
+  }
+}
+
+TEST(CudaKernels, RejectUnsupportedDtypes) {
+  R1_SKIP_WITHOUT_CUDA();
+  Tensor y = Tensor::zeros({8}, DType::F64, kGpu);
+  const Tensor x = Tensor::zeros({8}, DType::F64, kGpu);
+  EXPECT_THROW(kernels::add_scaled()(kGpu, y, x, 1.0), Error);
+  EXPECT_THROW(kernels::affine()(kGpu, x, 1.0, 0.0, y), Error);
+}
+
+}  // namespace
+}  // namespace r1
