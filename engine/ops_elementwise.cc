@@ -9,12 +9,6 @@
 namespace r1 {
 namespace {
 
-int64_t wrap(int64_t d, int64_t nd, const char* op) {
-  const int64_t w = d < 0 ? d + nd : d;
-  R1_CHECK(w >= 0 && w < nd, "{}: dim {} out of range for a {}-d tensor", op, d, nd);
-  return w;
-}
-
 void check_float_pair(const Tensor& a, const Tensor& b, const char* op) {
   R1_CHECK(a.defined() && b.defined(), "{}: undefined input", op);
   R1_CHECK(a.dtype() == b.dtype(), "{}: dtypes differ ({} vs {})", op, dtype_name(a.dtype()),
@@ -146,7 +140,7 @@ Tensor add_scalar(const Tensor& x, double s) { return affine_op(x, 1.0, s, "add_
 Tensor sum(const Tensor& x, int64_t dim, bool keepdim) {
   R1_NVTX_RANGE("sum");
   R1_CHECK(x.defined() && dtype_is_floating(x.dtype()), "sum: needs a floating tensor");
-  const int64_t d = wrap(dim, x.dim(), "sum");
+  const int64_t d = wrap_dim(dim, x.dim(), "sum");
   Tensor out = reduce_raw(ReduceOp::Sum, x, d, keepdim, nullptr);
   const Shape xs = x.shape();
   record("sum", {x}, {&out}, [xs, d, keepdim](const std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -174,7 +168,7 @@ Tensor mean(const Tensor& x) {
 Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
   R1_NVTX_RANGE("max");
   R1_CHECK(x.defined() && dtype_is_floating(x.dtype()), "max: needs a floating tensor");
-  const int64_t d = wrap(dim, x.dim(), "max");
+  const int64_t d = wrap_dim(dim, x.dim(), "max");
   Tensor argmax;
   Tensor out = reduce_raw(ReduceOp::Max, x, d, keepdim, &argmax);
   const Shape xs = x.shape();

@@ -9,12 +9,6 @@
 namespace r1 {
 namespace {
 
-int64_t wrap_dim(int64_t d, int64_t nd, const char* op) {
-  const int64_t w = d < 0 ? d + nd : d;
-  R1_CHECK(w >= 0 && w < nd, "{}: dim {} out of range for a {}-d tensor", op, d, nd);
-  return w;
-}
-
 // (outer, shape[d], inner) of a shape around dim d.
 Shape around_dim(const Shape& s, int64_t d) {
   int64_t outer = 1, inner = 1;

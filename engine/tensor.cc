@@ -35,13 +35,13 @@ std::string shape_str(const Shape& s) {
   return out + ")";
 }
 
-namespace {
-
 int64_t wrap_dim(int64_t d, int64_t ndim, const char* what) {
   const int64_t w = d < 0 ? d + ndim : d;
   R1_CHECK(w >= 0 && w < ndim, "{}: dim {} out of range for a {}-d tensor", what, d, ndim);
   return w;
 }
+
+namespace {
 
 void check_shape(const Shape& s) {
   for (int64_t d : s) R1_CHECK(d >= 0, "negative size in shape {}", shape_str(s));

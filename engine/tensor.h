@@ -19,6 +19,8 @@ using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& s);
 Shape contiguous_strides(const Shape& s);
 std::string shape_str(const Shape& s);  // "(2, 3, 4)"
+// A dim index in [-ndim, ndim) made non-negative; out of range throws naming `what`.
+int64_t wrap_dim(int64_t d, int64_t ndim, const char* what);
 
 struct AutogradMeta;
 
