@@ -1,0 +1,80 @@
+#include "data/corpus.h"
+
+#include <fmt/format.h>
+
+#include "data/tasks/task.h"
+#include "engine/error.h"
+
+namespace r1::data {
+
+namespace {
+
+// General text from a few templates: number facts, comparisons, short everyday scenes.
+std::string general_text(TaskRng& rng, Lang lang) {
+  static const std::vector<std::string> kNamesEn = {"Alice", "Bob", "Carol", "Dave", "Eve", "Frank"};
+  static const std::vector<std::string> kNamesZh = {"小明", "小红", "小刚", "小丽", "小华", "小强"};
+  static const std::vector<std::string> kThingsEn = {"apples", "books", "pencils", "coins", "cards"};
+  static const std::vector<std::string> kThingsZh = {"苹果", "本书", "支铅笔", "枚硬币", "张卡片"};
+  const bool en = lang == Lang::En;
+  std::string s;
+  const int sentences = 2 + static_cast<int>(rng.next() % 4);
+  for (int k = 0; k < sentences; ++k) {
+    const int64_t a = rng.uniform(2, 99), b = rng.uniform(2, 99);
+    const std::string& who = rng.pick(en ? kNamesEn : kNamesZh);
+    const std::string& what = rng.pick(en ? kThingsEn : kThingsZh);
+    switch (rng.next() % 5) {
+      case 0:
+        s += en ? fmt::format("{} is {} number. ", a, a % 2 ? "an odd" : "an even")
+                : fmt::format("{} 是{}数。", a, a % 2 ? "奇" : "偶");
+        break;
+      case 1:
+        s += en ? fmt::format("{} has {} {} and buys {} more, so {} now has {} {}. ", who, a, what, b, who, a + b, what)
+                : fmt::format("{}有 {} {}，又买了 {} {}，现在一共有 {} {}。", who, a, what, b, what, a + b, what);
+        break;
+      case 2:
+        s += en ? fmt::format("{} is {} than {}. ", a, a > b ? "greater" : a < b ? "less" : "equal to", b)
+                : fmt::format("{} {} {}。", a, a > b ? "大于" : a < b ? "小于" : "等于", b);
+        break;
+      case 3:
+        s += en ? fmt::format("{} times {} is {}. ", a, b, a * b)
+                : fmt::format("{} 乘以 {} 等于 {}。", a, b, a * b);
+        break;
+      default:
+        s += en ? fmt::format("{} likes to check each step of a calculation twice. ", who)
+                : fmt::format("{}喜欢把每一步计算都检查两遍。", who);
+        break;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
+  R1_INPUT_CHECK(opt.documents >= 0, "corpus: documents must be >= 0, got {}", opt.documents);
+  R1_INPUT_CHECK(opt.min_difficulty >= 1 && opt.max_difficulty <= 5 &&
+                     opt.min_difficulty <= opt.max_difficulty,
+                 "corpus: difficulty range {}..{} is not within 1..5", opt.min_difficulty,
+                 opt.max_difficulty);
+  TaskRng rng(opt.seed);
+  const auto& tasks = all_tasks();
+  std::vector<std::string> docs;
+  docs.reserve(static_cast<size_t>(opt.documents));
+  const auto chance = [&](double p) { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53 < p; };
+  for (int64_t i = 0; i < opt.documents; ++i) {
+    const Lang lang = chance(opt.chinese_share) ? Lang::Zh : Lang::En;
+    if (chance(opt.general_share)) {
+      docs.push_back(general_text(rng, lang));
+      continue;
+    }
+    const Task& task = tasks[rng.next() % tasks.size()];
+    const int d = static_cast<int>(rng.uniform(opt.min_difficulty, opt.max_difficulty));
+    const TaskInstance inst = generate_task(task.name, rng.next(), d, lang);
+    docs.push_back(lang == Lang::En
+                       ? fmt::format("Question: {}\nSolution: {}\nAnswer: {}\n", inst.prompt, inst.solution, inst.answer)
+                       : fmt::format("问题：{}\n解答：{}\n答案：{}\n", inst.prompt, inst.solution, inst.answer));
+  }
+  return docs;
+}
+
+}  // namespace r1::data

@@ -1,0 +1,162 @@
+// Every task: the reference answer always verifies (directly and through a full R1-Zero
+// completion), mutated answers never do, prompts come in both languages, generation is
+// deterministic. The tiny-language interpreter's limits stop runaway programs.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <numeric>
+#include <set>
+
+#include "data/answer.h"
+#include "data/tasks/program.h"
+#include "data/tasks/task.h"
+#include "engine/error.h"
+#include "tests/test_util.h"
+
+namespace r1::data {
+namespace {
+
+bool has_cjk(const std::string& s) {
+  for (size_t i = 0; i + 2 < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0xE4 && c <= 0xE9) return true;  // U+4E00..U+9FFF lead bytes
+  }
+  return false;
+}
+bool is_ascii(const std::string& s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return false;
+  return true;
+}
+
+// Wrong answers that are wrong by construction for the task.
+std::vector<std::string> mutations(const TaskInstance& inst) {
+  const std::string& a = inst.answer;
+  std::vector<std::string> m = {"", "banana"};
+  // Doubled text: numbers like "0" stay equal and a program may halt in its first copy.
+  if (inst.task == "countdown" || inst.task == "list" || inst.task == "ordering") m.push_back(a + a);
+  if (inst.task == "countdown") {
+    // Any change to the multiset of numbers used is wrong, whatever the value.
+    m.push_back(a + " + 1");
+    m.push_back("(" + a + ") * 2");
+    m.push_back(inst.meta["target"].dump());
+    m.push_back(a.substr(0, a.rfind(' ', a.rfind(' ') - 1)));  // drop the last operand
+  } else if (inst.task == "list" || inst.task == "ordering") {
+    std::vector<std::string> items;
+    for (size_t s = 0, e; s <= a.size(); s = e + 2) {
+      e = std::min(a.find(", ", s), a.size());
+      items.push_back(a.substr(s, e - s));
+    }
+    const auto join = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+      return s;
+    };
+    for (size_t i = 0; i + 1 < items.size(); ++i)
+      if (items[i] != items[i + 1]) {
+        auto sw = items;
+        std::swap(sw[i], sw[i + 1]);
+        m.push_back(join(sw));
+        break;
+      }
+    auto dropped = items;
+    dropped.pop_back();
+    m.push_back(join(dropped));
+    auto extra = items;
+    extra.push_back(items[0]);
+    m.push_back(join(extra));
+    if (inst.task == "list") {
+      auto bumped = items;
+      bumped[0] = std::to_string(std::stoll(bumped[0]) + 1);
+      m.push_back(join(bumped));
+    }
+  } else if (inst.task == "program") {
+    m.push_back("print 0\n" + a);
+    m.push_back(a + "\nprint 0\n");
+    m.push_back("spin:\njmp spin\n" + a);
+    m.push_back("div a 0\n" + a);
+    m.push_back("system rm\n" + a);
+  } else {  // one exact number
+    const auto r = parse_number(a);
+    EXPECT_TRUE(r.has_value()) << inst.task << " answer " << a;
+    m.push_back(fmt::format("{}/{}", r->num + 1, r->den));
+    m.push_back(fmt::format("{}/{}", r->num - 1, r->den));
+    m.push_back(fmt::format("{}/{}", r->num * 10 + 1, r->den * 10));
+    if (r->num != 0) m.push_back(fmt::format("{}/{}", -r->num, r->den));
+    m.push_back(a + " apples");
+  }
+  return m;
+}
+
+TEST(Tasks, ReferenceVerifiesMutationsNever) {
+  const uint64_t base = test::case_seed(1);
+  for (const Task& task : all_tasks()) {
+    for (int d = 1; d <= 5; ++d) {
+      for (int k = 0; k < 40; ++k) {
+        const Lang lang = k % 2 ? Lang::Zh : Lang::En;
+        const TaskInstance inst = generate_task(task.name, base + 1000 * d + k, d, lang);
+        const std::string where = fmt::format("{} d={} k={} prompt: {}", task.name, d, k, inst.prompt);
+        ASSERT_FALSE(inst.prompt.empty()) << where;
+        EXPECT_TRUE(verify_task(inst, inst.answer)) << where << "\nanswer: " << inst.answer;
+        const std::string completion =
+            "<think>" + inst.solution + "</think> <answer>" + inst.answer + "</answer>";
+        const auto extracted = extract_answer(completion);
+        ASSERT_TRUE(extracted.has_value()) << where;
+        EXPECT_TRUE(verify_task(inst, *extracted)) << where;
+        for (const std::string& bad : mutations(inst))
+          EXPECT_FALSE(verify_task(inst, bad)) << where << "\nmutated answer: " << bad;
+        if (lang == Lang::Zh) {
+          EXPECT_TRUE(has_cjk(inst.prompt)) << where;
+        } else {
+          EXPECT_TRUE(is_ascii(inst.prompt)) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(Tasks, DeterministicAndVaried) {
+  for (const Task& task : all_tasks()) {
+    const auto a = generate_task(task.name, 42, 3, Lang::En);
+    const auto b = generate_task(task.name, 42, 3, Lang::En);
+    EXPECT_EQ(a.prompt, b.prompt);
+    EXPECT_EQ(a.answer, b.answer);
+    EXPECT_EQ(a.meta, b.meta);
+    std::set<std::string> prompts;
+    for (uint64_t s = 0; s < 20; ++s) prompts.insert(generate_task(task.name, s, 3, Lang::En).prompt);
+    EXPECT_GE(prompts.size(), 15u) << task.name;
+  }
+  EXPECT_THROW(find_task("chess"), InputError);
+  EXPECT_THROW(generate_task("arithmetic", 1, 9, Lang::En), InputError);
+  EXPECT_THROW(lang_from_string("fr"), InputError);
+}
+
+TEST(TinyLanguage, RunsAndStopsAtLimits) {
+  // gcd by the reference algorithm, against std::gcd on random inputs.
+  const char* gcd = "loop:\njz b end\nset t a\nmod t b\nset a b\nset b t\njmp loop\nend:\nprint a\n";
+  TaskRng rng(test::case_seed(2));
+  for (int k = 0; k < 50; ++k) {
+    const int64_t a = rng.uniform(1, 100000), b = rng.uniform(1, 100000);
+    const auto r = run_program(gcd, {a, b});
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.outputs, (std::vector<int64_t>{std::gcd(a, b)}));
+  }
+  const auto err = [](const char* src) { return run_program(src, {3, 4}).error; };
+  EXPECT_NE(err("l:\njmp l\n").find("step limit"), std::string::npos);
+  EXPECT_NE(err("l:\npush 1\njmp l\n").find("stack limit"), std::string::npos);
+  EXPECT_NE(err("l:\nprint 1\njmp l\n").find("output limit"), std::string::npos);
+  EXPECT_NE(err("set a 2\nl:\nmul a a\njmp l\n").find("overflow"), std::string::npos);
+  EXPECT_NE(err("mod a 0\n").find("division by zero"), std::string::npos);
+  EXPECT_NE(err("pop a\n").find("empty stack"), std::string::npos);
+  EXPECT_NE(err("jmp nowhere\n").find("no label"), std::string::npos);
+  EXPECT_NE(err("x:\nx:\n").find("defined twice"), std::string::npos);
+  EXPECT_NE(err("exec a\n").find("unknown instruction"), std::string::npos);
+  EXPECT_NE(err("set 5 a\n").find("bad operand"), std::string::npos);
+  EXPECT_NE(err("add a\n").find("operands"), std::string::npos);
+  const auto ok = run_program("push a\npush b\npop a\npop b\nprint a\nprint b # swap\nhalt\nprint 9", {3, 4});
+  EXPECT_TRUE(ok.ok);
+  EXPECT_EQ(ok.outputs, (std::vector<int64_t>{4, 3}));
+}
+
+}  // namespace
+}  // namespace r1::data
