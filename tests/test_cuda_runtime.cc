@@ -11,7 +11,7 @@
 
 #include "engine/kernels.h"
 #include "engine/tensor.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 #if defined(R1_HAVE_CUDA)
 #include "engine/cuda/caching_allocator.h"

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "engine/convert.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1 {
 namespace {

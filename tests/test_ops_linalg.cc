@@ -7,7 +7,7 @@
 
 #include "engine/kernels.h"
 #include "engine/ops.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1 {
 namespace {

@@ -10,7 +10,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1 {
 namespace {

@@ -10,7 +10,7 @@
 
 #include "engine/atomic_file.h"
 #include "engine/safetensors.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1 {
 namespace {

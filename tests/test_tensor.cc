@@ -5,7 +5,7 @@
 #include "engine/autograd.h"
 #include "engine/rng.h"
 #include "engine/tensor.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1 {
 namespace {

@@ -13,7 +13,7 @@
 #include "data/dataset.h"
 #include "data/templates.h"
 #include "engine/error.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1::data {
 namespace {

@@ -11,7 +11,7 @@
 #include "data/tasks/program.h"
 #include "data/tasks/task.h"
 #include "engine/error.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1::data {
 namespace {

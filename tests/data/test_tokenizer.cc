@@ -12,7 +12,7 @@
 
 #include "data/tokenizer.h"
 #include "engine/error.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1::data {
 namespace {

@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "data/tokenizer.h"
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 namespace r1::data {
 namespace {

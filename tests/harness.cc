@@ -1,4 +1,4 @@
-#include "tests/test_util.h"
+#include "tests/harness.h"
 
 #include <chrono>
 #include <cmath>
