@@ -6,6 +6,10 @@
 //  - outputs are allocated to the stated shapes; a kernel writes every element of them
 //    unless the contract says "accumulates".
 // Shapes are written (dim, dim); N = rows (all leading dims flattened).
+//  - per-row statistics (rmsnorm's rstd, cross-entropy's loss and lse, and the dloss that
+//    comes back) are in stat_dtype(x): f32 for bf16/f32 inputs, f64 for f64. A bf16 lse
+//    (8 mantissa bits at |lse| ~ 10) would put a few percent of error into every
+//    probability of the backward.
 #pragma once
 #include <cstdint>
 
@@ -13,6 +17,9 @@
 #include "engine/tensor.h"
 
 namespace r1 {
+
+// The dtype of per-row statistics for inputs of dtype x (see the contract above).
+inline DType stat_dtype(DType x) { return x == DType::F64 ? DType::F64 : DType::F32; }
 
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div };
 enum class ReduceOp : uint8_t { Sum, Max };
@@ -59,7 +66,7 @@ R1_KERNEL(index_add, void(const Tensor& dout, const Tensor& index, Tensor& dx))
 R1_KERNEL(embedding_forward, void(const Tensor& ids, const Tensor& table, Tensor& out))
 // Accumulates: dtable[ids[n], :] += dout[n, :]. dtable (V, D).
 R1_KERNEL(embedding_backward, void(const Tensor& ids, const Tensor& dout, Tensor& dtable))
-// x (N, D), w (D) -> y (N, D), rstd (N) (same float dtype): y = x * rstd * w,
+// x (N, D), w (D) -> y (N, D), rstd (N) (stat_dtype): y = x * rstd * w,
 // rstd = 1 / sqrt(mean(x^2) + eps).
 R1_KERNEL(rmsnorm_forward, void(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                                 Tensor& rstd))
@@ -80,12 +87,14 @@ R1_KERNEL(softmax_forward, void(const Tensor& x, bool log, Tensor& y))
 // From the forward's output y: dx = y * (dy - sum(dy * y)) (softmax) or
 // dx = dy - exp(y) * sum(dy) (log-softmax).
 R1_KERNEL(softmax_backward, void(const Tensor& y, const Tensor& dy, bool log, Tensor& dx))
-// logits (N, V), targets (N) int -> loss (N) = lse - logit[target] (0 where target ==
+// logits (N, V), targets (N) int -> loss (N), lse (N) (both stat_dtype):
+// loss = lse - logit[target] (0 where target ==
 // ignore_index), lse (N) = logsumexp of the row. Computed in vocabulary chunks: no (N, V)
 // temporary. A target outside [0, V) other than ignore_index is an error.
 R1_KERNEL(cross_entropy_forward, void(const Tensor& logits, const Tensor& targets,
                                       int64_t ignore_index, Tensor& loss, Tensor& lse))
 // dlogits (N, V) = dloss[n] * (softmax(logits[n]) - onehot(target[n])), 0 on ignored rows.
+// lse and dloss (N) are stat_dtype; dlogits has the logits' dtype.
 R1_KERNEL(cross_entropy_backward, void(const Tensor& logits, const Tensor& targets,
                                        const Tensor& lse, const Tensor& dloss,
                                        int64_t ignore_index, Tensor& dlogits))

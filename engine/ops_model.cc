@@ -64,7 +64,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
   const int64_t N = rows_of(x), D = x.size(-1);
   const Tensor x2 = plain(x).view({N, D}), wc = plain(w);
   Tensor y = Tensor::empty({N, D}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({N}, x.dtype(), x.device());
+  Tensor rstd = Tensor::empty({N}, stat_dtype(x.dtype()), x.device());
   kernels::rmsnorm_forward()(x.device(), x2, wc, eps, y, rstd);
   y = y.view(x.shape());
   const Shape xs = x.shape();
@@ -176,12 +176,14 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   for (int64_t t : tc.to_int_vector()) count += t != ignore_index;
   const double inv_count = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
 
-  Tensor loss = Tensor::empty({N}, logits.dtype(), dev);
-  Tensor lse = Tensor::empty({N}, logits.dtype(), dev);
+  // The loss and its statistics are f32 even for bf16 logits (stat_dtype).
+  const DType sd = stat_dtype(logits.dtype());
+  Tensor loss = Tensor::empty({N}, sd, dev);
+  Tensor lse = Tensor::empty({N}, sd, dev);
   kernels::cross_entropy_forward()(dev, lc, tc, ignore_index, loss, lse);
-  Tensor total = Tensor::empty({1, 1}, logits.dtype(), dev), no_argmax;
+  Tensor total = Tensor::empty({1, 1}, sd, dev), no_argmax;
   kernels::reduce()(dev, ReduceOp::Sum, loss.view({1, N, 1}), total, no_argmax);
-  Tensor out = Tensor::empty({1, 1}, logits.dtype(), dev);
+  Tensor out = Tensor::empty({1, 1}, sd, dev);
   kernels::affine()(dev, total, inv_count, 0.0, out);
   out = out.view({});
   record("cross_entropy", {logits}, {&out},

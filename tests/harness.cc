@@ -122,4 +122,34 @@ void expect_close(const std::string& name, const Tensor& a, const Tensor& b, dou
 
 bool cuda_available() { return device_available(DeviceType::CUDA); }
 
+bool cuda_required() {
+  const char* e = std::getenv("R1_REQUIRE_CUDA");
+  return e != nullptr && std::string(e) == "1";
+}
+
+void poison(Tensor& t) {
+  R1_CHECK(t.is_contiguous(), "poison: {} is not contiguous", t.str());
+  std::vector<unsigned char> b(t.nbytes(), 0xFF);
+  if (!b.empty()) copy_bytes(t.data_ptr(), t.device(), b.data(), Device::cpu(), b.size());
+}
+
+Tensor poisoned(const Shape& shape, DType dtype, Device dev) {
+  Tensor t = Tensor::empty(shape, dtype, dev);
+  poison(t);
+  return t;
+}
+
+Tensor rounded_f64(const Tensor& x, DType dt) {
+  return x.to(Device::cpu()).contiguous().to(dt).to(DType::F64).contiguous();
+}
+
+Tol tol_for(DType dt, double scale) {
+  switch (dt) {
+    case DType::BF16: return {1e-2 * scale, 1e-2};
+    case DType::F16: return {2e-3 * scale, 2e-3};
+    case DType::F32: return {1e-5 * scale, 1e-5};
+    default: return {1e-12 * scale, 1e-12};
+  }
+}
+
 }  // namespace r1::test

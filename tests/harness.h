@@ -41,9 +41,34 @@ void expect_close(const std::string& name, const std::vector<double>& a,
 // True when a CUDA device is present; CUDA tests begin with R1_SKIP_WITHOUT_CUDA().
 bool cuda_available();
 
+// ---- CUDA-vs-CPU comparisons -------------------------------------------------------------
+// Sets every byte of a contiguous tensor (any device) to 0xFF (NaN for floats, -1 for ints)
+// without going through the kernels under test: an output element a kernel forgets to write
+// stays NaN and fails expect_close.
+void poison(Tensor& t);
+// An uninitialized tensor on `dev`, poisoned.
+Tensor poisoned(const Shape& shape, DType dtype, Device dev);
+// x (any dtype/device) rounded to `dt` and widened back to a contiguous f64 CPU tensor: the
+// exact values a kernel computing from dt-typed inputs sees, for an f64 CPU reference.
+Tensor rounded_f64(const Tensor& x, DType dt);
+// Tolerances for a CUDA result of dtype dt against an f64 reference computed from the same
+// (rounded) inputs: f32 compute rtol 1e-5; bf16 outputs carry one bf16 rounding (2^-9
+// relative) plus fp32 accumulation, so rtol 1e-2 (the CUDA issue's bound) and an atol scaled
+// by the magnitude `scale` of the values.
+struct Tol {
+  double atol, rtol;
+};
+Tol tol_for(DType dt, double scale = 1.0);
+
 }  // namespace r1::test
 
-#define R1_SKIP_WITHOUT_CUDA() \
-  do {                         \
-    if (!::r1::test::cuda_available()) GTEST_SKIP() << "no CUDA device"; \
+// Skips without a device, except where R1_REQUIRE_CUDA=1 (scripts/gpu-check.sh sets it): there
+// a CUDA test that cannot find the GPU fails instead of passing vacuously.
+bool cuda_required();
+#define R1_SKIP_WITHOUT_CUDA()                                                  \
+  do {                                                                          \
+    if (!::r1::test::cuda_available()) {                                        \
+      if (::r1::test::cuda_required()) FAIL() << "R1_REQUIRE_CUDA=1 but no CUDA device"; \
+      GTEST_SKIP() << "no CUDA device";                                         \
+    }                                                                           \
   } while (0)

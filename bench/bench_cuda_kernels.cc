@@ -1,0 +1,441 @@
+// CUDA kernels against the GPU's measured ceilings.
+//
+//   ./build/bin/bench_cuda_kernels [--benchmark_filter=RmsNorm] [--benchmark_out=r.json
+//                                   --benchmark_out_format=json]
+//
+// Before any case runs, main() measures two ceilings on the device it runs on:
+//   copy_gbps     a 2 GiB device-to-device cudaMemcpyAsync (read + write bytes / time, best
+//                 of 10): what a memory-bound kernel can hope for;
+//   gemm_tflops   cuBLASLt bf16 8192^3 (fp32 accumulation) through the engine's gemm kernel.
+// Every memory-bound case reports GB/s (the bytes its contract must move at least once,
+// counted by hand below) and frac_copy = GB/s / copy_gbps; GEMM cases report TFLOP/s and
+// frac_gemm. Times are CUDA events around `kReps` back-to-back launches on the current
+// stream (manual time), after one warm-up launch; no host sync inside the timed region.
+// Shapes are the realistic ones of DeepSeek-V3 (hidden 7168, vocab 129280, moe 2048).
+// scripts/gpu-check.sh runs this and turns the JSON into bench/results/<gpu>-<date>.md.
+//
+// Without a CUDA build or device the binary prints why and exits 0 with no cases.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/kernels.h"
+#include "engine/ops.h"
+#include "engine/tensor.h"
+
+#if defined(R1_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "engine/cuda/stream.h"
+#endif
+
+namespace r1 {
+namespace {
+
+#if defined(R1_HAVE_CUDA)
+
+const Device kGpu = Device::cuda(0);
+constexpr int kReps = 10;
+double g_copy_gbps = 0;
+double g_gemm_tflops = 0;
+
+// A device tensor filled with N(0, stddev^2) values: 1M random values made on the host, then
+// tiled on the device (random numbers for a 2 GB tensor on the host would dominate the run).
+Tensor dev_randn(const Shape& shape, DType dt, uint64_t seed, double stddev = 1.0) {
+  Tensor t = Tensor::empty(shape, dt, kGpu);
+  const int64_t n = t.numel();
+  const int64_t chunk = std::min<int64_t>(n, int64_t{1} << 20);
+  const Tensor src = Tensor::randn({chunk}, seed, dt, Device::cpu(), stddev).to(kGpu);
+  const size_t es = dtype_size(dt);
+  for (int64_t off = 0; off < n; off += chunk) {
+    const int64_t len = std::min(chunk, n - off);
+    copy_bytes(static_cast<char*>(t.data_ptr()) + off * es, kGpu, src.data_ptr(), kGpu,
+               static_cast<size_t>(len) * es);
+  }
+  return t;
+}
+
+Tensor dev_randint(const Shape& shape, int64_t lo, int64_t hi, uint64_t seed) {
+  return Tensor::randint(shape, seed, lo, hi, DType::I64).to(kGpu);
+}
+
+// Times fn (kReps launches per iteration) with CUDA events; reports bytes/flops rates.
+void run_timed(benchmark::State& st, double bytes, double flops, const std::function<void()>& fn) {
+  const cudaStream_t s = cuda::current_stream(0);
+  fn();  // warm-up: first-touch allocations, cuBLASLt heuristics, lazy module loading
+  synchronize(kGpu);
+  cuda::Event start(true), stop(true);
+  double total_s = 0;
+  int64_t launches = 0;
+  for (auto _ : st) {
+    start.record(s);
+    for (int i = 0; i < kReps; ++i) fn();
+    stop.record(s);
+    stop.synchronize();
+    const double sec = start.elapsed_ms(stop) / 1e3 / kReps;
+    st.SetIterationTime(sec);
+    total_s += sec * kReps;
+    launches += kReps;
+  }
+  const double per = total_s / static_cast<double>(std::max<int64_t>(launches, 1));
+  st.counters["us"] = per * 1e6;
+  if (bytes > 0) {
+    const double gbps = bytes / per / 1e9;
+    st.counters["GB/s"] = gbps;
+    if (g_copy_gbps > 0) st.counters["frac_copy"] = gbps / g_copy_gbps;
+  }
+  if (flops > 0) {
+    const double tflops = flops / per / 1e12;
+    st.counters["TFLOP/s"] = tflops;
+    if (g_gemm_tflops > 0) st.counters["frac_gemm"] = tflops / g_gemm_tflops;
+  }
+}
+
+double esize(DType dt) { return static_cast<double>(dtype_size(dt)); }
+DType dtype_arg(int64_t a) { return a == 0 ? DType::BF16 : DType::F32; }
+std::string dtype_label(DType dt) { return dtype_name(dt); }
+
+// ---- ceilings ----------------------------------------------------------------------------
+
+double measure_copy_gbps() {
+  const size_t n = size_t{2} << 30;
+  Tensor a = Tensor::empty({static_cast<int64_t>(n)}, DType::U8, kGpu);
+  Tensor b = Tensor::empty({static_cast<int64_t>(n)}, DType::U8, kGpu);
+  const cudaStream_t s = cuda::current_stream(0);
+  cuda::Event start(true), stop(true);
+  double best = 1e30;
+  for (int i = 0; i < 11; ++i) {
+    start.record(s);
+    R1_CUDA_CHECK(cudaMemcpyAsync(b.data_ptr(), a.data_ptr(), n, cudaMemcpyDeviceToDevice, s));
+    stop.record(s);
+    stop.synchronize();
+    if (i > 0) best = std::min<double>(best, start.elapsed_ms(stop) / 1e3);
+  }
+  return 2.0 * static_cast<double>(n) / best / 1e9;
+}
+
+double measure_gemm_tflops() {
+  const int64_t n = 8192;
+  const Tensor a = dev_randn({1, n, n}, DType::BF16, 1), b = dev_randn({1, n, n}, DType::BF16, 2);
+  Tensor c = Tensor::empty({1, n, n}, DType::BF16, kGpu);
+  const cudaStream_t s = cuda::current_stream(0);
+  kernels::gemm()(kGpu, a, b, c, false, true, 1.0, 0.0);
+  cuda::Event start(true), stop(true);
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    start.record(s);
+    for (int r = 0; r < 5; ++r) kernels::gemm()(kGpu, a, b, c, false, true, 1.0, 0.0);
+    stop.record(s);
+    stop.synchronize();
+    best = std::min<double>(best, start.elapsed_ms(stop) / 1e3 / 5);
+  }
+  return 2.0 * n * n * n / best / 1e12;
+}
+
+// ---- basic and elementwise ---------------------------------------------------------------
+
+void BM_Fill(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  Tensor x = Tensor::empty({int64_t{1} << 28}, dt, kGpu);
+  st.SetLabel(dtype_label(dt));
+  run_timed(st, x.numel() * esize(dt), 0, [&] { kernels::fill()(kGpu, x, 0.5); });
+}
+
+void BM_CopyTranspose(benchmark::State& st) {  // (8192, 8192) -> its transpose, bf16
+  const Tensor x = dev_randn({8192, 8192}, DType::BF16, 3);
+  Tensor y = Tensor::empty({8192, 8192}, DType::BF16, kGpu);
+  const Tensor xt = x.transpose(0, 1);
+  st.SetLabel("bf16 transpose");
+  run_timed(st, 2.0 * x.numel() * 2, 0, [&] { kernels::copy_strided()(kGpu, xt, y); });
+}
+
+void BM_CopyConvert(benchmark::State& st) {  // f32 -> bf16, contiguous
+  const Tensor x = dev_randn({int64_t{1} << 27}, DType::F32, 4);
+  Tensor y = Tensor::empty(x.shape(), DType::BF16, kGpu);
+  st.SetLabel("f32->bf16");
+  run_timed(st, x.numel() * 6.0, 0, [&] { kernels::copy_strided()(kGpu, x, y); });
+}
+
+void BM_AddScaled(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  Tensor y = dev_randn({int64_t{1} << 27}, dt, 5);
+  const Tensor x = dev_randn({int64_t{1} << 27}, dt, 6);
+  st.SetLabel(dtype_label(dt));
+  run_timed(st, 3.0 * x.numel() * esize(dt), 0, [&] { kernels::add_scaled()(kGpu, y, x, 1e-3); });
+}
+
+void BM_BinaryAdd(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const bool bcast = st.range(1) != 0;
+  const int64_t N = 16384, D = 7168;
+  const Tensor a = dev_randn({N, D}, dt, 7);
+  const Tensor b = bcast ? dev_randn({D}, dt, 8).view({1, D}).expand({N, D}) : dev_randn({N, D}, dt, 8);
+  Tensor out = Tensor::empty({N, D}, dt, kGpu);
+  st.SetLabel(dtype_label(dt) + (bcast ? " (N,D)+(D)" : " (N,D)+(N,D)"));
+  run_timed(st, (bcast ? 2.0 : 3.0) * N * D * esize(dt), 0,
+            [&] { kernels::binary()(kGpu, BinaryOp::Add, a, b, out); });
+}
+
+void BM_ReduceSumRows(benchmark::State& st) {  // (N, D) -> (D): a bias gradient
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 16384, D = 7168;
+  const Tensor x = dev_randn({1, N, D}, dt, 9);
+  Tensor out = Tensor::empty({1, D}, dt, kGpu), none;
+  st.SetLabel(dtype_label(dt) + " (N,D)->(D)");
+  run_timed(st, N * D * esize(dt), 0,
+            [&] { kernels::reduce()(kGpu, ReduceOp::Sum, x, out, none); });
+}
+
+void BM_ReduceMaxLastDim(benchmark::State& st) {  // (N, V) -> (N) with argmax: greedy decode
+  const int64_t N = 256, V = 129280;
+  const Tensor x = dev_randn({N, V, 1}, DType::F32, 10);
+  Tensor out = Tensor::empty({N, 1}, DType::F32, kGpu);
+  Tensor arg = Tensor::empty({N, 1}, DType::I64, kGpu);
+  st.SetLabel("f32 (256,129280) max+argmax");
+  run_timed(st, N * V * 4.0, 0, [&] { kernels::reduce()(kGpu, ReduceOp::Max, x, out, arg); });
+}
+
+void BM_SumSquares(benchmark::State& st) {
+  const Tensor x = dev_randn({int64_t{1} << 28}, DType::F32, 11);
+  st.SetLabel("f32 (grad norm)");
+  run_timed(st, x.numel() * 4.0, 0, [&] { benchmark::DoNotOptimize(kernels::sum_squares()(kGpu, x)); });
+}
+
+// ---- indexing ----------------------------------------------------------------------------
+
+void BM_EmbeddingForward(benchmark::State& st) {
+  const int64_t V = 129280, D = 7168, N = 16384;
+  const Tensor table = dev_randn({V, D}, DType::BF16, 12);
+  const Tensor ids = dev_randint({N}, 0, V, 13);
+  Tensor out = Tensor::empty({N, D}, DType::BF16, kGpu);
+  st.SetLabel("bf16 V=129280 D=7168 N=16384");
+  run_timed(st, 2.0 * N * D * 2, 0, [&] { kernels::embedding_forward()(kGpu, ids, table, out); });
+}
+
+void BM_EmbeddingBackward(benchmark::State& st) {  // accumulate into an f32 table gradient
+  const int64_t V = 129280, D = 7168, N = 16384;
+  const Tensor dout = dev_randn({N, D}, DType::F32, 14);
+  const Tensor ids = dev_randint({N}, 0, V, 15);
+  Tensor dtable = Tensor::zeros({V, D}, DType::F32, kGpu);
+  st.SetLabel("f32 V=129280 D=7168 N=16384");
+  // dout read once, each touched table row read and written once.
+  run_timed(st, 3.0 * N * D * 4, 0,
+            [&] { kernels::embedding_backward()(kGpu, ids, dout, dtable); });
+}
+
+void BM_IndexSelect(benchmark::State& st) {  // rows of a (V, D) table: MoE token permute
+  const int64_t R = 32768, D = 7168, n = 32768;
+  const Tensor x = dev_randn({1, R, D}, DType::BF16, 16);
+  const Tensor idx = dev_randint({n}, 0, R, 17);
+  Tensor out = Tensor::empty({1, n, D}, DType::BF16, kGpu);
+  st.SetLabel("bf16 rows 32768x7168");
+  run_timed(st, 2.0 * n * D * 2, 0, [&] { kernels::index_select()(kGpu, x, idx, out); });
+}
+
+// ---- model ops ---------------------------------------------------------------------------
+
+void BM_RmsNormForward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 16384, D = 7168;
+  const Tensor x = dev_randn({N, D}, dt, 18), w = dev_randn({D}, dt, 19);
+  Tensor y = Tensor::empty({N, D}, dt, kGpu), rstd = Tensor::empty({N}, stat_dtype(dt), kGpu);
+  st.SetLabel(dtype_label(dt) + " N=16384 D=7168");
+  run_timed(st, 2.0 * N * D * esize(dt), 0,
+            [&] { kernels::rmsnorm_forward()(kGpu, x, w, 1e-6, y, rstd); });
+}
+
+void BM_RmsNormBackward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 16384, D = 7168;
+  const Tensor x = dev_randn({N, D}, dt, 20), w = dev_randn({D}, dt, 21);
+  const Tensor dy = dev_randn({N, D}, dt, 22);
+  Tensor y = Tensor::empty({N, D}, dt, kGpu), rstd = Tensor::empty({N}, stat_dtype(dt), kGpu);
+  kernels::rmsnorm_forward()(kGpu, x, w, 1e-6, y, rstd);
+  Tensor dx = Tensor::empty({N, D}, dt, kGpu), dw = Tensor::empty({D}, dt, kGpu);
+  st.SetLabel(dtype_label(dt) + " N=16384 D=7168");
+  run_timed(st, 3.0 * N * D * esize(dt), 0,
+            [&] { kernels::rmsnorm_backward()(kGpu, x, w, rstd, dy, dx, dw); });
+}
+
+void BM_Rope(benchmark::State& st) {  // MLA's decoupled rope part: (B, T, H, 64)
+  const int64_t B = 4, T = 4096, H = 128, D = 64;
+  RopeConfig cfg;
+  cfg.dim = D;
+  const RopeTable table(cfg, T, DType::BF16, kGpu);
+  const Tensor x = dev_randn({B, T, H, D}, DType::BF16, 23);
+  const Tensor pos = Tensor::arange(T, DType::I64).view({1, T}).expand({B, T}).contiguous().to(kGpu);
+  Tensor y = Tensor::empty(x.shape(), DType::BF16, kGpu);
+  st.SetLabel("bf16 (4,4096,128,64) interleaved");
+  run_timed(st, 2.0 * x.numel() * 2, 0, [&] {
+    kernels::rope()(kGpu, x, pos, table.cos, table.sin, true, false, y);
+  });
+}
+
+void BM_SwigluForward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 16384, F = 18432;
+  const Tensor g = dev_randn({N, F}, dt, 24), u = dev_randn({N, F}, dt, 25);
+  Tensor out = Tensor::empty({N, F}, dt, kGpu);
+  st.SetLabel(dtype_label(dt) + " N=16384 F=18432");
+  run_timed(st, 3.0 * N * F * esize(dt), 0, [&] { kernels::swiglu_forward()(kGpu, g, u, out); });
+}
+
+void BM_SwigluBackward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 8192, F = 18432;
+  const Tensor g = dev_randn({N, F}, dt, 26), u = dev_randn({N, F}, dt, 27);
+  const Tensor d = dev_randn({N, F}, dt, 28);
+  Tensor dg = Tensor::empty({N, F}, dt, kGpu), du = Tensor::empty({N, F}, dt, kGpu);
+  st.SetLabel(dtype_label(dt) + " N=8192 F=18432");
+  run_timed(st, 5.0 * N * F * esize(dt), 0,
+            [&] { kernels::swiglu_backward()(kGpu, g, u, d, dg, du); });
+}
+
+void BM_SoftmaxForward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 4096, V = 32768;
+  const Tensor x = dev_randn({N, V}, dt, 29);
+  Tensor y = Tensor::empty({N, V}, dt, kGpu);
+  st.SetLabel(dtype_label(dt) + " (4096,32768) log");
+  run_timed(st, 2.0 * N * V * esize(dt), 0, [&] { kernels::softmax_forward()(kGpu, x, true, y); });
+}
+
+void BM_SoftmaxBackward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 4096, V = 32768;
+  const Tensor x = dev_randn({N, V}, dt, 30), dy = dev_randn({N, V}, dt, 31);
+  Tensor y = Tensor::empty({N, V}, dt, kGpu), dx = Tensor::empty({N, V}, dt, kGpu);
+  kernels::softmax_forward()(kGpu, x, true, y);
+  st.SetLabel(dtype_label(dt) + " (4096,32768) log");
+  run_timed(st, 3.0 * N * V * esize(dt), 0,
+            [&] { kernels::softmax_backward()(kGpu, y, dy, true, dx); });
+}
+
+void BM_CrossEntropyForward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 4096, V = 129280;
+  const Tensor logits = dev_randn({N, V}, dt, 32, 2.0);
+  const Tensor tgt = dev_randint({N}, 0, V, 33);
+  Tensor loss = Tensor::empty({N}, stat_dtype(dt), kGpu), lse = Tensor::empty({N}, stat_dtype(dt), kGpu);
+  st.SetLabel(dtype_label(dt) + " N=4096 V=129280");
+  run_timed(st, N * V * esize(dt), 0, [&] {
+    kernels::cross_entropy_forward()(kGpu, logits, tgt, -100, loss, lse);
+  });
+}
+
+void BM_CrossEntropyBackward(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 4096, V = 129280;
+  const Tensor logits = dev_randn({N, V}, dt, 34, 2.0);
+  const Tensor tgt = dev_randint({N}, 0, V, 35);
+  Tensor loss = Tensor::empty({N}, stat_dtype(dt), kGpu), lse = Tensor::empty({N}, stat_dtype(dt), kGpu);
+  kernels::cross_entropy_forward()(kGpu, logits, tgt, -100, loss, lse);
+  const Tensor dloss = Tensor::full({N}, 1.0 / N, stat_dtype(dt), kGpu);
+  Tensor dlogits = Tensor::empty({N, V}, dt, kGpu);
+  st.SetLabel(dtype_label(dt) + " N=4096 V=129280");
+  run_timed(st, 2.0 * N * V * esize(dt), 0, [&] {
+    kernels::cross_entropy_backward()(kGpu, logits, tgt, lse, dloss, -100, dlogits);
+  });
+}
+
+void BM_AdamW(benchmark::State& st) {  // fp32 master p, m, v; grad in f32 or bf16
+  const DType gdt = dtype_arg(st.range(0));
+  const int64_t n = int64_t{1} << 27;
+  Tensor p = dev_randn({n}, DType::F32, 36), m = dev_randn({n}, DType::F32, 37, 1e-3);
+  Tensor v = Tensor::full({n}, 1e-4, DType::F32, kGpu);
+  const Tensor g = dev_randn({n}, gdt, 38, 1e-2);
+  st.SetLabel(std::string("p,m,v f32, grad ") + dtype_name(gdt));
+  int64_t step = 0;
+  run_timed(st, n * (6.0 * 4 + esize(gdt)), 0, [&] {
+    kernels::adamw_step()(kGpu, p, g, m, v, 1e-4, 0.9, 0.95, 1e-8, 0.1, ++step, 0.5);
+  });
+}
+
+// ---- GEMM (cuBLASLt today) -----------------------------------------------------------------
+
+// D (M, N) = A (M, K) B (N, K)^T: the linear-layer forward. DeepSeek-V3 shapes.
+void BM_GemmBf16(benchmark::State& st) {
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const Tensor a = dev_randn({1, M, K}, DType::BF16, 39), b = dev_randn({1, N, K}, DType::BF16, 40);
+  Tensor c = Tensor::empty({1, M, N}, DType::BF16, kGpu);
+  st.SetLabel("bf16 cuBLASLt NT");
+  run_timed(st, (M * K + N * K + M * N) * 2.0, 2.0 * M * N * K,
+            [&] { kernels::gemm()(kGpu, a, b, c, false, true, 1.0, 0.0); });
+}
+
+void BM_GemmF32(benchmark::State& st) {
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const Tensor a = dev_randn({1, M, K}, DType::F32, 41), b = dev_randn({1, N, K}, DType::F32, 42);
+  Tensor c = Tensor::empty({1, M, N}, DType::F32, kGpu);
+  st.SetLabel("f32 cuBLASLt NT (no TF32)");
+  run_timed(st, (M * K + N * K + M * N) * 4.0, 2.0 * M * N * K,
+            [&] { kernels::gemm()(kGpu, a, b, c, false, true, 1.0, 0.0); });
+}
+
+void register_all() {
+  auto reg = [](const char* name, void (*fn)(benchmark::State&)) {
+    return benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(benchmark::kMicrosecond)
+        ->MinTime(0.05);
+  };
+  reg("Fill", BM_Fill)->Arg(0)->Arg(1);
+  reg("CopyTranspose", BM_CopyTranspose);
+  reg("CopyConvert", BM_CopyConvert);
+  reg("AddScaled", BM_AddScaled)->Arg(0)->Arg(1);
+  reg("BinaryAdd", BM_BinaryAdd)->Args({0, 0})->Args({0, 1})->Args({1, 0});
+  reg("ReduceSumRows", BM_ReduceSumRows)->Arg(0)->Arg(1);
+  reg("ReduceMaxLastDim", BM_ReduceMaxLastDim);
+  reg("SumSquares", BM_SumSquares);
+  reg("EmbeddingForward", BM_EmbeddingForward);
+  reg("EmbeddingBackward", BM_EmbeddingBackward);
+  reg("IndexSelect", BM_IndexSelect);
+  reg("RmsNormForward", BM_RmsNormForward)->Arg(0)->Arg(1);
+  reg("RmsNormBackward", BM_RmsNormBackward)->Arg(0)->Arg(1);
+  reg("Rope", BM_Rope);
+  reg("SwigluForward", BM_SwigluForward)->Arg(0)->Arg(1);
+  reg("SwigluBackward", BM_SwigluBackward)->Arg(0)->Arg(1);
+  reg("SoftmaxForward", BM_SoftmaxForward)->Arg(0)->Arg(1);
+  reg("SoftmaxBackward", BM_SoftmaxBackward)->Arg(0)->Arg(1);
+  reg("CrossEntropyForward", BM_CrossEntropyForward)->Arg(0)->Arg(1);
+  reg("CrossEntropyBackward", BM_CrossEntropyBackward)->Arg(0)->Arg(1);
+  reg("AdamW", BM_AdamW)->Arg(0)->Arg(1);
+  auto* g = reg("GemmBf16", BM_GemmBf16);
+  for (int64_t m : {64, 128, 4096})
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{2112, 7168}, {24576, 1536}, {32768, 512},
+                        {7168, 16384}, {4096, 7168}, {7168, 2048}})
+      g->Args({m, n, k});
+  reg("GemmF32", BM_GemmF32)->Args({4096, 4096, 4096});
+}
+
+#endif  // R1_HAVE_CUDA
+
+}  // namespace
+}  // namespace r1
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+#if defined(R1_HAVE_CUDA)
+  if (!r1::device_available(r1::DeviceType::CUDA)) {
+    std::printf("bench_cuda_kernels: no CUDA device; nothing to measure\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  r1::g_copy_gbps = r1::measure_copy_gbps();
+  r1::g_gemm_tflops = r1::measure_gemm_tflops();
+  std::printf("device %s: copy ceiling %.0f GB/s, cuBLASLt bf16 8192^3 %.0f TFLOP/s\n",
+              prop.name, r1::g_copy_gbps, r1::g_gemm_tflops);
+  benchmark::AddCustomContext("gpu", prop.name);
+  benchmark::AddCustomContext("copy_gbps", std::to_string(r1::g_copy_gbps));
+  benchmark::AddCustomContext("gemm_bf16_tflops", std::to_string(r1::g_gemm_tflops));
+  r1::register_all();
+  benchmark::RunSpecifiedBenchmarks();
+#else
+  std::printf("bench_cuda_kernels: built without CUDA; nothing to measure\n");
+#endif
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds, on this machine (no GPU needed), everything scripts/gpu-check.sh runs on a GPU
+# machine, into one self-contained folder:
+#
+#   .gpu-bundle/bin/   the CUDA tests (test_cuda_*) and bench_cuda_kernels, sm_90a
+#   .gpu-bundle/lib/   every shared library they need beyond glibc and the CUDA toolkit
+#                      (OpenBLAS, libgfortran, fmt, gomp, ...), copied from this machine
+#   .gpu-bundle/MANIFEST  the commit, the build flags and each file's checksum
+#
+# Why a bundle: the GPU machines have nvcc, CMake and Python but none of Debian's -dev
+# packages and no network, and their time is scarce (minutes per session); compiling there
+# would spend it. libstdc++ and libgcc are linked statically so the binaries do not depend
+# on the GPU machine's compiler; glibc is the GPU machine's own (built against Debian 12's
+# 2.36, so any newer glibc runs them); cudart is static; cuBLASLt comes from the GPU
+# machine's /usr/local/cuda (same major version, 13).
+#
+# Usage: scripts/gpu-bundle.sh            (then carry .gpu-bundle to the GPU machine)
+# Env:   R1_GPU_BUILD_DIR (default build-gpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --no-build
+build_dir=${R1_GPU_BUILD_DIR:-build-gpu}
+bundle=.gpu-bundle
+
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DR1_CUDA=ON \
+  -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
+mapfile -t targets < <(ninja -C "$build_dir" -t targets all |
+  sed -n 's/^\(test_cuda_[a-z0-9_]*\|bench_cuda_kernels\): phony$/\1/p' | sort -u)
+((${#targets[@]})) || { echo "gpu-bundle: no CUDA targets found in $build_dir" >&2; exit 1; }
+echo "gpu-bundle: building ${targets[*]}"
+cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"
+
+rm -rf "$bundle.tmp"
+mkdir -p "$bundle.tmp/bin" "$bundle.tmp/lib"
+for t in "${targets[@]}"; do
+  cp "$build_dir/bin/$t" "$bundle.tmp/bin/"
+  strip --strip-debug "$bundle.tmp/bin/$t"
+done
+# Shared libraries: everything ldd resolves except glibc's own and the CUDA toolkit's.
+glibc='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv)\.so'
+for t in "${targets[@]}"; do
+  ldd "$build_dir/bin/$t" | awk '$3 ~ /^\// {print $1, $3}'
+done | sort -u | while read -r name path; do
+  [[ "$name" =~ $glibc ]] && continue
+  [[ "$path" == /usr/local/cuda* ]] && continue
+  cp -L "$path" "$bundle.tmp/lib/$name"
+done
+{
+  echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
+  echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release; echo "$PRETTY_NAME")"
+  echo "nvcc $(/usr/local/cuda/bin/nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+  (cd "$bundle.tmp" && find bin lib -type f | sort | xargs sha256sum)
+} >"$bundle.tmp/MANIFEST"
+rm -rf "$bundle"
+mv "$bundle.tmp" "$bundle"
+echo "gpu-bundle: $(du -sh "$bundle" | cut -f1) in $bundle/ ($(ls "$bundle/bin" | wc -l) binaries, $(ls "$bundle/lib" | wc -l) libraries)"

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The one-command GPU check. On a machine with an NVIDIA GPU (sm_90a: H100/H200/H800):
+#   1. every CUDA test (R1_REQUIRE_CUDA=1: a test that cannot see the GPU fails, never skips),
+#   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first),
+#   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
+# then writes a results table: <results>/<gpu>-<date>.md and .json (scripts/gpu_results.py).
+#
+# It runs the binaries of .gpu-bundle/ (made on any machine by scripts/gpu-bundle.sh: the
+# GPU machines have no -dev packages and no network, and compiling there costs GPU time).
+# Without a bundle it builds one first, which needs this repository's dependencies
+# (scripts/setup.sh) on the machine.
+#
+# Usage: scripts/gpu-check.sh [--out DIR] [--results DIR] [--quick] [--no-sanitizer]
+#                             [--sanitizer-budget SECONDS]
+#   --out DIR       logs and raw outputs (default runs/gpu-check-<date>)
+#   --results DIR   where the table goes (default bench/results)
+#   --quick         benchmarks with fewer repetitions (tests are never cut)
+#   --sanitizer-budget  seconds for all sanitizer runs together (default 300); a run cut
+#                   short is reported as "timed out", not as clean
+# Exit status: 0 when every test passed, 1 otherwise (the table is written either way).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+out=runs/gpu-check-$(date -u +%Y%m%d-%H%M%S)
+results=bench/results
+quick=0
+sanitizer=1
+san_budget=300
+while (($#)); do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --results) results=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --no-sanitizer) sanitizer=0; shift ;;
+    --sanitizer-budget) san_budget=$2; shift 2 ;;
+    *) echo "gpu-check: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out" "$results"
+out=$(cd "$out" && pwd)
+t0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - t0 ))s; }
+
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu-check: no NVIDIA GPU visible (nvidia-smi -L failed)" >&2
+  exit 2
+fi
+[[ -x .gpu-bundle/bin/bench_cuda_kernels ]] || scripts/gpu-bundle.sh
+bundle=$root/.gpu-bundle
+export LD_LIBRARY_PATH=$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export R1_REQUIRE_CUDA=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+missing=$(ldd "$bundle"/bin/* 2>/dev/null | grep 'not found' | sort -u)
+[[ -z "$missing" ]] || echo "gpu-check: WARNING, libraries not found: $missing"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
+  --format=csv >"$out/gpu.csv" 2>&1
+cp "$bundle/MANIFEST" "$out/MANIFEST"
+echo "gpu-check: $(sed -n 2p "$out/gpu.csv"); bundle $(head -1 "$bundle/MANIFEST")"
+
+# ---- 1. tests ------------------------------------------------------------------------------
+status=0
+: >"$out/tests.tsv"
+for t in "$bundle"/bin/test_cuda_*; do
+  name=$(basename "$t")
+  start=$(date +%s)
+  timeout 300 "$t" --gtest_output="xml:$out/$name.xml" >"$out/$name.log" 2>&1
+  rc=$?
+  summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/$name.log" | tr '\n' ' ')
+  printf '%s\t%s\t%ss\t%s\n' "$name" "$rc" "$(( $(date +%s) - start ))" "$summary" >>"$out/tests.tsv"
+  if ((rc != 0)); then
+    status=1
+    echo "gpu-check: $name FAILED (rc $rc); failures:"
+    grep -E '^\[  FAILED  \]|Failure|error' "$out/$name.log" | head -40
+  else
+    echo "gpu-check: $name ok ($summary)"
+  fi
+done
+echo "gpu-check: tests done at $(elapsed)"
+
+# ---- 2. benchmarks -------------------------------------------------------------------------
+bench_args=(--benchmark_out="$out/bench.json" --benchmark_out_format=json)
+((quick)) && bench_args+=(--benchmark_min_time=0.01)
+timeout 300 "$bundle/bin/bench_cuda_kernels" "${bench_args[@]}" >"$out/bench.log" 2>&1 ||
+  { echo "gpu-check: bench_cuda_kernels failed (rc $?), tail:"; tail -20 "$out/bench.log"; status=1; }
+echo "gpu-check: benchmarks done at $(elapsed)"
+
+# ---- 3. compute-sanitizer ------------------------------------------------------------------
+san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+: >"$out/sanitizer.tsv"
+if ((sanitizer)) && [[ -x "$san" ]]; then
+  san_end=$(( $(date +%s) + san_budget ))
+  for tool in memcheck racecheck; do
+    for t in "$bundle"/bin/test_cuda_*; do
+      name=$(basename "$t")
+      left=$(( san_end - $(date +%s) ))
+      if ((left < 10)); then
+        printf '%s\t%s\t-\tnot run (sanitizer budget spent)\n' "$tool" "$name" >>"$out/sanitizer.tsv"
+        continue
+      fi
+      # racecheck only matters for kernels with shared memory; both run every test case.
+      timeout "$left" "$san" --tool "$tool" --error-exitcode 99 --print-limit 20 "$t" \
+        >"$out/$name.$tool.log" 2>&1
+      rc=$?
+      ((rc == 124)) && { printf '%s\t%s\t124\ttimed out\n' "$tool" "$name" >>"$out/sanitizer.tsv"; continue; }
+      errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$out/$name.$tool.log" | tail -1)
+      printf '%s\t%s\t%s\t%s\n' "$tool" "$name" "$rc" "${errs:-no summary}" >>"$out/sanitizer.tsv"
+      ((rc == 99)) && status=1
+      echo "gpu-check: $tool $name rc=$rc ${errs:-}"
+    done
+  done
+else
+  echo "gpu-check: compute-sanitizer not run ($san missing or --no-sanitizer)" | tee "$out/sanitizer.tsv"
+fi
+echo "gpu-check: sanitizer done at $(elapsed)"
+
+python3 scripts/gpu_results.py --out "$out" --results "$results" || status=1
+echo "gpu-check: finished in $(elapsed), status $status"
+exit $status

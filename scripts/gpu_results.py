@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Turns one scripts/gpu-check.sh run into the results table.
+
+  scripts/gpu_results.py --out RUN_DIR [--results bench/results]
+
+Reads RUN_DIR/{gpu.csv, MANIFEST, tests.tsv, bench.json, sanitizer.tsv} and writes
+<results>/<gpu>-<date>.md (the table a reader looks at) and .json (the same numbers for
+scripts). Standard library only: it runs on the GPU machines' Python as well as here.
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import sys
+
+# The CUDA issue's bar: memory-bound kernels at >= 70% of the measured copy bandwidth.
+MEMORY_BOUND_TARGET = 0.70
+TARGETED = ("RmsNorm", "Rope", "Swiglu", "AdamW", "EmbeddingBackward", "CrossEntropy")
+
+
+def read(path, default=""):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def gpu_info(out):
+    rows = list(csv.reader(read(os.path.join(out, "gpu.csv")).splitlines()))
+    if len(rows) < 2:
+        return {"name": "unknown-gpu"}
+    head = [h.strip() for h in rows[0]]
+    vals = [v.strip() for v in rows[1]]
+    return dict(zip(head, vals)) | {"name": vals[0]}
+
+
+def tests(out):
+    res = []
+    for line in read(os.path.join(out, "tests.tsv")).splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 4:
+            res.append({"binary": parts[0], "rc": int(parts[1]), "time": parts[2],
+                        "summary": parts[3].strip()})
+    return res
+
+
+def sanitizer(out):
+    res = []
+    for line in read(os.path.join(out, "sanitizer.tsv")).splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 4:
+            res.append({"tool": parts[0], "binary": parts[1], "rc": parts[2],
+                        "summary": parts[3].strip()})
+        elif line.strip():
+            res.append({"tool": "-", "binary": "-", "rc": "-", "summary": line.strip()})
+    return res
+
+
+def bench(out):
+    text = read(os.path.join(out, "bench.json"))
+    if not text:
+        return {}, []
+    data = json.loads(text)
+    rows = []
+    for b in data.get("benchmarks", []):
+        if b.get("run_type") == "aggregate" or b.get("error_occurred"):
+            if b.get("error_occurred"):
+                rows.append({"name": b["name"], "error": b.get("error_message", "error")})
+            continue
+        rows.append({k: b.get(k) for k in ("name", "label", "us", "GB/s", "frac_copy",
+                                           "TFLOP/s", "frac_gemm")})
+    return data.get("context", {}), rows
+
+
+def fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--results", default="bench/results")
+    a = ap.parse_args()
+
+    gpu = gpu_info(a.out)
+    manifest = read(os.path.join(a.out, "MANIFEST")).splitlines()
+    commit = manifest[0] if manifest else "commit unknown"
+    ctx, rows = bench(a.out)
+    ts = tests(a.out)
+    san = sanitizer(a.out)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu["name"].lower()).strip("-")
+    os.makedirs(a.results, exist_ok=True)
+    stem = os.path.join(a.results, f"{slug}-{date}")
+
+    md = [f"# r1 GPU check: {gpu['name']}, {date}", "",
+          f"- {commit}", f"- driver {gpu.get('driver_version', '?')}, "
+          f"memory {gpu.get('memory.total [MiB]', '?')}, "
+          f"max clocks SM {gpu.get('clocks.max.sm [MHz]', '?')} / "
+          f"memory {gpu.get('clocks.max.memory [MHz]', '?')}",
+          f"- measured ceilings: device copy {float(ctx.get('copy_gbps', 0)):.0f} GB/s "
+          f"(2 GiB cudaMemcpy D2D, read + write), cuBLASLt bf16 8192^3 "
+          f"{float(ctx.get('gemm_bf16_tflops', 0)):.0f} TFLOP/s",
+          "- produced by `scripts/gpu-check.sh` (tests, `bench_cuda_kernels`, compute-sanitizer)",
+          "", "## Tests (R1_REQUIRE_CUDA=1: no skips)", "",
+          "| binary | exit | time | gtest summary |", "|---|---|---|---|"]
+    for t in ts:
+        md.append(f"| {t['binary']} | {t['rc']} | {t['time']} | {t['summary']} |")
+    md += ["", "## Kernels", "",
+           "Memory-bound rows: GB/s counts the bytes the kernel must move once; frac_copy is "
+           "that over the copy ceiling (target >= 0.70 for the kernels marked *).", "",
+           "| kernel | shape / dtype | us | GB/s | frac_copy | TFLOP/s | frac_gemm |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    below = []
+    for r in rows:
+        if "error" in r:
+            md.append(f"| {r['name']} | ERROR: {r['error']} | | | | | |")
+            continue
+        mark = "*" if r["name"].startswith(TARGETED) else ""
+        if mark and r.get("frac_copy") is not None and r["frac_copy"] < MEMORY_BOUND_TARGET:
+            below.append(f"{r['name']} ({r['frac_copy']:.2f})")
+        md.append(f"| {r['name']}{mark} | {r.get('label') or ''} | {fmt(r.get('us'), '.1f')} | "
+                  f"{fmt(r.get('GB/s'), '.0f')} | {fmt(r.get('frac_copy'), '.2f')} | "
+                  f"{fmt(r.get('TFLOP/s'), '.1f')} | {fmt(r.get('frac_gemm'), '.2f')} |")
+    md += ["", "Below the 0.70 target: " + (", ".join(below) if below else "none"), "",
+           "## compute-sanitizer", "", "| tool | binary | exit | summary |", "|---|---|---|---|"]
+    for s in san:
+        md.append(f"| {s['tool']} | {s['binary']} | {s['rc']} | {s['summary']} |")
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump({"gpu": gpu, "commit": commit, "date": date, "context": ctx, "tests": ts,
+                   "benchmarks": rows, "sanitizer": san}, f, indent=1)
+    print(f"gpu_results: wrote {stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
