@@ -7,6 +7,7 @@
 
 #include "engine/device.h"
 #include "engine/error.h"
+#include "engine/nvtx.h"
 
 namespace r1 {
 
@@ -27,8 +28,11 @@ class Kernel<R(A...)> {
              d == DeviceType::CUDA ? "CUDA" : "CPU");
     return fn;
   }
+  // Every kernel call opens an NVTX range named after the kernel, so an Nsight timeline
+  // shows each launch under the op that made it (a branch when no tool is attached).
   template <class... B>
   R operator()(Device d, B&&... args) const {
+    R1_NVTX_RANGE(name_);
     return get(d.type)(std::forward<B>(args)...);
   }
   const char* name() const { return name_; }

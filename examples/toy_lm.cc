@@ -1,5 +1,5 @@
 // r1-toy-lm: trains a tiny byte-level language model built from engine ops on generated
-// arithmetic text ("123+45=168\n"), on the CPU, and writes metrics.jsonl. It is the most
+// arithmetic text ("123+45=168\n"), on the CPU or a GPU (--device), and writes metrics.jsonl. It is the most
 // complete job the engine can do before the model and stage binaries exist: a
 // fixed-window (Bengio-style) LM, the transformer's MLP half, no attention yet.
 //
@@ -29,6 +29,7 @@ struct Options {
   double lr = 3e-3, weight_decay = 0.01, clip = 1.0;
   uint64_t seed = 1;
   std::string out = "runs/toy-lm";
+  std::string device = "cpu";  // "cpu" or "cuda[:i]": the same code on either backend
 };
 
 // A stream of "a+b=c\n" lines keyed by (seed, line number): deterministic, resumable.
@@ -53,23 +54,29 @@ struct Model {
   }
 };
 
-r1::Tensor param(const r1::Shape& s, uint64_t seed, double std) {
-  return r1::Tensor::randn(s, seed, r1::DType::F32, r1::Device::cpu(), std).set_requires_grad();
+// Parameters are drawn on the CPU and moved, so a CUDA run starts from the CPU run's weights.
+r1::Tensor param(const r1::Shape& s, uint64_t seed, double std, r1::Device dev) {
+  return r1::Tensor::randn(s, seed, r1::DType::F32, r1::Device::cpu(), std).to(dev)
+      .set_requires_grad();
 }
 
-Model init_model(const Options& o) {
+Model init_model(const Options& o, r1::Device dev) {
   Model m;
+  auto param = [dev](const r1::Shape& s, uint64_t seed, double std) {
+    return ::param(s, seed, std, dev);
+  };
+  auto ones = [dev](int64_t n) { return r1::Tensor::ones({n}, r1::DType::F32, dev).set_requires_grad(); };
   uint64_t k = o.seed * 1000;
   const double d = static_cast<double>(o.dim);
   m.emb = param({256, o.dim}, ++k, 0.5);
   m.proj = param({o.dim, o.window * o.dim}, ++k, 1.0 / std::sqrt(o.window * d));
   for (int64_t l = 0; l < o.layers; ++l) {
-    m.norm.push_back(r1::Tensor::ones({o.dim}).set_requires_grad());
+    m.norm.push_back(ones(o.dim));
     m.gate.push_back(param({o.hidden, o.dim}, ++k, 1.0 / std::sqrt(d)));
     m.up.push_back(param({o.hidden, o.dim}, ++k, 1.0 / std::sqrt(d)));
     m.down.push_back(param({o.dim, o.hidden}, ++k, 0.5 / std::sqrt(static_cast<double>(o.hidden))));
   }
-  m.final_norm = r1::Tensor::ones({o.dim}).set_requires_grad();
+  m.final_norm = ones(o.dim);
   m.head = param({256, o.dim}, ++k, 1.0 / std::sqrt(d));
   return m;
 }
@@ -90,7 +97,8 @@ r1::Tensor forward(const Model& m, const Options& o, const r1::Tensor& ids) {
 }
 
 // Batch `step`: B windows of T+W bytes from the text stream.
-void make_batch(const Options& o, int64_t step, r1::Tensor* ids, r1::Tensor* targets) {
+void make_batch(const Options& o, int64_t step, r1::Device dev, r1::Tensor* ids,
+                r1::Tensor* targets) {
   const int64_t span = o.seq + o.window;  // W-1 context bytes, T inputs, 1 extra target
   const std::string text = arithmetic_text(o.seed, step * o.batch * span / 8, o.batch * span);
   std::vector<int64_t> in, tg;
@@ -100,25 +108,28 @@ void make_batch(const Options& o, int64_t step, r1::Tensor* ids, r1::Tensor* tar
     for (int64_t t = 0; t < o.seq; ++t)
       tg.push_back(static_cast<unsigned char>(p[t + o.window]));
   }
-  *ids = r1::Tensor::from_vector(in, {o.batch, o.seq + o.window - 1});
-  *targets = r1::Tensor::from_vector(tg, {o.batch * o.seq});
+  *ids = r1::Tensor::from_vector(in, {o.batch, o.seq + o.window - 1}).to(dev);
+  *targets = r1::Tensor::from_vector(tg, {o.batch * o.seq}).to(dev);
 }
 
 int run(const Options& o) {
+  const r1::Device dev = r1::Device::parse(o.device);
+  R1_INPUT_CHECK(r1::device_available(dev.type), "--device {}: no {} device available here",
+                 o.device, dev.is_cuda() ? "CUDA" : "CPU");
   std::filesystem::create_directories(o.out);
-  Model m = init_model(o);
+  Model m = init_model(o, dev);
   std::vector<r1::Tensor> params = m.params();
   int64_t n_params = 0;
   for (const r1::Tensor& p : params) n_params += p.numel();
-  fmt::print(stderr, "r1-toy-lm: {} parameters, {} steps of {}x{} tokens, out {}\n", n_params,
-             o.steps, o.batch, o.seq, o.out);
+  fmt::print(stderr, "r1-toy-lm: {} parameters on {}, {} steps of {}x{} tokens, out {}\n",
+             n_params, dev.str(), o.steps, o.batch, o.seq, o.out);
   r1::AdamW opt(params, {.lr = o.lr, .weight_decay = o.weight_decay});
   r1::MetricsWriter metrics(o.out + "/metrics.jsonl", false);
   r1::Progress progress("toy-lm", o.steps);
   for (int64_t step = 1; step <= o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     r1::Tensor ids, targets;
-    make_batch(o, step, &ids, &targets);
+    make_batch(o, step, dev, &ids, &targets);
     const r1::Tensor loss = r1::cross_entropy(forward(m, o, ids), targets);
     r1::backward(loss);
     const double norm = r1::clip_grad_norm(params, o.clip);
@@ -149,6 +160,7 @@ int main(int argc, char** argv) {
   app.add_option("--lr", o.lr, "AdamW learning rate")->check(CLI::PositiveNumber);
   app.add_option("--seed", o.seed, "data and init seed");
   app.add_option("--out", o.out, "run directory (metrics.jsonl)");
+  app.add_option("--device", o.device, "cpu or cuda[:index]");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

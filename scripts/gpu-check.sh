@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-command GPU check. On a machine with an NVIDIA GPU (sm_90a: H100/H200/H800):
 #   1. every CUDA test (R1_REQUIRE_CUDA=1: a test that cannot see the GPU fails, never skips),
-#   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first),
+#   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first;
+#      bench_fp8_gemm), and r1-toy-lm trained on the GPU beside the same run on the CPU,
 #   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
 # then writes a results table: <results>/<gpu>-<date>.md and .json (scripts/gpu_results.py).
 #
@@ -61,7 +62,8 @@ echo "gpu-check: $(sed -n 2p "$out/gpu.csv"); bundle $(head -1 "$bundle/MANIFEST
 # ---- 1. tests ------------------------------------------------------------------------------
 status=0
 : >"$out/tests.tsv"
-for t in "$bundle"/bin/test_cuda_*; do
+for t in "$bundle"/bin/test_cuda_* "$bundle"/bin/test_fp8; do
+  [[ -x "$t" ]] || continue
   name=$(basename "$t")
   start=$(date +%s)
   timeout 300 "$t" --gtest_output="xml:$out/$name.xml" >"$out/$name.log" 2>&1
@@ -83,7 +85,22 @@ bench_args=(--benchmark_out="$out/bench.json" --benchmark_out_format=json)
 ((quick)) && bench_args+=(--benchmark_min_time=0.01)
 timeout 300 "$bundle/bin/bench_cuda_kernels" "${bench_args[@]}" >"$out/bench.log" 2>&1 ||
   { echo "gpu-check: bench_cuda_kernels failed (rc $?), tail:"; tail -20 "$out/bench.log"; status=1; }
+if [[ -x "$bundle/bin/bench_fp8_gemm" ]]; then
+  timeout 200 "$bundle/bin/bench_fp8_gemm" --benchmark_out="$out/bench_fp8.json" \
+    --benchmark_out_format=json >"$out/bench_fp8.log" 2>&1 ||
+    { echo "gpu-check: bench_fp8_gemm failed (rc $?), tail:"; tail -20 "$out/bench_fp8.log"; status=1; }
+fi
 echo "gpu-check: benchmarks done at $(elapsed)"
+
+# ---- 2b. end to end: the toy LM trained on the GPU and on this machine's CPU ---------------
+# Same seed, same initial weights (drawn on the CPU): the loss curves must agree to within the
+# drift of different f32 summation orders; gpu_results.py compares them and the speed.
+for dev in cuda cpu; do
+  timeout 240 "$bundle/bin/r1-toy-lm" --device "$dev" --steps "${R1_TOY_STEPS:-100}" \
+    --out "$out/toy-$dev" >"$out/toy-$dev.log" 2>&1 ||
+    { echo "gpu-check: r1-toy-lm --device $dev failed (rc $?), tail:"; tail -5 "$out/toy-$dev.log"; status=1; }
+done
+echo "gpu-check: toy LM done at $(elapsed)"
 
 # ---- 3. compute-sanitizer ------------------------------------------------------------------
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -91,7 +108,8 @@ san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 if ((sanitizer)) && [[ -x "$san" ]]; then
   san_end=$(( $(date +%s) + san_budget ))
   for tool in memcheck racecheck; do
-    for t in "$bundle"/bin/test_cuda_*; do
+    for t in "$bundle"/bin/test_cuda_* "$bundle"/bin/test_fp8; do
+      [[ -x "$t" ]] || continue
       name=$(basename "$t")
       left=$(( san_end - $(date +%s) ))
       if ((left < 10)); then

@@ -59,8 +59,8 @@ def sanitizer(out):
     return res
 
 
-def bench(out):
-    text = read(os.path.join(out, "bench.json"))
+def bench(out, name="bench.json"):
+    text = read(os.path.join(out, name))
     if not text:
         return {}, []
     data = json.loads(text)
@@ -73,6 +73,35 @@ def bench(out):
         rows.append({k: b.get(k) for k in ("name", "label", "us", "GB/s", "frac_copy",
                                            "TFLOP/s", "frac_gemm")})
     return data.get("context", {}), rows
+
+
+def toy(out):
+    """The toy LM on cuda vs cpu: per-step loss agreement and tokens/s."""
+    runs = {}
+    for dev in ("cuda", "cpu"):
+        rows = []
+        for line in read(os.path.join(out, f"toy-{dev}", "metrics.jsonl")).splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+        runs[dev] = rows
+    if not runs["cuda"] or not runs["cpu"]:
+        return None
+    n = min(len(runs["cuda"]), len(runs["cpu"]))
+    rel = [abs(a["loss"] - b["loss"]) / abs(b["loss"])
+           for a, b in zip(runs["cuda"][:n], runs["cpu"][:n])]
+
+    def median_tps(rows):
+        v = sorted(r["tokens_per_s"] for r in rows[len(rows) // 10:])  # skip warm-up steps
+        return v[len(v) // 2] if v else 0.0
+
+    return {"steps": n, "first_loss": runs["cpu"][0]["loss"],
+            "final_loss_cpu": runs["cpu"][n - 1]["loss"],
+            "final_loss_cuda": runs["cuda"][n - 1]["loss"],
+            "max_rel_loss_diff": max(rel), "max_rel_loss_diff_first10": max(rel[:10]),
+            "tokens_per_s_cpu": median_tps(runs["cpu"]),
+            "tokens_per_s_cuda": median_tps(runs["cuda"])}
 
 
 def fmt(v, spec):
@@ -89,6 +118,9 @@ def main():
     manifest = read(os.path.join(a.out, "MANIFEST")).splitlines()
     commit = manifest[0] if manifest else "commit unknown"
     ctx, rows = bench(a.out)
+    _, fp8_rows = bench(a.out, "bench_fp8.json")
+    rows += fp8_rows
+    e2e = toy(a.out)
     ts = tests(a.out)
     san = sanitizer(a.out)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -125,7 +157,19 @@ def main():
         md.append(f"| {r['name']}{mark} | {r.get('label') or ''} | {fmt(r.get('us'), '.1f')} | "
                   f"{fmt(r.get('GB/s'), '.0f')} | {fmt(r.get('frac_copy'), '.2f')} | "
                   f"{fmt(r.get('TFLOP/s'), '.1f')} | {fmt(r.get('frac_gemm'), '.2f')} |")
-    md += ["", "Below the 0.70 target: " + (", ".join(below) if below else "none"), "",
+    md += ["", "Below the 0.70 target: " + (", ".join(below) if below else "none"), ""]
+    md += ["## End to end: r1-toy-lm, CUDA against the CPU", ""]
+    if e2e:
+        md += [f"- {e2e['steps']} steps from the same f32 weights: loss {e2e['first_loss']:.4f} -> "
+               f"{e2e['final_loss_cpu']:.4f} (CPU) / {e2e['final_loss_cuda']:.4f} (CUDA); "
+               f"largest per-step relative loss difference {e2e['max_rel_loss_diff']:.2e} "
+               f"({e2e['max_rel_loss_diff_first10']:.2e} over the first 10 steps)",
+               f"- median tokens/s: CPU {e2e['tokens_per_s_cpu']:.0f}, CUDA "
+               f"{e2e['tokens_per_s_cuda']:.0f} "
+               f"({e2e['tokens_per_s_cuda'] / max(e2e['tokens_per_s_cpu'], 1e-9):.2f}x)", ""]
+    else:
+        md += ["- not run or failed (see toy-*.log)", ""]
+    md += [
            "## compute-sanitizer", "", "| tool | binary | exit | summary |", "|---|---|---|---|"]
     for s in san:
         md.append(f"| {s['tool']} | {s['binary']} | {s['rc']} | {s['summary']} |")
@@ -133,7 +177,7 @@ def main():
         f.write("\n".join(md) + "\n")
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"gpu": gpu, "commit": commit, "date": date, "context": ctx, "tests": ts,
-                   "benchmarks": rows, "sanitizer": san}, f, indent=1)
+                   "benchmarks": rows, "sanitizer": san, "toy_lm": e2e}, f, indent=1)
     print(f"gpu_results: wrote {stem}.md and .json")
     return 0
 

@@ -60,11 +60,12 @@ struct Tol {
 };
 Tol tol_for(DType dt, double scale = 1.0);
 
-}  // namespace r1::test
-
 // Skips without a device, except where R1_REQUIRE_CUDA=1 (scripts/gpu-check.sh sets it): there
 // a CUDA test that cannot find the GPU fails instead of passing vacuously.
 bool cuda_required();
+
+}  // namespace r1::test
+
 #define R1_SKIP_WITHOUT_CUDA()                                                  \
   do {                                                                          \
     if (!::r1::test::cuda_available()) {                                        \
