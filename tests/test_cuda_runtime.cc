@@ -22,6 +22,7 @@ namespace r1 {
 namespace {
 
 using test::case_seed;
+using test::poison;
 
 const Device kGpu = Device::cuda(0);
 constexpr DType kAllDTypes[] = {DType::F32, DType::F64, DType::BF16, DType::F16, DType::E4M3,
@@ -35,12 +36,6 @@ std::vector<unsigned char> host_bytes(const Tensor& t) {
   return b;
 }
 
-// Sets every byte of a contiguous tensor to 0xFF (NaN for floats, -1 for ints) without
-// going through the kernels under test.
-void poison(Tensor& t) {
-  std::vector<unsigned char> b(t.nbytes(), 0xFF);
-  copy_bytes(t.data_ptr(), t.device(), b.data(), Device::cpu(), b.size());
-}
 
 // Random values that every dtype can hold without undefined conversions: [0, 200) when an
 // unsigned or bool side is involved, else N(0, 20^2).
