@@ -52,6 +52,12 @@ bundle=$root/.gpu-bundle
 export LD_LIBRARY_PATH=$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export R1_REQUIRE_CUDA=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+# cuBLASLt is the GPU machine's: the toolkit's, or else a pip wheel's (PyTorch ships one).
+if ldd "$bundle/bin/bench_cuda_kernels" | grep -q 'libcublasLt.*not found'; then
+  lt=$(timeout 60 find /usr /opt /root /home -name 'libcublasLt.so.13' 2>/dev/null | head -1)
+  [[ -n "$lt" ]] && export LD_LIBRARY_PATH=$(dirname "$lt"):$LD_LIBRARY_PATH &&
+    echo "gpu-check: cuBLASLt from $lt"
+fi
 missing=$(ldd "$bundle"/bin/* 2>/dev/null | grep 'not found' | sort -u)
 [[ -z "$missing" ]] || echo "gpu-check: WARNING, libraries not found: $missing"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \

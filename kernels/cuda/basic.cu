@@ -13,28 +13,12 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
+#include "kernels/cuda/common/launch.cuh"
 
 namespace r1::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-// 8 resident blocks of 256 threads per SM fill Hopper's 2048 threads/SM; a grid-stride loop
-// covers the rest, so no launch is larger than the machine.
-constexpr int kBlocksPerSm = 8;
 constexpr int kMaxDims = 8;
-
-int grid_for(int64_t items, int device) {
-  const int64_t want = (items + kThreads - 1) / kThreads;
-  const int64_t cap = int64_t{sm_count(device)} * kBlocksPerSm;
-  return static_cast<int>(std::clamp<int64_t>(want, 1, cap));
-}
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-__device__ inline int64_t global_thread() {
-  return int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-}
-__device__ inline int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
 
 // ---- fill ------------------------------------------------------------------------------
 
@@ -228,16 +212,6 @@ void copy_strided_cuda(const Tensor& src, Tensor& dst) {
 }
 
 // ---- add_scaled, affine ----------------------------------------------------------------
-
-// Storage type <-> fp32: f32 as is, bf16 (uint16_t bits) through engine/convert.h, so the
-// rounding is the CPU's round-to-nearest-even.
-__device__ inline float to_f32(float v) { return v; }
-__device__ inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
-template <class T>
-__device__ inline T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return f32_to_bf16(v);
-}
 
 struct AddScaledFn {  // y + alpha * x
   float alpha;

@@ -36,6 +36,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "engine/cuda/caching_allocator.h"
 #include "engine/cuda/cuda_check.h"
@@ -238,9 +239,8 @@ void run_matmul(const GemmProblem& p, const void* a, const void* b, void* c, flo
   R1_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB,
                                                    &op_second, sizeof(op_second)));
 
-  const AlgoKey key{device,      static_cast<int>(p.dtype), p.trans_a, p.trans_b,
-                    p.broadcast_a, p.broadcast_b,           p.batch,   p.m,
-                    p.n,         p.k,                       alignment(a), alignment(b),
+  const AlgoKey key{device, static_cast<int>(p.dtype), p.trans_a, p.trans_b, p.broadcast_a,
+                    p.broadcast_b, p.batch, p.m, p.n, p.k, alignment(a), alignment(b),
                     alignment(c)};
   const auto [handle, algo] =
       LtContext::instance().lookup(key, desc.get(), first.get(), second.get(), out.get());

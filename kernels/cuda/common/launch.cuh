@@ -1,0 +1,112 @@
+// Launch and load/store helpers shared by the CUDA kernels: grid sizing, grid-stride indices,
+// the f32/bf16 storage types (bf16 as uint16_t bits, rounded RNE as engine/convert.h does on
+// the CPU), the dtype dispatch, and 16-byte chunk loads/stores for per-row kernels.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "engine/convert.h"
+#include "engine/cuda/stream.h"
+#include "engine/error.h"
+
+namespace r1::cuda {
+
+inline constexpr int kThreads = 256;
+// 8 resident blocks of 256 threads fill Hopper's 2048 threads per SM; a grid-stride loop
+// covers the rest, so no launch is larger than the machine.
+inline constexpr int kBlocksPerSm = 8;
+
+// Blocks of kThreads for `items` work items, capped at kBlocksPerSm per SM.
+inline int grid_for(int64_t items, int device) {
+  const int64_t want = (items + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t{sm_count(device)} * kBlocksPerSm;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, cap));
+}
+
+__host__ __device__ inline bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+__device__ inline int64_t global_thread() {
+  return int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+}
+__device__ inline int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
+
+// Storage type <-> fp32: f32 as is, bf16 bits through engine/convert.h (RNE, as the CPU).
+__device__ inline float to_f32(float v) { return v; }
+__device__ inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
+template <class T>
+__device__ inline T from_f32(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else return f32_to_bf16(v);
+}
+
+// Calls fn(float{}) or fn(uint16_t{}) (bf16 bits) for the dtype; others are an error naming op.
+template <class Fn>
+void dispatch_float(DType t, const char* op, Fn&& fn) {
+  switch (t) {
+    case DType::F32: return fn(float{});
+    case DType::BF16: return fn(uint16_t{});
+    default: break;
+  }
+  R1_CHECK(false, "{}: CUDA kernels take f32 or bf16, got {}", op, dtype_name(t));
+}
+
+// ---- per-row kernels: 16-byte chunks -------------------------------------------------------
+
+template <class T>
+inline constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte chunk
+
+inline constexpr int kChunksPerThread = 4;  // about 4 chunks per thread before tpr doubles
+inline constexpr int kMaxRowThreads = 1024;
+
+// Threads per row: a power of two in [32, 1024] giving each about kChunksPerThread chunks.
+// A function of the row length only, so a row's reduction order never depends on N.
+inline int row_threads(int64_t chunks) {
+  int t = 32;
+  while (t < kMaxRowThreads && int64_t{t} * kChunksPerThread < chunks) t *= 2;
+  return t;
+}
+
+// f[k] := p[i0 + k] as fp32 for the chunk's elements below n; returns how many (<= kVec).
+// One 16-byte load when the chunk is whole and aligned, else scalar loads (same values).
+template <class T>
+__device__ inline int load_chunk(const T* p, int64_t i0, int64_t n, float (&f)[kVec<T>]) {
+  constexpr int kV = kVec<T>;
+  if (i0 + kV <= n && aligned16(p + i0)) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p + i0);
+    T e[kV];
+    memcpy(e, &u, 16);
+#pragma unroll
+    for (int k = 0; k < kV; ++k) f[k] = to_f32(e[k]);
+    return kV;
+  }
+  const int cnt = static_cast<int>(n - i0 < kV ? n - i0 : kV);
+#pragma unroll
+  for (int k = 0; k < kV; ++k) f[k] = k < cnt ? to_f32(p[i0 + k]) : 0.0f;
+  return cnt;
+}
+
+// p[i0 + k] := f[k] for the chunk's elements below n (the mirror of load_chunk).
+template <class T>
+__device__ inline void store_chunk(T* p, int64_t i0, int64_t n, const float (&f)[kVec<T>]) {
+  constexpr int kV = kVec<T>;
+  T e[kV];
+#pragma unroll
+  for (int k = 0; k < kV; ++k) e[k] = from_f32<T>(f[k]);
+  if (i0 + kV <= n && aligned16(p + i0)) {
+    uint4 u;
+    memcpy(&u, e, 16);
+    *reinterpret_cast<uint4*>(p + i0) = u;
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kV; ++k)
+    if (i0 + k < n) p[i0 + k] = e[k];
+}
+
+}  // namespace r1::cuda

@@ -1,0 +1,434 @@
+// CUDA: RMSNorm forward and backward, SwiGLU forward and backward, RoPE (interleaved or
+// half-split pairs, forward or inverse). Contracts in engine/kernels.h; the CPU versions
+// (kernels/cpu/{rmsnorm,swiglu,rope}.cc) are the reference (tests/test_cuda_model_ops.cc).
+// f32 or bf16 data (bf16 as uint16_t bits), fp32 math, rmsnorm's rstd in f32 (stat_dtype).
+//
+// All memory bound: the ceiling is HBM bandwidth (H200 ~4.8 TB/s). Data moves in 16-byte
+// chunks (4 f32 or 8 bf16); a chunk whose address is not 16-byte aligned, or that runs past
+// the end of a row, is read element by element with the same arithmetic. Not yet measured.
+//
+// Batch invariance (DESIGN.md): a row's reduction order is a function of D alone. The
+// threads per row come from D, thread `lane` owns chunks lane, lane + tpr, ... and sums them
+// in that order whether they arrive as vectors or as scalars, then the row's threads combine
+// in a fixed tree. Neither N, the grid nor a row's alignment changes a row's bits.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "engine/convert.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/stream.h"
+#include "engine/kernels.h"
+#include "kernels/cuda/common/launch.cuh"
+
+namespace r1::cuda {
+namespace {
+
+// rmsnorm_backward: rows per block, each block keeps one dw partial (D f32) in shared memory.
+constexpr int64_t kRmsRowBlock = 32;
+constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes per column
+
+// Sum of v over the `tpr` consecutive threads of a row group (tpr a power of two, 32..1024),
+// returned to all of them. Every thread of the block must call it (it syncs when tpr > 32).
+// Butterfly within warps (lane i adds v_i + v_{i^k}, its partner the same two operands, so
+// all lanes agree bit for bit), then the group's warp sums in warp order from shared memory
+// (broadcast reads: no bank conflicts).
+__device__ inline float group_sum(float v, float* smem, int tpr) {
+#pragma unroll
+  for (int k = 16; k > 0; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
+  if (tpr <= 32) return v;
+  const int warp = threadIdx.x / 32, warps = tpr / 32, first = warp / warps * warps;
+  __syncthreads();  // the previous call's readers are done with smem
+  if (threadIdx.x % 32 == 0) smem[warp] = v;
+  __syncthreads();
+  float s = smem[first];
+  for (int k = 1; k < warps; ++k) s += smem[first + k];
+  return s;
+}
+
+// ---- rmsnorm -----------------------------------------------------------------------------
+
+// x (N, D), w (D) -> y (N, D), rstd (N) f32. A group of tpr threads per row, 256 / tpr rows
+// per block when tpr < 256. Pass 1 sums x^2, pass 2 re-reads the row (L1/L2) to write y.
+template <class T>
+__global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
+                                       int64_t D, float eps, int tpr) {
+  constexpr int kV = kVec<T>;
+  __shared__ float smem[kMaxRowThreads / 32];
+  const int lane = threadIdx.x % tpr;
+  const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
+  const bool live = n < N;  // dead rows still join the block's syncs
+  const T* xr = x + (live ? n : 0) * D;
+  float ss = 0;
+  for (int64_t i0 = int64_t{lane} * kV; live && i0 < D; i0 += int64_t{tpr} * kV) {
+    float f[kV];
+    const int cnt = load_chunk(xr, i0, D, f);
+#pragma unroll
+    for (int k = 0; k < kV; ++k)
+      if (k < cnt) ss += f[k] * f[k];
+  }
+  ss = group_sum(ss, smem, tpr);
+  if (!live) return;
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+  if (lane == 0) rstd[n] = r;
+  T* yr = y + n * D;
+  for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += int64_t{tpr} * kV) {
+    float f[kV], wf[kV];
+    load_chunk(xr, i0, D, f);
+    load_chunk(w, i0, D, wf);
+#pragma unroll
+    for (int k = 0; k < kV; ++k) f[k] = f[k] * r * wf[k];
+    store_chunk(yr, i0, D, f);
+  }
+}
+
+// One block of tpr threads walks rows [b * kRmsRowBlock, ...) in order: dx per row, and
+// this block's dw partial (sum over its rows of dy x rstd) kept in shared memory, each thread
+// owning its own chunks (no races, no syncs). The partial goes to partial[b, :] at the end.
+// Shared layout: chunk c's k-th float4 at acc[k * nch + c], so a warp's float4 accesses are
+// consecutive (conflict-free) for bf16's two float4 per chunk too.
+// dx_i = rstd (w_i dy_i - x_i rstd^2 / D sum_j w_j dy_j x_j).
+template <class T>
+__global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy,
+                                        T* dx, float* partial, int64_t N, int64_t D) {
+  constexpr int kV = kVec<T>, kF4 = kV / 4;
+  extern __shared__ float4 acc[];
+  __shared__ float smem[kMaxRowThreads / 32];
+  const int tpr = blockDim.x, lane = threadIdx.x;
+  const int64_t nch = (D + kV - 1) / kV, step = int64_t{tpr} * kV;
+  for (int64_t c = lane; c < nch; c += tpr)
+    for (int h = 0; h < kF4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
+  const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
+  const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
+  for (int64_t n = r0; n < r1; ++n) {
+    const T* xr = x + n * D;
+    const T* gr = dy + n * D;
+    const float r = rstd[n];
+    float dot = 0;
+    for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += step) {
+      float xf[kV], gf[kV], wf[kV];
+      const int cnt = load_chunk(xr, i0, D, xf);
+      load_chunk(gr, i0, D, gf);
+      load_chunk(w, i0, D, wf);
+#pragma unroll
+      for (int k = 0; k < kV; ++k)
+        if (k < cnt) dot += wf[k] * gf[k] * xf[k];
+    }
+    dot = group_sum(dot, smem, tpr);  // uniform trip count: every thread reaches it
+    const float cf = dot * r * r / static_cast<float>(D);
+    for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += step) {
+      float xf[kV], gf[kV], wf[kV], out[kV];
+      load_chunk(xr, i0, D, xf);
+      load_chunk(gr, i0, D, gf);
+      load_chunk(w, i0, D, wf);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) out[k] = r * (wf[k] * gf[k] - xf[k] * cf);
+      store_chunk(dx + n * D, i0, D, out);
+      const int64_t c = i0 / kV;
+#pragma unroll
+      for (int h = 0; h < kF4; ++h) {
+        float4 a = acc[h * nch + c];
+        a.x += gf[4 * h] * xf[4 * h] * r;
+        a.y += gf[4 * h + 1] * xf[4 * h + 1] * r;
+        a.z += gf[4 * h + 2] * xf[4 * h + 2] * r;
+        a.w += gf[4 * h + 3] * xf[4 * h + 3] * r;
+        acc[h * nch + c] = a;
+      }
+    }
+  }
+  float* pr = partial + int64_t{blockIdx.x} * D;
+  for (int64_t c = lane; c < nch; c += tpr)
+    for (int h = 0; h < kF4; ++h) {
+      const float4 a = acc[h * nch + c];
+      const float v[4] = {a.x, a.y, a.z, a.w};
+      for (int k = 0; k < 4; ++k)
+        if (c * kV + 4 * h + k < D) pr[c * kV + 4 * h + k] = v[k];
+    }
+}
+
+// partial (G, D) f32 -> dw (D): dw[d] = sum over g of partial[g, d] in a fixed order (lane
+// y sums g = y, y + kColLanes, ...; then lanes 0..kColLanes-1 in order). Block (32, kColLanes):
+// a warp reads 32 consecutive columns of one partial row.
+template <class T>
+__global__ void column_sum_kernel(const float* partial, int64_t G, int64_t D, T* dw) {
+  __shared__ float s[kColLanes][32];
+  const int64_t d = int64_t{blockIdx.x} * 32 + threadIdx.x;
+  float a = 0;
+  if (d < D)
+    for (int64_t g = threadIdx.y; g < G; g += kColLanes) a += partial[g * D + d];
+  s[threadIdx.y][threadIdx.x] = a;
+  __syncthreads();
+  if (threadIdx.y != 0 || d >= D) return;
+  float t = s[0][threadIdx.x];
+  for (int k = 1; k < kColLanes; ++k) t += s[k][threadIdx.x];
+  dw[d] = from_f32<T>(t);
+}
+
+void check_rmsnorm(const char* op, const Tensor& x, const Tensor& w, const Tensor& rstd) {
+  R1_CHECK(x.dim() == 2 && w.dim() == 1 && w.size(0) == x.size(1) &&
+               rstd.numel() == x.size(0) && w.dtype() == x.dtype() &&
+               rstd.dtype() == stat_dtype(x.dtype()),
+           "{}: x {}, w {}, rstd {} (rstd must be {})", op, x.str(), w.str(), rstd.str(),
+           dtype_name(stat_dtype(x.dtype())));
+}
+
+// x (N, D), w (D) -> y (N, D), rstd (N) f32.
+void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                          Tensor& rstd) {
+  check_rmsnorm("rmsnorm_forward", x, w, rstd);
+  R1_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype(), "rmsnorm_forward: y {} for x {}",
+           y.str(), x.str());
+  const int64_t N = x.size(0), D = x.size(1);
+  if (N == 0) return;
+  const int dev = x.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto tag) {
+    using T = decltype(tag);
+    const int tpr = row_threads((D + kVec<T> - 1) / kVec<T>);
+    const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
+    const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
+    rmsnorm_forward_kernel<T><<<blocks, tpr * rows, 0, s>>>(
+        static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
+        static_cast<T*>(y.data_ptr()), rstd.data<float>(), N, D, static_cast<float>(eps), tpr);
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+// x, dy (N, D), w (D), rstd (N) f32 -> dx (N, D), dw (D). dw through an f32 (G, D) partial
+// per block of kRmsRowBlock rows and a fixed-order column sum: deterministic, no atomics.
+void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
+                           const Tensor& dy, Tensor& dx, Tensor& dw) {
+  check_rmsnorm("rmsnorm_backward", x, w, rstd);
+  R1_CHECK(dy.shape() == x.shape() && dy.dtype() == x.dtype() && dx.shape() == x.shape() &&
+               dx.dtype() == x.dtype() && dw.shape() == w.shape() && dw.dtype() == w.dtype(),
+           "rmsnorm_backward: x {}, dy {}, dx {}, w {}, dw {}", x.str(), dy.str(), dx.str(),
+           w.str(), dw.str());
+  const int64_t N = x.size(0), D = x.size(1);
+  if (D == 0) return;
+  if (N == 0) {
+    dw.zero_();
+    return;
+  }
+  const int dev = x.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  const int64_t G = (N + kRmsRowBlock - 1) / kRmsRowBlock;
+  Tensor partial = Tensor::empty({G, D}, DType::F32, x.device());
+  dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int kV = kVec<T>;
+    const int64_t nch = (D + kV - 1) / kV;
+    const int tpr = row_threads(nch);
+    const size_t smem = static_cast<size_t>(nch * kV) * sizeof(float);
+    int optin = 0;
+    R1_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    R1_CHECK(smem + sizeof(float) * kMaxRowThreads / 32 <= static_cast<size_t>(optin),
+             "rmsnorm_backward: D {} needs {} bytes of shared memory for dw; the device has {}",
+             D, smem, optin);
+    if (smem > 48 * 1024) {
+      R1_CUDA_CHECK(cudaFuncSetAttribute(rmsnorm_backward_kernel<T>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    }
+    rmsnorm_backward_kernel<T><<<static_cast<unsigned>(G), tpr, smem, s>>>(
+        static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
+        rstd.data<float>(), static_cast<const T*>(dy.data_ptr()), static_cast<T*>(dx.data_ptr()),
+        partial.data<float>(), N, D);
+    R1_CUDA_CHECK_LAUNCH();
+    column_sum_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, kColLanes), 0, s>>>(
+        partial.data<float>(), G, D, static_cast<T*>(dw.data_ptr()));
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+// ---- swiglu ------------------------------------------------------------------------------
+
+__device__ inline float sigmoid(float g) {
+  return 1.0f / (1.0f + __expf(-g));  // exp overflow gives 1/inf = 0: the right limit
+}
+
+// gate, up (n) -> out (n) = silu(gate) * up; one chunk per thread per grid-stride step.
+template <class T>
+__global__ void swiglu_forward_kernel(const T* gate, const T* up, T* out, int64_t n) {
+  constexpr int kV = kVec<T>;
+  for (int64_t i0 = global_thread() * kV; i0 < n; i0 += grid_threads() * kV) {
+    float g[kV], u[kV], o[kV];
+    load_chunk(gate, i0, n, g);
+    load_chunk(up, i0, n, u);
+#pragma unroll
+    for (int k = 0; k < kV; ++k) o[k] = g[k] * sigmoid(g[k]) * u[k];
+    store_chunk(out, i0, n, o);
+  }
+}
+
+// dgate = dout up s (1 + g (1 - s)), dup = dout g s, s = sigmoid(g).
+template <class T>
+__global__ void swiglu_backward_kernel(const T* gate, const T* up, const T* dout, T* dgate,
+                                       T* dup, int64_t n) {
+  constexpr int kV = kVec<T>;
+  for (int64_t i0 = global_thread() * kV; i0 < n; i0 += grid_threads() * kV) {
+    float g[kV], u[kV], d[kV], dg[kV], du[kV];
+    load_chunk(gate, i0, n, g);
+    load_chunk(up, i0, n, u);
+    load_chunk(dout, i0, n, d);
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      const float sg = sigmoid(g[k]);
+      dg[k] = d[k] * u[k] * sg * (1.0f + g[k] * (1.0f - sg));
+      du[k] = d[k] * g[k] * sg;
+    }
+    store_chunk(dgate, i0, n, dg);
+    store_chunk(dup, i0, n, du);
+  }
+}
+
+void check_same(const char* op, const Tensor& a, const Tensor& b) {
+  R1_CHECK(a.shape() == b.shape() && a.dtype() == b.dtype(), "{}: {} vs {}", op, a.str(),
+           b.str());
+}
+
+// gate, up (N, F) -> out (N, F).
+void swiglu_forward_cuda(const Tensor& gate, const Tensor& up, Tensor& out) {
+  check_same("swiglu_forward", gate, up);
+  check_same("swiglu_forward", gate, out);
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  const int dev = gate.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_float(gate.dtype(), "swiglu_forward", [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_forward_kernel<T><<<grid_for((n + kVec<T> - 1) / kVec<T>, dev), kThreads, 0, s>>>(
+        static_cast<const T*>(gate.data_ptr()), static_cast<const T*>(up.data_ptr()),
+        static_cast<T*>(out.data_ptr()), n);
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+// gate, up, dout (N, F) -> dgate, dup (N, F).
+void swiglu_backward_cuda(const Tensor& gate, const Tensor& up, const Tensor& dout,
+                          Tensor& dgate, Tensor& dup) {
+  check_same("swiglu_backward", gate, up);
+  check_same("swiglu_backward", gate, dout);
+  check_same("swiglu_backward", gate, dgate);
+  check_same("swiglu_backward", gate, dup);
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  const int dev = gate.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_float(gate.dtype(), "swiglu_backward", [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_backward_kernel<T><<<grid_for((n + kVec<T> - 1) / kVec<T>, dev), kThreads, 0, s>>>(
+        static_cast<const T*>(gate.data_ptr()), static_cast<const T*>(up.data_ptr()),
+        static_cast<const T*>(dout.data_ptr()), static_cast<T*>(dgate.data_ptr()),
+        static_cast<T*>(dup.data_ptr()), n);
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+// ---- rope --------------------------------------------------------------------------------
+
+// x (rows = B*T*H, D), pos (B*T) int, cos/sin (P, D/2) of Tc -> y (rows, D). One chunk of
+// a head per item: interleaved, kV elements = kV/2 pairs (a chunk never splits a pair: D and
+// kV are even); halves, kV elements of each half = kV pairs. A position outside [0, P) turns
+// its token's outputs into NaN: checking on the host would cost a sync per call, and the
+// NaN cannot go unnoticed. In place (y == x) is safe: an item reads what it writes.
+template <class T, class Tc, class P>
+__global__ void rope_kernel(const T* x, const P* pos, const Tc* cos, const Tc* sin, T* y,
+                            int64_t rows, int64_t H, int64_t D, int64_t num_pos,
+                            bool interleaved, float sgn) {
+  constexpr int kV = kVec<T>;
+  const int64_t half = D / 2;
+  const int64_t nch = ((interleaved ? D : half) + kV - 1) / kV;
+  for (int64_t item = global_thread(); item < rows * nch; item += grid_threads()) {
+    const int64_t r = item / nch, i0 = (item - r * nch) * kV;
+    const int64_t p = static_cast<int64_t>(pos[r / H]);
+    const bool ok = p >= 0 && p < num_pos;
+    const Tc* cr = cos + (ok ? p : 0) * half;
+    const Tc* sr = sin + (ok ? p : 0) * half;
+    const T* xr = x + r * D;
+    T* yr = y + r * D;
+    float a[kV], b[kV] = {};
+    if (interleaved) {
+      const int cnt = load_chunk(xr, i0, D, a);
+#pragma unroll
+      for (int k = 0; k < kV; k += 2) {
+        if (k >= cnt) break;
+        const int64_t j = (i0 + k) / 2;
+        const float cj = to_f32(cr[j]), sj = sgn * to_f32(sr[j]);
+        b[k] = ok ? a[k] * cj - a[k + 1] * sj : NAN;
+        b[k + 1] = ok ? a[k] * sj + a[k + 1] * cj : NAN;
+      }
+      store_chunk(yr, i0, D, b);
+    } else {
+      const int cnt = load_chunk(xr, i0, half, a);
+      load_chunk(xr + half, i0, half, b);
+      float ya[kV], yb[kV];
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        const bool in = k < cnt;
+        const float cj = in ? to_f32(cr[i0 + k]) : 0.0f;
+        const float sj = in ? sgn * to_f32(sr[i0 + k]) : 0.0f;
+        ya[k] = ok ? a[k] * cj - b[k] * sj : NAN;
+        yb[k] = ok ? a[k] * sj + b[k] * cj : NAN;
+      }
+      store_chunk(yr, i0, half, ya);
+      store_chunk(yr + half, i0, half, yb);
+    }
+  }
+}
+
+// x (B, T, H, D), positions (B, T) i32/i64, cos/sin (P, D/2) f32 or x's dtype -> y.
+void rope_cuda(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin,
+               bool interleaved, bool inverse, Tensor& y) {
+  R1_CHECK(x.dim() == 4 && x.size(3) % 2 == 0 && positions.dim() == 2 &&
+               positions.size(0) == x.size(0) && positions.size(1) == x.size(1) &&
+               cos.dim() == 2 && cos.shape() == sin.shape() && cos.size(1) * 2 == x.size(3) &&
+               cos.dtype() == sin.dtype() && y.shape() == x.shape() && y.dtype() == x.dtype(),
+           "rope: x {}, positions {}, cos {}, sin {}, y {}", x.str(), positions.str(), cos.str(),
+           sin.str(), y.str());
+  R1_CHECK(cos.dtype() == x.dtype() || cos.dtype() == DType::F32,
+           "rope: cos/sin {} must be f32 or x's dtype {}", dtype_name(cos.dtype()),
+           dtype_name(x.dtype()));
+  R1_CHECK(positions.dtype() == DType::I32 || positions.dtype() == DType::I64,
+           "rope: positions must be i32 or i64, got {}", dtype_name(positions.dtype()));
+  const int64_t H = x.size(2), D = x.size(3), rows = x.size(0) * x.size(1) * H;
+  if (rows == 0 || D == 0) return;
+  const int dev = x.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  const float sgn = inverse ? -1.0f : 1.0f;
+  dispatch_float(x.dtype(), "rope", [&](auto xtag) {
+    using T = decltype(xtag);
+    auto with_table = [&](auto ctag) {
+      using Tc = decltype(ctag);
+      auto with_pos = [&](auto ptag) {
+        using P = decltype(ptag);
+        const int64_t half_or_d = interleaved ? D : D / 2;
+        const int64_t items = rows * ((half_or_d + kVec<T> - 1) / kVec<T>);
+        rope_kernel<T, Tc, P><<<grid_for(items, dev), kThreads, 0, s>>>(
+            static_cast<const T*>(x.data_ptr()), static_cast<const P*>(positions.data_ptr()),
+            static_cast<const Tc*>(cos.data_ptr()), static_cast<const Tc*>(sin.data_ptr()),
+            static_cast<T*>(y.data_ptr()), rows, H, D, cos.size(0), interleaved, sgn);
+        R1_CUDA_CHECK_LAUNCH();
+      };
+      if (positions.dtype() == DType::I32) with_pos(int32_t{});
+      else with_pos(int64_t{});
+    };
+    if (cos.dtype() == DType::F32) with_table(float{});
+    else with_table(T{});
+  });
+}
+
+}  // namespace
+
+R1_REGISTER_KERNEL(rmsnorm_forward, CUDA, rmsnorm_forward_cuda);
+R1_REGISTER_KERNEL(rmsnorm_backward, CUDA, rmsnorm_backward_cuda);
+R1_REGISTER_KERNEL(swiglu_forward, CUDA, swiglu_forward_cuda);
+R1_REGISTER_KERNEL(swiglu_backward, CUDA, swiglu_backward_cuda);
+R1_REGISTER_KERNEL(rope, CUDA, rope_cuda);
+
+}  // namespace r1::cuda
