@@ -108,4 +108,89 @@ R1_KERNEL(adamw_step, void(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, dou
                            double beta1, double beta2, double eps, double weight_decay,
                            int64_t step, double grad_scale))
 
+// ---- fp8 (DeepSeek-V3 block scaling) ----------------------------------------------------
+// E4M3 quantization with fp32 scales and the block-scaled GEMM of the DeepSeek-V3 recipe
+// (arXiv 2412.19437, sec. 3.3): activations get one scale per 1x128 tile (per row, per 128
+// columns), weights one per 128x128 block; the product's partial sums are promoted to fp32
+// at least every 128 K. A scale s means x ~ q * s (the dequantized value is e4m3(q) * s).
+//  - Scale of a tile or block: s = amax / 448 (kE4M3Max) in f32 arithmetic (one IEEE
+//    division, so every backend gets the same bits), amax = the largest |x| of the tile
+//    (fmax semantics) over its in-range elements only (edge tiles are partial, nothing is
+//    padded). amax = 0 (an all-zero tile) gives s = 1: any scale represents zeros exactly,
+//    and 1 keeps x / s from being 0 / 0 = NaN and keeps 1 / s finite for readers of it.
+//  - q = f32_to_e4m3(x / s) (one f32 division, then RNE with saturation; engine/convert.h).
+//    x / s may exceed 448 by an f32 rounding; it saturates to 448. bf16 x is widened first
+//    (exact). The result is bit-identical on every backend for finite x; non-finite x
+//    gives unspecified scales and NaN codes.
+// Shapes: KB = fp8_blocks(K) = ceil(K / 128), NB = fp8_blocks(N).
+inline constexpr int64_t kFp8Block = 128;
+inline int64_t fp8_blocks(int64_t n) { return (n + kFp8Block - 1) / kFp8Block; }
+
+// x (M, K) f32 or bf16 -> q (M, K) e4m3, scales (M, KB) f32; scales[m, kb] covers
+// x[m, kb*128 : min(K, kb*128 + 128)].
+R1_KERNEL(quantize_fp8_rows, void(const Tensor& x, Tensor& q, Tensor& scales))
+// w (N, K) f32 or bf16 -> q (N, K) e4m3, scales (NB, KB) f32; scales[nb, kb] covers the
+// block w[nb*128 : nb*128 + 128, kb*128 : kb*128 + 128] (clipped to the matrix).
+R1_KERNEL(quantize_fp8_blocks, void(const Tensor& w, Tensor& q, Tensor& scales))
+// a_q (M, K) e4m3, a_scales (M, KB) f32 (quantize_fp8_rows), b_q (N, K) e4m3, b_scales
+// (NB, KB) f32 (quantize_fp8_blocks) -> d (M, N):
+//   d[m, n] = sum_kb (sum_{k in block kb} a_q[m, k] b_q[n, k]) * a_scales[m, kb]
+//                                                        * b_scales[n / 128, kb],
+// i.e. D = A B^T of the dequantized operands (x @ w^T of a linear layer). CUDA: d f32 or
+// bf16; each k-block's partial sum is formed in fp32 (the products of two e4m3 are exact),
+// scaled, and added to an fp32 accumulator. CPU (the reference): d f64, f32 or bf16; the
+// partial sums are exact in f64 (128 products of e4m3 values, multiples of 2^-18 below
+// 2^18, fit in 43 bits), the result is rounded once to d's dtype. K = 0 gives d = 0.
+R1_KERNEL(gemm_fp8_blockscaled, void(const Tensor& a_q, const Tensor& a_scales,
+                                     const Tensor& b_q, const Tensor& b_scales, Tensor& d))
+
+// Checks the operands of quantize_fp8_rows (block_rows = 1) or quantize_fp8_blocks
+// (block_rows = 128) against their contract; every backend calls it first.
+inline void check_quantize_fp8(const char* what, const Tensor& x, const Tensor& q,
+                               const Tensor& scales, int64_t block_rows) {
+  R1_CHECK(x.dim() == 2 && q.shape() == x.shape() && scales.dim() == 2 &&
+               scales.size(0) == (x.size(0) + block_rows - 1) / block_rows &&
+               scales.size(1) == fp8_blocks(x.size(1)),
+           "{}: x {} q {} scales {} do not fit", what, shape_str(x.shape()),
+           shape_str(q.shape()), shape_str(scales.shape()));
+  R1_CHECK((x.dtype() == DType::F32 || x.dtype() == DType::BF16) && q.dtype() == DType::E4M3 &&
+               scales.dtype() == DType::F32,
+           "{}: dtypes x {} (f32 or bf16) q {} (e4m3) scales {} (f32)", what,
+           dtype_name(x.dtype()), dtype_name(q.dtype()), dtype_name(scales.dtype()));
+  R1_CHECK(q.device() == x.device() && scales.device() == x.device(),
+           "{}: operands on different devices", what);
+  R1_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous(),
+           "{}: needs contiguous operands", what);
+}
+
+// Checks the operands of gemm_fp8_blockscaled against its contract (shapes, dtypes, one
+// device, contiguous); every backend calls it first. `out_ok` says whether d's dtype is one
+// the backend writes.
+inline void check_gemm_fp8_blockscaled(const Tensor& a_q, const Tensor& a_scales,
+                                       const Tensor& b_q, const Tensor& b_scales,
+                                       const Tensor& d, bool out_ok) {
+  R1_CHECK(a_q.dim() == 2 && b_q.dim() == 2 && d.dim() == 2 && a_scales.dim() == 2 &&
+               b_scales.dim() == 2,
+           "gemm_fp8_blockscaled: needs 2-d operands, got a_q {} b_q {} d {}",
+           shape_str(a_q.shape()), shape_str(b_q.shape()), shape_str(d.shape()));
+  const int64_t m = a_q.size(0), k = a_q.size(1), n = b_q.size(0);
+  R1_CHECK(b_q.size(1) == k && d.size(0) == m && d.size(1) == n &&
+               a_scales.shape() == Shape({m, fp8_blocks(k)}) &&
+               b_scales.shape() == Shape({fp8_blocks(n), fp8_blocks(k)}),
+           "gemm_fp8_blockscaled: a_q {} a_scales {} b_q {} b_scales {} d {} do not fit",
+           shape_str(a_q.shape()), shape_str(a_scales.shape()), shape_str(b_q.shape()),
+           shape_str(b_scales.shape()), shape_str(d.shape()));
+  R1_CHECK(a_q.dtype() == DType::E4M3 && b_q.dtype() == DType::E4M3 &&
+               a_scales.dtype() == DType::F32 && b_scales.dtype() == DType::F32 && out_ok,
+           "gemm_fp8_blockscaled: dtypes a_q {} a_scales {} b_q {} b_scales {} d {}",
+           dtype_name(a_q.dtype()), dtype_name(a_scales.dtype()), dtype_name(b_q.dtype()),
+           dtype_name(b_scales.dtype()), dtype_name(d.dtype()));
+  R1_CHECK(a_q.device() == d.device() && b_q.device() == d.device() &&
+               a_scales.device() == d.device() && b_scales.device() == d.device(),
+           "gemm_fp8_blockscaled: operands on different devices");
+  R1_CHECK(a_q.is_contiguous() && b_q.is_contiguous() && a_scales.is_contiguous() &&
+               b_scales.is_contiguous() && d.is_contiguous(),
+           "gemm_fp8_blockscaled: needs contiguous operands");
+}
+
 }  // namespace r1

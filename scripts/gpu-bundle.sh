@@ -7,6 +7,7 @@
 #   .gpu-bundle/lib/   every shared library they need beyond glibc and the CUDA toolkit
 #                      (OpenBLAS, libgfortran, fmt, gomp, ...), copied from this machine
 #   .gpu-bundle/MANIFEST  the commit, the build flags and each file's checksum
+#   .gpu-bundle.tar.xz    all of it in one archive, the thing to carry (gpu-check.sh unpacks)
 #
 # Why a bundle: the GPU machines have nvcc, CMake and Python but none of Debian's -dev
 # packages and no network, and their time is scarce (minutes per session); compiling there
@@ -15,7 +16,7 @@
 # 2.36, so any newer glibc runs them); cudart is static; cuBLASLt comes from the GPU
 # machine's /usr/local/cuda (same major version, 13).
 #
-# Usage: scripts/gpu-bundle.sh            (then carry .gpu-bundle to the GPU machine)
+# Usage: scripts/gpu-bundle.sh            (then carry .gpu-bundle.tar.xz to the GPU machine)
 # Env:   R1_GPU_BUILD_DIR (default build-gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,4 +57,7 @@ done
 } >"$bundle.tmp/MANIFEST"
 rm -rf "$bundle"
 mv "$bundle.tmp" "$bundle"
-echo "gpu-bundle: $(du -sh "$bundle" | cut -f1) in $bundle/ ($(ls "$bundle/bin" | wc -l) binaries, $(ls "$bundle/lib" | wc -l) libraries)"
+# The same as one xz archive (~10 MB instead of ~100): what travels to the GPU machine.
+tar -cf - "$bundle" | xz -T0 -6 >"$bundle.tar.xz.tmp" && mv "$bundle.tar.xz.tmp" "$bundle.tar.xz"
+echo "gpu-bundle: $(du -sh "$bundle" | cut -f1) in $bundle/ ($(ls "$bundle/bin" | wc -l) binaries," \
+  "$(ls "$bundle/lib" | wc -l) libraries), $(du -h "$bundle.tar.xz" | cut -f1) as $bundle.tar.xz"

@@ -6,7 +6,8 @@
 #   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
 # then writes a results table: <results>/<gpu>-<date>.md and .json (scripts/gpu_results.py).
 #
-# It runs the binaries of .gpu-bundle/ (made on any machine by scripts/gpu-bundle.sh: the
+# It runs the binaries of .gpu-bundle/ (unpacked from .gpu-bundle.tar.xz when that is newer;
+# made on any machine by scripts/gpu-bundle.sh: the
 # GPU machines have no -dev packages and no network, and compiling there costs GPU time).
 # Without a bundle it builds one first, which needs this repository's dependencies
 # (scripts/setup.sh) on the machine.
@@ -46,6 +47,9 @@ elapsed() { echo $(( $(date +%s) - t0 ))s; }
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "gpu-check: no NVIDIA GPU visible (nvidia-smi -L failed)" >&2
   exit 2
+fi
+if [[ -f .gpu-bundle.tar.xz && ( ! -d .gpu-bundle || .gpu-bundle.tar.xz -nt .gpu-bundle ) ]]; then
+  rm -rf .gpu-bundle && tar -xJf .gpu-bundle.tar.xz && touch .gpu-bundle
 fi
 [[ -x .gpu-bundle/bin/bench_cuda_kernels ]] || scripts/gpu-bundle.sh
 bundle=$root/.gpu-bundle

@@ -1,0 +1,189 @@
+// FP8 block-scaled GEMM (DeepSeek-V3 recipe) against cuBLASLt, on DeepSeek-V3's linear-layer
+// shapes: d (M, N) bf16 = a (M, K) e4m3 (1x128 scales) @ b (N, K)^T e4m3 (128x128 scales).
+//
+//   ./build/bin/bench_fp8_gemm [--benchmark_filter=Simple] [--benchmark_out=r.json
+//                               --benchmark_out_format=json]
+//
+// Cases, each over N x K in {2112x7168, 24576x1536, 32768x512, 7168x16384, 4096x7168,
+// 7168x2048} and M in {64, 128, 4096}:
+//   Fp8Simple          r1's simple CUDA kernel (kernels/cuda/fp8/gemm_fp8_simple.cu): the
+//                      oracle, CUDA cores, no tensor cores; the floor to beat.
+//   Fp8CublasLtBlock   cuBLASLt with VEC128 / BLK128x128 scales: the same function, the
+//                      baseline the fast kernel must match or beat.
+//   Fp8CublasLtTensor  cuBLASLt per-tensor FP8: the ceiling without block scaling.
+// Each reports TFLOP/s (2 M N K / time) and GB/s (operands, scales and d moved once). Times
+// are CUDA events around kReps back-to-back launches on the current stream (manual time)
+// after one warm-up launch, as bench/bench_cuda_kernels.cc does. Inputs are quantized once
+// on the device (not timed); cuBLASLt's scale layouts are prepared once (not timed).
+//
+// Without a CUDA build or device the binary prints why and exits 0 with no cases.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <utility>
+
+#include "engine/kernels.h"
+#include "engine/tensor.h"
+
+#if defined(R1_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "engine/cuda/stream.h"
+#include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
+#endif
+
+namespace r1 {
+namespace {
+
+#if defined(R1_HAVE_CUDA)
+
+const Device kGpu = Device::cuda(0);
+constexpr int kReps = 10;
+
+// A device tensor of N(0, 1) values: 1M made on the host, tiled on the device (random
+// numbers for a 117M-element weight on the host would dominate the run).
+Tensor dev_randn(int64_t rows, int64_t cols, uint64_t seed) {
+  Tensor t = Tensor::empty({rows, cols}, DType::BF16, kGpu);
+  const int64_t n = t.numel(), chunk = std::min<int64_t>(n, int64_t{1} << 20);
+  const Tensor src = Tensor::randn({chunk}, seed, DType::BF16).to(kGpu);
+  for (int64_t off = 0; off < n; off += chunk)
+    copy_bytes(static_cast<uint16_t*>(t.data_ptr()) + off, kGpu, src.data_ptr(), kGpu,
+               static_cast<size_t>(std::min(chunk, n - off)) * 2);
+  return t;
+}
+
+// The quantized operands of one shape, on the device, in r1's and cuBLASLt's scale layouts.
+struct Fp8Problem {
+  int64_t m = 0, n = 0, k = 0;
+  Tensor a_q, a_scales, b_q, b_scales;  // r1 layouts (engine/kernels.h)
+  Tensor a_lt, b_lt;                    // cuBLASLt layouts (gemm_fp8_cublaslt.h)
+  Tensor a_scale, b_scale;              // per-tensor: 1 float each
+};
+
+Fp8Problem make_problem(int64_t m, int64_t n, int64_t k) {
+  Fp8Problem p;
+  p.m = m, p.n = n, p.k = k;
+  const Tensor a = dev_randn(m, k, 1), b = dev_randn(n, k, 2);
+  p.a_q = Tensor::empty({m, k}, DType::E4M3, kGpu);
+  p.b_q = Tensor::empty({n, k}, DType::E4M3, kGpu);
+  p.a_scales = Tensor::empty({m, fp8_blocks(k)}, DType::F32, kGpu);
+  p.b_scales = Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, kGpu);
+  kernels::quantize_fp8_rows()(kGpu, a, p.a_q, p.a_scales);
+  kernels::quantize_fp8_blocks()(kGpu, b, p.b_q, p.b_scales);
+  p.a_lt = Tensor::empty({cuda::cublaslt_vec128_scales_size(m, k)}, DType::F32, kGpu);
+  p.b_lt = Tensor::empty({cuda::cublaslt_blk128_scales_size(n, k)}, DType::F32, kGpu);
+  cuda::cublaslt_fp8_scales_from_r1(p.a_scales.data<float>(), p.b_scales.data<float>(),
+                                    p.a_lt.data<float>(), p.b_lt.data<float>(), m, n, k,
+                                    cuda::current_stream(0));
+  // Per-tensor: the block-quantized bytes reinterpreted with one scale each. The values
+  // differ from a true per-tensor quantization, the work does not.
+  p.a_scale = Tensor::full({1}, 1.0 / 448, DType::F32, kGpu);
+  p.b_scale = Tensor::full({1}, 1.0 / 448, DType::F32, kGpu);
+  synchronize(kGpu);
+  return p;
+}
+
+// Times fn (kReps launches per iteration) with CUDA events; reports TFLOP/s and GB/s.
+void run_timed(benchmark::State& st, const Fp8Problem& p, const std::function<void()>& fn) {
+  const cudaStream_t s = cuda::current_stream(0);
+  fn();  // warm-up: cuBLASLt heuristics, lazy module loading
+  synchronize(kGpu);
+  cuda::Event start(true), stop(true);
+  double total_s = 0;
+  int64_t launches = 0;
+  for (auto _ : st) {
+    start.record(s);
+    for (int i = 0; i < kReps; ++i) fn();
+    stop.record(s);
+    stop.synchronize();
+    const double sec = start.elapsed_ms(stop) / 1e3 / kReps;
+    st.SetIterationTime(sec);
+    total_s += sec * kReps;
+    launches += kReps;
+  }
+  const double per = total_s / static_cast<double>(std::max<int64_t>(launches, 1));
+  const double m = static_cast<double>(p.m), n = static_cast<double>(p.n);
+  const double k = static_cast<double>(p.k);
+  const double bytes = m * k + n * k + 2.0 * m * n +
+                       4.0 * (m * static_cast<double>(fp8_blocks(p.k)) +
+                              static_cast<double>(p.b_scales.numel()));
+  st.counters["us"] = per * 1e6;
+  st.counters["TFLOP/s"] = 2.0 * m * n * k / per / 1e12;
+  st.counters["GB/s"] = bytes / per / 1e9;
+}
+
+std::string shape_label(const Fp8Problem& p) {
+  return "M=" + std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k);
+}
+
+void BM_Fp8Simple(benchmark::State& st) {
+  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
+  st.SetLabel("simple (CUDA cores) " + shape_label(p));
+  run_timed(st, p, [&] {
+    kernels::gemm_fp8_blockscaled()(kGpu, p.a_q, p.a_scales, p.b_q, p.b_scales, d);
+  });
+}
+
+void BM_Fp8CublasLtBlock(benchmark::State& st) {
+  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
+  st.SetLabel("cuBLASLt VEC128xBLK128x128 " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::cublaslt_gemm_fp8_blockscaled(p.a_q.data_ptr(), p.a_lt.data<float>(), p.b_q.data_ptr(),
+                                        p.b_lt.data<float>(), d.data_ptr(), DType::BF16, p.m,
+                                        p.n, p.k, cuda::current_stream(0));
+  });
+}
+
+void BM_Fp8CublasLtTensor(benchmark::State& st) {
+  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
+  st.SetLabel("cuBLASLt per-tensor " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::cublaslt_gemm_fp8_tensorwise(p.a_q.data_ptr(), p.a_scale.data<float>(),
+                                       p.b_q.data_ptr(), p.b_scale.data<float>(), d.data_ptr(),
+                                       DType::BF16, p.m, p.n, p.k, cuda::current_stream(0));
+  });
+}
+
+void register_all() {
+  const std::pair<int64_t, int64_t> nk[] = {{2112, 7168}, {24576, 1536}, {32768, 512},
+                                            {7168, 16384}, {4096, 7168}, {7168, 2048}};
+  auto reg = [&](const char* name, void (*fn)(benchmark::State&)) {
+    auto* b = benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(
+        benchmark::kMicrosecond)->MinTime(0.05);
+    for (int64_t m : {64, 128, 4096})
+      for (auto [n, k] : nk) b->Args({m, n, k});
+  };
+  reg("Fp8Simple", BM_Fp8Simple);
+  reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
+  reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
+}
+
+#endif  // R1_HAVE_CUDA
+
+}  // namespace
+}  // namespace r1
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+#if defined(R1_HAVE_CUDA)
+  if (!r1::device_available(r1::DeviceType::CUDA)) {
+    std::printf("bench_fp8_gemm: no CUDA device; nothing to measure\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  benchmark::AddCustomContext("gpu", prop.name);
+  r1::register_all();
+  benchmark::RunSpecifiedBenchmarks();
+#else
+  std::printf("bench_fp8_gemm: built without CUDA; nothing to measure\n");
+#endif
+  benchmark::Shutdown();
+  return 0;
+}

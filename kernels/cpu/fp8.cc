@@ -1,0 +1,129 @@
+// CPU fp8 (DeepSeek-V3 block scaling): quantize_fp8_rows, quantize_fp8_blocks and
+// gemm_fp8_blockscaled. Contracts in engine/kernels.h. These are the references: the CUDA
+// quantizers must match them bit for bit (tests/test_fp8.cc), and the GEMM here computes in
+// f64, so a CUDA GEMM compared with it sees its own error and nothing else.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "engine/convert.h"
+#include "engine/kernels.h"
+#include "kernels/cpu/cpu_common.h"
+
+namespace r1::cpu {
+namespace {
+
+// Element i of a contiguous f32 or bf16 tensor, widened to f32 (exact).
+inline float load_f32(const void* p, bool bf16, int64_t i) {
+  return bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
+// The contract's scale of a tile whose largest |x| is amax, in f32 as every backend does it.
+inline float scale_from_amax(float amax) { return amax == 0.0f ? 1.0f : amax / kE4M3Max; }
+
+// x (M, K) f32/bf16 -> q (M, K) e4m3, scales (M, KB) f32: one scale per 1x128 tile.
+void quantize_fp8_rows_cpu(const Tensor& x, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_rows", x, q, scales, 1);
+  const int64_t m = x.size(0), k = x.size(1), kb_count = fp8_blocks(k);
+  const void* xp = x.data_ptr();
+  const bool bf16 = x.dtype() == DType::BF16;
+  uint8_t* qp = q.data<uint8_t>();
+  float* sp = scales.data<float>();
+#pragma omp parallel for schedule(static) if (worth_parallel(m * k))
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t kb = 0; kb < kb_count; ++kb) {
+      const int64_t k0 = kb * kFp8Block, k1 = std::min(k, k0 + kFp8Block);
+      float amax = 0.0f;
+      for (int64_t c = k0; c < k1; ++c)
+        amax = std::fmax(amax, std::fabs(load_f32(xp, bf16, r * k + c)));
+      const float s = scale_from_amax(amax);
+      sp[r * kb_count + kb] = s;
+      for (int64_t c = k0; c < k1; ++c)
+        qp[r * k + c] = f32_to_e4m3(load_f32(xp, bf16, r * k + c) / s);
+    }
+  }
+}
+
+// w (N, K) f32/bf16 -> q (N, K) e4m3, scales (NB, KB) f32: one scale per 128x128 block.
+void quantize_fp8_blocks_cpu(const Tensor& w, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_blocks", w, q, scales, kFp8Block);
+  const int64_t n = w.size(0), k = w.size(1), nb_count = fp8_blocks(n), kb_count = fp8_blocks(k);
+  const void* wp = w.data_ptr();
+  const bool bf16 = w.dtype() == DType::BF16;
+  uint8_t* qp = q.data<uint8_t>();
+  float* sp = scales.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (worth_parallel(n * k))
+  for (int64_t nb = 0; nb < nb_count; ++nb) {
+    for (int64_t kb = 0; kb < kb_count; ++kb) {
+      const int64_t r0 = nb * kFp8Block, r1 = std::min(n, r0 + kFp8Block);
+      const int64_t c0 = kb * kFp8Block, c1 = std::min(k, c0 + kFp8Block);
+      float amax = 0.0f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          amax = std::fmax(amax, std::fabs(load_f32(wp, bf16, r * k + c)));
+      const float s = scale_from_amax(amax);
+      sp[nb * kb_count + kb] = s;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          qp[r * k + c] = f32_to_e4m3(load_f32(wp, bf16, r * k + c) / s);
+    }
+  }
+}
+
+// e4m3 codes -> their exact values in f64 (a 256-entry table: decoding once per element of
+// the GEMM's inner loop would dominate it).
+std::vector<double> decode_e4m3(const Tensor& q) {
+  double table[256];
+  for (int b = 0; b < 256; ++b) table[b] = e4m3_to_f32(static_cast<uint8_t>(b));
+  const uint8_t* p = q.data<uint8_t>();
+  std::vector<double> out(static_cast<size_t>(q.numel()));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = table[p[i]];
+  return out;
+}
+
+// a_q (M, K) e4m3, a_scales (M, KB), b_q (N, K) e4m3, b_scales (NB, KB) -> d (M, N) f64,
+// f32 or bf16. Each k-block's sum is exact in f64 (an e4m3 value is a multiple of 2^-9
+// below 2^9, so a product is a multiple of 2^-18 below 2^18 and a sum of 128 of them a
+// multiple of 2^-18 below 2^25: 43 bits), then scaled and
+// accumulated in f64; each row is rounded once into d (convert_buffer rounds f64 -> bf16
+// through round-to-odd, so there is no double rounding).
+void gemm_fp8_blockscaled_cpu(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                              const Tensor& b_scales, Tensor& d) {
+  const DType dt = d.dtype();
+  check_gemm_fp8_blockscaled(a_q, a_scales, b_q, b_scales, d,
+                             dt == DType::F64 || dt == DType::F32 || dt == DType::BF16);
+  const int64_t m = a_q.size(0), k = a_q.size(1), n = b_q.size(0), kb_count = fp8_blocks(k);
+  if (m == 0 || n == 0) return;
+  const std::vector<double> a = decode_e4m3(a_q), b = decode_e4m3(b_q);
+  const float* sa = a_scales.data<float>();
+  const float* sb = b_scales.data<float>();
+  char* dp = static_cast<char*>(d.data_ptr());
+  const size_t row_bytes = static_cast<size_t>(n) * dtype_size(dt);
+#pragma omp parallel for schedule(dynamic, 1) if (worth_parallel(m * n * std::max<int64_t>(k, 1)))
+  for (int64_t r = 0; r < m; ++r) {
+    std::vector<double> row(static_cast<size_t>(n), 0.0);
+    const double* ar = a.data() + r * k;
+    for (int64_t c = 0; c < n; ++c) {
+      const double* bc = b.data() + c * k;
+      double acc = 0.0;
+      for (int64_t kb = 0; kb < kb_count; ++kb) {
+        const int64_t k0 = kb * kFp8Block, k1 = std::min(k, k0 + kFp8Block);
+        double block = 0.0;
+        for (int64_t i = k0; i < k1; ++i) block += ar[i] * bc[i];
+        acc += block * static_cast<double>(sa[r * kb_count + kb]) *
+               static_cast<double>(sb[(c / kFp8Block) * kb_count + kb]);
+      }
+      row[static_cast<size_t>(c)] = acc;
+    }
+    convert_buffer(row.data(), DType::F64, dp + static_cast<size_t>(r) * row_bytes, dt,
+                   static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
+
+R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
+R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
+R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CPU, gemm_fp8_blockscaled_cpu);
+
+}  // namespace r1::cpu

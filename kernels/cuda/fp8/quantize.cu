@@ -1,0 +1,160 @@
+// CUDA fp8 quantization (DeepSeek-V3 block scaling): quantize_fp8_rows (one scale per 1x128
+// tile) and quantize_fp8_blocks (one per 128x128 block). Contracts in engine/kernels.h; the
+// CPU versions (kernels/cpu/fp8.cc) are the reference and these match them bit for bit
+// (tests/test_fp8.cc): the amax is a max (exact, in any order), the scale one IEEE f32
+// division (nvcc's default -prec-div=true), q one IEEE division and engine/convert.h's
+// f32_to_e4m3, with the same fmax semantics for NaN as the host.
+//
+// Memory bound: x is read twice (amax, then q; the second read hits L1/L2) and q, scales
+// written once. Not yet measured on a GPU.
+#include <algorithm>
+#include <cstdint>
+
+#include "engine/convert.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/stream.h"
+#include "engine/kernels.h"
+
+namespace r1::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+// A 1x128 tile is 4 elements per lane of one warp.
+constexpr int kPerLane = kFp8Block / 32;
+
+// By value: std::min takes references, an odr-use that namespace constants lack on device.
+__device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ inline float load_f32(const float* p, int64_t i) { return p[i]; }
+__device__ inline float load_f32(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
+
+// The contract's scale: amax / 448 in f32, 1 for an all-zero tile (as kernels/cpu/fp8.cc).
+__device__ inline float scale_from_amax(float amax) {
+  return amax == 0.0f ? 1.0f : amax / kE4M3Max;
+}
+
+__device__ inline float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
+// x (m, k) -> q (m, k), scales (m, kb_count). One warp per 1x128 tile (grid-stride over
+// tiles); lane l holds columns l, l + 32, l + 64, l + 96 of the tile (coalesced).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_kernel(const T* x, uint8_t* q, float* scales, int64_t m, int64_t k,
+                         int64_t kb_count) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t tiles = m * kb_count;
+  const int64_t stride = int64_t{gridDim.x} * kWarps;
+  for (int64_t t = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32; t < tiles; t += stride) {
+    const int64_t r = t / kb_count, kb = t - r * kb_count;
+    const int64_t base = r * k + kb * kFp8Block;
+    const int64_t len = min64(kFp8Block, k - kb * kFp8Block);
+    float v[kPerLane];
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int c = i * 32 + lane;
+      v[i] = c < len ? load_f32(x, base + c) : 0.0f;
+      amax = fmaxf(amax, fabsf(v[i]));
+    }
+    const float s = scale_from_amax(warp_max(amax));
+    if (lane == 0) scales[t] = s;  // t = r * kb_count + kb
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int c = i * 32 + lane;
+      if (c < len) q[base + c] = f32_to_e4m3(v[i] / s);
+    }
+  }
+}
+
+// w (n, k) -> q (n, k), scales (nb_count, kb_count). One 256-thread block per 128x128 block:
+// thread t owns column t % 128 of the rows r = t / 128 + 2j.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_blocks_kernel(const T* w, uint8_t* q, float* scales, int64_t n, int64_t k,
+                           int64_t kb_count) {
+  __shared__ float warp_amax[kWarps];
+  const int64_t blk = blockIdx.x;
+  const int64_t nb = blk / kb_count, kb = blk - nb * kb_count;
+  const int64_t r0 = nb * kFp8Block, c0 = kb * kFp8Block;
+  const int64_t rows = min64(kFp8Block, n - r0);
+  const int64_t cols = min64(kFp8Block, k - c0);
+  const int c = static_cast<int>(threadIdx.x % kFp8Block);
+  const int rstart = static_cast<int>(threadIdx.x / kFp8Block);
+  constexpr int kRowStep = kThreads / kFp8Block;
+  float amax = 0.0f;
+  if (c < cols)
+    for (int64_t r = rstart; r < rows; r += kRowStep)
+      amax = fmaxf(amax, fabsf(load_f32(w, (r0 + r) * k + c0 + c)));
+  amax = warp_max(amax);
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  float block_amax = warp_amax[0];
+#pragma unroll
+  for (int i = 1; i < kWarps; ++i) block_amax = fmaxf(block_amax, warp_amax[i]);
+  const float s = scale_from_amax(block_amax);
+  if (threadIdx.x == 0) scales[blk] = s;  // blk = nb * kb_count + kb
+  if (c < cols)
+    for (int64_t r = rstart; r < rows; r += kRowStep) {
+      const int64_t i = (r0 + r) * k + c0 + c;
+      q[i] = f32_to_e4m3(load_f32(w, i) / s);
+    }
+}
+
+// Calls fn(float{}) or fn(uint16_t{}) for an f32 or bf16 x.
+template <class Fn>
+void dispatch_f32_bf16(DType t, Fn&& fn) {
+  if (t == DType::F32) fn(float{});
+  else fn(uint16_t{});
+}
+
+// x (M, K) f32/bf16 -> q (M, K) e4m3, scales (M, KB) f32.
+void quantize_fp8_rows_cuda(const Tensor& x, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_rows", x, q, scales, 1);
+  const int64_t m = x.size(0), k = x.size(1), kb_count = fp8_blocks(k);
+  if (m * kb_count == 0) return;
+  const int dev = x.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  // 8 resident blocks per SM fill Hopper's 2048 threads; the grid-stride loop does the rest.
+  const int64_t want = (m * kb_count + kWarps - 1) / kWarps;
+  const int grid = static_cast<int>(std::clamp<int64_t>(want, 1, int64_t{sm_count(dev)} * 8));
+  dispatch_f32_bf16(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    quantize_rows_kernel<T><<<grid, kThreads, 0, s>>>(static_cast<const T*>(x.data_ptr()),
+                                                      q.data<uint8_t>(), scales.data<float>(),
+                                                      m, k, kb_count);
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+// w (N, K) f32/bf16 -> q (N, K) e4m3, scales (NB, KB) f32.
+void quantize_fp8_blocks_cuda(const Tensor& w, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_blocks", w, q, scales, kFp8Block);
+  const int64_t n = w.size(0), k = w.size(1), blocks = fp8_blocks(n) * fp8_blocks(k);
+  if (blocks == 0) return;
+  R1_CHECK(blocks <= int64_t{0x7fffffff}, "quantize_fp8_blocks: {} blocks exceed the grid",
+           blocks);
+  const int dev = w.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_f32_bf16(w.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    quantize_blocks_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
+        static_cast<const T*>(w.data_ptr()), q.data<uint8_t>(), scales.data<float>(), n, k,
+        fp8_blocks(k));
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+R1_REGISTER_KERNEL(quantize_fp8_rows, CUDA, quantize_fp8_rows_cuda);
+R1_REGISTER_KERNEL(quantize_fp8_blocks, CUDA, quantize_fp8_blocks_cuda);
+
+}  // namespace r1::cuda

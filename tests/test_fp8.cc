@@ -1,0 +1,413 @@
+// fp8 (DeepSeek-V3 block scaling): the quantizers and the block-scaled GEMM (contracts in
+// engine/kernels.h).
+//  - CPU: quantization round trip (exact scales, error within half an e4m3 ulp, zero tiles,
+//    tails) and the f64 GEMM against an independent triple loop on dequantized values.
+//  - CUDA (skip without a GPU): quantizers bit-identical to the CPU; the simple CUDA GEMM
+//    and the cuBLASLt baselines (block-scaled, per-tensor) against the f64 CPU reference
+//    computed from the same quantized inputs, so only the kernel's own error is measured.
+// Inputs are N(0, 1) with a few values scaled by 100 (the outliers block scaling is for).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/convert.h"
+#include "engine/kernels.h"
+#include "engine/tensor.h"
+#include "tests/harness.h"
+
+#if defined(R1_HAVE_CUDA)
+#include "engine/cuda/stream.h"
+#include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
+#endif
+
+namespace r1 {
+namespace {
+
+using test::case_seed;
+
+const Device kCpu = Device::cpu();
+
+// (rows, cols) N(0, 1) values, about 1 in 256 of them times 100, in dtype dt (CPU).
+Tensor randn_outliers(int64_t rows, int64_t cols, uint64_t seed, DType dt) {
+  std::vector<float> v = Tensor::randn({rows, cols}, seed).to_float_vector();
+  std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+  const size_t outliers = std::max<size_t>(1, v.size() / 256);
+  for (size_t i = 0; i < outliers && !v.empty(); ++i) v[rng() % v.size()] *= 100.0f;
+  return Tensor::from_vector(v, {rows, cols}, dt);
+}
+
+std::vector<uint8_t> bytes_of(const Tensor& t) {
+  const Tensor h = t.to(kCpu).contiguous();
+  std::vector<uint8_t> b(h.nbytes());
+  if (!b.empty()) std::memcpy(b.data(), h.data_ptr(), b.size());
+  return b;
+}
+
+// Half the spacing of e4m3 values around v >= 0 (subnormal spacing 2^-9 below 2^-6).
+double e4m3_half_ulp(double v) {
+  if (v < 0x1p-6) return 0x1p-10;
+  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(v))) - 4);
+}
+
+struct Quantized {
+  Tensor q, scales;  // e4m3 (rows, cols), f32 (row tiles, col tiles)
+};
+
+// x (rows, cols) -> quantized with one scale per block_rows x 128 tile, on `dev`.
+Quantized quantize(const Tensor& x, int64_t block_rows, Device dev) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  Quantized r{test::poisoned({rows, cols}, DType::E4M3, dev),
+              test::poisoned({(rows + block_rows - 1) / block_rows, fp8_blocks(cols)},
+                             DType::F32, dev)};
+  const Tensor xd = x.to(dev);
+  if (block_rows == 1) kernels::quantize_fp8_rows()(dev, xd, r.q, r.scales);
+  else kernels::quantize_fp8_blocks()(dev, xd, r.q, r.scales);
+  return r;
+}
+
+// Checks q, scales against the contract for x: exact scales (amax / 448 in f32, 1 for a zero
+// tile), every element within half an e4m3 ulp (plus the f32 division's rounding) of x, the
+// tile's largest |x| at +-448.
+void expect_quantized(const std::string& name, const Tensor& x, const Quantized& r,
+                      int64_t block_rows) {
+  const int64_t rows = x.size(0), cols = x.size(1), tc = fp8_blocks(cols);
+  const std::vector<float> xv = x.to_float_vector(), sv = r.scales.to_float_vector();
+  const std::vector<uint8_t> qv = bytes_of(r.q);
+  std::vector<float> amax(sv.size(), 0.0f);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      float& a = amax[static_cast<size_t>((i / block_rows) * tc + j / kFp8Block)];
+      a = std::max(a, std::fabs(xv[static_cast<size_t>(i * cols + j)]));
+    }
+  for (size_t t = 0; t < sv.size(); ++t) {
+    const float want = amax[t] == 0.0f ? 1.0f : amax[t] / kE4M3Max;
+    ASSERT_EQ(sv[t], want) << name << ": scale of tile " << t << " (amax " << amax[t] << ")";
+  }
+  int64_t bad = 0;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const size_t e = static_cast<size_t>(i * cols + j);
+      const size_t t = static_cast<size_t>((i / block_rows) * tc + j / kFp8Block);
+      const double s = sv[t], xe = xv[e], v = std::fabs(xe) / s;
+      const double deq = static_cast<double>(e4m3_to_f32(qv[e])) * s;
+      const double bound = s * (e4m3_half_ulp(v) + 0x1p-22 * v);
+      const bool at_max = amax[t] > 0.0f && std::fabs(xv[e]) == amax[t];
+      if (!(std::fabs(deq - xe) <= bound) || (at_max && (qv[e] & 0x7fu) != 0x7eu) ||
+          (xe == 0.0 && qv[e] != 0)) {
+        if (bad++ < 5)
+          ADD_FAILURE() << name << ": element (" << i << ", " << j << ") x " << xe << " q 0x"
+                        << std::hex << int{qv[e]} << std::dec << " -> " << deq << " scale "
+                        << s << " bound " << bound;
+      }
+    }
+  EXPECT_EQ(bad, 0) << name;
+}
+
+TEST(Fp8Cpu, QuantizeRowsRoundTrip) {
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {3, 128}, {5, 300}, {4, 129}, {2, 1000}};
+  int seed = 0;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (auto [m, k] : shapes) {
+      Tensor x = randn_outliers(m, k, case_seed(++seed), dt);
+      if (m > 1) x.select(0, 1).narrow(0, 0, std::min<int64_t>(k, kFp8Block)).fill_(0.0);
+      const std::string name = fmt::format("rows {} ({}, {})", dtype_name(dt), m, k);
+      expect_quantized(name, x, quantize(x, 1, kCpu), 1);
+    }
+}
+
+TEST(Fp8Cpu, QuantizeBlocksRoundTrip) {
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {128, 128}, {130, 300}, {129, 257}};
+  int seed = 100;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (auto [n, k] : shapes) {
+      Tensor x = randn_outliers(n, k, case_seed(++seed), dt);
+      if (n > 128 && k > 128) x.narrow(0, 128, n - 128).narrow(1, 128, k - 128).fill_(0.0);
+      const std::string name = fmt::format("blocks {} ({}, {})", dtype_name(dt), n, k);
+      expect_quantized(name, x, quantize(x, kFp8Block, kCpu), kFp8Block);
+    }
+}
+
+// A GEMM problem's quantized operands (CPU): a (M, K) with 1x128 scales, b (N, K) 128x128.
+struct GemmCase {
+  int64_t m, n, k;
+  Quantized a, b;
+};
+
+GemmCase make_case(int64_t m, int64_t n, int64_t k, uint64_t seed) {
+  return {m, n, k, quantize(randn_outliers(m, k, seed, DType::F32), 1, kCpu),
+          quantize(randn_outliers(n, k, seed + 1, DType::F32), kFp8Block, kCpu)};
+}
+
+// The exact values the GEMM multiplies: e4m3(q) * scale of its tile, in f64.
+std::vector<double> dequantize(const Quantized& r, int64_t block_rows) {
+  const int64_t rows = r.q.size(0), cols = r.q.size(1), tc = fp8_blocks(cols);
+  const std::vector<uint8_t> q = bytes_of(r.q);
+  const std::vector<float> s = r.scales.to_float_vector();
+  std::vector<double> out(q.size());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      out[static_cast<size_t>(i * cols + j)] =
+          static_cast<double>(e4m3_to_f32(q[static_cast<size_t>(i * cols + j)])) *
+          s[static_cast<size_t>((i / block_rows) * tc + j / kFp8Block)];
+  return out;
+}
+
+// An independent triple loop over the dequantized operands: value = sum_k A[m,k] B[n,k] and
+// abs = sum_k |A[m,k] B[n,k]| (the scale of every rounding error bound below).
+struct TripleLoop {
+  std::vector<double> value, abs;
+};
+TripleLoop triple_loop(const GemmCase& c) {
+  const std::vector<double> a = dequantize(c.a, 1), b = dequantize(c.b, kFp8Block);
+  TripleLoop r{std::vector<double>(static_cast<size_t>(c.m * c.n)),
+               std::vector<double>(static_cast<size_t>(c.m * c.n))};
+  for (int64_t i = 0; i < c.m; ++i)
+    for (int64_t j = 0; j < c.n; ++j) {
+      double v = 0, s = 0;
+      for (int64_t l = 0; l < c.k; ++l) {
+        const double p = a[static_cast<size_t>(i * c.k + l)] * b[static_cast<size_t>(j * c.k + l)];
+        v += p;
+        s += std::fabs(p);
+      }
+      r.value[static_cast<size_t>(i * c.n + j)] = v;
+      r.abs[static_cast<size_t>(i * c.n + j)] = s;
+    }
+  return r;
+}
+
+// gemm_fp8_blockscaled on `dev` into a poisoned d of dtype dt, read back as f64.
+std::vector<double> run_gemm(const GemmCase& c, Device dev, DType dt) {
+  Tensor d = test::poisoned({c.m, c.n}, dt, dev);
+  kernels::gemm_fp8_blockscaled()(dev, c.a.q.to(dev), c.a.scales.to(dev), c.b.q.to(dev),
+                                  c.b.scales.to(dev), d);
+  return d.to_double_vector();
+}
+
+// Elementwise |got - want| <= rtol |want| + gamma * abs; reports the worst and the count.
+void expect_within(const std::string& name, const std::vector<double>& got,
+                   const std::vector<double>& want, const std::vector<double>& abs, double rtol,
+                   double gamma) {
+  ASSERT_EQ(got.size(), want.size()) << name;
+  int64_t bad = 0;
+  size_t worst = 0;
+  double worst_ratio = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double bound = rtol * std::fabs(want[i]) + gamma * abs[i];
+    const double err = std::fabs(got[i] - want[i]);
+    if (!(err <= bound)) ++bad;
+    const double ratio = std::isnan(err) ? INFINITY : err / std::max(bound, 1e-300);
+    if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+  }
+  EXPECT_EQ(bad, 0) << name << ": " << bad << " of " << got.size() << " elements out of bound; "
+                    << "worst [" << worst << "] got " << got[worst] << " want " << want[worst]
+                    << " (" << worst_ratio << "x the bound)";
+}
+
+std::vector<double> round_to(const std::vector<double>& v, DType dt) {
+  if (v.empty()) return v;
+  return Tensor::from_vector(v, {static_cast<int64_t>(v.size())}).to(dt).to_double_vector();
+}
+
+TEST(Fp8Cpu, GemmMatchesTripleLoop) {
+  const int64_t shapes[][3] = {{1, 1, 1}, {7, 129, 130}, {33, 200, 300}, {3, 4, 0}, {2, 260, 1}};
+  int seed = 200;
+  for (const auto& s : shapes) {
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
+    const std::string name = fmt::format("cpu gemm ({}, {}, {})", c.m, c.n, c.k);
+    const TripleLoop ref = triple_loop(c);
+    const std::vector<double> d64 = run_gemm(c, kCpu, DType::F64);
+    expect_within(name, d64, ref.value, ref.abs, 0.0, 1e-12);
+    // f32 and bf16 outputs are the f64 result rounded once.
+    for (DType dt : {DType::F32, DType::BF16})
+      EXPECT_EQ(run_gemm(c, kCpu, dt), round_to(d64, dt)) << name << " " << dtype_name(dt);
+  }
+}
+
+TEST(Fp8Cpu, GemmRejectsMismatchedScales) {
+  const GemmCase c = make_case(4, 8, 256, case_seed(300));
+  Tensor d = Tensor::empty({4, 8}, DType::F64);
+  const Tensor wrong = Tensor::ones({4, 1});
+  EXPECT_THROW(kernels::gemm_fp8_blockscaled()(kCpu, c.a.q, wrong, c.b.q, c.b.scales, d), Error);
+}
+
+#if defined(R1_HAVE_CUDA)
+
+const Device kGpu = Device::cuda(0);
+constexpr double kU32 = 0x1p-24;  // fp32 unit roundoff
+
+// ||got - want|| / ||ref||, the DeepSeek-style normwise relative error.
+double rel_error(const std::vector<double>& got, const std::vector<double>& want,
+                 const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += ref[i] * ref[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+TEST(Fp8Cuda, QuantizeBitIdenticalToCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  const std::pair<int64_t, int64_t> rows[] = {
+      {1, 1}, {5, 129}, {37, 1000}, {128, 256}, {300, 7168}};
+  const std::pair<int64_t, int64_t> blocks[] = {{1, 7}, {128, 128}, {300, 520}, {257, 1100}};
+  int seed = 400;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t block_rows : {int64_t{1}, kFp8Block})
+      for (auto [r, k] : block_rows == 1 ? std::vector(std::begin(rows), std::end(rows))
+                                         : std::vector(std::begin(blocks), std::end(blocks))) {
+        Tensor x = randn_outliers(r, k, case_seed(++seed), dt);
+        if (r > 1) x.select(0, 0).fill_(0.0);  // zero tiles take scale 1 on both sides
+        const Quantized want = quantize(x, block_rows, kCpu);
+        const Quantized got = quantize(x, block_rows, kGpu);
+        const std::string name = fmt::format("{} {} ({}, {})", block_rows == 1 ? "rows" : "blocks",
+                                             dtype_name(dt), r, k);
+        EXPECT_TRUE(bytes_of(got.q) == bytes_of(want.q)) << name << ": q bytes differ";
+        EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
+      }
+}
+
+// The simple CUDA GEMM against the f64 reference. f32 out: the fp32 error of the V3 schedule
+// is at most (128 + KB + 4) u sum|A B| per element (a 128-term fp32 sum, two roundings to
+// scale, KB accumulations); bf16 out adds one bf16 rounding. Normwise below 1e-3 (the issue's
+// target), bf16 out measured against the reference rounded to bf16.
+TEST(Fp8Cuda, SimpleGemmMatchesReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  // About 2e9 reference flops in all (f64 on the CPU, twice: kernel and triple loop).
+  const int64_t shapes[][3] = {{1, 1, 1},       {7, 129, 130},   {200, 300, 257},
+                               {128, 256, 512}, {65, 200, 0},    {256, 1100, 1536}};
+  int seed = 500;
+  for (const auto& s : shapes) {
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
+    const TripleLoop t = triple_loop(c);
+    const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
+    const double gamma = (kFp8Block + fp8_blocks(c.k) + 4) * kU32;
+    const std::string name = fmt::format("simple ({}, {}, {})", c.m, c.n, c.k);
+    const std::vector<double> d32 = run_gemm(c, kGpu, DType::F32);
+    expect_within(name + " f32", d32, ref, t.abs, 0.0, gamma);
+    EXPECT_LT(rel_error(d32, ref, ref), 1e-3) << name << " f32";
+    const std::vector<double> d16 = run_gemm(c, kGpu, DType::BF16);
+    expect_within(name + " bf16", d16, ref, t.abs, 0x1p-8, 2 * gamma);
+    EXPECT_LT(rel_error(d16, round_to(ref, DType::BF16), ref), 1e-3) << name << " bf16";
+  }
+}
+
+// Device copies of a case's operands with the scales in cuBLASLt's layouts.
+struct LtOperands {
+  Tensor a_q, b_q, a_lt, b_lt;
+};
+LtOperands to_cublaslt(const GemmCase& c) {
+  LtOperands o{c.a.q.to(kGpu), c.b.q.to(kGpu),
+               Tensor::empty({cuda::cublaslt_vec128_scales_size(c.m, c.k)}, DType::F32, kGpu),
+               Tensor::empty({cuda::cublaslt_blk128_scales_size(c.n, c.k)}, DType::F32, kGpu)};
+  const Tensor sa = c.a.scales.to(kGpu), sb = c.b.scales.to(kGpu);
+  cuda::cublaslt_fp8_scales_from_r1(sa.data<float>(), sb.data<float>(), o.a_lt.data<float>(),
+                                    o.b_lt.data<float>(), c.m, c.n, c.k, cuda::current_stream(0));
+  synchronize(kGpu);
+  return o;
+}
+
+TEST(Fp8Cuda, CublasLtScaleLayouts) {
+  R1_SKIP_WITHOUT_CUDA();
+  const GemmCase c = make_case(6, 300, 700, case_seed(600));  // KB = 6: padded to 8
+  const LtOperands o = to_cublaslt(c);
+  const std::vector<float> sa = c.a.scales.to_float_vector(), sb = c.b.scales.to_float_vector();
+  const std::vector<float> a_lt = o.a_lt.to_float_vector(), b_lt = o.b_lt.to_float_vector();
+  const int64_t kb = fp8_blocks(c.k), kb_pad = (kb + 3) / 4 * 4;
+  ASSERT_EQ(static_cast<int64_t>(a_lt.size()), kb * c.m);
+  ASSERT_EQ(static_cast<int64_t>(b_lt.size()), fp8_blocks(c.n) * kb_pad);
+  for (int64_t r = 0; r < c.m; ++r)
+    for (int64_t j = 0; j < kb; ++j) EXPECT_EQ(a_lt[j * c.m + r], sa[r * kb + j]);
+  for (int64_t nb = 0; nb < fp8_blocks(c.n); ++nb)
+    for (int64_t j = 0; j < kb_pad; ++j)
+      EXPECT_EQ(b_lt[nb * kb_pad + j], j < kb ? sb[nb * kb + j] : 0.0f);
+}
+
+// cuBLASLt's block-scaled FP8 against the same f64 reference. Shapes: multiples of 128 in N
+// and K, M a multiple of 64 (as NVIDIA's LtBlk128x128Fp8Matmul sample), and one N with a
+// partial last block (N = 2112 of DeepSeek-V3 has one). Its fp32 accumulation inside a
+// 128-K block is the tensor cores' (fewer bits), so the elementwise bound is loose; the
+// normwise one is the check.
+TEST(Fp8Cuda, CublasLtBlockScaledMatchesReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  const int64_t shapes[][3] = {{64, 128, 256}, {128, 256, 512}, {256, 384, 1024}, {128, 320, 512}};
+  int seed = 700;
+  for (const auto& s : shapes) {
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
+    const TripleLoop t = triple_loop(c);
+    const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
+    const LtOperands o = to_cublaslt(c);
+    Tensor d = test::poisoned({c.m, c.n}, DType::BF16, kGpu);
+    cuda::cublaslt_gemm_fp8_blockscaled(o.a_q.data_ptr(), o.a_lt.data<float>(), o.b_q.data_ptr(),
+                                        o.b_lt.data<float>(), d.data_ptr(), DType::BF16, c.m,
+                                        c.n, c.k, cuda::current_stream(0));
+    const std::vector<double> got = d.to_double_vector();
+    const std::string name = fmt::format("cuBLASLt block-scaled ({}, {}, {})", c.m, c.n, c.k);
+    expect_within(name, got, ref, t.abs, 0x1p-8, 0x1p-7);
+    EXPECT_LT(rel_error(got, round_to(ref, DType::BF16), ref), 1e-3) << name;
+  }
+}
+
+// Per-tensor FP8: one scale per operand (amax / 448 of the whole tensor, quantized here on
+// the host), reference sa * sb * sum q_a q_b in f64.
+TEST(Fp8Cuda, CublasLtTensorwiseMatchesReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  const int64_t shapes[][3] = {{128, 256, 512}, {256, 384, 1024}};
+  int seed = 800;
+  for (const auto& s : shapes) {
+    const int64_t m = s[0], n = s[1], k = s[2];
+    auto quantize_tensor = [](const Tensor& x, float* scale) {
+      const std::vector<float> v = x.to_float_vector();
+      float amax = 0.0f;
+      for (float e : v) amax = std::max(amax, std::fabs(e));
+      *scale = amax == 0.0f ? 1.0f : amax / kE4M3Max;
+      std::vector<uint8_t> q(v.size());
+      for (size_t i = 0; i < v.size(); ++i) q[i] = f32_to_e4m3(v[i] / *scale);
+      return q;
+    };
+    float sa = 0, sb = 0;
+    const std::vector<uint8_t> qa =
+        quantize_tensor(randn_outliers(m, k, case_seed(++seed), DType::F32), &sa);
+    const std::vector<uint8_t> qb =
+        quantize_tensor(randn_outliers(n, k, case_seed(++seed), DType::F32), &sb);
+    std::vector<double> ref(static_cast<size_t>(m * n)), abs(ref.size());
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double v = 0, a = 0;
+        for (int64_t l = 0; l < k; ++l) {
+          const double p = static_cast<double>(e4m3_to_f32(qa[static_cast<size_t>(i * k + l)])) *
+                           e4m3_to_f32(qb[static_cast<size_t>(j * k + l)]);
+          v += p;
+          a += std::fabs(p);
+        }
+        ref[static_cast<size_t>(i * n + j)] = v * sa * sb;
+        abs[static_cast<size_t>(i * n + j)] = a * sa * sb;
+      }
+    auto upload = [](const std::vector<uint8_t>& q, int64_t r, int64_t cols) {
+      Tensor t = Tensor::empty({r, cols}, DType::E4M3, kGpu);
+      copy_bytes(t.data_ptr(), kGpu, q.data(), kCpu, q.size());
+      return t;
+    };
+    const Tensor a_q = upload(qa, m, k), b_q = upload(qb, n, k);
+    const Tensor a_s = Tensor::full({1}, sa, DType::F32, kGpu);  // own allocations: aligned
+    const Tensor b_s = Tensor::full({1}, sb, DType::F32, kGpu);
+    Tensor d = test::poisoned({m, n}, DType::BF16, kGpu);
+    cuda::cublaslt_gemm_fp8_tensorwise(a_q.data_ptr(), a_s.data<float>(), b_q.data_ptr(),
+                                       b_s.data<float>(), d.data_ptr(), DType::BF16, m, n, k,
+                                       cuda::current_stream(0));
+    const std::vector<double> got = d.to_double_vector();
+    const std::string name = fmt::format("cuBLASLt per-tensor ({}, {}, {})", m, n, k);
+    expect_within(name, got, ref, abs, 0x1p-8, 0x1p-7);
+    EXPECT_LT(rel_error(got, round_to(ref, DType::BF16), ref), 1e-3) << name;
+  }
+}
+
+#endif  // R1_HAVE_CUDA
+
+}  // namespace
+}  // namespace r1
