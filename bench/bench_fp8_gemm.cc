@@ -33,6 +33,7 @@
 
 #include "engine/cuda/stream.h"
 #include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
+#include "kernels/cuda/fp8/gemm_fp8_mma.h"
 #endif
 
 namespace r1 {
@@ -128,6 +129,15 @@ void BM_Fp8Simple(benchmark::State& st) {
   });
 }
 
+void BM_Fp8Mma(benchmark::State& st) {
+  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
+  st.SetLabel("mma.sync (tensor cores) " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d);
+  });
+}
+
 void BM_Fp8CublasLtBlock(benchmark::State& st) {
   const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
@@ -160,6 +170,7 @@ void register_all() {
       for (auto [n, k] : nk) b->Args({m, n, k});
   };
   reg("Fp8Simple", BM_Fp8Simple);
+  reg("Fp8Mma", BM_Fp8Mma);
   reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
 }

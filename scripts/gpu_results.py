@@ -70,8 +70,10 @@ def bench(out, name="bench.json"):
             if b.get("error_occurred"):
                 rows.append({"name": b["name"], "error": b.get("error_message", "error")})
             continue
-        rows.append({k: b.get(k) for k in ("name", "label", "us", "GB/s", "frac_copy",
-                                           "TFLOP/s", "frac_gemm")})
+        row = {k: b.get(k) for k in ("name", "label", "us", "GB/s", "frac_copy", "TFLOP/s",
+                                     "frac_gemm")}
+        row["name"] = re.sub(r"/min_time:[0-9.]+|/manual_time", "", row["name"])
+        rows.append(row)
     return data.get("context", {}), rows
 
 
@@ -104,6 +106,27 @@ def toy(out):
             "tokens_per_s_cuda": median_tps(runs["cuda"])}
 
 
+def fp8_table(rows):
+    """FP8 GEMM kernels side by side per shape, with the ratios the FP8 issue asks for."""
+    by = {}
+    for r in rows:
+        m = re.match(r"Fp8(\w+)/(\d+)/(\d+)/(\d+)", r.get("name", ""))
+        if m and r.get("TFLOP/s") is not None:
+            by.setdefault(tuple(int(x) for x in m.group(2, 3, 4)), {})[m.group(1)] = r["TFLOP/s"]
+    if not by:
+        return []
+    md = ["## FP8 block-scaled GEMM (TFLOP/s, bf16 out)", "",
+          "| M | N | K | simple | mma | cuBLASLt block | cuBLASLt per-tensor | mma / block | "
+          "mma / per-tensor |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (m, n, k), v in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        blk, ten, mma = v.get("CublasLtBlock"), v.get("CublasLtTensor"), v.get("Mma")
+        md.append(f"| {m} | {n} | {k} | {fmt(v.get('Simple'), '.1f')} | {fmt(mma, '.1f')} | "
+                  f"{fmt(blk, '.1f')} | {fmt(ten, '.1f')} | "
+                  f"{fmt(mma / blk if mma and blk else None, '.2f')} | "
+                  f"{fmt(mma / ten if mma and ten else None, '.2f')} |")
+    return md + [""]
+
+
 def fmt(v, spec):
     return "" if v is None else format(v, spec)
 
@@ -119,7 +142,6 @@ def main():
     commit = manifest[0] if manifest else "commit unknown"
     ctx, rows = bench(a.out)
     _, fp8_rows = bench(a.out, "bench_fp8.json")
-    rows += fp8_rows
     e2e = toy(a.out)
     ts = tests(a.out)
     san = sanitizer(a.out)
@@ -158,6 +180,7 @@ def main():
                   f"{fmt(r.get('GB/s'), '.0f')} | {fmt(r.get('frac_copy'), '.2f')} | "
                   f"{fmt(r.get('TFLOP/s'), '.1f')} | {fmt(r.get('frac_gemm'), '.2f')} |")
     md += ["", "Below the 0.70 target: " + (", ".join(below) if below else "none"), ""]
+    md += fp8_table(fp8_rows)
     md += ["## End to end: r1-toy-lm, CUDA against the CPU", ""]
     if e2e:
         md += [f"- {e2e['steps']} steps from the same f32 weights: loss {e2e['first_loss']:.4f} -> "
@@ -177,7 +200,8 @@ def main():
         f.write("\n".join(md) + "\n")
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"gpu": gpu, "commit": commit, "date": date, "context": ctx, "tests": ts,
-                   "benchmarks": rows, "sanitizer": san, "toy_lm": e2e}, f, indent=1)
+                   "benchmarks": rows, "fp8_gemm": fp8_rows, "sanitizer": san,
+                   "toy_lm": e2e}, f, indent=1)
     print(f"gpu_results: wrote {stem}.md and .json")
     return 0
 

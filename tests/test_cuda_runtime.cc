@@ -332,7 +332,9 @@ TEST(CudaKernels, AddScaledMatchesCpu) {
     const double alpha = std::uniform_real_distribution<>(-2, 2)(rng);
     const Tensor x_base = Tensor::randn({c.n + c.off}, case_seed(++k), c.dtype);
     const Tensor y_base = Tensor::randn({c.n + c.off}, case_seed(++k), c.dtype);
-    Tensor y_ref = to_f32_cpu(y_base.narrow(0, c.off, c.n));
+    // clone: for f32, to_f32_cpu returns a view of y_base itself, and the CPU kernel below
+    // would update y_base in place before the GPU copy is made from it.
+    Tensor y_ref = to_f32_cpu(y_base.narrow(0, c.off, c.n)).clone();
     kernels::add_scaled()(Device::cpu(), y_ref, to_f32_cpu(x_base.narrow(0, c.off, c.n)), alpha);
 
     Tensor y_gpu_base = y_base.to(kGpu);

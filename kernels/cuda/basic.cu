@@ -151,20 +151,38 @@ StridedLayout collapse(const Tensor& src, const Tensor& dst) {
   return l;
 }
 
+// Each thread takes kCopyIlp elements a block apart per step (coalesced on the destination,
+// independent loads in flight). With one element per step the f32 -> bf16 conversion of 2^27
+// elements ran at 0.41 of the copy bandwidth on an H200 and a bf16 transpose at 0.10:
+// latency-bound, a few bytes in flight per thread.
+constexpr int kCopyIlp = 4;
+
 template <DType S, DType D>
 __global__ void copy_strided_kernel(const void* src, void* dst, int64_t n, StridedLayout l) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    int64_t rem = i, so = 0, doff = 0;
-    for (int d = l.ndim - 1; d > 0; --d) {
-      const int64_t q = rem / l.size[d];
-      const int64_t r = rem - q * l.size[d];
-      so += r * l.src_stride[d];
-      doff += r * l.dst_stride[d];
-      rem = q;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x * kCopyIlp;
+  for (int64_t base = int64_t{blockIdx.x} * blockDim.x * kCopyIlp + threadIdx.x; base < n;
+       base += step) {
+    double v[kCopyIlp];
+    int64_t doff[kCopyIlp];
+#pragma unroll
+    for (int u = 0; u < kCopyIlp; ++u) {
+      const int64_t i = base + int64_t{u} * blockDim.x;
+      if (i >= n) break;
+      int64_t rem = i, so = 0, dof = 0;
+      for (int d = l.ndim - 1; d > 0; --d) {
+        const int64_t q = rem / l.size[d];
+        const int64_t r = rem - q * l.size[d];
+        so += r * l.src_stride[d];
+        dof += r * l.dst_stride[d];
+        rem = q;
+      }
+      so += rem * l.src_stride[0];
+      doff[u] = dof + rem * l.dst_stride[0];
+      v[u] = load_as_double<S>(src, so);
     }
-    so += rem * l.src_stride[0];
-    doff += rem * l.dst_stride[0];
-    store_from_double<D>(dst, doff, load_as_double<S>(src, so));
+#pragma unroll
+    for (int u = 0; u < kCopyIlp; ++u)
+      if (base + int64_t{u} * blockDim.x < n) store_from_double<D>(dst, doff[u], v[u]);
   }
 }
 
@@ -205,7 +223,7 @@ void copy_strided_cuda(const Tensor& src, Tensor& dst) {
   dispatch_dtype(src.dtype(), [&](auto st) {
     dispatch_dtype(dst.dtype(), [&](auto dt) {
       copy_strided_kernel<decltype(st)::value, decltype(dt)::value>
-          <<<grid_for(n, dev), kThreads, 0, s>>>(sp, dp, n, l);
+          <<<grid_for(n / kCopyIlp + 1, dev), kThreads, 0, s>>>(sp, dp, n, l);
       R1_CUDA_CHECK_LAUNCH();
     });
   });

@@ -121,22 +121,40 @@ BroadcastLayout<Idx> collapse(const Tensor& a, const Tensor& b, const Tensor& ou
   return l;
 }
 
-// out (contiguous, n elements) = a op b, a and b walked through the layout's strides.
+// out (contiguous, n elements) = a op b, a and b walked through the layout's strides. Each
+// thread takes kBroadcastIlp elements a block apart per step (coalesced, independent loads in
+// flight): with one element per step this kernel reached 0.30 of the copy bandwidth on an
+// H200 for (16384, 7168) + (7168) bf16, latency-bound.
+constexpr int kBroadcastIlp = 4;
+
 template <BinaryOp kOp, class T, class Idx>
 __global__ void binary_broadcast_kernel(const T* a, const T* b, T* out, Idx n,
                                         BroadcastLayout<Idx> l) {
-  for (int64_t i = global_thread(); i < int64_t{n}; i += grid_threads()) {
-    Idx rem = static_cast<Idx>(i), oa = 0, ob = 0;
-    for (int d = l.ndim - 1; d > 0; --d) {
-      const Idx q = rem / l.size[d];
-      const Idx r = rem - q * l.size[d];
-      oa += r * l.a_stride[d];
-      ob += r * l.b_stride[d];
-      rem = q;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x * kBroadcastIlp;
+  for (int64_t base = int64_t{blockIdx.x} * blockDim.x * kBroadcastIlp + threadIdx.x;
+       base < int64_t{n}; base += step) {
+    float r[kBroadcastIlp];
+#pragma unroll
+    for (int u = 0; u < kBroadcastIlp; ++u) {
+      const int64_t i = base + int64_t{u} * blockDim.x;
+      if (i >= int64_t{n}) break;
+      Idx rem = static_cast<Idx>(i), oa = 0, ob = 0;
+      for (int d = l.ndim - 1; d > 0; --d) {
+        const Idx q = rem / l.size[d];
+        const Idx rr = rem - q * l.size[d];
+        oa += rr * l.a_stride[d];
+        ob += rr * l.b_stride[d];
+        rem = q;
+      }
+      oa += rem * l.a_stride[0];
+      ob += rem * l.b_stride[0];
+      r[u] = apply<kOp>(to_f32(a[oa]), to_f32(b[ob]));
     }
-    oa += rem * l.a_stride[0];
-    ob += rem * l.b_stride[0];
-    out[i] = from_f32<T>(apply<kOp>(to_f32(a[oa]), to_f32(b[ob])));
+#pragma unroll
+    for (int u = 0; u < kBroadcastIlp; ++u) {
+      const int64_t i = base + int64_t{u} * blockDim.x;
+      if (i < int64_t{n}) out[i] = from_f32<T>(r[u]);
+    }
   }
 }
 
@@ -152,10 +170,10 @@ void launch_binary(const Tensor& a, const Tensor& b, Tensor& out, int dev, cudaS
     binary_same_shape_kernel<kOp, T><<<grid_for(nvec + n - nvec * kVec, dev), kThreads, 0, s>>>(
         pa, pb, po, n, nvec);
   } else if (n < (int64_t{1} << 32)) {
-    binary_broadcast_kernel<kOp, T, uint32_t><<<grid_for(n, dev), kThreads, 0, s>>>(
+    binary_broadcast_kernel<kOp, T, uint32_t><<<grid_for(n / kBroadcastIlp + 1, dev), kThreads, 0, s>>>(
         pa, pb, po, static_cast<uint32_t>(n), collapse<uint32_t>(a, b, out));
   } else {
-    binary_broadcast_kernel<kOp, T, int64_t><<<grid_for(n, dev), kThreads, 0, s>>>(
+    binary_broadcast_kernel<kOp, T, int64_t><<<grid_for(n / kBroadcastIlp + 1, dev), kThreads, 0, s>>>(
         pa, pb, po, n, collapse<int64_t>(a, b, out));
   }
   R1_CUDA_CHECK_LAUNCH();

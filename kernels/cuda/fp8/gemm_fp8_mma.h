@@ -1,0 +1,18 @@
+// The first tensor-core FP8 block-scaled GEMM: warp-level mma.sync (m16n8k32, e4m3 x e4m3 ->
+// f32, sm_89+), one 128x128 output tile per block, k-blocks of 128 staged through shared
+// memory, the DeepSeek-V3 promotion (each k-block's fp32 tensor-core partial scaled and added
+// to an fp32 register accumulator). The same function as gemm_fp8_blockscaled
+// (engine/kernels.h); the simple kernel (gemm_fp8_simple.cu) stays the registered CUDA
+// implementation until this one has passed its tests on a GPU (tests/test_fp8.cc,
+// Fp8Cuda.MmaGemmMatchesReference), and it is the step before the wgmma/TMA kernel.
+#pragma once
+#include "engine/tensor.h"
+
+namespace r1::cuda {
+
+// a_q (M, K) e4m3, a_scales (M, KB) f32, b_q (N, K) e4m3, b_scales (NB, KB) f32 -> d (M, N)
+// f32 or bf16, on the current stream. K must be a multiple of 16 (16-byte rows); any M, N.
+void gemm_fp8_blockscaled_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                              const Tensor& b_scales, Tensor& d);
+
+}  // namespace r1::cuda
