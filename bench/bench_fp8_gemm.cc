@@ -129,12 +129,14 @@ void BM_Fp8Simple(benchmark::State& st) {
   });
 }
 
+// The mma.sync kernel with 1 (load, then compute) or 2 (cp.async double buffer) stages.
+template <int kStages>
 void BM_Fp8Mma(benchmark::State& st) {
   const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
-  st.SetLabel("mma.sync (tensor cores) " + shape_label(p));
+  st.SetLabel("mma.sync stages=" + std::to_string(kStages) + " " + shape_label(p));
   run_timed(st, p, [&] {
-    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d);
+    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, kStages);
   });
 }
 
@@ -170,7 +172,8 @@ void register_all() {
       for (auto [n, k] : nk) b->Args({m, n, k});
   };
   reg("Fp8Simple", BM_Fp8Simple);
-  reg("Fp8Mma", BM_Fp8Mma);
+  reg("Fp8Mma1", BM_Fp8Mma<1>);
+  reg("Fp8Mma2", BM_Fp8Mma<2>);
   reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
 }

@@ -358,12 +358,13 @@ TEST(Fp8Cuda, MmaGemmMatchesReference) {
     const TripleLoop t = triple_loop(c);
     const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
     const std::string name = fmt::format("mma ({}, {}, {})", c.m, c.n, c.k);
+    for (int stages : {1, 2})
     for (DType dt : {DType::F32, DType::BF16}) {
       Tensor d = test::poisoned({c.m, c.n}, dt, kGpu);
       cuda::gemm_fp8_blockscaled_mma(c.a.q.to(kGpu), c.a.scales.to(kGpu), c.b.q.to(kGpu),
-                                     c.b.scales.to(kGpu), d);
+                                     c.b.scales.to(kGpu), d, stages);
       const std::vector<double> got = d.to_double_vector();
-      const std::string nd = name + " " + dtype_name(dt);
+      const std::string nd = fmt::format("{} {} stages={}", name, dtype_name(dt), stages);
       if (dt == DType::F32) {
         expect_within(nd, got, ref, t.abs, 0.0, 0x1p-10);
         EXPECT_LT(rel_error(got, ref, ref), 1e-3) << nd;
