@@ -18,6 +18,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -31,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/stream.h"
+#include "kernels/cuda/gemm_bf16_mma.h"
 #endif
 
 namespace r1 {
@@ -367,6 +369,16 @@ void BM_GemmBf16(benchmark::State& st) {
             [&] { kernels::gemm()(kGpu, a, b, c, false, true, 1.0, 0.0); });
 }
 
+// The same products through the batch-invariant mma.sync kernel (kernels/cuda/gemm_bf16_mma.h).
+void BM_GemmBf16Invariant(benchmark::State& st) {
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const Tensor a = dev_randn({M, K}, DType::BF16, 39), b = dev_randn({N, K}, DType::BF16, 40);
+  Tensor c = Tensor::empty({M, N}, DType::BF16, kGpu);
+  st.SetLabel("bf16 mma.sync batch-invariant NT");
+  run_timed(st, (M * K + N * K + M * N) * 2.0, 2.0 * M * N * K,
+            [&] { cuda::gemm_bf16_nt_invariant(a, b, c, 2); });
+}
+
 void BM_GemmF32(benchmark::State& st) {
   const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
   const Tensor a = dev_randn({1, M, K}, DType::F32, 41), b = dev_randn({1, N, K}, DType::F32, 42);
@@ -407,6 +419,11 @@ void register_all() {
     for (auto [n, k] : {std::pair<int64_t, int64_t>{2112, 7168}, {24576, 1536}, {32768, 512},
                         {7168, 16384}, {4096, 7168}, {7168, 2048}})
       g->Args({m, n, k});
+  auto* gi = reg("GemmBf16Invariant", BM_GemmBf16Invariant);
+  for (int64_t m : {64, 128, 4096})
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{2112, 7168}, {24576, 1536}, {32768, 512},
+                        {7168, 16384}, {4096, 7168}, {7168, 2048}})
+      gi->Args({m, n, k});
   reg("GemmF32", BM_GemmF32)->Args({4096, 4096, 4096});
 }
 
@@ -420,7 +437,9 @@ int main(int argc, char** argv) {
 #if defined(R1_HAVE_CUDA)
   if (!r1::device_available(r1::DeviceType::CUDA)) {
     std::printf("bench_cuda_kernels: no CUDA device; nothing to measure\n");
-    return 0;
+    // scripts/gpu-check.sh sets R1_REQUIRE_CUDA=1: there a missing GPU is a failure.
+    const char* req = std::getenv("R1_REQUIRE_CUDA");
+    return req != nullptr && std::string(req) == "1" ? 1 : 0;
   }
   cudaDeviceProp prop{};
   R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));

@@ -20,6 +20,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -188,7 +189,9 @@ int main(int argc, char** argv) {
 #if defined(R1_HAVE_CUDA)
   if (!r1::device_available(r1::DeviceType::CUDA)) {
     std::printf("bench_fp8_gemm: no CUDA device; nothing to measure\n");
-    return 0;
+    // scripts/gpu-check.sh sets R1_REQUIRE_CUDA=1: there a missing GPU is a failure.
+    const char* req = std::getenv("R1_REQUIRE_CUDA");
+    return req != nullptr && std::string(req) == "1" ? 1 : 0;
   }
   cudaDeviceProp prop{};
   R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
