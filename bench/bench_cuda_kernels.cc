@@ -357,6 +357,30 @@ void BM_AdamW(benchmark::State& st) {  // fp32 master p, m, v; grad in f32 or bf
   });
 }
 
+// ---- fp8 quantization (DeepSeek-V3 block scaling) ------------------------------------------
+
+// Activations: bf16 (M, K) -> e4m3 (M, K) + f32 scales per 1x128 tile.
+void BM_QuantizeFp8Rows(benchmark::State& st) {
+  const int64_t M = 16384, K = 7168;
+  const Tensor x = dev_randn({M, K}, DType::BF16, 43);
+  Tensor q = Tensor::empty({M, K}, DType::E4M3, kGpu);
+  Tensor sc = Tensor::empty({M, fp8_blocks(K)}, DType::F32, kGpu);
+  st.SetLabel("bf16 (16384,7168) -> e4m3, 1x128 scales");
+  run_timed(st, M * K * 3.0 + sc.numel() * 4.0, 0,
+            [&] { kernels::quantize_fp8_rows()(kGpu, x, q, sc); });
+}
+
+// Weights: f32 master (N, K) -> e4m3 (N, K) + f32 scales per 128x128 block.
+void BM_QuantizeFp8Blocks(benchmark::State& st) {
+  const int64_t N = 7168, K = 16384;
+  const Tensor w = dev_randn({N, K}, DType::F32, 44);
+  Tensor q = Tensor::empty({N, K}, DType::E4M3, kGpu);
+  Tensor sc = Tensor::empty({fp8_blocks(N), fp8_blocks(K)}, DType::F32, kGpu);
+  st.SetLabel("f32 (7168,16384) -> e4m3, 128x128 scales");
+  run_timed(st, N * K * 5.0 + sc.numel() * 4.0, 0,
+            [&] { kernels::quantize_fp8_blocks()(kGpu, w, q, sc); });
+}
+
 // ---- GEMM (cuBLASLt today) -----------------------------------------------------------------
 
 // D (M, N) = A (M, K) B (N, K)^T: the linear-layer forward. DeepSeek-V3 shapes.
@@ -390,8 +414,11 @@ void BM_GemmF32(benchmark::State& st) {
 
 void register_all() {
   auto reg = [](const char* name, void (*fn)(benchmark::State&)) {
+    // A fixed count (5 x kReps launches after a warm-up) instead of a minimum time: with a
+    // minimum time Google Benchmark calls the function once per trial count, redoing the
+    // multi-GB setup each time; that setup, not the kernels, was most of the run.
     return benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(benchmark::kMicrosecond)
-        ->MinTime(0.05);
+        ->Iterations(5);
   };
   reg("Fill", BM_Fill)->Arg(0)->Arg(1);
   reg("CopyTranspose", BM_CopyTranspose);
@@ -414,6 +441,8 @@ void register_all() {
   reg("CrossEntropyForward", BM_CrossEntropyForward)->Arg(0)->Arg(1);
   reg("CrossEntropyBackward", BM_CrossEntropyBackward)->Arg(0)->Arg(1);
   reg("AdamW", BM_AdamW)->Arg(0)->Arg(1);
+  reg("QuantizeFp8Rows", BM_QuantizeFp8Rows);
+  reg("QuantizeFp8Blocks", BM_QuantizeFp8Blocks);
   auto* g = reg("GemmBf16", BM_GemmBf16);
   for (int64_t m : {64, 128, 4096})
     for (auto [n, k] : {std::pair<int64_t, int64_t>{2112, 7168}, {24576, 1536}, {32768, 512},

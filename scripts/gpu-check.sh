@@ -12,11 +12,10 @@
 # Without a bundle it builds one first, which needs this repository's dependencies
 # (scripts/setup.sh) on the machine.
 #
-# Usage: scripts/gpu-check.sh [--out DIR] [--results DIR] [--quick] [--no-sanitizer]
+# Usage: scripts/gpu-check.sh [--out DIR] [--results DIR] [--no-sanitizer]
 #                             [--sanitizer-budget SECONDS] [--sanitize test_a,test_b]
 #   --out DIR       logs and raw outputs (default runs/gpu-check-<date>)
 #   --results DIR   where the table goes (default bench/results)
-#   --quick         benchmarks with fewer repetitions (tests are never cut)
 #   --sanitizer-budget  seconds for all sanitizer runs together (default 300); a run cut
 #                   short is reported as "timed out", not as clean
 #   --sanitize LIST only these test binaries under compute-sanitizer (default: all)
@@ -27,7 +26,6 @@ root=$PWD
 
 out=runs/gpu-check-$(date -u +%Y%m%d-%H%M%S)
 results=bench/results
-quick=0
 sanitizer=1
 san_budget=300
 san_only=""
@@ -35,7 +33,6 @@ while (($#)); do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
-    --quick) quick=1; shift ;;
     --no-sanitizer) sanitizer=0; shift ;;
     --sanitizer-budget) san_budget=$2; shift 2 ;;
     --sanitize) san_only=",$2,"; shift 2 ;;
@@ -95,7 +92,6 @@ echo "gpu-check: tests done at $(elapsed)"
 
 # ---- 2. benchmarks -------------------------------------------------------------------------
 bench_args=(--benchmark_out="$out/bench.json" --benchmark_out_format=json)
-((quick)) && bench_args+=(--benchmark_min_time=0.01)
 timeout 300 "$bundle/bin/bench_cuda_kernels" "${bench_args[@]}" >"$out/bench.log" 2>&1 ||
   { echo "gpu-check: bench_cuda_kernels failed (rc $?), tail:"; tail -20 "$out/bench.log"; status=1; }
 if [[ -x "$bundle/bin/bench_fp8_gemm" ]]; then
