@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/stream.h"
+#include "bench/cuda_timing.h"
 #include "kernels/cuda/gemm_bf16_mma.h"
 #endif
 
@@ -41,9 +42,7 @@ namespace {
 #if defined(R1_HAVE_CUDA)
 
 const Device kGpu = Device::cuda(0);
-constexpr int kReps = 10;
-double g_copy_gbps = 0;
-double g_gemm_tflops = 0;
+using bench::run_timed;
 
 // A device tensor filled with N(0, stddev^2) values: 1M random values made on the host, then
 // tiled on the device (random numbers for a 2 GB tensor on the host would dominate the run).
@@ -63,38 +62,6 @@ Tensor dev_randn(const Shape& shape, DType dt, uint64_t seed, double stddev = 1.
 
 Tensor dev_randint(const Shape& shape, int64_t lo, int64_t hi, uint64_t seed) {
   return Tensor::randint(shape, seed, lo, hi, DType::I64).to(kGpu);
-}
-
-// Times fn (kReps launches per iteration) with CUDA events; reports bytes/flops rates.
-void run_timed(benchmark::State& st, double bytes, double flops, const std::function<void()>& fn) {
-  const cudaStream_t s = cuda::current_stream(0);
-  fn();  // warm-up: first-touch allocations, cuBLASLt heuristics, lazy module loading
-  synchronize(kGpu);
-  cuda::Event start(true), stop(true);
-  double total_s = 0;
-  int64_t launches = 0;
-  for (auto _ : st) {
-    start.record(s);
-    for (int i = 0; i < kReps; ++i) fn();
-    stop.record(s);
-    stop.synchronize();
-    const double sec = start.elapsed_ms(stop) / 1e3 / kReps;
-    st.SetIterationTime(sec);
-    total_s += sec * kReps;
-    launches += kReps;
-  }
-  const double per = total_s / static_cast<double>(std::max<int64_t>(launches, 1));
-  st.counters["us"] = per * 1e6;
-  if (bytes > 0) {
-    const double gbps = bytes / per / 1e9;
-    st.counters["GB/s"] = gbps;
-    if (g_copy_gbps > 0) st.counters["frac_copy"] = gbps / g_copy_gbps;
-  }
-  if (flops > 0) {
-    const double tflops = flops / per / 1e12;
-    st.counters["TFLOP/s"] = tflops;
-    if (g_gemm_tflops > 0) st.counters["frac_gemm"] = tflops / g_gemm_tflops;
-  }
 }
 
 double esize(DType dt) { return static_cast<double>(dtype_size(dt)); }
@@ -472,13 +439,14 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  r1::g_copy_gbps = r1::measure_copy_gbps();
-  r1::g_gemm_tflops = r1::measure_gemm_tflops();
+  r1::bench::ceilings().copy_gbps = r1::measure_copy_gbps();
+  r1::bench::ceilings().gemm_tflops = r1::measure_gemm_tflops();
   std::printf("device %s: copy ceiling %.0f GB/s, cuBLASLt bf16 8192^3 %.0f TFLOP/s\n",
-              prop.name, r1::g_copy_gbps, r1::g_gemm_tflops);
+              prop.name, r1::bench::ceilings().copy_gbps, r1::bench::ceilings().gemm_tflops);
   benchmark::AddCustomContext("gpu", prop.name);
-  benchmark::AddCustomContext("copy_gbps", std::to_string(r1::g_copy_gbps));
-  benchmark::AddCustomContext("gemm_bf16_tflops", std::to_string(r1::g_gemm_tflops));
+  benchmark::AddCustomContext("copy_gbps", std::to_string(r1::bench::ceilings().copy_gbps));
+  benchmark::AddCustomContext("gemm_bf16_tflops",
+                              std::to_string(r1::bench::ceilings().gemm_tflops));
   r1::register_all();
   benchmark::RunSpecifiedBenchmarks();
 #else

@@ -33,6 +33,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/stream.h"
+#include "bench/cuda_timing.h"
 #include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
 #include "kernels/cuda/fp8/gemm_fp8_mma.h"
 #endif
@@ -43,7 +44,6 @@ namespace {
 #if defined(R1_HAVE_CUDA)
 
 const Device kGpu = Device::cuda(0);
-constexpr int kReps = 10;
 
 // A device tensor of N(0, 1) values: 1M made on the host, tiled on the device (random
 // numbers for a 117M-element weight on the host would dominate the run).
@@ -88,33 +88,14 @@ Fp8Problem make_problem(int64_t m, int64_t n, int64_t k) {
   return p;
 }
 
-// Times fn (kReps launches per iteration) with CUDA events; reports TFLOP/s and GB/s.
+// bench::run_timed with this problem's bytes (operands, output, scales) and flops.
 void run_timed(benchmark::State& st, const Fp8Problem& p, const std::function<void()>& fn) {
-  const cudaStream_t s = cuda::current_stream(0);
-  fn();  // warm-up: cuBLASLt heuristics, lazy module loading
-  synchronize(kGpu);
-  cuda::Event start(true), stop(true);
-  double total_s = 0;
-  int64_t launches = 0;
-  for (auto _ : st) {
-    start.record(s);
-    for (int i = 0; i < kReps; ++i) fn();
-    stop.record(s);
-    stop.synchronize();
-    const double sec = start.elapsed_ms(stop) / 1e3 / kReps;
-    st.SetIterationTime(sec);
-    total_s += sec * kReps;
-    launches += kReps;
-  }
-  const double per = total_s / static_cast<double>(std::max<int64_t>(launches, 1));
   const double m = static_cast<double>(p.m), n = static_cast<double>(p.n);
   const double k = static_cast<double>(p.k);
   const double bytes = m * k + n * k + 2.0 * m * n +
                        4.0 * (m * static_cast<double>(fp8_blocks(p.k)) +
                               static_cast<double>(p.b_scales.numel()));
-  st.counters["us"] = per * 1e6;
-  st.counters["TFLOP/s"] = 2.0 * m * n * k / per / 1e12;
-  st.counters["GB/s"] = bytes / per / 1e9;
+  bench::run_timed(st, bytes, 2.0 * m * n * k, fn);
 }
 
 std::string shape_label(const Fp8Problem& p) {

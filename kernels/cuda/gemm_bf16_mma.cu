@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "engine/convert.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/error.h"
@@ -22,69 +21,29 @@ namespace {
 
 using namespace mma;
 
-__device__ inline void store_out(float* d, int64_t i, float v) { d[i] = v; }
-__device__ inline void store_out(uint16_t* d, int64_t i, float v) { d[i] = f32_to_bf16(v); }
-
-// a (m, k), b (n, k) bf16 bits -> d (m, n). kStages as in the FP8 mma GEMM.
+// a (m, k), b (n, k) bf16 bits -> d (m, n): 4 mma steps per k-tile into fp32 accumulators.
 template <class OutT, int kStages>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     gemm_bf16_mma_kernel(const uint8_t* a, const uint8_t* b, OutT* d, int64_t m, int64_t n,
                          int64_t k) {
-  static_assert(kStages == 1 || kStages == 2, "one or two shared-memory stages");
   extern __shared__ __align__(16) uint8_t smem[];
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int g = lane / 4, t = lane % 4;
-  const int wm = warp / (kTileN / kWarpCols), wn = warp % (kTileN / kWarpCols);
+  const WarpPos p = warp_pos();
   const int64_t m0 = int64_t{blockIdx.y} * kTileM, n0 = int64_t{blockIdx.x} * kTileN;
   const int64_t row_bytes = k * 2, kts = (row_bytes + kTileKBytes - 1) / kTileKBytes;
-
-  if constexpr (kStages == 2) {
-    if (kts > 0) {
-      stage_tile<true>(a, m, row_bytes, m0, 0, smem);
-      stage_tile<true>(b, n, row_bytes, n0, 0, smem + kTileBytes);
-    }
-    cp_async_commit();
-  }
   float acc[kFragsM][kFragsN][4] = {};
-  for (int64_t kt = 0; kt < kts; ++kt) {
-    uint8_t* as = smem + (kStages == 2 ? (kt & 1) * kStageBytes : 0);
-    uint8_t* bs = as + kTileBytes;
-    if constexpr (kStages == 2) {
-      if (kt + 1 < kts) {  // the other buffer was released by the previous iteration's sync
-        uint8_t* next = smem + ((kt + 1) & 1) * kStageBytes;
-        stage_tile<true>(a, m, row_bytes, m0, kt + 1, next);
-        stage_tile<true>(b, n, row_bytes, n0, kt + 1, next + kTileBytes);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();  // all but the newest group: k-tile kt has landed
-    } else {
-      stage_tile<false>(a, m, row_bytes, m0, kt, as);
-      stage_tile<false>(b, n, row_bytes, n0, kt, bs);
-    }
-    __syncthreads();
+  mainloop<kStages>(a, m, b, n, row_bytes, m0, n0, kts, smem,
+                    [&](const uint8_t* as, const uint8_t* bs, int64_t) {
 #pragma unroll  // 32 accumulators leave room to hoist all 4 steps' fragment loads
     for (int kk = 0; kk < kTileKBytes; kk += kStepBytes) {
       Frags f;
-      load_frags(as, bs, wm, wn, g, t, kk, f);
+      load_frags(as, bs, p.wm, p.wn, p.g, p.t, kk, f);
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) mma_bf16(acc[i][j], f.a[i], f.b[j]);
     }
-    __syncthreads();  // the next stage overwrites this buffer
-  }
-#pragma unroll
-  for (int i = 0; i < kFragsM; ++i) {
-    const int64_t r_lo = m0 + wm * kWarpRows + i * kMmaM + g, r_hi = r_lo + 8;
-#pragma unroll
-    for (int j = 0; j < kFragsN; ++j) {
-      const int64_t c = n0 + wn * kWarpCols + j * kMmaN + 2 * t;
-      if (r_lo < m && c < n) store_out(d, r_lo * n + c, acc[i][j][0]);
-      if (r_lo < m && c + 1 < n) store_out(d, r_lo * n + c + 1, acc[i][j][1]);
-      if (r_hi < m && c < n) store_out(d, r_hi * n + c, acc[i][j][2]);
-      if (r_hi < m && c + 1 < n) store_out(d, r_hi * n + c + 1, acc[i][j][3]);
-    }
-  }
+  });
+  store_tile(d, m, n, m0, n0, p, acc);
 }
 
 template <class OutT, int kStages>

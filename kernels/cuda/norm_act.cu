@@ -29,24 +29,6 @@ namespace {
 constexpr int64_t kRmsRowBlock = 32;
 constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes per column
 
-// Sum of v over the `tpr` consecutive threads of a row group (tpr a power of two, 32..1024),
-// returned to all of them. Every thread of the block must call it (it syncs when tpr > 32).
-// Butterfly within warps (lane i adds v_i + v_{i^k}, its partner the same two operands, so
-// all lanes agree bit for bit), then the group's warp sums in warp order from shared memory
-// (broadcast reads: no bank conflicts).
-__device__ inline float group_sum(float v, float* smem, int tpr) {
-#pragma unroll
-  for (int k = 16; k > 0; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
-  if (tpr <= 32) return v;
-  const int warp = threadIdx.x / 32, warps = tpr / 32, first = warp / warps * warps;
-  __syncthreads();  // the previous call's readers are done with smem
-  if (threadIdx.x % 32 == 0) smem[warp] = v;
-  __syncthreads();
-  float s = smem[first];
-  for (int k = 1; k < warps; ++k) s += smem[first + k];
-  return s;
-}
-
 // ---- rmsnorm -----------------------------------------------------------------------------
 
 // Chunks of a row a thread keeps in registers between the two passes of rmsnorm: with
@@ -106,7 +88,7 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd
         if (k < cnt) ss += f[k] * f[k];
     }
   }
-  ss = group_sum(ss, smem, tpr);
+  ss = group_reduce(ss, Add{}, smem, tpr);
   if (!live) return;
   const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
   if (lane == 0) rstd[n] = r;
@@ -165,7 +147,7 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
 #pragma unroll
         for (int k = 0; k < kV; ++k)
           if (k < xc.cnt[u]) dot += wc.f[u][k] * gc.f[u][k] * xc.f[u][k];
-      dot = group_sum(dot, smem, tpr);
+      dot = group_reduce(dot, Add{}, smem, tpr);
       const float cf = dot * r * r / static_cast<float>(D);
 #pragma unroll
       for (int u = 0; u < kRowCache; ++u) {
@@ -201,7 +183,7 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
       for (int k = 0; k < kV; ++k)
         if (k < cnt) dot += wf[k] * gf[k] * xf[k];
     }
-    dot = group_sum(dot, smem, tpr);  // uniform trip count: every thread reaches it
+    dot = group_reduce(dot, Add{}, smem, tpr);  // uniform trip count: every thread reaches it
     const float cf = dot * r * r / static_cast<float>(D);
     for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += step) {
       float xf[kV], gf[kV], wf[kV], out[kV];

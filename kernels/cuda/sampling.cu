@@ -205,7 +205,8 @@ __device__ void choose_digit(u64 above, u64 target, SampleSmem& sm) {
     acc += w[j];
   }
   const unsigned hit = __ballot_sync(kFull, found >= 0);
-  const int top = hit ? 31 - __clz(static_cast<int>(hit)) : 0;  // no hit breaks the invariant: stay in range
+  // No hit would break the invariant; stay in range regardless.
+  const int top = hit ? 31 - __clz(static_cast<int>(hit)) : 0;
   if (lane == top) {
     const int d = hit ? top * kPerLane + found : 0;
     sm.digit = d;
@@ -318,11 +319,13 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 
   u64 floor = 0;  // every key is >= 0: all kept
-  if (p.top_k > 0 && p.top_k < V) floor = select_boundary<T, false>(r, 0, static_cast<u64>(p.top_k), sm);
+  if (p.top_k > 0 && p.top_k < V)
+    floor = select_boundary<T, false>(r, 0, static_cast<u64>(p.top_k), sm);
   if (p.top_p < 1) {
     const u64 mk = kept_mass(r, floor, sm);
     const double want = ceil(static_cast<double>(p.top_p) * static_cast<double>(mk));
-    const u64 target = want < 1 ? 1 : (want >= static_cast<double>(mk) ? mk : static_cast<u64>(want));
+    const u64 target =
+        want < 1 ? 1 : (want >= static_cast<double>(mk) ? mk : static_cast<u64>(want));
     floor = select_boundary<T, true>(r, floor, target, sm);
   }
   const u64 total = kept_mass(r, floor, sm);

@@ -45,35 +45,10 @@ __device__ inline MaxSum merge(MaxSum a, MaxSum b) {
   return {m, __fadd_rn(__fmul_rn(a.s, __expf(a.m - m)), __fmul_rn(b.s, __expf(b.m - m)))};
 }
 
-// Combines v over the tpr consecutive threads of a row group (tpr a power of two, 32..1024)
-// and returns it to all of them: butterfly within warps, then the group's warp results in
-// warp order from shared memory (broadcast reads). Every thread of the block must call it.
-template <class V, class Op>
-__device__ inline V group_reduce(V v, Op op, V* smem, int tpr) {
-#pragma unroll
-  for (int k = 16; k > 0; k /= 2) {
-    V o;
-    if constexpr (std::is_same_v<V, float>) {
-      o = __shfl_xor_sync(0xffffffffu, v, k);
-    } else {
-      o.m = __shfl_xor_sync(0xffffffffu, v.m, k);
-      o.s = __shfl_xor_sync(0xffffffffu, v.s, k);
-    }
-    v = op(v, o);
-  }
-  if (tpr <= 32) return v;
-  const int warp = threadIdx.x / 32, warps = tpr / 32, first = warp / warps * warps;
-  __syncthreads();  // the previous call's readers are done with smem
-  if (threadIdx.x % 32 == 0) smem[warp] = v;
-  __syncthreads();
-  V r = smem[first];
-  for (int k = 1; k < warps; ++k) r = op(r, smem[first + k]);
-  return r;
+__device__ inline MaxSum shfl_xor(MaxSum v, int k) {
+  return {__shfl_xor_sync(0xffffffffu, v.m, k), __shfl_xor_sync(0xffffffffu, v.s, k)};
 }
 
-struct Add {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
 struct Merge {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const { return merge(a, b); }
 };

@@ -109,4 +109,34 @@ __device__ inline void store_chunk(T* p, int64_t i0, int64_t n, const float (&f)
     if (i0 + k < n) p[i0 + k] = e[k];
 }
 
+// ---- per-row reductions ---------------------------------------------------------------------
+
+// The value of the lane `k` away (xor) in the warp. Other value types (structs of floats)
+// overload it beside their definition; group_reduce finds them by argument lookup.
+__device__ inline float shfl_xor(float v, int k) { return __shfl_xor_sync(0xffffffffu, v, k); }
+
+// Combines v over the tpr consecutive threads of a row group (tpr a power of two, 32..1024)
+// and returns it to all of them (bit for bit the same on all: op must be commutative in its
+// rounding, as + and an explicitly rounded merge are): butterfly within warps, then the group's warp results in
+// warp order from shared memory (broadcast reads). Every thread of the block must call it.
+template <class V, class Op>
+__device__ inline V group_reduce(V v, Op op, V* smem, int tpr) {
+#pragma unroll
+  for (int k = 16; k > 0; k /= 2) {
+    v = op(v, shfl_xor(v, k));
+  }
+  if (tpr <= 32) return v;
+  const int warp = threadIdx.x / 32, warps = tpr / 32, first = warp / warps * warps;
+  __syncthreads();  // the previous call's readers are done with smem
+  if (threadIdx.x % 32 == 0) smem[warp] = v;
+  __syncthreads();
+  V r = smem[first];
+  for (int k = 1; k < warps; ++k) r = op(r, smem[first + k]);
+  return r;
+}
+
+struct Add {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
 }  // namespace r1::cuda

@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "engine/convert.h"
+
 namespace r1::cuda::mma {
 
 inline constexpr int kTileM = 128, kTileN = 128;
@@ -115,6 +117,74 @@ __device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uin
       "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// This thread's place in the block: lane parts g, t and the warp's tile row and column.
+struct WarpPos {
+  int g, t, wm, wn;
+};
+__device__ inline WarpPos warp_pos() {
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  return {lane / 4, lane % 4, warp / (kTileN / kWarpCols), warp % (kTileN / kWarpCols)};
+}
+
+// The k loop of a tile: k-tiles kt = 0 .. kts-1 of a rows [m0, m0 + 128) and b rows
+// [n0, n0 + 128) (both row_bytes per row) staged into smem, then compute(as, bs, kt) on them
+// between two block barriers. kStages = 1: load, sync, compute, sync. kStages = 2: k-tile
+// kt + 1 is copied (cp.async) into the other buffer while compute works on kt; smem holds
+// kStages * kStageBytes.
+template <int kStages, class Compute>
+__device__ inline void mainloop(const uint8_t* a, int64_t m, const uint8_t* b, int64_t n,
+                                int64_t row_bytes, int64_t m0, int64_t n0, int64_t kts,
+                                uint8_t* smem, Compute&& compute) {
+  static_assert(kStages == 1 || kStages == 2, "one or two shared-memory stages");
+  if constexpr (kStages == 2) {
+    if (kts > 0) {
+      stage_tile<true>(a, m, row_bytes, m0, 0, smem);
+      stage_tile<true>(b, n, row_bytes, n0, 0, smem + kTileBytes);
+    }
+    cp_async_commit();
+  }
+  for (int64_t kt = 0; kt < kts; ++kt) {
+    uint8_t* as = smem + (kStages == 2 ? (kt & 1) * kStageBytes : 0);
+    uint8_t* bs = as + kTileBytes;
+    if constexpr (kStages == 2) {
+      if (kt + 1 < kts) {  // the other buffer was released by the previous iteration's sync
+        uint8_t* next = smem + ((kt + 1) & 1) * kStageBytes;
+        stage_tile<true>(a, m, row_bytes, m0, kt + 1, next);
+        stage_tile<true>(b, n, row_bytes, n0, kt + 1, next + kTileBytes);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();  // all but the newest group: k-tile kt has landed
+    } else {
+      stage_tile<false>(a, m, row_bytes, m0, kt, as);
+      stage_tile<false>(b, n, row_bytes, n0, kt, bs);
+    }
+    __syncthreads();
+    compute(static_cast<const uint8_t*>(as), static_cast<const uint8_t*>(bs), kt);
+    __syncthreads();  // the next stage overwrites this buffer
+  }
+}
+
+__device__ inline void store_out(float* d, int64_t i, float v) { d[i] = v; }
+__device__ inline void store_out(uint16_t* d, int64_t i, float v) { d[i] = f32_to_bf16(v); }
+
+// The warp's accumulators -> d (m, n) at the tile (m0, n0), in-range elements only.
+template <class OutT>
+__device__ inline void store_tile(OutT* d, int64_t m, int64_t n, int64_t m0, int64_t n0,
+                                  const WarpPos& p, const float (&acc)[kFragsM][kFragsN][4]) {
+#pragma unroll
+  for (int i = 0; i < kFragsM; ++i) {
+    const int64_t r_lo = m0 + p.wm * kWarpRows + i * kMmaM + p.g, r_hi = r_lo + 8;
+#pragma unroll
+    for (int j = 0; j < kFragsN; ++j) {
+      const int64_t c = n0 + p.wn * kWarpCols + j * kMmaN + 2 * p.t;
+      if (r_lo < m && c < n) store_out(d, r_lo * n + c, acc[i][j][0]);
+      if (r_lo < m && c + 1 < n) store_out(d, r_lo * n + c + 1, acc[i][j][1]);
+      if (r_hi < m && c < n) store_out(d, r_hi * n + c, acc[i][j][2]);
+      if (r_hi < m && c + 1 < n) store_out(d, r_hi * n + c + 1, acc[i][j][3]);
+    }
+  }
 }
 
 }  // namespace r1::cuda::mma

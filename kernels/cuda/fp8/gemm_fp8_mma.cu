@@ -16,7 +16,6 @@
 
 #include <cstdint>
 
-#include "engine/convert.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
@@ -29,63 +28,33 @@ using namespace mma;  // the tile shape and helpers shared with the bf16 mma GEM
 static_assert(kTileN == kFp8Block && kTileKBytes == kFp8Block,
               "a tile's columns are one block of b's scales, a k-tile one k-block");
 
-__device__ inline void store_out(float* d, int64_t i, float v) { d[i] = v; }
-__device__ inline void store_out(uint16_t* d, int64_t i, float v) { d[i] = f32_to_bf16(v); }
-
-// a (m, k), sa (m, kbs), b (n, k), sb (ceil(n/128), kbs) -> d (m, n). kStages = 1: load,
-// sync, compute, sync. kStages = 2: k-block kb + 1 is copied (cp.async) into the other
-// buffer while the tensor cores work on kb.
+// a (m, k), sa (m, kbs), b (n, k), sb (ceil(n/128), kbs) -> d (m, n). Per k-block: the
+// tensor cores' fp32 partial (4 mma steps), then the promotion into the accumulator.
 template <class OutT, int kStages>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     gemm_fp8_mma_kernel(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
                         OutT* d, int64_t m, int64_t n, int64_t k, int64_t kbs) {
-  static_assert(kStages == 1 || kStages == 2, "one or two shared-memory stages");
   extern __shared__ __align__(16) uint8_t smem[];
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int g = lane / 4, t = lane % 4;
-  const int wm = warp / (kTileN / kWarpCols), wn = warp % (kTileN / kWarpCols);
+  const WarpPos p = warp_pos();
   const int64_t m0 = int64_t{blockIdx.y} * kTileM, n0 = int64_t{blockIdx.x} * kTileN;
-
-  if constexpr (kStages == 2) {
-    if (kbs > 0) {
-      stage_tile<true>(a, m, k, m0, 0, smem);
-      stage_tile<true>(b, n, k, n0, 0, smem + kTileBytes);
-    }
-    cp_async_commit();
-  }
   float acc[kFragsM][kFragsN][4] = {};
-  for (int64_t kb = 0; kb < kbs; ++kb) {
-    uint8_t* as = smem + (kStages == 2 ? (kb & 1) * kStageBytes : 0);
-    uint8_t* bs = as + kTileBytes;
-    if constexpr (kStages == 2) {
-      if (kb + 1 < kbs) {  // the other buffer was released by the previous iteration's sync
-        uint8_t* next = smem + ((kb + 1) & 1) * kStageBytes;
-        stage_tile<true>(a, m, k, m0, kb + 1, next);
-        stage_tile<true>(b, n, k, n0, kb + 1, next + kTileBytes);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();  // all but the newest group: k-block kb has landed
-    } else {
-      stage_tile<false>(a, m, k, m0, kb, as);
-      stage_tile<false>(b, n, k, n0, kb, bs);
-    }
-    __syncthreads();
+  mainloop<kStages>(a, m, b, n, k, m0, n0, kbs, smem,
+                    [&](const uint8_t* as, const uint8_t* bs, int64_t kb) {
     float part[kFragsM][kFragsN][4] = {};
 #pragma unroll 1  // unrolled, the fragment loads of all 4 steps are hoisted and spill
     for (int kk = 0; kk < kTileKBytes; kk += kStepBytes) {
       Frags f;
-      load_frags(as, bs, wm, wn, g, t, kk, f);
+      load_frags(as, bs, p.wm, p.wn, p.g, p.t, kk, f);
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) mma_e4m3(part[i][j], f.a[i], f.b[j]);
     }
-    __syncthreads();  // the next stage overwrites as/bs
     // Promotion: this k-block's partial sums, scaled, into the fp32 accumulator.
     const float sbv = sb[(n0 / kFp8Block) * kbs + kb];
 #pragma unroll
     for (int i = 0; i < kFragsM; ++i) {
-      const int64_t r_lo = m0 + wm * kWarpRows + i * kMmaM + g, r_hi = r_lo + 8;
+      const int64_t r_lo = m0 + p.wm * kWarpRows + i * kMmaM + p.g, r_hi = r_lo + 8;
       const float s_lo = r_lo < m ? sa[r_lo * kbs + kb] * sbv : 0.0f;
       const float s_hi = r_hi < m ? sa[r_hi * kbs + kb] * sbv : 0.0f;
 #pragma unroll
@@ -96,19 +65,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         acc[i][j][3] = fmaf(part[i][j][3], s_hi, acc[i][j][3]);
       }
     }
-  }
-#pragma unroll
-  for (int i = 0; i < kFragsM; ++i) {
-    const int64_t r_lo = m0 + wm * kWarpRows + i * kMmaM + g, r_hi = r_lo + 8;
-#pragma unroll
-    for (int j = 0; j < kFragsN; ++j) {
-      const int64_t c = n0 + wn * kWarpCols + j * kMmaN + 2 * t;
-      if (r_lo < m && c < n) store_out(d, r_lo * n + c, acc[i][j][0]);
-      if (r_lo < m && c + 1 < n) store_out(d, r_lo * n + c + 1, acc[i][j][1]);
-      if (r_hi < m && c < n) store_out(d, r_hi * n + c, acc[i][j][2]);
-      if (r_hi < m && c + 1 < n) store_out(d, r_hi * n + c + 1, acc[i][j][3]);
-    }
-  }
+  });
+  store_tile(d, m, n, m0, n0, p, acc);
 }
 
 // One launch of the kernel for d's dtype and the stage count, with its dynamic shared memory.
