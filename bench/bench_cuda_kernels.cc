@@ -431,12 +431,7 @@ void register_all() {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
 #if defined(R1_HAVE_CUDA)
-  if (!r1::device_available(r1::DeviceType::CUDA)) {
-    std::printf("bench_cuda_kernels: no CUDA device; nothing to measure\n");
-    // scripts/gpu-check.sh sets R1_REQUIRE_CUDA=1: there a missing GPU is a failure.
-    const char* req = std::getenv("R1_REQUIRE_CUDA");
-    return req != nullptr && std::string(req) == "1" ? 1 : 0;
-  }
+  if (!r1::device_available(r1::DeviceType::CUDA)) return r1::bench::missing_gpu_status("bench_cuda_kernels");
   cudaDeviceProp prop{};
   R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   r1::bench::ceilings().copy_gbps = r1::measure_copy_gbps();

@@ -168,12 +168,7 @@ void register_all() {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
 #if defined(R1_HAVE_CUDA)
-  if (!r1::device_available(r1::DeviceType::CUDA)) {
-    std::printf("bench_fp8_gemm: no CUDA device; nothing to measure\n");
-    // scripts/gpu-check.sh sets R1_REQUIRE_CUDA=1: there a missing GPU is a failure.
-    const char* req = std::getenv("R1_REQUIRE_CUDA");
-    return req != nullptr && std::string(req) == "1" ? 1 : 0;
-  }
+  if (!r1::device_available(r1::DeviceType::CUDA)) return r1::bench::missing_gpu_status("bench_fp8_gemm");
   cudaDeviceProp prop{};
   R1_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   benchmark::AddCustomContext("gpu", prop.name);

@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <string>
 
 #include "engine/cuda/stream.h"
 #include "engine/device.h"
@@ -57,6 +60,14 @@ inline void run_timed(benchmark::State& st, double bytes, double flops,
     st.counters["TFLOP/s"] = tflops;
     if (ceilings().gemm_tflops > 0) st.counters["frac_gemm"] = tflops / ceilings().gemm_tflops;
   }
+}
+
+// A GPU benchmark binary on a machine without a device: says so and returns its exit status,
+// 0, or 1 under R1_REQUIRE_CUDA=1 (scripts/gpu-check.sh), where a missing GPU is a failure.
+inline int missing_gpu_status(const char* binary) {
+  std::printf("%s: no CUDA device; nothing to measure\n", binary);
+  const char* req = std::getenv("R1_REQUIRE_CUDA");
+  return req != nullptr && std::string(req) == "1" ? 1 : 0;
 }
 
 }  // namespace r1::bench
