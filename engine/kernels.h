@@ -193,4 +193,80 @@ inline void check_gemm_fp8_blockscaled(const Tensor& a_q, const Tensor& a_scales
            "gemm_fp8_blockscaled: needs contiguous operands");
 }
 
+// ---- sampling ----------------------------------------------------------------------------
+// The decode step's sampler. Per row n of logits x = logits[n] (V entries), with T =
+// temperature, top_k and top_p as given (the float values; an f64 backend widens them
+// exactly):
+//  - T = 0 (greedy): token = the first index of max(x). logprob = log_softmax(x)[token].
+//  - T > 0: q = softmax(x / T), formed as exp((x_j - max x) / T) / sum_i exp((x_i - max x) / T).
+//    Rank order: x descending, ties by index ascending (by the stored logit values, never by
+//    rounded probabilities, so every backend ranks alike). The kept set is a prefix of it:
+//     . top-k (0 < top_k < V) keeps the first top_k tokens of the rank order (of tied logits
+//       at the boundary, the lowest indices); top_k = 0 or >= V keeps all V;
+//     . top-p (top_p < 1), applied after top-k to q renormalized over the top-k set (as Hugging
+//       Face's and vLLM's samplers do): keeps the shortest prefix of the top-k set, in rank
+//       order, whose mass reaches top_p (cumulative >= top_p * mass of the top-k set); the
+//       first token is always kept. top_p = 1 keeps the top-k set.
+//    The draw: u = uniform01(w0) = (w0 >> 8) * 2^-24, 24 bits from w0 = word 0 (v[0]) of
+//    philox_bits(seed, seq[n], pos[n]) (engine/rng.h); token = the first kept index i in
+//    *index* order (not rank order) whose kept cumulative sum C(i) = sum_{kept j <= i} q_j
+//    exceeds u * sum_{kept} q_j: the inverse CDF of q truncated to the kept set and
+//    renormalized. A token of zero probability (a -inf logit, or exp underflow) is never drawn.
+//    logprob = log q(token) = (x_token - max x) / T - log sum_i exp((x_i - max x) / T): the
+//    log-probability under the *untruncated* tempered softmax, what a trainer recomputing
+//    log_softmax(logits / T) gets, not the log of the truncated renormalized probability the
+//    draw used.
+//  Row n's token and logprob depend on (x, seq[n], pos[n], seed, p) only, never on N or the
+//  other rows, and are bit-identical on repeated calls (batch invariance, DESIGN.md).
+//  Logits must be finite or -inf with at least one finite entry per row; a row with a NaN
+//  or +inf logit, or all -inf, gets token 0 and logprob NaN.
+//  Precision: the CPU computes in the logits' dtype (f32 or f64). CUDA takes f32/bf16 logits,
+//  computes q in fp32 and sums the masses the selection and the draw compare in 64-bit fixed
+//  point (exact, order-free). Greedy and top-k sets are exact and equal on every backend; a
+//  top-p boundary or a draw whose cumulative sum lies within the compute type's rounding of
+//  top_p or of u may differ between backends (tests/test_sampling.cc bounds how often).
+// T >= 0 and finite; top_k >= 0 (0 = off); top_p in (0, 1] (1 = off).
+struct SamplingParams {
+  float temperature = 1;
+  int64_t top_k = 0;
+  float top_p = 1;
+};
+// logits (N, V) float, seq (N) i64 (sequence id), pos (N) i64 (position), seed ->
+// tokens (N) i64, logprobs (N) stat_dtype. V in [1, 2^31).
+R1_KERNEL(sample_tokens, void(const Tensor& logits, const Tensor& seq, const Tensor& pos,
+                              uint64_t seed, const SamplingParams& p, Tensor& tokens,
+                              Tensor& logprobs))
+
+// Checks sample_tokens' operands and parameters against its contract (shapes, dtypes, one
+// device, contiguous); every backend calls it first. `float_ok` says whether the logits'
+// dtype is one the backend takes.
+inline void check_sample_tokens(const Tensor& logits, const Tensor& seq, const Tensor& pos,
+                                const SamplingParams& p, const Tensor& tokens,
+                                const Tensor& logprobs, bool float_ok) {
+  R1_CHECK(p.temperature >= 0 && p.temperature <= 3.4e38f, "sample_tokens: temperature {} "
+           "must be finite and >= 0", p.temperature);
+  R1_CHECK(p.top_k >= 0, "sample_tokens: top_k {} must be >= 0 (0 = off)", p.top_k);
+  R1_CHECK(p.top_p > 0 && p.top_p <= 1, "sample_tokens: top_p {} must be in (0, 1]", p.top_p);
+  R1_CHECK(logits.dim() == 2 && logits.size(1) >= 1 && logits.size(1) < (int64_t{1} << 31),
+           "sample_tokens: logits {} must be (N, V) with V in [1, 2^31)", logits.str());
+  const int64_t n = logits.size(0);
+  R1_CHECK(seq.dim() == 1 && seq.size(0) == n && pos.dim() == 1 && pos.size(0) == n &&
+               tokens.dim() == 1 && tokens.size(0) == n && logprobs.dim() == 1 &&
+               logprobs.size(0) == n,
+           "sample_tokens: logits {}, seq {}, pos {}, tokens {}, logprobs {} do not fit",
+           logits.str(), seq.str(), pos.str(), tokens.str(), logprobs.str());
+  R1_CHECK(float_ok && seq.dtype() == DType::I64 && pos.dtype() == DType::I64 &&
+               tokens.dtype() == DType::I64 && logprobs.dtype() == stat_dtype(logits.dtype()),
+           "sample_tokens: dtypes logits {} seq {} (i64) pos {} (i64) tokens {} (i64) "
+           "logprobs {} ({})", dtype_name(logits.dtype()), dtype_name(seq.dtype()),
+           dtype_name(pos.dtype()), dtype_name(tokens.dtype()), dtype_name(logprobs.dtype()),
+           dtype_name(stat_dtype(logits.dtype())));
+  R1_CHECK(seq.device() == logits.device() && pos.device() == logits.device() &&
+               tokens.device() == logits.device() && logprobs.device() == logits.device(),
+           "sample_tokens: operands on different devices");
+  R1_CHECK(logits.is_contiguous() && seq.is_contiguous() && pos.is_contiguous() &&
+               tokens.is_contiguous() && logprobs.is_contiguous(),
+           "sample_tokens: needs contiguous operands");
+}
+
 }  // namespace r1

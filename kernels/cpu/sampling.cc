@@ -52,7 +52,7 @@ void sample_row(const T* x, int64_t V, double u, const SamplingParams& p, int64_
     order.resize(V);
     std::iota(order.begin(), order.end(), int64_t{0});
     std::partial_sort(order.begin(), order.begin() + kept, order.end(),
-                      [x](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a > b); });
+                      [x](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
     if (p.top_p < 1) {
       // Mass of the top-k set, summed in rank order as the cumulative below is, so the last
       // cumulative equals it and the cut always happens (top_p * mk <= mk).

@@ -27,6 +27,7 @@
 // each radix pass is one more read (mostly from L2, V = 129280 bf16 is 253 KiB). Not yet
 // measured; candidates for speed: compacting the surviving candidates into shared memory
 // after the first pass, warp-aggregated histogram atomics, several chunks in flight.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -41,8 +42,9 @@ namespace {
 
 using u64 = unsigned long long;
 
-// Fraction bits of a fixed-point mass: a mass is at most 1 (the max token's), so a sum over
-// V < 2^18 tokens stays below 2^58; one token's rounding is at most 2^-41 of the max mass.
+// Fraction bits of a fixed-point mass (at most; fewer when 2^b V would overflow 64 bits): a
+// mass is at most 1 (the max token's), so a sum over V <= 2^23 tokens stays below 2^63; one
+// token's rounding is at most 2^-41 of the max token's mass.
 constexpr int kMassBits = 40;
 constexpr int kDigitBits = 8;
 constexpr int kBins = 1 << kDigitBits;
@@ -53,12 +55,18 @@ struct ArgMax {
   int64_t i;
 };
 
+// A fixed-point mass sum, wrapped so that group_reduce shuffles it as 64 bits.
+struct Fixed {
+  u64 v;
+};
+
 struct SampleSmem {
   uint32_t count[kBins];  // tokens per digit (radix select)
   u64 mass[kBins];        // their fixed-point mass (top-p)
   ArgMax am[32];          // per-warp partials of the block reductions
   float f[32];
-  u64 u[32];
+  Fixed fx[32];
+  u64 u[32];              // per-warp totals of the scan
   u64 key;                // the selected boundary key (single-candidate exit)
   u64 above;              // the weight above the chosen digit
   int digit;
@@ -68,17 +76,17 @@ struct SampleSmem {
 };
 
 // ---- block-wide helpers (blockDim.x a multiple of 32, every thread calls) ----------------
+// Reductions use group_reduce (common/launch.cuh) with the whole block as the group; it finds
+// the shfl_xor overloads below by argument lookup.
 
-__device__ inline float shfl_xor(float v, int k) { return __shfl_xor_sync(kFull, v, k); }
-__device__ inline u64 shfl_xor(u64 v, int k) { return __shfl_xor_sync(kFull, v, k); }
+__device__ inline Fixed shfl_xor(Fixed a, int k) { return {__shfl_xor_sync(kFull, a.v, k)}; }
 __device__ inline ArgMax shfl_xor(ArgMax a, int k) {
   return {__shfl_xor_sync(kFull, a.v, k),
           static_cast<int64_t>(__shfl_xor_sync(kFull, static_cast<long long>(a.i), k))};
 }
 
-struct Add {
-  __device__ float operator()(float a, float b) const { return a + b; }
-  __device__ u64 operator()(u64 a, u64 b) const { return a + b; }
+struct AddFixed {
+  __device__ Fixed operator()(Fixed a, Fixed b) const { return {a.v + b.v}; }
 };
 // The larger value; of equal values the smaller index: the first index of the maximum.
 struct Better {
@@ -86,22 +94,6 @@ struct Better {
     return a.v > b.v || (a.v == b.v && a.i < b.i) ? a : b;
   }
 };
-
-// v combined over the block, returned to every thread: butterfly within warps (commutative
-// ops give both partners the same bits), then the warp results in warp order.
-template <class V, class Op>
-__device__ V block_reduce(V v, Op op, V* scratch) {
-#pragma unroll
-  for (int k = 16; k > 0; k /= 2) v = op(v, shfl_xor(v, k));
-  const int warps = blockDim.x / 32;
-  if (warps == 1) return v;
-  __syncthreads();  // the previous call's readers are done with scratch
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  V r = scratch[0];
-  for (int w = 1; w < warps; ++w) r = op(r, scratch[w]);
-  return r;
-}
 
 // Exclusive prefix sum of v over the block in thread order; *total = the sum of all.
 __device__ u64 block_exclusive_scan(u64 v, u64* scratch, u64* total) {
@@ -129,8 +121,8 @@ __device__ u64 block_exclusive_scan(u64 v, u64* scratch, u64* total) {
 // Order-preserving bits of a float: a < b as floats <=> key(a) < key(b) (no NaN here). -0 is
 // made +0 first: the CPU's comparisons see them equal, so they must tie here too.
 __device__ inline uint32_t order_key(float f) {
-  if (f == 0.0f) f = 0.0f;
-  const uint32_t u = __float_as_uint(f);
+  uint32_t u = __float_as_uint(f);
+  if ((u << 1) == 0) u = 0;  // -0 -> +0
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -140,9 +132,10 @@ template <class T>
 struct Row {
   const T* x;
   int64_t V;
-  int idx_bits;  // b: bits of V - 1 (at least 1)
-  float m;       // max logit
-  float temp;    // temperature (1 for greedy)
+  int idx_bits;      // b: bits of V - 1 (at least 1)
+  float mass_scale;  // 2^(fraction bits of a mass)
+  float m;           // max logit
+  float temp;        // temperature (1 for greedy)
 
   __device__ u64 key(int64_t i, float f) const {
     const u64 imask = (u64{1} << idx_bits) - 1;
@@ -150,7 +143,7 @@ struct Row {
   }
   // exp((f - m) / T) in fixed point; 0 for a -inf logit.
   __device__ u64 mass(float f) const {
-    return __float2ull_rn(expf((f - m) / temp) * static_cast<float>(u64{1} << kMassBits));
+    return __float2ull_rn(expf((f - m) / temp) * mass_scale);
   }
   // fn(i, f) for this thread's elements, in increasing index: chunks tid, tid + blockDim, ...
   template <class Fn>
@@ -173,7 +166,7 @@ __device__ u64 kept_mass(const Row<T>& r, u64 floor, SampleSmem& sm) {
   r.for_each([&](int64_t i, float f) {
     if (r.key(i, f) >= floor) s += r.mass(f);
   });
-  return block_reduce(s, Add{}, sm.u);
+  return group_reduce(Fixed{s}, AddFixed{}, sm.fx, static_cast<int>(blockDim.x)).v;
 }
 
 // Warp 0: the largest digit d with above + sum_{d' >= d} w[d'] >= target, where w = the
@@ -290,11 +283,11 @@ __device__ void inverse_cdf(const Row<T>& r, u64 floor, u64 t, SampleSmem& sm) {
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     sample_tokens_kernel(const T* logits, const int64_t* seq, const int64_t* pos, int64_t V,
-                         int idx_bits, uint64_t seed, SamplingParams p, int64_t* tokens,
-                         float* logprobs) {
+                         int idx_bits, float mass_scale, uint64_t seed, SamplingParams p,
+                         int64_t* tokens, float* logprobs) {
   __shared__ SampleSmem sm;
   const int64_t n = blockIdx.x;
-  Row<T> r{logits + n * V, V, idx_bits, 0.0f, 1.0f};
+  Row<T> r{logits + n * V, V, idx_bits, mass_scale, 0.0f, 1.0f};
 
   ArgMax am{-INFINITY, INT64_MAX};
   bool bad = false;
@@ -302,7 +295,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     bad |= isnan(f) || f == INFINITY;
     if (f > am.v) am = {f, i};  // strict: a thread meets its indices in increasing order
   });
-  am = block_reduce(am, Better{}, sm.am);
+  const int tpr = static_cast<int>(blockDim.x);
+  am = group_reduce(am, Better{}, sm.am, tpr);
   if (__syncthreads_or(bad) || am.v == -INFINITY) {  // the contract's bad row (uniform)
     if (threadIdx.x == 0) tokens[n] = 0, logprobs[n] = NAN;
     return;
@@ -312,7 +306,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   r.temp = greedy ? 1.0f : p.temperature;
   float s = 0;
   r.for_each([&](int64_t, float f) { s += expf((f - r.m) / r.temp); });
-  const float log_s = logf(block_reduce(s, Add{}, sm.f));
+  const float log_s = logf(group_reduce(s, Add{}, sm.f, tpr));
   if (greedy) {
     if (threadIdx.x == 0) tokens[n] = am.i, logprobs[n] = -log_s;  // x[argmax] - m = 0
     return;
@@ -353,6 +347,8 @@ void sample_tokens_cuda(const Tensor& logits, const Tensor& seq, const Tensor& p
   if (N == 0) return;
   int idx_bits = 1;
   while ((int64_t{1} << idx_bits) < V) ++idx_bits;  // 2^b >= V: indices 0..V-1 fit
+  // Masses sum to at most V 2^bits <= 2^(idx_bits + bits): keep that below 2^63.
+  const float mass_scale = std::ldexp(1.0f, std::min(kMassBits, 63 - idx_bits));
   const int dev = logits.device().index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
@@ -361,7 +357,7 @@ void sample_tokens_cuda(const Tensor& logits, const Tensor& seq, const Tensor& p
     const int threads = row_threads((V + kVec<T> - 1) / kVec<T>);
     sample_tokens_kernel<T><<<static_cast<unsigned>(N), threads, 0, s>>>(
         static_cast<const T*>(logits.data_ptr()), seq.data<int64_t>(), pos.data<int64_t>(), V,
-        idx_bits, seed, p, tokens.data<int64_t>(), logprobs.data<float>());
+        idx_bits, mass_scale, seed, p, tokens.data<int64_t>(), logprobs.data<float>());
     R1_CUDA_CHECK_LAUNCH();
   });
 }
