@@ -8,7 +8,7 @@
 // 256 / tpr to a block; rows read in 16-byte chunks (4 f32, 8 bf16), thread `lane` owning
 // chunks lane, lane + tpr, ... The update keeps a running (max, sum exp(l - m),
 // sum exp(l - m) (l - m)) per thread in chunk order, then merges the group's states in a
-// fixed tree, so a row's bits depend on C only (batch invariance, DESIGN.md).
+// fixed tree (group_reduce), so a row's bits depend on C only (batch invariance, DESIGN.md).
 //
 // Ceiling: HBM bandwidth, and it hardly matters: per chunk the update reads T C logits and
 // the backward reads and writes them once, next to the gemm's 2 T C D flops (D = 7168 for
@@ -70,24 +70,14 @@ __device__ inline RowState chunk_state(const float (&f)[kV], int cnt) {
   return c;
 }
 
-// Merges v over the tpr consecutive threads of a row group (a power of two, 32..1024) and
-// returns it to all of them: butterfly within warps, then the group's warp results in warp
-// order from shared memory. Every thread of the block must call it, once per kernel.
-__device__ inline RowState group_merge(RowState v, RowState* smem, int tpr) {
-#pragma unroll
-  for (int k = 16; k > 0; k /= 2) {
-    const RowState o{__shfl_xor_sync(kFull, v.m, k), __shfl_xor_sync(kFull, v.s, k),
-                     __shfl_xor_sync(kFull, v.e, k)};
-    v = merge(v, o);
-  }
-  if (tpr <= 32) return v;
-  const int warp = threadIdx.x / 32, warps = tpr / 32, first = warp / warps * warps;
-  if (threadIdx.x % 32 == 0) smem[warp] = v;
-  __syncthreads();
-  RowState r = smem[first];
-  for (int k = 1; k < warps; ++k) r = merge(r, smem[first + k]);
-  return r;
+// group_reduce (launch.cuh) over RowState: its lane exchange and its (commutative) merge.
+__device__ inline RowState shfl_xor(RowState v, int k) {
+  return {__shfl_xor_sync(kFull, v.m, k), __shfl_xor_sync(kFull, v.s, k),
+          __shfl_xor_sync(kFull, v.e, k)};
 }
+struct Merge {
+  __device__ RowState operator()(RowState a, RowState b) const { return merge(a, b); }
+};
 
 // Launch shape for a per-row kernel over rows of C elements of T.
 struct RowLaunch {
@@ -125,7 +115,7 @@ __global__ void chunk_update_kernel(const T* logits, const I* tokens, int64_t of
     const int cnt = load_chunk(xr, i0, C, f);
     acc = merge(acc, chunk_state(f, cnt));
   }
-  const RowState r = group_merge(acc, smem, tpr);
+  const RowState r = group_reduce(acc, Merge{}, smem, tpr);
   if (!live || lane != 0) return;
   float* st = stats + n * 4;
   const RowState m = merge(RowState{st[0], st[1], st[3]}, r);
