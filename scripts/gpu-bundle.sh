@@ -2,7 +2,7 @@
 # Builds, on this machine (no GPU needed), everything scripts/gpu-check.sh runs on a GPU
 # machine, into one self-contained folder:
 #
-#   .gpu-bundle/bin/   the CUDA tests (test_cuda_*, test_fp8), the kernel benchmarks
+#   .gpu-bundle/bin/   every test with CUDA cases, the kernel benchmarks
 #                      (bench_cuda_kernels, bench_fp8_gemm) and r1-toy-lm, for sm_90a
 #   .gpu-bundle/lib/   every shared library they need beyond glibc and the CUDA toolkit
 #                      (OpenBLAS, libgfortran, fmt, gomp, ...), copied from this machine
@@ -27,9 +27,13 @@ bundle=.gpu-bundle
 
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DR1_CUDA=ON \
   -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
-mapfile -t targets < <(ninja -C "$build_dir" -t targets all |
-  sed -n 's/^\(test_cuda_[a-z0-9_]*\|test_fp8\|bench_cuda_kernels\|bench_fp8_gemm\|r1-toy-lm\): phony$/\1/p' |
-  sort -u)
+# Every test binary with CUDA cases (its source uses R1_SKIP_WITHOUT_CUDA), the GPU
+# benchmarks and the toy LM.
+mapfile -t targets < <({
+  grep -l R1_SKIP_WITHOUT_CUDA tests/test_*.cc tests/*/test_*.cc 2>/dev/null |
+    xargs -n1 basename | sed 's/\.cc$//'
+  echo bench_cuda_kernels; echo bench_fp8_gemm; echo r1-toy-lm
+} | sort -u)
 ((${#targets[@]})) || { echo "gpu-bundle: no CUDA targets found in $build_dir" >&2; exit 1; }
 echo "gpu-bundle: building ${targets[*]}"
 cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"

@@ -72,7 +72,7 @@ echo "gpu-check: $(sed -n 2p "$out/gpu.csv"); bundle $(head -1 "$bundle/MANIFEST
 # ---- 1. tests ------------------------------------------------------------------------------
 status=0
 : >"$out/tests.tsv"
-for t in "$bundle"/bin/test_cuda_* "$bundle"/bin/test_fp8; do
+for t in "$bundle"/bin/test_*; do
   [[ -x "$t" ]] || continue
   name=$(basename "$t")
   start=$(date +%s)
@@ -117,7 +117,7 @@ san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 if ((sanitizer)) && [[ -x "$san" ]]; then
   san_end=$(( $(date +%s) + san_budget ))
   for tool in memcheck racecheck; do
-    for t in "$bundle"/bin/test_cuda_* "$bundle"/bin/test_fp8; do
+    for t in "$bundle"/bin/test_*; do
       [[ -x "$t" ]] || continue
       name=$(basename "$t")
       [[ -z "$san_only" || "$san_only" == *",$name,"* ]] || continue
