@@ -236,7 +236,8 @@ int64_t ModelConfig::num_parameters() const {
     if (attention_bias) attn += (heads + 2 * kv) * hd;
   }
   const int64_t dense_mlp = 3 * h * intermediate_size;
-  const int64_t moe_mlp = n_routed_experts * h + n_routed_experts +
+  const int64_t moe_mlp = n_routed_experts * h +
+                          (topk_method == "noaux_tc" ? n_routed_experts : 0) +
                           (n_routed_experts + n_shared_experts) * 3 * h * moe_intermediate_size;
   int64_t total = vocab_size * h * (tie_word_embeddings ? 1 : 2) + h;
   for (int64_t i = 0; i < num_hidden_layers; ++i)
