@@ -19,6 +19,7 @@
 #include "engine/autograd.h"
 #include "engine/metrics.h"
 #include "engine/ops.h"
+#include "engine/ops_fp8.h"
 #include "engine/optim.h"
 #include "engine/rng.h"
 
@@ -30,6 +31,7 @@ struct Options {
   uint64_t seed = 1;
   std::string out = "runs/toy-lm";
   std::string device = "cpu";  // "cpu" or "cuda[:i]": the same code on either backend
+  std::string precision = "f32";  // "f32", or "fp8": linear layers run FP8 GEMMs (ops_fp8.h)
 };
 
 // A stream of "a+b=c\n" lines keyed by (seed, line number): deterministic, resumable.
@@ -84,16 +86,19 @@ Model init_model(const Options& o, r1::Device dev) {
 // ids (B, T+W-1) i64 -> logits (B*T, 256)
 r1::Tensor forward(const Model& m, const Options& o, const r1::Tensor& ids) {
   const int64_t T = o.seq;
+  // Every linear layer in FP8 (fprop, dgrad, wgrad) when asked; the rest stays f32.
+  auto linear = [fp8 = o.precision == "fp8"](const r1::Tensor& x, const r1::Tensor& w) {
+    return fp8 ? r1::linear_fp8(x, w) : r1::linear(x, w);
+  };
   const r1::Tensor e = r1::embedding(ids, m.emb);  // (B, T+W-1, D)
   std::vector<r1::Tensor> windows;
   for (int64_t w = 0; w < o.window; ++w) windows.push_back(e.narrow(1, w, T));
-  r1::Tensor x = r1::linear(r1::concat(windows, 2), m.proj);  // (B, T, D)
+  r1::Tensor x = linear(r1::concat(windows, 2), m.proj);  // (B, T, D)
   for (size_t l = 0; l < m.norm.size(); ++l) {
     const r1::Tensor h = r1::rmsnorm(x, m.norm[l], 1e-6);
-    x = r1::add(x, r1::linear(r1::swiglu(r1::linear(h, m.gate[l]), r1::linear(h, m.up[l])),
-                              m.down[l]));
+    x = r1::add(x, linear(r1::swiglu(linear(h, m.gate[l]), linear(h, m.up[l])), m.down[l]));
   }
-  return r1::linear(r1::rmsnorm(x, m.final_norm, 1e-6), m.head).reshape({-1, 256});
+  return linear(r1::rmsnorm(x, m.final_norm, 1e-6), m.head).reshape({-1, 256});
 }
 
 // Batch `step`: B windows of T+W bytes from the text stream.
@@ -121,8 +126,8 @@ int run(const Options& o) {
   std::vector<r1::Tensor> params = m.params();
   int64_t n_params = 0;
   for (const r1::Tensor& p : params) n_params += p.numel();
-  fmt::print(stderr, "r1-toy-lm: {} parameters on {}, {} steps of {}x{} tokens, out {}\n",
-             n_params, dev.str(), o.steps, o.batch, o.seq, o.out);
+  fmt::print(stderr, "r1-toy-lm: {} parameters on {} ({}), {} steps of {}x{} tokens, out {}\n",
+             n_params, dev.str(), o.precision, o.steps, o.batch, o.seq, o.out);
   r1::AdamW opt(params, {.lr = o.lr, .weight_decay = o.weight_decay});
   r1::MetricsWriter metrics(o.out + "/metrics.jsonl", false);
   r1::Progress progress("toy-lm", o.steps);
@@ -161,6 +166,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "data and init seed");
   app.add_option("--out", o.out, "run directory (metrics.jsonl)");
   app.add_option("--device", o.device, "cpu or cuda[:index]");
+  app.add_option("--precision", o.precision, "f32, or fp8 (linear layers in FP8)")
+      ->check(CLI::IsMember({"f32", "fp8"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

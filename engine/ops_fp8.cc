@@ -1,0 +1,59 @@
+// linear_fp8 (engine/ops_fp8.h): quantize, block-scaled GEMM, and the same for the backward.
+#include "engine/ops_fp8.h"
+
+#include "engine/autograd.h"
+#include "engine/kernels.h"
+#include "engine/nvtx.h"
+
+namespace r1 {
+namespace {
+
+// a (M, K) and b (N, K) of one float dtype -> a b^T (M, N) in `out` dtype, both operands
+// quantized as the recipe says: a per 1x128 tile, b per 128x128 block.
+Tensor fp8_product(const Tensor& a, const Tensor& b, DType out) {
+  const Device dev = a.device();
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+  Tensor aq = Tensor::empty({m, k}, DType::E4M3, dev);
+  Tensor as = Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev);
+  Tensor bq = Tensor::empty({n, k}, DType::E4M3, dev);
+  Tensor bs = Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev);
+  kernels::quantize_fp8_rows()(dev, a, aq, as);
+  kernels::quantize_fp8_blocks()(dev, b, bq, bs);
+  Tensor d = Tensor::empty({m, n}, out, dev);
+  kernels::gemm_fp8_blockscaled()(dev, aq, as, bq, bs, d);
+  return d;
+}
+
+Tensor transposed(const Tensor& t) { return t.transpose(0, 1).contiguous(); }
+
+}  // namespace
+
+Tensor linear_fp8(const Tensor& x, const Tensor& w) {
+  R1_NVTX_RANGE("linear_fp8");
+  R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),
+           "linear_fp8: x {} and w {} must share dtype and device", x.str(), w.str());
+  R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
+           "linear_fp8: x {}: f32 or bf16", x.str());
+  R1_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1),
+           "linear_fp8: x {} and w {} (want x (..., in), w (out, in))", shape_str(x.shape()),
+           shape_str(w.shape()));
+  const int64_t in = w.size(1), out_f = w.size(0);
+  const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
+  const Tensor x2 = x.detach().contiguous().view({rows, in});
+  const Tensor w2 = w.detach().contiguous();
+  Shape out_shape = x.shape();
+  out_shape.back() = out_f;
+  Tensor y = fp8_product(x2, w2, x.dtype()).view(out_shape);
+  const bool gx = x.requires_grad(), gw = w.requires_grad();
+  const Shape sx = x.shape();
+  record("linear_fp8", {x, w}, {&y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    const Tensor dy = g[0].contiguous().view({rows, out_f});
+    Tensor dx, dw;
+    if (gx) dx = fp8_product(dy, transposed(w2), dy.dtype()).view(sx);  // dy (w^T)^T = dy w
+    if (gw) dw = fp8_product(transposed(dy), transposed(x2), dy.dtype());  // dy^T (x^T)^T
+    return {dx, dw};
+  });
+  return y;
+}
+
+}  // namespace r1

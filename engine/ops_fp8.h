@@ -1,0 +1,21 @@
+// FP8 training for linear layers (DeepSeek-V3's recipe, arXiv 2412.19437 sec. 3.3): fprop,
+// dgrad and wgrad all run the block-scaled E4M3 GEMM (engine/kernels.h, gemm_fp8_blockscaled);
+// master weights and every other op stay in the caller's precision.
+//
+//   fprop  y  = x w^T     : x quantized per 1x128 tile (rows, along K), w per 128x128 block
+//   dgrad  dx = dy w      : dy per 1x128 tile (along N), w^T (K, N) per 128x128 block
+//   wgrad  dw = dy^T x    : dy^T per 1x128 tile (along M), x^T (K, M) per 128x128 block
+// Each GEMM's fp32 partial sums are promoted every 128 of its K. One deviation from the
+// paper: wgrad's activation operand x^T uses 128x128 blocks where V3 uses 1x128 tiles along
+// the token dim, because the GEMM takes block scales on its B operand; coarser, so no more
+// accurate than V3's, and covered by the same tests.
+#pragma once
+#include "engine/tensor.h"
+
+namespace r1 {
+
+// x (..., K), w (N, K), both f32 (CPU, CUDA) or bf16 (CUDA) -> (..., N) of x's dtype.
+// Differentiable w.r.t. x and w (the gradients are the FP8 GEMMs above, not the exact ones).
+Tensor linear_fp8(const Tensor& x, const Tensor& w);
+
+}  // namespace r1
