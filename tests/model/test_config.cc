@@ -197,3 +197,27 @@ TEST(ModelConfig, SaveLoadRoundTripsAtomically) {
 
 }  // namespace
 }  // namespace r1
+
+namespace r1 {
+namespace {
+
+// The presets in configs/ load and are the sizes their names promise (scripts/reference's
+// PyTorch models count the same parameters: 0.94M, 0.92M, 681M).
+TEST(ModelConfig, PresetsLoad) {
+  const std::filesystem::path dir = std::filesystem::path(R1_SOURCE_DIR) / "configs";
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".json") continue;
+    const ModelConfig c = load_model_config(e.path().string());
+    const std::string name = e.path().stem().string();
+    const double p = static_cast<double>(c.num_parameters());
+    if (name.rfind("tiny", 0) == 0) EXPECT_LT(p, 2e6) << name << ": a CPU-in-minutes model";
+    if (name == "small") EXPECT_TRUE(p > 1e8 && p < 1e9) << name << ": " << p;
+    if (name == "v3-shapes") EXPECT_TRUE(p > 670e9 && p < 672e9) << name << ": " << p;
+    ++n;
+  }
+  EXPECT_GE(n, 4) << "configs/ should hold tiny, tiny-dense, small and v3-shapes";
+}
+
+}  // namespace
+}  // namespace r1
