@@ -211,9 +211,13 @@ TEST(ModelConfig, PresetsLoad) {
     const ModelConfig c = load_model_config(e.path().string());
     const std::string name = e.path().stem().string();
     const double p = static_cast<double>(c.num_parameters());
-    if (name.rfind("tiny", 0) == 0) EXPECT_LT(p, 2e6) << name << ": a CPU-in-minutes model";
-    if (name == "small") EXPECT_TRUE(p > 1e8 && p < 1e9) << name << ": " << p;
-    if (name == "v3-shapes") EXPECT_TRUE(p > 670e9 && p < 672e9) << name << ": " << p;
+    if (name.rfind("tiny", 0) == 0) {
+      EXPECT_LT(p, 2e6) << name << ": a CPU-in-minutes model";
+    } else if (name == "small") {
+      EXPECT_TRUE(p > 1e8 && p < 1e9) << name << ": " << p;
+    } else if (name == "v3-shapes") {
+      EXPECT_TRUE(p > 670e9 && p < 672e9) << name << ": " << p;
+    }
     ++n;
   }
   EXPECT_GE(n, 4) << "configs/ should hold tiny, tiny-dense, small and v3-shapes";
