@@ -1,0 +1,140 @@
+// Kernel contracts of the MoE router ops (engine/ops_moe.h). The general conventions of
+// engine/kernels.h apply (contiguous operands on one device; CPU computes in f32 or f64, CUDA
+// takes f32/bf16 logits and computes in fp32; statistics in stat_dtype(logits)).
+//
+// Same experts on every backend. The choice of experts is a comparison of biased scores, so
+// one ulp of difference in s can swap two experts. Every backend therefore forms
+//   s = (compute type) (1.0 / (1.0 + exp(-(double) x)))
+// in f64 and rounds it once (f32 for f32/bf16 logits: the f64 error of exp, <= 1 ulp, is
+// below f32's rounding except with probability ~2^-29 per value), then b = s + bias as one
+// IEEE add, group score = top1 + top2 as one IEEE add, and compares (b, e) pairs by b
+// descending, ties by lower index (e). CUDA f32 thus picks exactly the experts the CPU f32
+// kernel picks for the same (rounded) logits. Weights are s / S, then times
+// routed_scaling_factor (two roundings, as DeepSeek), S = the sum of the chosen s in
+// selection order.
+#pragma once
+#include <cstdint>
+
+#include "engine/kernels.h"
+#include "engine/ops_moe.h"
+
+namespace r1 {
+
+// logits (N, E) float, bias (E) stat_dtype -> indices (N, K) i64, weights (N, K)
+// stat_dtype, denom (N) stat_dtype (S, the sum of the K chosen s, whatever norm_topk_prob),
+// load (E) i64 (written: zeroed, then counted). K = cfg.top_k; cfg is validated for E.
+// CUDA: E <= kMoeMaxExpertsCuda (one warp per token, 8 experts per lane).
+R1_KERNEL(moe_route_forward, void(const Tensor& logits, const Tensor& bias,
+                                  const MoeRouteConfig& cfg, Tensor& indices, Tensor& weights,
+                                  Tensor& denom, Tensor& load))
+// logits (N, E), indices (N, K) i64, denom (N), dweights (N, K) stat_dtype -> dlogits (N, E)
+// of the logits' dtype, zero outside the chosen experts. With c = routed_scaling_factor,
+// s_k = s[indices[k]]: ds_k = c (g_k - sum_j g_j s_j / S) / S (norm_topk_prob) or c g_k,
+// and dlogits[indices[k]] = ds_k s_k (1 - s_k).
+R1_KERNEL(moe_route_backward, void(const Tensor& logits, const Tensor& indices,
+                                   const Tensor& denom, const Tensor& dweights,
+                                   const MoeRouteConfig& cfg, Tensor& dlogits))
+
+// The balance loss (engine/ops_moe.h) in two kernels plus the reduce kernel's sum of terms.
+// offsets (B + 1) i64: sequence b is rows [offsets[b], offsets[b + 1]), offsets[0] = 0,
+// offsets[B] = N, each sequence non-empty (the op checks on the host).
+// logits (N, E), indices (N, K) int in [0, E) -> f (B, E) stat_dtype,
+//   f[b, i] = E / (K T_b) * count of i in the indices of b's rows,
+// and terms (N) stat_dtype, terms[t] = alpha / (B T_b) * sum_i f[b, i] s_{t,i} / S_t,
+// S_t = sum_j s_{t,j}; the loss is sum_t terms[t].
+R1_KERNEL(moe_balance_loss_forward, void(const Tensor& logits, const Tensor& indices,
+                                         const Tensor& offsets, double alpha, Tensor& f,
+                                         Tensor& terms))
+// dloss () stat_dtype (read on the device) -> dlogits (N, E) of the logits' dtype:
+//   dlogits[t, i] = dloss * alpha / (B T_b) * (f[b, i] - u_t) / S_t * s_{t,i} (1 - s_{t,i}),
+//   u_t = sum_i f[b, i] s_{t,i} / S_t.
+R1_KERNEL(moe_balance_loss_backward, void(const Tensor& logits, const Tensor& offsets,
+                                          const Tensor& f, const Tensor& dloss, double alpha,
+                                          Tensor& dlogits))
+
+// bias (E) float (in place), load (E) int: bias_i += gamma * sign(sum(load) - E * load_i)
+// (the sign of mean - load_i, exact in integers).
+R1_KERNEL(moe_update_bias, void(Tensor& bias, const Tensor& load, double gamma))
+
+inline constexpr int64_t kMoeMaxExpertsCuda = 256;
+
+namespace moe_detail {
+
+inline void check_tensor(const char* what, const char* name, const Tensor& t, const Shape& shape,
+                         DType dt, Device dev) {
+  R1_CHECK(t.defined() && t.shape() == shape && t.dtype() == dt && t.device() == dev &&
+               t.is_contiguous(),
+           "{}: {} is {}, expected a contiguous {} {} on {}", what, name,
+           t.defined() ? t.str() : "undefined", shape_str(shape), dtype_name(dt), dev.str());
+}
+
+inline void check_logits(const char* what, const Tensor& logits, bool float_ok) {
+  R1_CHECK(logits.defined() && logits.dim() == 2 && logits.is_contiguous(),
+           "{}: logits {} must be a contiguous (N, E) tensor", what,
+           logits.defined() ? logits.str() : "undefined");
+  R1_CHECK(float_ok, "{}: logits dtype {} not taken by this backend", what,
+           dtype_name(logits.dtype()));
+}
+
+inline void check_index(const char* what, const char* name, const Tensor& t, const Shape& shape,
+                        Device dev) {
+  R1_CHECK(t.defined() && (t.dtype() == DType::I32 || t.dtype() == DType::I64),
+           "{}: {} must be i32 or i64, got {}", what, name, t.defined() ? t.str() : "undefined");
+  check_tensor(what, name, t, shape, t.dtype(), dev);
+}
+
+}  // namespace moe_detail
+
+// Checks of each kernel's operands against its contract; every backend calls them first.
+inline void check_moe_route_forward(const Tensor& logits, const Tensor& bias,
+                                    const MoeRouteConfig& cfg, const Tensor& indices,
+                                    const Tensor& weights, const Tensor& denom,
+                                    const Tensor& load, bool float_ok) {
+  const char* what = "moe_route_forward";
+  moe_detail::check_logits(what, logits, float_ok);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  cfg.validate(E);
+  const DType sd = stat_dtype(logits.dtype());
+  const Device dev = logits.device();
+  moe_detail::check_tensor(what, "bias", bias, {E}, sd, dev);
+  moe_detail::check_tensor(what, "indices", indices, {N, cfg.top_k}, DType::I64, dev);
+  moe_detail::check_tensor(what, "weights", weights, {N, cfg.top_k}, sd, dev);
+  moe_detail::check_tensor(what, "denom", denom, {N}, sd, dev);
+  moe_detail::check_tensor(what, "load", load, {E}, DType::I64, dev);
+}
+
+inline void check_moe_route_backward(const Tensor& logits, const Tensor& indices,
+                                     const Tensor& denom, const Tensor& dweights,
+                                     const MoeRouteConfig& cfg, const Tensor& dlogits,
+                                     bool float_ok) {
+  const char* what = "moe_route_backward";
+  moe_detail::check_logits(what, logits, float_ok);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  cfg.validate(E);
+  const DType sd = stat_dtype(logits.dtype());
+  const Device dev = logits.device();
+  moe_detail::check_tensor(what, "indices", indices, {N, cfg.top_k}, DType::I64, dev);
+  moe_detail::check_tensor(what, "denom", denom, {N}, sd, dev);
+  moe_detail::check_tensor(what, "dweights", dweights, {N, cfg.top_k}, sd, dev);
+  moe_detail::check_tensor(what, "dlogits", dlogits, logits.shape(), logits.dtype(), dev);
+}
+
+inline void check_moe_balance_loss(const char* what, const Tensor& logits,
+                                   const Tensor& offsets, const Tensor& f, bool float_ok) {
+  moe_detail::check_logits(what, logits, float_ok);
+  R1_CHECK(offsets.defined() && offsets.dim() == 1 && offsets.size(0) >= 2,
+           "{}: offsets must be (B + 1) with B >= 1", what);
+  moe_detail::check_tensor(what, "offsets", offsets, offsets.shape(), DType::I64,
+                           logits.device());
+  moe_detail::check_tensor(what, "f", f, {offsets.size(0) - 1, logits.size(1)},
+                           stat_dtype(logits.dtype()), logits.device());
+}
+
+inline void check_moe_update_bias(const Tensor& bias, const Tensor& load, bool float_ok) {
+  R1_CHECK(bias.defined() && bias.dim() == 1 && bias.is_contiguous() && float_ok,
+           "moe_update_bias: bias {} must be a contiguous (E) float tensor this backend takes",
+           bias.defined() ? bias.str() : "undefined");
+  moe_detail::check_index("moe_update_bias", "load", load, bias.shape(), bias.device());
+}
+
+}  // namespace r1

@@ -1,0 +1,141 @@
+// The MoE router ops (engine/ops_moe.h): checks, the kernels of engine/kernels_moe.h, and one
+// tape node per differentiable op (moe_route saves logits, indices and the per-token sum of
+// the chosen scores; moe_balance_loss saves logits, the sequence offsets and f).
+#include "engine/ops_moe.h"
+
+#include <cmath>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/kernels_moe.h"
+#include "engine/nvtx.h"
+
+namespace r1 {
+namespace {
+
+// The kernel's view of an input: contiguous, with no autograd history (not recorded).
+Tensor plain(const Tensor& t) { return t.detach().contiguous(); }
+
+bool is_int(const Tensor& t) {
+  return t.defined() && (t.dtype() == DType::I32 || t.dtype() == DType::I64);
+}
+
+void check_logits(const char* op, const Tensor& logits) {
+  R1_CHECK(logits.defined() && dtype_is_floating(logits.dtype()) && logits.dim() == 2,
+           "{}: logits {} must be an (N, E) float tensor", op,
+           logits.defined() ? logits.str() : "undefined");
+}
+
+}  // namespace
+
+void MoeRouteConfig::validate(int64_t E) const {
+  R1_CHECK(E >= 1, "MoeRouteConfig: n_routed_experts (E = {}) must be >= 1", E);
+  R1_CHECK(n_group >= 1 && E % n_group == 0,
+           "MoeRouteConfig: n_group {} must be >= 1 and divide n_routed_experts {}", n_group, E);
+  R1_CHECK(n_group == 1 || E / n_group >= 2,
+           "MoeRouteConfig: n_group {} leaves {} expert(s) per group; the group score is a "
+           "top-2 sum and needs >= 2", n_group, E / n_group);
+  R1_CHECK(n_group == 1 || (topk_group >= 1 && topk_group <= n_group),
+           "MoeRouteConfig: topk_group {} must be in [1, n_group = {}]", topk_group, n_group);
+  const int64_t available = n_group == 1 ? E : topk_group * (E / n_group);
+  R1_CHECK(top_k >= 1 && top_k <= available,
+           "MoeRouteConfig: top_k (num_experts_per_tok) {} must be in [1, {}] (the experts of "
+           "the kept groups: topk_group {} x {} per group)", top_k, available,
+           n_group == 1 ? 1 : topk_group, E / n_group);
+  R1_CHECK(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0,
+           "MoeRouteConfig: routed_scaling_factor {} must be finite and > 0",
+           routed_scaling_factor);
+}
+
+MoeRoute moe_route(const Tensor& logits, const Tensor& bias, const MoeRouteConfig& cfg) {
+  R1_NVTX_RANGE("moe_route");
+  check_logits("moe_route", logits);
+  const int64_t N = logits.size(0), E = logits.size(1), K = cfg.top_k;
+  cfg.validate(E);
+  const Device dev = logits.device();
+  const DType sd = stat_dtype(logits.dtype());
+  R1_CHECK(bias.defined() && bias.dim() == 1 && bias.size(0) == E && bias.dtype() == sd &&
+               bias.device() == dev,
+           "moe_route: bias {} must be (E = {}) {} on {} (e_score_correction_bias, fp32 for "
+           "bf16/f32 logits)", bias.defined() ? bias.str() : "undefined", E, dtype_name(sd),
+           dev.str());
+  const Tensor lc = plain(logits);
+  MoeRoute r;
+  r.indices = Tensor::empty({N, K}, DType::I64, dev);
+  r.weights = Tensor::empty({N, K}, sd, dev);
+  r.load = Tensor::empty({E}, DType::I64, dev);
+  Tensor denom = Tensor::empty({N}, sd, dev);
+  kernels::moe_route_forward()(dev, lc, plain(bias), cfg, r.indices, r.weights, denom, r.load);
+  const Tensor idx = r.indices;
+  record("moe_route", {logits}, {&r.weights},
+         [lc, idx, denom, cfg](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+           Tensor dlogits = Tensor::empty(lc.shape(), lc.dtype(), lc.device());
+           kernels::moe_route_backward()(lc.device(), lc, idx, denom, g[0].contiguous(), cfg,
+                                         dlogits);
+           return {dlogits};
+         });
+  return r;
+}
+
+Tensor moe_balance_loss(const Tensor& logits, const Tensor& indices, const Tensor& seq_lens,
+                        double alpha) {
+  R1_NVTX_RANGE("moe_balance_loss");
+  check_logits("moe_balance_loss", logits);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  const Device dev = logits.device();
+  R1_CHECK(is_int(indices) && indices.dim() == 2 && indices.size(0) == N &&
+               indices.size(1) >= 1 && indices.device() == dev,
+           "moe_balance_loss: indices {} must be (N = {}, K >= 1) i32/i64 on {}",
+           indices.defined() ? indices.str() : "undefined", N, dev.str());
+  R1_CHECK(is_int(seq_lens) && seq_lens.dim() == 1 && seq_lens.size(0) >= 1,
+           "moe_balance_loss: seq_lens {} must be (B >= 1) i32/i64",
+           seq_lens.defined() ? seq_lens.str() : "undefined");
+  R1_CHECK(std::isfinite(alpha) && alpha >= 0, "moe_balance_loss: alpha {} must be finite and "
+           ">= 0", alpha);
+  const Tensor ic = plain(indices);
+  // Host checks: B + N K ints, the price of an error instead of a wrong count on the device.
+  const std::vector<int64_t> lens = seq_lens.to_int_vector();
+  std::vector<int64_t> off{0};
+  for (size_t b = 0; b < lens.size(); ++b) {
+    R1_CHECK(lens[b] >= 1, "moe_balance_loss: seq_lens[{}] = {} must be >= 1", b, lens[b]);
+    off.push_back(off.back() + lens[b]);
+  }
+  R1_CHECK(off.back() == N, "moe_balance_loss: seq_lens sum to {}, logits have N = {} rows",
+           off.back(), N);
+  for (int64_t i : ic.to_int_vector())
+    R1_CHECK(i >= 0 && i < E, "moe_balance_loss: index {} outside [0, E = {})", i, E);
+
+  const DType sd = stat_dtype(logits.dtype());
+  const int64_t B = static_cast<int64_t>(lens.size());
+  const Tensor lc = plain(logits);
+  const Tensor offsets = Tensor::from_vector(off, {B + 1}, DType::I64, dev);
+  Tensor f = Tensor::empty({B, E}, sd, dev), terms = Tensor::empty({N}, sd, dev);
+  kernels::moe_balance_loss_forward()(dev, lc, ic, offsets, alpha, f, terms);
+  Tensor out = Tensor::empty({1, 1}, sd, dev), no_argmax;
+  kernels::reduce()(dev, ReduceOp::Sum, terms.view({1, N, 1}), out, no_argmax);
+  out = out.view({});
+  record("moe_balance_loss", {logits}, {&out},
+         [lc, offsets, f, alpha](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+           Tensor dlogits = Tensor::empty(lc.shape(), lc.dtype(), lc.device());
+           kernels::moe_balance_loss_backward()(lc.device(), lc, offsets, f,
+                                                g[0].contiguous().view({}), alpha, dlogits);
+           return {dlogits};
+         });
+  return out;
+}
+
+void moe_update_bias(Tensor& bias, const Tensor& load, double gamma) {
+  R1_CHECK(bias.defined() && dtype_is_floating(bias.dtype()) && bias.dim() == 1 &&
+               bias.is_contiguous(),
+           "moe_update_bias: bias {} must be a contiguous (E) float tensor",
+           bias.defined() ? bias.str() : "undefined");
+  R1_CHECK(is_int(load) && load.shape() == bias.shape() && load.device() == bias.device(),
+           "moe_update_bias: load {} must be (E = {}) i32/i64 on bias's device {}",
+           load.defined() ? load.str() : "undefined", bias.size(0), bias.device().str());
+  R1_CHECK(std::isfinite(gamma) && gamma >= 0, "moe_update_bias: gamma {} must be finite and "
+           ">= 0", gamma);
+  Tensor b = bias.detach();
+  kernels::moe_update_bias()(bias.device(), b, plain(load), gamma);
+}
+
+}  // namespace r1

@@ -1,0 +1,65 @@
+// The DeepSeek-V3 MoE router (arXiv 2412.19437, sec. 2.1.2, eq. 12-20): sigmoid affinities,
+// group-limited top-k chosen with the auxiliary-loss-free selection bias, normalized top-k
+// weights from the unbiased scores, the bias update from expert load, and the small
+// sequence-wise balance loss. Semantics of deepseek-ai/DeepSeek-V3 inference/model.py
+// Gate.forward (score_func "sigmoid"); kernel contracts in engine/kernels_moe.h.
+#pragma once
+#include <cstdint>
+
+#include "engine/tensor.h"
+
+namespace r1 {
+
+// HF config.json field names (DESIGN.md "Model").
+struct MoeRouteConfig {
+  int64_t top_k = 8;               // num_experts_per_tok
+  int64_t n_group = 1;             // groups of n_routed_experts / n_group consecutive experts
+  int64_t topk_group = 1;          // groups kept per token (ignored when n_group == 1)
+  bool norm_topk_prob = true;      // weights /= their sum (DeepSeek-V3 always, for sigmoid)
+  double routed_scaling_factor = 1.0;
+
+  // Throws r1::Error naming the bad field for E = n_routed_experts experts: E >= 1,
+  // n_group >= 1 dividing E, with >= 2 experts per group when n_group > 1 (the group score
+  // is a top-2 sum), 1 <= topk_group <= n_group, 1 <= top_k <= the experts of the kept
+  // groups (topk_group * E / n_group, or E), routed_scaling_factor finite and > 0.
+  void validate(int64_t E) const;
+};
+
+struct MoeRoute {
+  Tensor indices;  // (N, top_k) i64: chosen experts, descending biased score, ties lower index
+  Tensor weights;  // (N, top_k) stat_dtype(logits) (f32 for bf16/f32, f64 for f64),
+                   // differentiable with respect to logits
+  Tensor load;     // (E) i64: tokens routed to each expert (the bias update's input)
+};
+
+// logits (N, E) float (the gate's x @ W^T), bias (E) stat_dtype(logits)
+// (e_score_correction_bias; never differentiated) -> MoeRoute. Per token:
+//   s = sigmoid(logits); b = s + bias;
+//   n_group > 1: group score = sum of the top-2 b of the group; the topk_group best groups
+//                are kept (ties: lower group index), every other b := -inf (as DeepSeek;
+//                HF transformers fills 0.0, which picks dropped experts when b < 0);
+//   indices = top_k of b; w = s[indices] (unbiased); norm_topk_prob: w /= sum(w);
+//   w *= routed_scaling_factor.
+// Backward: dlogits through the gather of s and the normalization only (the selection is
+// piecewise constant). Saves logits, indices and the per-token sum of the chosen s.
+// Logits must be finite. Errors: shapes, dtypes, devices, and the config (validate(E)).
+MoeRoute moe_route(const Tensor& logits, const Tensor& bias, const MoeRouteConfig& cfg);
+
+// The sequence-wise balance loss (paper eq. 17-20), averaged over the B sequences:
+//   L = alpha / B * sum_b sum_i f_{b,i} P_{b,i},
+//   f_{b,i} = E / (K T_b) * #{tokens t of b, k : indices[t, k] == i},
+//   P_{b,i} = 1 / T_b * sum_{t in b} s_{t,i} / sum_j s_{t,j},  s = sigmoid(logits).
+// logits (N, E) float, indices (N, K) int (moe_route's), seq_lens (B) int on any device
+// (read on the host), each >= 1 and summing to N: the tokens of sequence b are the next
+// seq_lens[b] rows -> () stat_dtype(logits). Differentiable with respect to logits through
+// P only (f is a count). Errors: shapes, an index outside [0, E), bad seq_lens, alpha < 0.
+Tensor moe_balance_loss(const Tensor& logits, const Tensor& indices, const Tensor& seq_lens,
+                        double alpha);
+
+// Auxiliary-loss-free balancing (paper sec. 2.1.2): after each step,
+//   bias_i += gamma * sign(mean(load) - load_i)
+// in place, not recorded. bias (E) float, load (E) int (moe_route's load, summed over the
+// step's micro-batches and ranks by the caller), same device; gamma >= 0.
+void moe_update_bias(Tensor& bias, const Tensor& load, double gamma);
+
+}  // namespace r1
