@@ -55,6 +55,8 @@ void add_dense_attention(std::vector<ParamSpec>& s, const std::string& p, const 
     if (c.attention_bias) s.push_back({p + name + ".bias", {rows}});
   }
   s.push_back({p + "o_proj.weight", {h, q}});
+  // HF's Llama puts attention_bias on o_proj too; Qwen2 has q/k/v biases only.
+  if (c.attention_bias && c.family == ModelFamily::Llama) s.push_back({p + "o_proj.bias", {h}});
 }
 
 // The layer index of "model.layers.<i>." names, or -1.

@@ -234,6 +234,7 @@ int64_t ModelConfig::num_parameters() const {
     const int64_t hd = dense_head_dim(), kv = num_key_value_heads;
     attn += (heads + 2 * kv) * hd * h + h * heads * hd;
     if (attention_bias) attn += (heads + 2 * kv) * hd;
+    if (attention_bias && family == ModelFamily::Llama) attn += h;  // o_proj.bias
   }
   const int64_t dense_mlp = 3 * h * intermediate_size;
   const int64_t moe_mlp = n_routed_experts * h +
@@ -284,9 +285,10 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   r.read("hidden_act", c.hidden_act);
   r.read("bos_token_id", c.bos_token_id);
   r.read("eos_token_id", c.eos_token_id);
-  // Qwen2 always has q, k, v biases and writes no attention_bias field.
-  c.attention_bias = c.family == ModelFamily::Qwen2;
+  // Qwen2 always has q, k, v biases (HF's Qwen2Attention hard-codes them): an
+  // attention_bias field there is read and ignored.
   r.read("attention_bias", c.attention_bias);
+  if (c.family == ModelFamily::Qwen2) c.attention_bias = true;
   r.read("head_dim", c.head_dim);
   // Fields that would change the function when set: refused rather than ignored.
   bool flag = false;

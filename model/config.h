@@ -49,7 +49,7 @@ struct ModelConfig {
   std::string hidden_act = "silu";
   std::optional<int64_t> bos_token_id, eos_token_id;
   // ---- dense students (Qwen2, Llama) --------------------------------------------------------
-  bool attention_bias = false;  // q, k, v projection biases (Qwen2 always has them)
+  bool attention_bias = false;  // q, k, v biases (Qwen2: always); Llama: o_proj's too
   int64_t head_dim = 0;         // 0: hidden_size / num_attention_heads
   // ---- MLA (DeepSeek) -----------------------------------------------------------------------
   int64_t q_lora_rank = 0;  // 0 (null in config.json): q_proj directly, as V2-Lite

@@ -1,0 +1,271 @@
+// DeepSeek-V3 forward through the engine's differentiable ops (model/deepseek_v3.h).
+#include "model/deepseek_v3.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <utility>
+
+#include "engine/autograd.h"
+#include "engine/kernels.h"
+#include "engine/ops_attention.h"
+#include "engine/ops_moe.h"
+
+namespace r1 {
+namespace {
+
+// HF DeepseekV3Config.initializer_range (config.json's field is accepted and ignored).
+constexpr double kInitializerRange = 0.02;
+
+// splitmix64 finalizer: distinct, well-spread Philox seeds for the tensors of one init.
+uint64_t mix_seed(uint64_t seed, uint64_t k) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (k + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// positions default: per row 0..T-1, or with segments the count of earlier tokens of the same
+// segment in the row (the reference's default_positions). -> (B, T) i64 on the host.
+Tensor default_positions(int64_t B, int64_t T, const Tensor& segments) {
+  std::vector<int64_t> pos(static_cast<size_t>(B * T));
+  const std::vector<int64_t> seg =
+      segments.defined() ? segments.to_int_vector() : std::vector<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    std::map<int64_t, int64_t> seen;  // segment id -> tokens so far in this row
+    for (int64_t t = 0; t < T; ++t)
+      pos[b * T + t] = seg.empty() ? t : seen[seg[b * T + t]]++;
+  }
+  return Tensor::from_vector(pos, {B, T});
+}
+
+// The balance loss's sequences: each maximal run of one segment id in a row (each row when
+// segments is undefined). -> (S) i64 lengths summing to B * T.
+Tensor sequence_lengths(int64_t B, int64_t T, const Tensor& segments) {
+  std::vector<int64_t> lens;
+  if (!segments.defined()) {
+    lens.assign(static_cast<size_t>(B), T);
+  } else {
+    const std::vector<int64_t> seg = segments.to_int_vector();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        if (t == 0 || seg[b * T + t] != seg[b * T + t - 1]) lens.push_back(0);
+        ++lens.back();
+      }
+  }
+  return Tensor::from_vector(lens, {static_cast<int64_t>(lens.size())});
+}
+
+}  // namespace
+
+DeepseekV3::DeepseekV3(ModelConfig cfg, ParamMap params, int64_t max_positions)
+    : cfg_(std::move(cfg)), params_(std::move(params)), max_positions_(max_positions) {
+  R1_CHECK(cfg_.is_deepseek(), "DeepseekV3: config model_type {} is not DeepSeek",
+           cfg_.model_type);
+  R1_CHECK(max_positions_ > 0, "DeepseekV3: max_positions {} must be positive", max_positions_);
+  R1_CHECK(cfg_.n_routed_experts == 0 || cfg_.scoring_func == "sigmoid",
+           "DeepseekV3: scoring_func {} (only V3's sigmoid router is implemented)",
+           cfg_.scoring_func);
+  const std::vector<ParamSpec> specs = parameter_specs(cfg_);
+  R1_CHECK(params_.size() == specs.size(), "DeepseekV3: {} parameters given, the config needs {}",
+           params_.size(), specs.size());
+  const Tensor& first = p(specs.front().name);
+  for (const ParamSpec& s : specs) {
+    const Tensor& t = p(s.name);
+    R1_CHECK(t.shape() == s.shape, "DeepseekV3: {} has shape {}, the config says {}", s.name,
+             shape_str(t.shape()), shape_str(s.shape));
+    R1_CHECK(t.dtype() == first.dtype() && t.device() == first.device(),
+             "DeepseekV3: {} is {}, {} is {}: one float dtype and device for all", s.name,
+             t.str(), specs.front().name, first.str());
+  }
+  R1_CHECK(dtype_is_floating(first.dtype()), "DeepseekV3: parameters must be float, got {}",
+           first.str());
+  rope_ = RopeTable(cfg_.rope(), max_positions_, first.dtype(), first.device());
+}
+
+ParamMap DeepseekV3::init_params(const ModelConfig& cfg, uint64_t seed, DType dtype, Device dev) {
+  ParamMap m;
+  const std::vector<ParamSpec> specs = parameter_specs(cfg);
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const ParamSpec& s = specs[k];
+    Tensor t;
+    if (s.shape.size() >= 2)
+      t = Tensor::randn(s.shape, mix_seed(seed, k), dtype, dev, kInitializerRange);
+    else if (s.name.find("norm") != std::string::npos)
+      t = Tensor::ones(s.shape, dtype, dev);
+    else
+      t = Tensor::zeros(s.shape, dtype, dev);  // e_score_correction_bias
+    m.emplace(s.name, std::move(t));
+  }
+  return m;
+}
+
+std::vector<Tensor> DeepseekV3::trainable() const {
+  std::vector<Tensor> out;
+  for (const ParamSpec& s : parameter_specs(cfg_))
+    if (p(s.name).requires_grad()) out.push_back(p(s.name));
+  return out;
+}
+
+const Tensor& DeepseekV3::p(const std::string& name) const {
+  const auto it = params_.find(name);
+  R1_CHECK(it != params_.end(), "DeepseekV3: parameter {} missing", name);
+  return it->second;
+}
+
+Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
+  const Tensor gate = linear(x, p(pre + "gate_proj.weight"));
+  const Tensor up = linear(x, p(pre + "up_proj.weight"));
+  return linear(swiglu(gate, up), p(pre + "down_proj.weight"));
+}
+
+Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
+                                   const Tensor& positions, const Tensor& segments) const {
+  const int64_t B = x.size(0), T = x.size(1), H = cfg_.num_attention_heads;
+  const int64_t nope = cfg_.qk_nope_head_dim, rd = cfg_.qk_rope_head_dim, vd = cfg_.v_head_dim;
+  const double eps = cfg_.rms_norm_eps;
+  // q: (B, T, H * (nope + rope)), from the q latent when q_lora_rank > 0 (V3) or directly.
+  Tensor q_flat;
+  if (cfg_.q_lora_rank > 0) {
+    const Tensor q_latent = linear(x, p(pre + "q_a_proj.weight"));
+    q_flat = linear(rmsnorm(q_latent, p(pre + "q_a_layernorm.weight"), eps),
+                    p(pre + "q_b_proj.weight"));
+  } else {
+    q_flat = linear(x, p(pre + "q_proj.weight"));
+  }
+  std::vector<Tensor> q = split(q_flat.view({B, T, H, nope + rd}), {nope, rd}, -1);
+  // kv latent c (B, T, kv_lora_rank) and the one RoPE key every head shares (B, T, 1, rope).
+  std::vector<Tensor> ckv = split(linear(x, p(pre + "kv_a_proj_with_mqa.weight")),
+                                  {cfg_.kv_lora_rank, rd}, -1);
+  const Tensor kv = linear(rmsnorm(ckv[0], p(pre + "kv_a_layernorm.weight"), eps),
+                           p(pre + "kv_b_proj.weight"))
+                        .view({B, T, H, nope + vd});
+  std::vector<Tensor> knv = split(kv, {nope, vd}, -1);
+  const Tensor q_pe = rope(q[1], positions, rope_);
+  const Tensor k_pe = rope(ckv[1].reshape({B, T, 1, rd}), positions, rope_);
+  // Broadcast k_pe to the H heads by concatenation: its gradient sums over heads.
+  const Tensor k_pe_h =
+      H == 1 ? k_pe : concat(std::vector<Tensor>(static_cast<size_t>(H), k_pe), 2);
+  const Tensor qh = concat({q[0], q_pe}, -1);
+  const Tensor kh = concat({knv[0], k_pe_h}, -1);
+  const Tensor o = attention(qh, kh, knv[1].contiguous(), cfg_.softmax_scale(), /*causal=*/true,
+                             segments);
+  return linear(o.view({B, T, H * vd}), p(pre + "o_proj.weight"));
+}
+
+DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
+                                   const Tensor& seq_lens, double balance_alpha) const {
+  const int64_t N = x.size(0), D = x.size(1), E = cfg_.n_routed_experts;
+  const int64_t K = cfg_.num_experts_per_tok;
+  const Tensor logits = linear(x, p(pre + "gate.weight"));  // (N, E)
+  const DType sd = stat_dtype(logits.dtype());
+  const std::string bias_name = pre + "gate.e_score_correction_bias";
+  const Tensor bias = params_.count(bias_name) ? p(bias_name).detach().to(sd)
+                                               : Tensor::zeros({E}, sd, logits.device());
+  MoeRouteConfig rc;
+  rc.top_k = K;
+  rc.n_group = cfg_.n_group;
+  rc.topk_group = cfg_.topk_group;
+  rc.norm_topk_prob = cfg_.norm_topk_prob;
+  rc.routed_scaling_factor = cfg_.routed_scaling_factor;
+  MoeRoute r = moe_route(logits, bias, rc);
+  Tensor w = r.weights;  // (N, K) stat_dtype
+  if (w.dtype() != x.dtype()) {
+    R1_CHECK(!needs_grad({w}), "DeepseekV3: router weights are {} but the model is {}: "
+             "training needs a differentiable dtype cast (engine op missing)",
+             dtype_name(w.dtype()), dtype_name(x.dtype()));
+    w = w.to(x.dtype());
+  }
+  const Tensor w_flat = w.view({N * K});
+
+  // Group the (token, slot) pairs by expert, in token order within an expert.
+  const std::vector<int64_t> idx = r.indices.to_int_vector();
+  std::vector<std::vector<int64_t>> tok(static_cast<size_t>(E)), flat(static_cast<size_t>(E));
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = idx[t * K + k];
+      R1_CHECK(e >= 0 && e < E, "DeepseekV3: router chose expert {} of {}", e, E);
+      tok[e].push_back(t);
+      flat[e].push_back(t * K + k);
+    }
+  // ys: each expert's weighted outputs; inverse[t * K + k] = row of that pair in concat(ys).
+  std::vector<Tensor> ys;
+  std::vector<int64_t> inverse(static_cast<size_t>(N * K));
+  int64_t row = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    if (tok[e].empty()) continue;
+    const int64_t n = static_cast<int64_t>(tok[e].size());
+    const Tensor ti = Tensor::from_vector(tok[e], {n}, DType::I64, x.device());
+    const Tensor fi = Tensor::from_vector(flat[e], {n}, DType::I64, x.device());
+    const Tensor ye = mlp(fmt::format("{}experts.{}.", pre, e), index_select(x, 0, ti));
+    ys.push_back(mul(ye, index_select(w_flat, 0, fi).view({n, 1})));
+    for (int64_t j = 0; j < n; ++j) inverse[flat[e][j]] = row + j;
+    row += n;
+  }
+  const Tensor inv = Tensor::from_vector(inverse, {N * K}, DType::I64, x.device());
+  Tensor y = sum(index_select(concat(ys, 0), 0, inv).view({N, K, D}), 1);
+  if (cfg_.n_shared_experts > 0) y = add(y, mlp(pre + "shared_experts.", x));  // unweighted
+
+  MoeOut out{y, r.indices, r.load, Tensor()};
+  if (balance_alpha > 0.0)
+    out.balance_loss = moe_balance_loss(logits, r.indices, seq_lens, balance_alpha);
+  return out;
+}
+
+DeepseekV3::Output DeepseekV3::forward(const Tensor& ids, const Tensor& positions,
+                                       const Tensor& segments, bool want_logits,
+                                       double balance_alpha) {
+  R1_CHECK(ids.defined() && ids.dim() == 2 &&
+               (ids.dtype() == DType::I64 || ids.dtype() == DType::I32),
+           "DeepseekV3::forward: ids {} must be (B, T) int",
+           ids.defined() ? ids.str() : "undefined");
+  R1_CHECK(balance_alpha >= 0.0, "DeepseekV3::forward: balance_alpha {} < 0", balance_alpha);
+  const int64_t B = ids.size(0), T = ids.size(1), D = cfg_.hidden_size;
+  const Device dev = p("model.embed_tokens.weight").device();
+  if (segments.defined())
+    R1_CHECK(segments.shape() == ids.shape(), "DeepseekV3::forward: segments {} for ids {}",
+             shape_str(segments.shape()), shape_str(ids.shape()));
+  Tensor pos = positions;
+  if (!pos.defined()) {
+    pos = default_positions(B, T, segments).to(dev);
+  } else {
+    R1_CHECK(pos.shape() == ids.shape(), "DeepseekV3::forward: positions {} for ids {}",
+             shape_str(pos.shape()), shape_str(ids.shape()));
+    pos = pos.to(DType::I64).to(dev);
+  }
+  const std::vector<int64_t> pv = pos.to_int_vector();
+  for (int64_t v : pv)
+    R1_CHECK(v >= 0 && v < max_positions_,
+             "DeepseekV3::forward: position {} outside [0, max_positions = {})", v,
+             max_positions_);
+  const Tensor seg = segments.defined() ? segments.to(dev) : Tensor();
+  const Tensor seq_lens = sequence_lengths(B, T, segments);
+
+  Output out;
+  Tensor h = embedding(ids.to(dev), p("model.embed_tokens.weight"));  // (B, T, D)
+  const double eps = cfg_.rms_norm_eps;
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const std::string pre = fmt::format("model.layers.{}.", i);
+    h = add(h, attention_block(pre + "self_attn.",
+                               rmsnorm(h, p(pre + "input_layernorm.weight"), eps), pos, seg));
+    const Tensor xn = rmsnorm(h, p(pre + "post_attention_layernorm.weight"), eps);
+    if (!cfg_.is_moe_layer(i)) {
+      h = add(h, mlp(pre + "mlp.", xn));
+      continue;
+    }
+    MoeOut m = moe(pre + "mlp.", xn.view({B * T, D}), seq_lens, balance_alpha);
+    h = add(h, m.y.view({B, T, D}));
+    out.expert_load.push_back(m.load);
+    out.routing.push_back(m.indices);
+    if (m.balance_loss.defined())
+      out.balance_loss = out.balance_loss.defined() ? add(out.balance_loss, m.balance_loss)
+                                                    : m.balance_loss;
+  }
+  out.hidden = rmsnorm(h, p("model.norm.weight"), eps);
+  if (want_logits)
+    out.logits = linear(out.hidden, p(cfg_.tie_word_embeddings ? "model.embed_tokens.weight"
+                                                               : "lm_head.weight"));
+  return out;
+}
+
+}  // namespace r1

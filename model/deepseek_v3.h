@@ -1,0 +1,82 @@
+// DeepSeek-V3 (MLA + MoE) as HF's DeepseekV3ForCausalLM computes it, with the semantics of
+// DeepSeek's inference/model.py (DESIGN.md "Model"), built from the engine's differentiable
+// ops so one backward() gives every parameter's gradient. The independent reference is
+// scripts/reference/deepseek_v3.py; tests/model/test_deepseek_parity.cc holds the two to 1e-4.
+//
+// Per layer (pre-norm residual):  x += mla(input_layernorm(x));
+//                                 x += mlp_or_moe(post_attention_layernorm(x)).
+// MLA runs in its expanded (training) form: per-head keys k = [k_nope, k_pe] with the one
+// RoPE key k_pe shared by every head, values from the kv latent, attention(q, k, v) with
+// Hk = H. MoE: sigmoid router with the selection bias (engine/ops_moe.h), each routed expert
+// on the tokens that chose it, the results put back in token order with index_select (so the
+// backward is a gather, never a scatter-add), plus the shared experts unweighted.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/ops.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+
+namespace r1 {
+
+class DeepseekV3 {
+ public:
+  // params: every tensor of parameter_specs(cfg), one float dtype (f32 or f64 when training;
+  // bf16 runs forward only: the router's f32 weights have no differentiable cast back), one
+  // device; the caller sets requires_grad on those it trains. max_positions bounds the
+  // positions forward() accepts (the RoPE table's length).
+  DeepseekV3(ModelConfig cfg, ParamMap params, int64_t max_positions);
+
+  // HF-style init: matrices N(0, initializer_range = 0.02), norms 1, e_score_correction_bias
+  // 0. Tensor k of parameter_specs(cfg) draws from its own Philox seed, mixed from (seed, k):
+  // the same numbers on every device.
+  static ParamMap init_params(const ModelConfig& cfg, uint64_t seed, DType dtype = DType::F32,
+                              Device dev = Device::cpu());
+
+  struct Output {
+    Tensor logits;        // (B, T, V); undefined unless want_logits
+    Tensor hidden;        // (B, T, hidden) after the final norm
+    Tensor balance_loss;  // () summed over MoE layers; undefined when balance_alpha == 0
+    std::vector<Tensor> expert_load;  // per MoE layer, in layer order: (E) i64
+    std::vector<Tensor> routing;      // per MoE layer: (B*T, top_k) i64 chosen experts
+  };
+
+  // ids (B, T) int; positions (B, T) int or undefined: 0..T-1 per row, or with segments the
+  // count of earlier tokens of the same segment in the row (each packed sequence restarts at
+  // 0, as the reference does); segments (B, T) int or undefined: packed sequences, attention
+  // stays inside a segment. The balance loss counts each maximal run of one segment id in a
+  // row as a sequence (each row without segments).
+  Output forward(const Tensor& ids, const Tensor& positions = Tensor(),
+                 const Tensor& segments = Tensor(), bool want_logits = true,
+                 double balance_alpha = 0.0);
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamMap& params() { return params_; }
+  // The parameters requiring grad, in parameter_specs order.
+  std::vector<Tensor> trainable() const;
+
+ private:
+  struct MoeOut {
+    Tensor y;             // (N, hidden)
+    Tensor indices;       // (N, top_k) i64
+    Tensor load;          // (E) i64
+    Tensor balance_loss;  // () or undefined
+  };
+  const Tensor& p(const std::string& name) const;
+  // x (B, T, hidden), positions (B, T) i64, segments (B, T) or undefined -> (B, T, hidden)
+  Tensor attention_block(const std::string& pre, const Tensor& x, const Tensor& positions,
+                         const Tensor& segments) const;
+  // x (..., hidden) -> (..., hidden): down(swiglu(gate(x), up(x)))
+  Tensor mlp(const std::string& pre, const Tensor& x) const;
+  // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut
+  MoeOut moe(const std::string& pre, const Tensor& x, const Tensor& seq_lens,
+             double balance_alpha) const;
+
+  ModelConfig cfg_;
+  ParamMap params_;
+  int64_t max_positions_;
+  RopeTable rope_;
+};
+
+}  // namespace r1
