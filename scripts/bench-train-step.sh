@@ -7,6 +7,7 @@
 # Needs build/bin/bench_train_step (ninja -C build bench_train_step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/cpu-env.sh
 threads=${1:-$(nproc)}
 shift || true
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads

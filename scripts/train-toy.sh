@@ -3,6 +3,7 @@
 # (examples/toy_lm.cc) on the CPU, plot its metrics. Extra args go to r1-toy-lm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/cpu-env.sh
 scripts/setup.sh
 out=runs/toy-lm
 build/bin/r1-toy-lm --out "$out" "$@"
