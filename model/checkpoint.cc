@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "engine/atomic_file.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
 
@@ -208,7 +209,7 @@ ParamMap load_checkpoint(const std::string& dir, const ModelConfig& c, DType dty
 }
 
 void save_checkpoint(const std::string& dir, const ModelConfig& c, const ParamMap& params,
-                     DType dtype) {
+                     DType dtype, int64_t max_shard_bytes) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const ParamSpec& sp : parameter_specs(c)) {
     auto it = params.find(sp.name);
@@ -229,7 +230,34 @@ void save_checkpoint(const std::string& dir, const ModelConfig& c, const ParamMa
   R1_INPUT_CHECK(!ec, "{}: cannot create {}: {}", dir, tmp.string(), ec.message());
   try {
     save_model_config(c, (tmp / "config.json").string());
-    save_safetensors((tmp / "model.safetensors").string(), tensors, {{"format", "pt"}});
+    // Shards of at most max_shard_bytes (a tensor larger than that gets a shard of its own),
+    // named and indexed as HF's save_pretrained does; one file when it all fits.
+    std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+    int64_t bytes = 0, total = 0;
+    for (auto& nt : tensors) {
+      const auto nb = static_cast<int64_t>(nt.second.nbytes());
+      if (max_shard_bytes > 0 && bytes > 0 && bytes + nb > max_shard_bytes) {
+        shards.emplace_back();
+        bytes = 0;
+      }
+      shards.back().push_back(std::move(nt));
+      bytes += nb;
+      total += nb;
+    }
+    if (shards.size() == 1) {
+      save_safetensors((tmp / "model.safetensors").string(), shards[0], {{"format", "pt"}});
+    } else {
+      json index;
+      index["metadata"] = {{"total_size", total}};
+      index["weight_map"] = json::object();
+      for (size_t i = 0; i < shards.size(); ++i) {
+        const std::string name =
+            fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
+        save_safetensors((tmp / name).string(), shards[i], {{"format", "pt"}});
+        for (const auto& nt : shards[i]) index["weight_map"][nt.first] = name;
+      }
+      write_file_atomic((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    }
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

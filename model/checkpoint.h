@@ -36,9 +36,11 @@ ParamMap load_checkpoint(const std::string& dir, const ModelConfig& c, DType dty
 
 // Writes dir/config.json and dir/model.safetensors (every parameter of parameter_specs(c),
 // stored as `dtype`) into a temp directory beside dir, fsync'd, then swapped in by rename: a
-// reader sees the old checkpoint or the new one, never a mix. InputError if a parameter is
-// missing or misshapen.
+// reader sees the old checkpoint or the new one, never a mix. With max_shard_bytes > 0 and more
+// bytes than that, the tensors go into model-0000i-of-0000n.safetensors shards with a
+// model.safetensors.index.json, as HF writes them. InputError if a parameter is missing or
+// misshapen.
 void save_checkpoint(const std::string& dir, const ModelConfig& c, const ParamMap& params,
-                     DType dtype = DType::F32);
+                     DType dtype = DType::F32, int64_t max_shard_bytes = 0);
 
 }  // namespace r1

@@ -189,6 +189,23 @@ TEST(Checkpoint, MtpLayersAreSkippedAndShardsLoad) {
   EXPECT_NE(msg.find("model-00003-of-00002.safetensors"), std::string::npos) << msg;
 }
 
+TEST(Checkpoint, ShardedSaveRoundTrips) {
+  TempDir tmp;
+  const ModelConfig c = parse_model_config(kTinyV3, "config.json");
+  const ParamMap p = random_params(c, 700);
+  const std::string dir = (tmp.path / "ckpt").string();
+  save_checkpoint(dir, c, p, DType::F32, 4096);  // a few KB per shard: many shards
+  EXPECT_FALSE(fs::exists(fs::path(dir) / "model.safetensors"));
+  ASSERT_TRUE(fs::exists(fs::path(dir) / "model.safetensors.index.json"));
+  int shards = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    shards += e.path().filename().string().rfind("model-", 0) == 0;
+  EXPECT_GT(shards, 2);
+  const ParamMap back = load_checkpoint(dir, c);
+  ASSERT_EQ(back.size(), p.size());
+  for (const auto& [name, t] : p) EXPECT_EQ(bytes_of(back.at(name)), bytes_of(t)) << name;
+}
+
 TEST(Checkpoint, BadTensorsNameTheTensorAndTheFile) {
   TempDir tmp;
   const ModelConfig c = parse_model_config(kTinyQwen, "config.json");
