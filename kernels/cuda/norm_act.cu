@@ -31,32 +31,14 @@ constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes
 
 // ---- rmsnorm -----------------------------------------------------------------------------
 
-// Chunks of a row a thread keeps in registers between the two passes of rmsnorm: with
+// The row's chunks stay in registers between the two passes (RowChunks, launch.cuh): with
 // kChunksPerThread = 4 a row of up to 4096 chunks (D = 32768 bf16) fits whenever tpr < 1024.
 // Measured on an H200 before this (bench_cuda_kernels, N = 16384, D = 7168): re-reading the
 // row in pass 2 held the bf16 forward at 0.67 of the copy bandwidth, the backward at 0.47.
-constexpr int kRowCache = 4;
-
-// The thread's chunks lane, lane + tpr, ... of a row, loaded all at once (kRowCache loads in
-// flight); cnt = 0 past the row's end.
-template <class T>
-struct RowChunks {
-  float f[kRowCache][kVec<T>];
-  int cnt[kRowCache];
-};
-
-template <class T>
-__device__ inline void load_row(const T* r, int lane, int tpr, int64_t D, RowChunks<T>& c) {
-#pragma unroll
-  for (int u = 0; u < kRowCache; ++u) {
-    const int64_t i0 = (int64_t{lane} + int64_t{u} * tpr) * kVec<T>;
-    c.cnt[u] = i0 < D ? load_chunk(r, i0, D, c.f[u]) : 0;
-  }
-}
 
 // x (N, D), w (D) -> y (N, D), rstd (N) f32. A group of tpr threads per row, 256 / tpr rows
 // per block when tpr < 256. Pass 1 sums x^2, pass 2 writes y from the chunks kept in
-// registers (rows of more than tpr * kRowCache chunks re-read them). Either way a thread sums
+// registers (rows of more than tpr * kChunksPerThread chunks re-read them). Either way a thread sums
 // its chunks in the same order: the bits do not depend on which path ran.
 template <class T>
 __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
@@ -67,14 +49,14 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd
   const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
   const bool live = n < N;  // dead rows still join the block's syncs
   const T* xr = x + (live ? n : 0) * D;
-  const bool cached = D <= int64_t{tpr} * kRowCache * kV;  // uniform over the block
+  const bool cached = D <= int64_t{tpr} * kChunksPerThread * kV;  // uniform over the block
   RowChunks<T> c;
   float ss = 0;
   if (cached) {
     if (live) {
-      load_row(xr, lane, tpr, D, c);
+      load_row_chunks(xr, int64_t{lane} * kV, D, tpr, c);
 #pragma unroll
-      for (int u = 0; u < kRowCache; ++u)
+      for (int u = 0; u < kChunksPerThread; ++u)
 #pragma unroll
         for (int k = 0; k < kV; ++k)
           if (k < c.cnt[u]) ss += c.f[u][k] * c.f[u][k];
@@ -95,7 +77,7 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd
   T* yr = y + n * D;
   if (cached) {
 #pragma unroll
-    for (int u = 0; u < kRowCache; ++u) {
+    for (int u = 0; u < kChunksPerThread; ++u) {
       if (c.cnt[u] == 0) continue;
       const int64_t i0 = (int64_t{lane} + int64_t{u} * tpr) * kV;
       float wf[kV];
@@ -134,23 +116,23 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
     for (int h = 0; h < kF4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
   const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
   const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
-  if (D <= int64_t{tpr} * kRowCache * kV) {  // the row fits in registers: one read of x, dy
+  if (D <= int64_t{tpr} * kChunksPerThread * kV) {  // the row fits in registers: one read of x, dy
     RowChunks<T> wc, xc, gc;
-    load_row(w, lane, tpr, D, wc);  // the same chunks of w for every row of the block
+    load_row_chunks(w, int64_t{lane} * kV, D, tpr, wc);  // the same w chunks for every row
     for (int64_t n = r0; n < r1; ++n) {
-      load_row(x + n * D, lane, tpr, D, xc);
-      load_row(dy + n * D, lane, tpr, D, gc);
+      load_row_chunks(x + n * D, int64_t{lane} * kV, D, tpr, xc);
+      load_row_chunks(dy + n * D, int64_t{lane} * kV, D, tpr, gc);
       const float r = rstd[n];
       float dot = 0;
 #pragma unroll
-      for (int u = 0; u < kRowCache; ++u)
+      for (int u = 0; u < kChunksPerThread; ++u)
 #pragma unroll
         for (int k = 0; k < kV; ++k)
           if (k < xc.cnt[u]) dot += wc.f[u][k] * gc.f[u][k] * xc.f[u][k];
       dot = group_reduce(dot, Add{}, smem, tpr);
       const float cf = dot * r * r / static_cast<float>(D);
 #pragma unroll
-      for (int u = 0; u < kRowCache; ++u) {
+      for (int u = 0; u < kChunksPerThread; ++u) {
         if (xc.cnt[u] == 0) continue;
         const int64_t c = int64_t{lane} + int64_t{u} * tpr;
         float out[kV];

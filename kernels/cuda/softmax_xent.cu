@@ -53,36 +53,18 @@ struct Merge {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const { return merge(a, b); }
 };
 
-// Chunks a thread loads before it does any math on them: kRowUnroll 16-byte loads in flight
-// per thread instead of one. Measured on an H200 (bench_cuda_kernels, N = 4096 bf16 rows):
-// one chunk per step left the cross-entropy forward at 0.43 of the copy bandwidth at
-// V = 129280 and softmax at 0.32 at V = 32768, latency-bound on the exp chain.
-constexpr int kRowUnroll = 4;
-
-// One step of a row walk: chunks base + u * tpr * kV (u < kRowUnroll) of this thread, as fp32,
-// with their element counts (0 past the row's end).
-template <class T>
-struct RowStep {
-  float f[kRowUnroll][kVec<T>];
-  int cnt[kRowUnroll];
-};
-
-template <class T>
-__device__ inline void load_step(const T* xr, int64_t base, int64_t V, int tpr, RowStep<T>& st) {
-#pragma unroll
-  for (int u = 0; u < kRowUnroll; ++u) {
-    const int64_t i0 = base + int64_t{u} * tpr * kVec<T>;
-    st.cnt[u] = i0 < V ? load_chunk(xr, i0, V, st.f[u]) : 0;
-  }
-}
+// A row is walked in steps of RowChunks (launch.cuh): kChunksPerThread loads in flight per
+// thread before any math. Measured on an H200 (bench_cuda_kernels, N = 4096 bf16 rows): one
+// chunk per step left the cross-entropy forward at 0.43 of the copy bandwidth at V = 129280
+// and softmax at 0.32 at V = 32768, latency-bound on the exp chain.
 
 // acc := acc merged with the step's elements: one max over the step, one rescale of acc.
 template <class T>
-__device__ inline void accumulate_step(MaxSum& acc, const RowStep<T>& st) {
+__device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T>& st) {
   constexpr int kV = kVec<T>;
   float cm = -INFINITY;
 #pragma unroll
-  for (int u = 0; u < kRowUnroll; ++u)
+  for (int u = 0; u < kChunksPerThread; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
       if (k < st.cnt[u]) cm = fmaxf(cm, st.f[u][k]);
@@ -90,7 +72,7 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowStep<T>& st) {
   if (m == -INFINITY) return;  // nothing but -inf so far: the sum stays 0
   float cs = 0;
 #pragma unroll
-  for (int u = 0; u < kRowUnroll; ++u)
+  for (int u = 0; u < kChunksPerThread; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
       if (k < st.cnt[u]) cs += __expf(st.f[u][k] - m);
@@ -105,10 +87,10 @@ __device__ MaxSum row_max_sumexp(const T* xr, int64_t V, bool live, int lane, in
                                  MaxSum* smem) {
   constexpr int kV = kVec<T>;
   MaxSum acc{-INFINITY, 0.0f};
-  const int64_t stride = int64_t{tpr} * kV * kRowUnroll;
+  const int64_t stride = int64_t{tpr} * kV * kChunksPerThread;
   for (int64_t base = int64_t{lane} * kV; live && base < V; base += stride) {
-    RowStep<T> st;
-    load_step(xr, base, V, tpr, st);
+    RowChunks<T> st;
+    load_row_chunks(xr, base, V, tpr, st);
     accumulate_step(acc, st);
   }
   return group_reduce(acc, Merge{}, smem, tpr);
@@ -137,7 +119,7 @@ __device__ inline int64_t group_row(int tpr) {
 
 // x (N, V) -> y (N, V): softmax, or log-softmax when kLog. Pass 1 online max/sum-exp, pass 2
 // writes y = exp(x - m) / s or x - (m + log s). When the row fits in one step per thread
-// (V <= tpr * kV * kRowUnroll: V up to 32768 bf16 / 16384 f32) pass 2 uses the step still in
+// (V <= tpr * kV * kChunksPerThread: V up to 32768 bf16 / 16384 f32) pass 2 uses the step still in
 // registers instead of reading the row again; the sums are the same either way.
 template <class T, bool kLog>
 __global__ void softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, int tpr) {
@@ -147,12 +129,12 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, i
   const int64_t n = group_row(tpr);
   const bool live = n < N;
   const T* xr = x + (live ? n : 0) * V;
-  const int64_t stride = int64_t{tpr} * kV * kRowUnroll;
+  const int64_t stride = int64_t{tpr} * kV * kChunksPerThread;
   if (V <= stride) {  // uniform over the block: V and tpr are
-    RowStep<T> st;
+    RowChunks<T> st;
     MaxSum acc{-INFINITY, 0.0f};
     if (live) {
-      load_step(xr, int64_t{lane} * kV, V, tpr, st);
+      load_row_chunks(xr, int64_t{lane} * kV, V, tpr, st);
       accumulate_step(acc, st);
     }
     const MaxSum ms = group_reduce(acc, Merge{}, smem, tpr);
@@ -160,7 +142,7 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, i
     const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s;
     T* yr = y + n * V;
 #pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
+    for (int u = 0; u < kChunksPerThread; ++u) {
       if (st.cnt[u] == 0) continue;
 #pragma unroll
       for (int k = 0; k < kV; ++k)
@@ -195,13 +177,13 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
   const T* yr = y + (live ? n : 0) * V;
   const T* gr = dy + (live ? n : 0) * V;
   float s = 0;
-  if (V <= int64_t{tpr} * kV * kRowUnroll) {  // the row fits in registers: read y, dy once
-    RowStep<T> ys, gs;
+  if (V <= int64_t{tpr} * kV * kChunksPerThread) {  // the row fits in registers: read y, dy once
+    RowChunks<T> ys, gs;
     if (live) {
-      load_step(yr, int64_t{lane} * kV, V, tpr, ys);
-      load_step(gr, int64_t{lane} * kV, V, tpr, gs);
+      load_row_chunks(yr, int64_t{lane} * kV, V, tpr, ys);
+      load_row_chunks(gr, int64_t{lane} * kV, V, tpr, gs);
 #pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u)
+      for (int u = 0; u < kChunksPerThread; ++u)
 #pragma unroll
         for (int k = 0; k < kV; ++k)
           if (k < ys.cnt[u]) s += kLog ? gs.f[u][k] : gs.f[u][k] * ys.f[u][k];
@@ -209,7 +191,7 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
     s = group_reduce(s, Add{}, smem, tpr);
     if (!live) return;
 #pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
+    for (int u = 0; u < kChunksPerThread; ++u) {
       if (ys.cnt[u] == 0) continue;
 #pragma unroll
       for (int k = 0; k < kV; ++k)

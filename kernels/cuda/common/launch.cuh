@@ -109,6 +109,26 @@ __device__ inline void store_chunk(T* p, int64_t i0, int64_t n, const float (&f)
     if (i0 + k < n) p[i0 + k] = e[k];
 }
 
+// A thread's kChunksPerThread chunks of a row walk, loaded all at once (that many 16-byte
+// loads in flight instead of one): chunks base, base + tpr * kVec, ... as fp32, with their
+// element counts (0 past the row's end n). Per-row kernels keep them in registers between
+// passes when the row fits (n <= tpr * kChunksPerThread * kVec).
+template <class T>
+struct RowChunks {
+  float f[kChunksPerThread][kVec<T>];
+  int cnt[kChunksPerThread];
+};
+
+template <class T>
+__device__ inline void load_row_chunks(const T* p, int64_t base, int64_t n, int tpr,
+                                       RowChunks<T>& c) {
+#pragma unroll
+  for (int u = 0; u < kChunksPerThread; ++u) {
+    const int64_t i0 = base + int64_t{u} * tpr * kVec<T>;
+    c.cnt[u] = i0 < n ? load_chunk(p, i0, n, c.f[u]) : 0;
+  }
+}
+
 // ---- per-row reductions ---------------------------------------------------------------------
 
 // The value of the lane `k` away (xor) in the warp. Other value types (structs of floats)
