@@ -20,6 +20,12 @@
 // clock: 534 GFLOP/s implies ~4.1 GHz with two 512-bit FMA pipes). OpenBLAS 0.3.21 runs its
 // Haswell kernels here: matmul reaches 240-255 GFLOP/s from 512 up, 0.91-0.95 of the AVX2
 // peak, 0.46-0.48 of the AVX-512 one; a 4096x4096 decode row (M = 1) 11 GFLOP/s (bandwidth).
+//
+// The batch-invariant product against OpenBLAS (BM_GemmLinearInvariant, BM_GemmGradInvariant;
+// last measured OMP_NUM_THREADS=1 on a 2-core Sapphire Rapids KVM guest, shared, AVX-512 peak
+// 184 GFLOP/s, OpenBLAS SkylakeX kernels, best of 5): invariant/OpenBLAS GFLOP/s is 1.04-1.23
+// at M 4096, 1.12-1.35 at M 64, 0.13-0.29 at M 1 (OpenBLAS's gemv; the invariant kernel must
+// transpose w), 0.85 on the lm head's dw (a transposed, K 4096).
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -33,8 +39,11 @@
 extern "C" char* openblas_get_corename(void);  // OpenBLAS's run-time kernel choice
 
 #include "engine/autograd.h"
+#include "engine/determinism.h"
+#include "engine/kernels.h"
 #include "engine/ops.h"
 #include "engine/tensor.h"
+#include "kernels/cpu/gemm_invariant.h"
 
 namespace r1 {
 namespace {
@@ -214,6 +223,61 @@ BENCHMARK(BM_LinearLLM)
     // a 7B-class layer at a small token batch, and one decode row
     ->Args({512, 4096, 4096})->Args({512, 4096, 11008})->Args({1, 4096, 4096})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The batch-invariant product (kernels/cpu/gemm_invariant.cc, taken under
+// BatchInvariantScope) against OpenBLAS, on the kernel directly, at the shapes of the RL
+// loop's ~1M-parameter model: c (M, N) = x (M, K) @ w (N, K)^T as linear() computes it, for
+// one decode row (M 1), a rollout batch (M 64) and a training batch of tokens (M 4096).
+// invariant 0 is OpenBLAS, 1 the invariant kernel (label: its ISA).
+void BM_GemmLinearInvariant(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const bool invariant = state.range(3) != 0;
+  BatchInvariantScope scope(invariant);
+  const Tensor x = Tensor::randn({1, m, k}, 5), w = Tensor::randn({1, n, k}, 6);
+  Tensor c = Tensor::empty({1, m, n});
+  const double t0 = now_s();
+  for (auto _ : state) {
+    kernels::gemm()(Device::cpu(), x, w, c, false, true, 1.0, 0.0);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  report_gemm(state, 2.0 * m * n * k, now_s() - t0);
+  state.SetLabel(invariant ? cpu::invariant_product_isa() : "openblas");
+}
+BENCHMARK(BM_GemmLinearInvariant)
+    ->ArgNames({"M", "N", "K", "invariant"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      // (N, K): the lm head, the projections (q, kv, MLP up and down, low-rank).
+      const int64_t nk[][2] = {{1024, 128}, {384, 128}, {256, 128}, {192, 128}, {128, 128},
+                               {96, 128},   {64, 128},  {48, 128},  {40, 128},  {128, 384},
+                               {128, 64},   {128, 48},  {128, 32}};
+      for (int64_t m : {1, 64, 4096})
+        for (const auto& s : nk)
+          for (int inv : {0, 1}) b->Args({m, s[0], s[1], inv});
+    })
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// The backward products of the lm head over 4096 tokens: dx = dy @ w (M 4096, N 128,
+// K 1024) and dw = dy^T @ x (M 1024, N 128, K 4096, a transposed: K is the tokens).
+void BM_GemmGradInvariant(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const bool ta = state.range(3) != 0, invariant = state.range(4) != 0;
+  BatchInvariantScope scope(invariant);
+  const Tensor a = Tensor::randn(ta ? Shape{1, k, m} : Shape{1, m, k}, 7);
+  const Tensor b = Tensor::randn({1, k, n}, 8);
+  Tensor c = Tensor::empty({1, m, n});
+  const double t0 = now_s();
+  for (auto _ : state) {
+    kernels::gemm()(Device::cpu(), a, b, c, ta, false, 1.0, 0.0);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  report_gemm(state, 2.0 * m * n * k, now_s() - t0);
+  state.SetLabel(invariant ? cpu::invariant_product_isa() : "openblas");
+}
+BENCHMARK(BM_GemmGradInvariant)
+    ->ArgNames({"M", "N", "K", "trans_a", "invariant"})
+    ->Args({4096, 128, 1024, 0, 0})->Args({4096, 128, 1024, 0, 1})
+    ->Args({1024, 128, 4096, 1, 0})->Args({1024, 128, 4096, 1, 1})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // Theoretical figure: 2 FMA pipes x lanes x 2 FLOP x GHz x threads (an assumption).
 std::string theoretical_peak() {

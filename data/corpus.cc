@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "data/tasks/task.h"
+#include "data/templates.h"
+#include "data/answer.h"
 #include "engine/error.h"
 
 namespace r1::data {
@@ -50,6 +54,38 @@ std::string general_text(TaskRng& rng, Lang lang) {
 
 }  // namespace
 
+std::string corrupt_answer(const TaskInstance& inst, uint64_t seed) {
+  TaskRng rng(seed);
+  const std::string& a = inst.answer;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    std::string w = a;
+    if (const auto num = parse_number(a); num && num->den == 1) {
+      int64_t d = rng.uniform(1, 10);
+      if (rng.next() % 2) d = -d;
+      w = std::to_string(num->num + d);
+    } else if (a.find(", ") != std::string::npos) {  // a list: swap two items
+      std::vector<std::string> items;
+      size_t start = 0;
+      for (size_t k; (k = a.find(", ", start)) != std::string::npos; start = k + 2)
+        items.push_back(a.substr(start, k - start));
+      items.push_back(a.substr(start));
+      const size_t i = rng.next() % items.size(), j = rng.next() % items.size();
+      std::swap(items[i], items[j]);
+      w.clear();
+      for (size_t k = 0; k < items.size(); ++k) w += (k ? ", " : "") + items[k];
+    } else {  // an expression: change one operator
+      std::vector<size_t> ops;
+      for (size_t k = 1; k + 1 < a.size(); ++k)
+        if (a[k - 1] == ' ' && a[k + 1] == ' ' && std::string_view("+-*/").find(a[k]) != std::string_view::npos)
+          ops.push_back(k);
+      if (ops.empty()) return a;
+      w[ops[rng.next() % ops.size()]] = "+-*/"[rng.next() % 4];
+    }
+    if (!verify_task(inst, w)) return w;
+  }
+  return a;
+}
+
 std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
   R1_INPUT_CHECK(opt.documents >= 0, "corpus: documents must be >= 0, got {}", opt.documents);
   R1_INPUT_CHECK(opt.min_difficulty >= 1 && opt.max_difficulty <= 5 &&
@@ -57,7 +93,11 @@ std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
                  "corpus: difficulty range {}..{} is not within 1..5", opt.min_difficulty,
                  opt.max_difficulty);
   TaskRng rng(opt.seed);
-  const auto& tasks = all_tasks();
+  std::vector<const Task*> tasks;
+  for (const Task& t : all_tasks())
+    if (opt.tasks.empty() || std::find(opt.tasks.begin(), opt.tasks.end(), t.name) != opt.tasks.end())
+      tasks.push_back(&t);
+  for (const std::string& name : opt.tasks) find_task(name);  // InputError on an unknown name
   std::vector<std::string> docs;
   docs.reserve(static_cast<size_t>(opt.documents));
   const auto chance = [&](double p) { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53 < p; };
@@ -67,9 +107,23 @@ std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
       docs.push_back(general_text(rng, lang));
       continue;
     }
-    const Task& task = tasks[rng.next() % tasks.size()];
+    const Task& task = *tasks[rng.next() % tasks.size()];
     const int d = static_cast<int>(rng.uniform(opt.min_difficulty, opt.max_difficulty));
-    const TaskInstance inst = generate_task(task.name, rng.next(), d, lang);
+    TaskInstance inst = generate_task(task.name, rng.next(), d, lang);
+    const bool wrong = opt.wrong_share > 0 && chance(opt.wrong_share);
+    const bool r1_format = opt.r1_format_share > 0 && chance(opt.r1_format_share);
+    if (wrong) {
+      const std::string w = corrupt_answer(inst, rng.next());
+      // The work ends in the wrong answer too: its last mention of the answer changes.
+      const size_t at = inst.solution.rfind(inst.answer);
+      if (at != std::string::npos) inst.solution.replace(at, inst.answer.size(), w);
+      inst.answer = w;
+    }
+    if (r1_format) {
+      docs.push_back(r1_zero_prompt_short(inst.prompt) + " <think> " + inst.solution +
+                     " </think> <answer> " + inst.answer + " </answer>");
+      continue;
+    }
     docs.push_back(lang == Lang::En
                        ? fmt::format("Question: {}\nSolution: {}\nAnswer: {}\n", inst.prompt, inst.solution, inst.answer)
                        : fmt::format("问题：{}\n解答：{}\n答案：{}\n", inst.prompt, inst.solution, inst.answer));

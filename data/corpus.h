@@ -1,11 +1,21 @@
 // The base-model corpus: worked, step-by-step solutions of the tasks in English and Chinese,
 // and plain general text (simple facts and short narratives from templates), so that a tiny
 // base model pretrained on it has latent skill for R1-Zero to draw out. The corpus never
-// uses the <think>/<answer> format: that is for RL to elicit, as in the paper.
+// uses the <think>/<answer> format by default: that is for RL to elicit, as in the paper.
+//
+// A tiny base model is not V3, though: it has seen no web text full of tagged conversations
+// and cannot discover a tag format by chance in a few minutes of RL, and a base pretrained
+// only on clean worked solutions has nothing left for RL to sharpen. Two knobs model what a
+// real base has seen: `r1_format_share` of the task documents are conversations in the
+// R1-Zero template (r1_zero_prompt_short) with the work in <think> and the answer in
+// <answer>; `wrong_share` of the task documents end in a wrong final answer (web text is
+// not all correct work). Both default to 0; the tiny R1-Zero preset sets them and says so.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "data/tasks/task.h"
 
 namespace r1::data {
 
@@ -15,7 +25,15 @@ struct CorpusOptions {
   double general_share = 0.3;  // the rest are worked task solutions
   double chinese_share = 0.5;
   int min_difficulty = 1, max_difficulty = 5;
+  double r1_format_share = 0.0;  // of the task documents: R1-Zero conversations
+  double wrong_share = 0.0;      // of the task documents: a wrong final answer
+  std::vector<std::string> tasks;  // task families to draw from; empty = all
 };
+
+// A plausible wrong answer for an instance (a different number near the right one, two list
+// items swapped, an operator of an expression changed); never equal to the right answer
+// under the task's verifier when one can be made, else the answer itself.
+std::string corrupt_answer(const TaskInstance& inst, uint64_t seed);
 
 std::vector<std::string> generate_corpus(const CorpusOptions& opt);
 

@@ -98,5 +98,8 @@ void pre_tokenize(const PreTokenizer& p, std::vector<std::string_view>* pieces,
 // The GPT-2 split regex (ByteLevel's use_regex), and the Llama-3 one that r1 trains with.
 extern const char* const kGpt2SplitRegex;
 extern const char* const kLlama3SplitRegex;
+// Llama-3's regex with every digit its own piece (Qwen2's choice): numbers tokenize digit by
+// digit, which tiny models need to learn arithmetic at all.
+extern const char* const kDigitSplitRegex;
 
 }  // namespace r1::data

@@ -24,6 +24,15 @@ std::string r1_zero_prompt(std::string_view question) {
   return s;
 }
 
+std::string r1_zero_prompt_short(std::string_view question) {
+  std::string s =
+      "A conversation between User and Assistant. The Assistant thinks inside <think> </think> "
+      "and gives the answer inside <answer> </answer>. User: ";
+  s += question;
+  s += " Assistant:";
+  return s;
+}
+
 std::string render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
   std::string s = kBos;
   for (size_t i = 0; i < messages.size(); ++i) {

@@ -24,6 +24,10 @@ const std::vector<std::string>& r1_special_tokens();
 // "A conversation between User and Assistant. ... User: {question}. Assistant:"; the
 // completion is expected to be "<think> ... </think> <answer> ... </answer>".
 std::string r1_zero_prompt(std::string_view question);
+// The same instruction in one sentence, for tiny models whose context and compute are short:
+// "A conversation between User and Assistant. The Assistant thinks inside <think> </think>
+// and gives the answer inside <answer> </answer>. User: {question} Assistant:".
+std::string r1_zero_prompt_short(std::string_view question);
 
 struct ChatMessage {
   std::string role;       // "system", "user" or "assistant"

@@ -10,6 +10,7 @@
 #include "engine/kernels.h"
 #include "engine/ops_attention.h"
 #include "engine/ops_moe.h"
+#include "engine/ops_paged.h"
 
 namespace r1 {
 namespace {
@@ -266,6 +267,83 @@ DeepseekV3::Output DeepseekV3::forward(const Tensor& ids, const Tensor& position
     out.logits = linear(out.hidden, p(cfg_.tie_word_embeddings ? "model.embed_tokens.weight"
                                                                : "lm_head.weight"));
   return out;
+}
+
+PagedKvCache DeepseekV3::make_cache(int64_t num_blocks) const {
+  const Tensor& e = p("model.embed_tokens.weight");
+  return PagedKvCache(cfg_.num_hidden_layers, cfg_.kv_lora_rank + cfg_.qk_rope_head_dim,
+                      num_blocks, e.dtype(), e.device());
+}
+
+const Tensor& DeepseekV3::lm_head() const {
+  return p(cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+}
+
+Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
+                                  PagedKvCache& cache) {
+  R1_CHECK(ids.defined() && ids.dim() == 1 && seq.defined() && pos.defined() &&
+               seq.shape() == ids.shape() && pos.shape() == ids.shape(),
+           "DeepseekV3::forward_cached: ids, seq, pos must be (N), got {} {} {}",
+           ids.defined() ? ids.str() : "undefined", seq.defined() ? seq.str() : "undefined",
+           pos.defined() ? pos.str() : "undefined");
+  const int64_t L = cfg_.kv_lora_rank, rd = cfg_.qk_rope_head_dim;
+  R1_CHECK(cache.layers() == cfg_.num_hidden_layers && cache.entry_width() == L + rd,
+           "DeepseekV3::forward_cached: cache of {} layers x {} numbers, the model needs {} x {}",
+           cache.layers(), cache.entry_width(), cfg_.num_hidden_layers, L + rd);
+  const int64_t N = ids.size(0), H = cfg_.num_attention_heads;
+  const int64_t nope = cfg_.qk_nope_head_dim, vd = cfg_.v_head_dim;
+  const Device dev = p("model.embed_tokens.weight").device();
+  const Tensor pos64 = pos.to(DType::I64).to(dev), seq64 = seq.to(DType::I64).to(dev);
+  for (int64_t v : pos64.to_int_vector())
+    R1_CHECK(v >= 0 && v < max_positions_,
+             "DeepseekV3::forward_cached: position {} outside [0, max_positions = {})", v,
+             max_positions_);
+  const Tensor rpos = pos64.view({1, N});
+  const Tensor& table = cache.block_table();
+  const double eps = cfg_.rms_norm_eps;
+  const PagedLayout layout{1, L + rd, L, 0};
+  const Tensor no_seq_lens = Tensor::from_vector(std::vector<int64_t>{N}, {1});
+
+  Tensor h = embedding(ids.to(dev), p("model.embed_tokens.weight"));  // (N, D)
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const std::string pre = fmt::format("model.layers.{}.", i), at = pre + "self_attn.";
+    const Tensor x = rmsnorm(h, p(pre + "input_layernorm.weight"), eps);
+    Tensor q_flat;
+    if (cfg_.q_lora_rank > 0) {
+      q_flat = linear(rmsnorm(linear(x, p(at + "q_a_proj.weight")),
+                              p(at + "q_a_layernorm.weight"), eps),
+                      p(at + "q_b_proj.weight"));
+    } else {
+      q_flat = linear(x, p(at + "q_proj.weight"));
+    }
+    std::vector<Tensor> q = split(q_flat.view({1, N, H, nope + rd}), {nope, rd}, -1);
+    const Tensor q_pe = rope(q[1], rpos, rope_).view({N, H, rd});
+    // This token's latent entry [kv_a_layernorm(c), rope(k_pe)] into the cache.
+    std::vector<Tensor> ckv = split(linear(x, p(at + "kv_a_proj_with_mqa.weight")), {L, rd}, -1);
+    const Tensor latent = rmsnorm(ckv[0], p(at + "kv_a_layernorm.weight"), eps);
+    const Tensor k_pe = rope(ckv[1].reshape({1, N, 1, rd}), rpos, rope_).view({N, rd});
+    paged_cache_write(concat({latent, k_pe}, -1), table, seq64, pos64, cache.pool(i));
+    // Absorb W_UK into the query: (H, N, nope) @ (H, nope, L) -> (N, H, L).
+    const Tensor w = p(at + "kv_b_proj.weight").view({H, nope + vd, L});
+    const Tensor qn = q[0].reshape({N, H, nope}).permute({1, 0, 2}).contiguous();
+    const Tensor q_lat = matmul(qn, w.narrow(1, 0, nope).contiguous()).permute({1, 0, 2});
+    const Tensor o_lat = paged_attention(concat({q_lat, q_pe}, -1).contiguous(),
+                                         cache.pool(i), table, seq64, pos64, layout,
+                                         cfg_.softmax_scale());  // (N, H, L)
+    // Absorb W_UV into the output: (H, N, L) @ (H, v, L)^T -> (N, H * v).
+    const Tensor o = matmul(o_lat.permute({1, 0, 2}).contiguous(),
+                            w.narrow(1, nope, vd).contiguous(), false, /*trans_b=*/true)
+                         .permute({1, 0, 2})
+                         .reshape({N, H * vd});
+    h = add(h, linear(o, p(at + "o_proj.weight")));
+    const Tensor xn = rmsnorm(h, p(pre + "post_attention_layernorm.weight"), eps);
+    if (!cfg_.is_moe_layer(i)) {
+      h = add(h, mlp(pre + "mlp.", xn));
+    } else {
+      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0).y);
+    }
+  }
+  return rmsnorm(h, p("model.norm.weight"), eps);
 }
 
 }  // namespace r1

@@ -17,6 +17,7 @@
 #include "engine/ops.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 
 namespace r1 {
 
@@ -50,6 +51,24 @@ class DeepseekV3 {
   Output forward(const Tensor& ids, const Tensor& positions = Tensor(),
                  const Tensor& segments = Tensor(), bool want_logits = true,
                  double balance_alpha = 0.0);
+
+  // KV-cached forward for generation (DESIGN.md "Generation"), MLA in the absorbed form over
+  // the latent cache (model/mla_decode.h): N query tokens ids (N) int, each of cache sequence
+  // seq[n] (N) i64 at position pos[n] (N) i64, which the caller has reserved with
+  // cache.extend(). Writes every layer's latent entries, then attends each token to its
+  // sequence's positions 0..pos[n]; prefill (many tokens of one sequence) and decode (one token
+  // per sequence) are the same call. -> hidden (N, hidden) after the final norm. Every step is
+  // per row (norms, RoPE, the router) or a matrix product, so under BatchInvariantScope a
+  // row's result does not depend on the other rows of the call. Forward only (run it under
+  // NoGrad). The cache is the one make_cache() builds.
+  Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
+                        PagedKvCache& cache);
+  // A cache for this model: one latent entry (kv_lora_rank + qk_rope_head_dim) per token and
+  // layer, num_blocks blocks of PagedKvCache::kBlockSize tokens.
+  PagedKvCache make_cache(int64_t num_blocks) const;
+  // The LM head (V, hidden): lm_head.weight, or the embedding when tied.
+  const Tensor& lm_head() const;
+  int64_t max_positions() const { return max_positions_; }
 
   const ModelConfig& config() const { return cfg_; }
   ParamMap& params() { return params_; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs r1's dependencies from the distribution's packages (idempotent) and builds into
-# build/. Usage: scripts/setup.sh [--no-build]. Env: R1_BUILD_DIR (default build),
+# build/. Usage: scripts/setup.sh [--no-build | --targets "t1 t2"] (--targets: only those). Env: R1_BUILD_DIR (default build),
 # R1_CUDA (AUTO|ON|OFF, default AUTO), R1_BUILD_TYPE (default Release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +30,17 @@ if ((${#missing[@]})); then
 fi
 
 [[ "${1:-}" == "--no-build" ]] && exit 0
+targets=()
+if [[ "${1:-}" == "--targets" ]]; then
+  read -r -a targets <<< "${2:?--targets needs a list}"
+fi
 
 build_dir=${R1_BUILD_DIR:-build}
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="${R1_BUILD_TYPE:-Release}" \
   -DR1_CUDA="${R1_CUDA:-AUTO}" >/dev/null
-cmake --build "$build_dir" -j "$(nproc)"
+if ((${#targets[@]})); then
+  cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"
+else
+  cmake --build "$build_dir" -j "$(nproc)"
+fi
 echo "setup: built into $build_dir/ (binaries in $build_dir/bin)"

@@ -107,7 +107,10 @@ class ExprParser {
 
 TaskInstance countdown_generate(uint64_t seed, int difficulty, Lang lang) {
   TaskRng rng(seed);
-  const int n = 3 + (difficulty - 1) / 2;
+  // Numbers per difficulty: 1 is a single operation (the level a ~1M-parameter base can
+  // start from), 5 is the classic five-number game.
+  static constexpr int kCount[5] = {2, 3, 3, 4, 5};
+  const int n = kCount[difficulty - 1];
   for (;;) {
     std::vector<int64_t> nums(n);
     for (auto& x : nums) x = rng.uniform(1, 10 + 10 * difficulty);

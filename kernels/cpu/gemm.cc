@@ -3,18 +3,22 @@
 //
 // Layout of the file: gemm_cpu checks the contract and plans the batch into 2-D products
 // (one folded product where the layout allows, else one per batch entry); every 2-D product
-// goes through matrix_product(). DESIGN.md ("Batch invariance") will need a second
-// matrix_product whose K order does not depend on M (OpenBLAS's does); it slots in there, and
-// the planning above it stays shared.
+// goes through matrix_product(), which runs OpenBLAS or, under r1::batch_invariant()
+// (engine/determinism.h), the product whose K order does not depend on M
+// (kernels/cpu/gemm_invariant.cc; OpenBLAS's does, DESIGN.md "Batch invariance"). The
+// planning stays shared: folding the batch into M is safe for the invariant product because
+// nothing in it depends on M.
 #include <cblas.h>
 
 #include <cstdlib>
 #include <limits>
 #include <string>
 
+#include "engine/determinism.h"
 #include "engine/kernels.h"
 #include "engine/log.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/gemm_invariant.h"
 
 extern "C" char* openblas_get_corename(void);  // OpenBLAS's run-time kernel choice
 
@@ -44,13 +48,6 @@ void warn_if_generic_blas_kernels() {
   (void)checked;
 }
 
-// One row-major 2-D product: c (m, n) = alpha * op(a) @ op(b) + beta * c, where op(a) is
-// (m, k) and op(b) is (k, n); lda/ldb/ldc are the row strides of a, b, c as stored.
-struct ProductShape {
-  bool trans_a, trans_b;
-  int64_t m, n, k, lda, ldb, ldc;
-};
-
 void blas_product(const ProductShape& s, float alpha, const float* a, const float* b, float beta,
                   float* c) {
   cblas_sgemm(CblasRowMajor, s.trans_a ? CblasTrans : CblasNoTrans,
@@ -73,7 +70,9 @@ void blas_product(const ProductShape& s, double alpha, const double* a, const do
 template <class T>
 void matrix_product(const ProductShape& s, T alpha, const T* a, const T* b, T beta, T* c) {
   if (s.m == 0 || s.n == 0) return;
-  if (s.k == 0) {  // empty sum: c = beta * c (beta == 0 must not read c, which may be garbage)
+  // No product term (an empty sum, or alpha == 0, where BLAS reads neither a nor b):
+  // c = beta * c, and beta == 0 must not read c, which may be garbage.
+  if (s.k == 0 || alpha == T(0)) {
     for (int64_t i = 0; i < s.m; ++i)
       for (int64_t j = 0; j < s.n; ++j) {
         T& x = c[i * s.ldc + j];
@@ -81,7 +80,10 @@ void matrix_product(const ProductShape& s, T alpha, const T* a, const T* b, T be
       }
     return;
   }
-  blas_product(s, alpha, a, b, beta, c);
+  if (batch_invariant())
+    invariant_product(s, alpha, a, b, beta, c);
+  else
+    blas_product(s, alpha, a, b, beta, c);
 }
 
 struct GemmDims {

@@ -1,0 +1,260 @@
+// r1-pretrain: the base model for tiny R1-Zero runs (tiny models have no downloadable base).
+// Generates the synthetic corpus (data/corpus.h: worked task solutions in English and
+// Chinese, general text, and, as configured, R1-Zero-format conversations and wrong work),
+// trains a byte-level BPE tokenizer on it (or loads one), packs documents into rows, and
+// trains a DeepSeek-V3 config (MLA + MoE) with next-token cross-entropy, AdamW, warmup +
+// cosine decay, gradient clipping, the sequence-wise balance loss and the auxiliary-loss-free
+// router bias update. Writes metrics.jsonl, a progress line, and out/checkpoint (HF config +
+// model.safetensors + tokenizer.json + trainer state); rerunning with the same out resumes
+// from the checkpoint and reproduces the uninterrupted run bit for bit.
+//   r1-pretrain --config configs/tiny.json --out runs/r1-zero/base --steps 1500
+// Bad input: one line "r1-pretrain: <file or flag>: <problem>" and exit code 2.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "data/corpus.h"
+#include "data/dataset.h"
+#include "data/pretokenize.h"
+#include "data/templates.h"
+#include "data/tokenizer.h"
+#include "engine/autograd.h"
+#include "engine/metrics.h"
+#include "engine/ops.h"
+#include "engine/ops_moe.h"
+#include "engine/optim.h"
+#include "model/config.h"
+#include "model/deepseek_v3.h"
+#include "rl/run_state.h"
+
+namespace {
+
+using namespace r1;
+using nlohmann::json;
+
+struct Options {
+  std::string config = "configs/tiny.json", out = "runs/r1-zero/base", tokenizer, holdout;
+  int64_t steps = 1500, batch = 16, seq = 256, docs = 30000, warmup = 50, save_every = 200;
+  double lr = 3e-3, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0, bias_gamma = 1e-3;
+  double balance_alpha = 1e-3;  // DeepSeek-V3 config.json aux_loss_alpha (sequence-wise)
+  uint64_t seed = 1;
+  std::string tasks = "arithmetic,countdown,ordering", difficulty = "1";
+  bool single_digits = true;  // the trained tokenizer splits numbers digit by digit
+  double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t k; (k = s.find(',', start)) != std::string::npos; start = k + 1)
+    if (k > start) out.push_back(s.substr(start, k - start));
+  if (start < s.size()) out.push_back(s.substr(start));
+  return out;
+}
+
+double lr_at(const Options& o, int64_t step) {
+  if (step <= o.warmup) return o.lr * static_cast<double>(step) / static_cast<double>(o.warmup);
+  const double t = static_cast<double>(step - o.warmup) / static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
+  return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + std::cos(M_PI * std::min(1.0, t))));
+}
+
+int run(const Options& o) {
+  namespace fs = std::filesystem;
+  fs::create_directories(o.out);
+  const ModelConfig cfg = load_model_config(o.config);
+  const std::string ckpt = o.out + "/checkpoint";
+  const bool resume = rl::has_run_checkpoint(ckpt);
+
+  // Corpus: a pure function of the options, regenerated on resume.
+  data::CorpusOptions co;
+  co.documents = o.docs;
+  co.seed = o.seed;
+  co.general_share = o.general_share;
+  co.chinese_share = o.chinese_share;
+  co.r1_format_share = o.r1_format_share;
+  co.wrong_share = o.wrong_share;
+  co.tasks = split_list(o.tasks);
+  {
+    const size_t dash = o.difficulty.find('-');
+    try {
+      co.min_difficulty = std::stoi(o.difficulty.substr(0, dash));
+      co.max_difficulty = dash == std::string::npos ? co.min_difficulty : std::stoi(o.difficulty.substr(dash + 1));
+    } catch (const std::logic_error&) {
+      throw InputError(fmt::format("--difficulty {}: expected N or LO-HI", o.difficulty));
+    }
+  }
+  std::vector<std::string> docs = data::generate_corpus(co);
+  if (!o.holdout.empty()) {  // no held-out question may appear in the base's corpus
+    std::vector<std::string> held;
+    for (const data::PromptRecord& r : data::read_prompts(o.holdout)) held.push_back(r.prompt);
+    const size_t before = docs.size();
+    std::erase_if(docs, [&](const std::string& d) {
+      for (const std::string& h : held)
+        if (d.find(h) != std::string::npos) return true;
+      return false;
+    });
+    fmt::print(stderr, "r1-pretrain: dropped {} corpus documents that contain a held-out question\n",
+               before - docs.size());
+  }
+
+  // Tokenizer: from the checkpoint when resuming, else --tokenizer, else trained here.
+  std::string tok_path = resume ? rl::resolve_run_checkpoint(ckpt) + "/tokenizer.json" : o.tokenizer;
+  data::Tokenizer tok = [&] {
+    if (!tok_path.empty()) return data::Tokenizer::from_file(tok_path);
+    data::BpeTrainOptions bo;
+    bo.vocab_size = static_cast<int>(cfg.vocab_size);
+    bo.special_tokens = data::r1_special_tokens();
+    bo.bos_token = data::kBos;
+    if (o.single_digits) bo.split_regex = data::kDigitSplitRegex;
+    const auto t0 = std::chrono::steady_clock::now();
+    data::Tokenizer t = data::train_bpe(docs, bo);
+    fmt::print(stderr, "r1-pretrain: trained a {}-token BPE on {} documents in {:.1f}s\n",
+               t.vocab_size(), docs.size(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return t;
+  }();
+  R1_INPUT_CHECK(tok.vocab_size() <= cfg.vocab_size, "{}: tokenizer has {} tokens, the model's vocab_size is {}",
+                 o.config, tok.vocab_size(), cfg.vocab_size);
+  const int32_t eos = *tok.token_to_id(data::kEos), pad = *tok.token_to_id(data::kPad);
+
+  // Pack every document (BOS ... EOS) once; epoch e visits the rows in its own order.
+  data::Packer packer(o.seq, pad);
+  int64_t n_tokens = 0;
+  for (size_t i : data::shuffled_order(docs.size(), o.seed, 0)) {
+    std::vector<int32_t> ids = tok.encode(docs[i], true);
+    ids.push_back(eos);
+    n_tokens += static_cast<int64_t>(ids.size());
+    packer.add(ids, std::vector<uint8_t>(ids.size(), 1));
+  }
+  const data::PackedBatch rows = packer.finish();
+  fmt::print(stderr, "r1-pretrain: {} documents, {} tokens in {} rows of {} ({} truncated)\n",
+             docs.size(), n_tokens, rows.rows, o.seq, packer.truncated());
+
+  ParamMap params = DeepseekV3::init_params(cfg, o.seed);
+  std::vector<Tensor> trainable;
+  for (const ParamSpec& s : parameter_specs(cfg)) {
+    Tensor& t = params.at(s.name);
+    if (s.name.find("e_score_correction_bias") == std::string::npos) {
+      t.set_requires_grad();
+      trainable.push_back(t);
+    }
+  }
+  DeepseekV3 model(cfg, params, o.seq);
+  AdamW opt(trainable, {.lr = o.lr, .weight_decay = o.weight_decay});
+  int64_t start = 0;
+  if (resume) {
+    const json st = rl::load_run_checkpoint(ckpt, cfg, model.params(), &opt);
+    start = st.at("step").get<int64_t>();
+    fmt::print(stderr, "r1-pretrain: resuming {} at step {}\n", ckpt, start);
+  }
+  fmt::print(stderr, "r1-pretrain: {} parameters, {} steps of {}x{} tokens, lr {}, out {}\n",
+             cfg.num_parameters(), o.steps, o.batch, o.seq, o.lr, o.out);
+
+  MetricsWriter metrics(o.out + "/metrics.jsonl", resume);
+  Progress progress("pretrain", o.steps, start);
+  std::vector<size_t> order;
+  int64_t order_epoch = -1;
+  const int64_t T = o.seq;
+  for (int64_t step = start + 1; step <= o.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<int64_t> ids, pos, seg, tgt;
+    for (int64_t b = 0; b < o.batch; ++b) {
+      const int64_t g = (step - 1) * o.batch + b, epoch = g / rows.rows;
+      if (epoch != order_epoch) {
+        order = data::shuffled_order(static_cast<size_t>(rows.rows), o.seed, static_cast<uint64_t>(epoch));
+        order_epoch = epoch;
+      }
+      const int64_t r = static_cast<int64_t>(order[static_cast<size_t>(g % rows.rows)]);
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t i = r * T + t;
+        ids.push_back(rows.tokens[i]);
+        pos.push_back(rows.position[i]);
+        seg.push_back(rows.segment[i]);
+        tgt.push_back(t + 1 < T && rows.loss_mask[i + 1] ? rows.tokens[i + 1] : -100);
+      }
+    }
+    const double lr = lr_at(o, step);
+    opt.config().lr = lr;
+    const Tensor segments = Tensor::from_vector(seg, {o.batch, T});
+    DeepseekV3::Output out = model.forward(Tensor::from_vector(ids, {o.batch, T}),
+                                           Tensor::from_vector(pos, {o.batch, T}), segments,
+                                           true, o.balance_alpha);
+    const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}),
+                                    Tensor::from_vector(tgt, {o.batch * T}));
+    const Tensor loss = out.balance_loss.defined() ? add(ce, out.balance_loss) : ce;
+    backward(loss);
+    const double norm = clip_grad_norm(trainable, o.clip);
+    opt.step();
+    opt.zero_grad();
+    // Auxiliary-loss-free balancing: nudge each MoE layer's selection bias by its load.
+    double max_load_ratio = 0;
+    for (int64_t i = 0, k = 0; i < cfg.num_hidden_layers; ++i) {
+      if (!cfg.is_moe_layer(i)) continue;
+      Tensor& bias = model.params().at(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", i));
+      moe_update_bias(bias, out.expert_load[k], o.bias_gamma);
+      const std::vector<int64_t> load = out.expert_load[k++].to_int_vector();
+      double total = 0, mx = 0;
+      for (int64_t l : load) total += static_cast<double>(l), mx = std::max(mx, static_cast<double>(l));
+      max_load_ratio = std::max(max_load_ratio, mx * static_cast<double>(load.size()) / std::max(1.0, total));
+    }
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double l = ce.item();
+    metrics.write({{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", norm},
+                   {"max_expert_load_ratio", max_load_ratio}, {"step_time_s", dt},
+                   {"tokens_per_s", static_cast<double>(o.batch * T) / dt}});
+    progress.update(step, fmt::format("loss {:.4f}  {:.0f} tok/s", l, static_cast<double>(o.batch * T) / dt));
+    if (step % o.save_every == 0 || step == o.steps)
+      rl::save_run_checkpoint(ckpt, cfg, model.params(), &opt, {{"step", step}, {"stage", "pretrain"}},
+                              tok.to_json_string());
+  }
+  progress.finish();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"r1-pretrain: pretrain a tiny DeepSeek-V3 base on the synthetic corpus"};
+  app.add_option("--config", o.config, "model config.json");
+  app.add_option("--out", o.out, "run directory (metrics.jsonl, checkpoint/)");
+  app.add_option("--holdout", o.holdout, "prompts JSONL whose questions the corpus must not contain");
+  app.add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: train one on the corpus)");
+  app.add_option("--steps", o.steps, "optimizer steps")->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "rows per step")->check(CLI::PositiveNumber);
+  app.add_option("--seq", o.seq, "tokens per row")->check(CLI::PositiveNumber);
+  app.add_option("--docs", o.docs, "corpus documents")->check(CLI::PositiveNumber);
+  app.add_option("--lr", o.lr, "peak learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", o.warmup, "warmup steps")->check(CLI::PositiveNumber);
+  app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
+  app.add_option("--save-every", o.save_every, "checkpoint interval")->check(CLI::PositiveNumber);
+  app.add_option("--seed", o.seed, "corpus, packing and init seed");
+  app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");
+  app.add_option("--tasks", o.tasks, "task families of the corpus, comma-separated");
+  app.add_option("--difficulty", o.difficulty, "N or LO-HI within 1..5");
+  app.add_option("--general-share", o.general_share, "share of general text")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--chinese-share", o.chinese_share, "share of Chinese documents")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--r1-format-share", o.r1_format_share, "share of task documents as R1-Zero conversations")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--wrong-share", o.wrong_share, "share of task documents with a wrong final answer")->check(CLI::Range(0.0, 1.0));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "r1-pretrain: %s\n", e.what());
+    return 2;
+  }
+  try {
+    return run(o);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "r1-pretrain: %s\n", e.what());
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "r1-pretrain: internal error: %s\n", e.what());
+    return 1;
+  }
+}
