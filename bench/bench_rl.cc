@@ -1,0 +1,152 @@
+// The two halves of a GRPO step on the tiny DeepSeek-V3 preset (configs/tiny.json, MLA + MoE)
+// with a randomly initialized model and fixed work, the same work that
+// scripts/bench_rl_torch.py does in PyTorch eager with the reference model:
+//
+//   Sampling: Q = 16 prompts of 40 random tokens, G = 8 samples each, exactly 64 new tokens
+//     per sample (no stop tokens, temperature 1): rl::generate (paged KV cache, MLA absorbed
+//     form, batch invariant as in the RL loop). Counter: generated tokens/s (8192 tokens per
+//     call, prefill included in the time).
+//   Training: one GRPO update on the 128 sequences of 40 prompt + 64 completion tokens:
+//     completion_logprobs (with grad) -> grpo_objective (random advantages, old_logp = the
+//     detached logp) -> backward -> AdamW step. Counters: trained (completion) tokens/s and
+//     total tokens/s (the forward's B x T = 128 x 103 positions). Arg 1: under
+//     BatchInvariantScope, as GrpoTrainer runs; arg 0: without it (the OpenBLAS products).
+//
+//   ./build/bin/bench_rl [--config configs/tiny.json] [benchmark flags]
+//   scripts/bench-rl.sh      runs this and the PyTorch twin at one thread, prints the ratios
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/determinism.h"
+#include "engine/ops.h"
+#include "engine/ops_grpo.h"
+#include "engine/optim.h"
+#include "model/config.h"
+#include "model/deepseek_v3.h"
+#include "rl/generate.h"
+#include "rl/grpo.h"
+
+namespace r1 {
+namespace {
+
+std::string g_config = std::string(R1_SOURCE_DIR) + "/configs/tiny.json";
+
+// The fixed work (scripts/bench_rl_torch.py has the same numbers).
+constexpr int64_t kQuestions = 16, kSamplesPerQuestion = 8;  // Q, G
+constexpr int64_t kPromptLen = 40, kNewTokens = 64;
+constexpr int64_t kSequences = kQuestions * kSamplesPerQuestion;
+constexpr uint64_t kInitSeed = 1, kPromptSeed = 2, kCompletionSeed = 3, kAdvantageSeed = 4;
+// GrpoConfig's defaults: the trainer's AdamW and clip range.
+constexpr double kLearningRate = 1e-3, kAdamBeta2 = 0.99, kEpsilon = 0.2;
+
+// The tiny model, every parameter but the router's selection bias trained (as the trainer).
+DeepseekV3 make_model() {
+  const ModelConfig cfg = load_model_config(g_config);
+  ParamMap p = DeepseekV3::init_params(cfg, kInitSeed);
+  for (auto& [name, t] : p)
+    if (name.find("e_score_correction_bias") == std::string::npos) t.set_requires_grad();
+  return DeepseekV3(cfg, std::move(p), kPromptLen + kNewTokens);
+}
+
+// rows x len random token ids in [0, vocab).
+std::vector<std::vector<int32_t>> random_tokens(int64_t rows, int64_t len, int64_t vocab,
+                                                uint64_t seed) {
+  const std::vector<int64_t> flat = Tensor::randint({rows, len}, seed, 0, vocab).to_int_vector();
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r)
+    out[r].assign(flat.begin() + r * len, flat.begin() + (r + 1) * len);
+  return out;
+}
+
+void BM_Sampling(benchmark::State& st) {
+  DeepseekV3 model = make_model();
+  const auto prompts =
+      random_tokens(kQuestions, kPromptLen, model.config().vocab_size, kPromptSeed);
+  rl::GenerationConfig gc;
+  gc.max_new_tokens = kNewTokens;
+  gc.sampling.temperature = 1.0f;
+  gc.seed = 5;
+  rl::GenerationStats gs;
+  rl::generate(model, prompts, kSamplesPerQuestion, gc, 0, &gs);  // warm-up
+  double prefill_s = 0, decode_s = 0;
+  for (auto _ : st) {
+    rl::generate(model, prompts, kSamplesPerQuestion, gc, 0, &gs);
+    prefill_s += gs.prefill_s;
+    decode_s += gs.decode_s;
+  }
+  if (gs.generated_tokens != kSequences * kNewTokens)
+    st.SkipWithError("generate did not produce exactly Q * G * 64 tokens");
+  const double n = static_cast<double>(st.iterations());
+  st.counters["generated_tokens/s"] = benchmark::Counter(
+      static_cast<double>(gs.generated_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["prefill_ms"] = prefill_s / n * 1e3;
+  st.counters["decode_ms"] = decode_s / n * 1e3;
+  st.SetLabel("Q=16 G=8 prompt 40 new 64");
+}
+
+void BM_GrpoUpdate(benchmark::State& st) {
+  const bool invariant = st.range(0) != 0;
+  DeepseekV3 model = make_model();
+  const int64_t V = model.config().vocab_size;
+  // The G samples of a question share its prompt, as in a rollout batch.
+  const auto questions = random_tokens(kQuestions, kPromptLen, V, kPromptSeed);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int64_t k = 0; k < kSequences; ++k) prompts.push_back(questions[k / kSamplesPerQuestion]);
+  const auto completions = random_tokens(kSequences, kNewTokens, V, kCompletionSeed);
+  const int64_t N = kSequences * kNewTokens;
+  std::vector<int64_t> seq_ids(static_cast<size_t>(N));
+  for (int64_t t = 0; t < N; ++t) seq_ids[t] = t / kNewTokens;
+  const Tensor seq = Tensor::from_vector(seq_ids, {N});
+  const Tensor mask = Tensor::ones({N});
+  const Tensor advantages = Tensor::randn({kSequences}, kAdvantageSeed);
+  GrpoObjectiveOptions oo;
+  oo.epsilon_low = oo.epsilon_high = kEpsilon;
+  oo.num_sequences = kSequences;
+  AdamW opt(model.trainable(), {.lr = kLearningRate, .beta2 = kAdamBeta2, .weight_decay = 0.0});
+  BatchInvariantScope scope(invariant);
+  double loss = 0;
+  auto update = [&] {
+    const TokenLogprobs tl =
+        rl::completion_logprobs(model, prompts, completions, 1.0, /*pad_id=*/0);
+    const GrpoObjective obj =
+        grpo_objective(tl.logp, tl.logp.detach(), Tensor(), advantages, seq, mask, oo);
+    backward(obj.loss);
+    opt.step();
+    opt.zero_grad();
+    loss = obj.loss.item();
+  };
+  update();  // warm-up
+  for (auto _ : st) update();
+  const double forward_positions = static_cast<double>(kSequences * (kPromptLen + kNewTokens - 1));
+  st.counters["trained_tokens/s"] =
+      benchmark::Counter(static_cast<double>(N), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["total_tokens/s"] =
+      benchmark::Counter(forward_positions, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["loss"] = loss;
+  st.SetLabel(invariant ? "batch invariant" : "openblas");
+}
+
+}  // namespace
+}  // namespace r1
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) r1::g_config = argv[++i];
+    else rest.push_back(argv[i]);
+  }
+  int n = static_cast<int>(rest.size());
+  benchmark::Initialize(&n, rest.data());
+  if (benchmark::ReportUnrecognizedArguments(n, rest.data())) return 1;
+  benchmark::RegisterBenchmark("Sampling", r1::BM_Sampling)
+      ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
+  benchmark::RegisterBenchmark("GrpoUpdate", r1::BM_GrpoUpdate)
+      ->Arg(1)->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
