@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "data/templates.h"
 #include "engine/autograd.h"
@@ -260,6 +261,7 @@ json GrpoTrainer::step(int64_t step) {
   std::vector<double> total(S);
   double acc = 0, fmt_r = 0, lang = 0, len = 0, truncated = 0, acc_reward = 0;
   std::vector<std::vector<int32_t>> completions(S), full_prompts(S);
+  std::map<std::string, std::pair<double, double>> by_task;  // task -> (correct, samples)
   for (int64_t k = 0; k < S; ++k) {
     const Sample& s = samples[k];
     completions[k] = s.tokens;
@@ -272,6 +274,9 @@ json GrpoTrainer::step(int64_t step) {
                                                             CompletionStyle::R1Zero);
     total[k] = r.total;
     acc += r.accuracy;
+    auto& bt = by_task[qs[s.prompt].task];
+    bt.first += r.accuracy;
+    bt.second += 1;
     acc_reward += r.accuracy * cfg_.rewards.accuracy;
     fmt_r += r.format;
     lang += r.language;
@@ -397,7 +402,9 @@ json GrpoTrainer::step(int64_t step) {
   for (double e : entropy) ent += e;
   const double n = static_cast<double>(S);
   const double step_s = seconds_since(t_step);
-  return {{"step", step},
+  json per_task;
+  for (const auto& [task, v] : by_task) per_task["accuracy_" + task] = v.first / v.second;
+  json out = {{"step", step},
           {"reward", [&] { double s = 0; for (double r : total) s += r; return s / n; }()},
           {"reward_accuracy", acc_reward / n},
           {"reward_format", fmt_r * cfg_.rewards.format / n},
@@ -425,6 +432,8 @@ json GrpoTrainer::step(int64_t step) {
           {"score_s", score_s},
           {"update_s", update_s},
           {"step_time_s", step_s}};
+  out.update(per_task);
+  return out;
 }
 
 }  // namespace r1::rl

@@ -55,7 +55,7 @@ struct GrpoConfig {
   uint64_t seed = 1;
   RewardWeights rewards;
   // The training questions: task families (round robin), difficulty range, Chinese share.
-  std::vector<std::string> tasks = {"arithmetic", "countdown", "ordering"};
+  std::vector<std::string> tasks = {"countdown", "ordering", "list"};
   int min_difficulty = 1, max_difficulty = 2;
   double chinese_share = 0.3;
   std::string prompt_template = "r1_zero_short";  // r1_zero | r1_zero_short

@@ -95,6 +95,24 @@ nlohmann::json load_run_checkpoint(const std::string& dir_in, const ModelConfig&
   return state;
 }
 
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream f(path);
+  if (!f.good()) return;
+  std::string kept, line;
+  while (std::getline(f, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      break;  // a line cut by the kill: it and anything after it go
+    }
+    if (j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > step) break;
+    kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
 void load_run_extra(const std::string& dir_in, ParamMap& extra) {
   const std::string dir = resolve_run_checkpoint(dir_in);
   R1_INPUT_CHECK(!dir.empty(), "{}: no checkpoint (trainer_state.json missing)", dir_in);

@@ -37,6 +37,11 @@ bool has_run_checkpoint(const std::string& dir);
 nlohmann::json load_run_checkpoint(const std::string& dir, const ModelConfig& cfg,
                                    ParamMap& params, AdamW* opt);
 
+// After a kill, metrics.jsonl may hold steps past the checkpoint the run resumes from: keeps
+// only the records with "step" <= step (atomic rewrite), so the resumed file equals the
+// uninterrupted run's. A missing file is fine.
+void truncate_metrics(const std::string& path, int64_t step);
+
 // The directory a checkpoint actually lives in (dir, or dir.old after an interrupted swap).
 std::string resolve_run_checkpoint(const std::string& dir);
 

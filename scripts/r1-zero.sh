@@ -2,7 +2,7 @@
 # The main job: the tiny R1-Zero pipeline on the CPU, with built-in defaults.
 #   scripts/r1-zero.sh [OUT_DIR]        (default runs/r1-zero; rerun to resume)
 # Sets up and builds (a CPU build in build-cpu/), writes a held-out question set (three task
-# families, countdown among them), pretrains the tiny DeepSeek-V3 base on the synthetic corpus
+# families: countdown, ordering, list), pretrains the tiny DeepSeek-V3 base on the synthetic corpus
 # (r1-pretrain), evaluates it (r1-eval: pass@1 over 8 samples at T 0.6, top-p 0.95, cons@8),
 # runs R1-Zero GRPO from it with rule-based rewards (r1-grpo, configs/grpo-tiny.json),
 # evaluates again, plots every metrics.jsonl and prints the before/after table.
@@ -24,7 +24,7 @@ held="$out/heldout.jsonl"
 if [[ ! -s $held ]]; then
   n=${R1_HOLDOUT_PER_TASK:-64}
   : > "$held.tmp"
-  for task in arithmetic countdown ordering; do
+  for task in countdown ordering list; do
     "$bin/r1-data" tasks --task "$task" --n "$n" --seed 777 --difficulty 1 --lang both \
       --out "$out/heldout-$task.jsonl" >/dev/null
     cat "$out/heldout-$task.jsonl" >> "$held.tmp"

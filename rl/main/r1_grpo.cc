@@ -81,6 +81,7 @@ int run(const Options& o) {
   write_file_atomic(o.out + "/grpo_config.json", cfg.to_json().dump(2) + "\n");
   fmt::print(stderr, "r1-grpo: {} parameters from {}, {} steps of {} questions x {} samples, out {}\n",
              mcfg.num_parameters(), src, cfg.max_steps, cfg.questions_per_step, cfg.num_generations, o.out);
+  if (resume) rl::truncate_metrics(o.out + "/metrics.jsonl", start);
   MetricsWriter metrics(o.out + "/metrics.jsonl", resume);
   Progress progress("grpo", cfg.max_steps, start);
   for (int64_t step = start + 1; step <= cfg.max_steps; ++step) {

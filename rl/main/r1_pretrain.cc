@@ -42,7 +42,7 @@ struct Options {
   double lr = 3e-3, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0, bias_gamma = 1e-3;
   double balance_alpha = 1e-3;  // DeepSeek-V3 config.json aux_loss_alpha (sequence-wise)
   uint64_t seed = 1;
-  std::string tasks = "arithmetic,countdown,ordering", difficulty = "1";
+  std::string tasks = "countdown,ordering,list", difficulty = "1";
   bool single_digits = true;  // the trained tokenizer splits numbers digit by digit
   double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3;
 };
@@ -65,7 +65,7 @@ double lr_at(const Options& o, int64_t step) {
 int run(const Options& o) {
   namespace fs = std::filesystem;
   fs::create_directories(o.out);
-  const ModelConfig cfg = load_model_config(o.config);
+  ModelConfig cfg = load_model_config(o.config);
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);
 
@@ -119,6 +119,10 @@ int run(const Options& o) {
   }();
   R1_INPUT_CHECK(tok.vocab_size() <= cfg.vocab_size, "{}: tokenizer has {} tokens, the model's vocab_size is {}",
                  o.config, tok.vocab_size(), cfg.vocab_size);
+  if (tok.vocab_size() < cfg.vocab_size) {  // a small corpus gives fewer merges: every id decodes
+    fmt::print(stderr, "r1-pretrain: vocab_size {} -> {} (the tokenizer's)\n", cfg.vocab_size, tok.vocab_size());
+    cfg.vocab_size = tok.vocab_size();
+  }
   const int32_t eos = *tok.token_to_id(data::kEos), pad = *tok.token_to_id(data::kPad);
 
   // Pack every document (BOS ... EOS) once; epoch e visits the rows in its own order.
@@ -154,6 +158,7 @@ int run(const Options& o) {
   fmt::print(stderr, "r1-pretrain: {} parameters, {} steps of {}x{} tokens, lr {}, out {}\n",
              cfg.num_parameters(), o.steps, o.batch, o.seq, o.lr, o.out);
 
+  if (resume) rl::truncate_metrics(o.out + "/metrics.jsonl", start);
   MetricsWriter metrics(o.out + "/metrics.jsonl", resume);
   Progress progress("pretrain", o.steps, start);
   std::vector<size_t> order;

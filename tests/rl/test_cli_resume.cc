@@ -1,0 +1,115 @@
+// The stage binaries end to end: r1-pretrain makes a small base, r1-grpo runs straight
+// through, and r1-grpo killed with SIGKILL mid-run then rerun reproduces the straight run's
+// metrics.jsonl record for record (timings aside) and its final weights bit for bit. Also:
+// bad flags and files end with one line naming the problem and exit code 2.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "tests/harness.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kBin = R1_BIN_DIR;
+
+int run(const std::string& cmd) {
+  const int rc = std::system((cmd + " > /dev/null 2>&1").c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::vector<json> metrics(const std::string& path) {
+  std::vector<json> rows;
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);) {
+    if (line.empty()) continue;
+    json j = json::parse(line);
+    for (const char* k : {"rollout_s", "score_s", "update_s", "step_time_s", "rollout_tokens_per_s", "train_tokens_per_s"})
+      j.erase(k);
+    rows.push_back(j);
+  }
+  return rows;
+}
+
+std::string read_file(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+size_t lines(const std::string& p) {
+  std::ifstream f(p);
+  size_t n = 0;
+  for (std::string l; std::getline(f, l);) n += !l.empty();
+  return n;
+}
+
+TEST(CliResume, KilledGrpoRunResumesBitwise) {
+  const uint64_t seed = r1::test::case_seed(1) % 1000;
+  const std::string dir = ::testing::TempDir() + "/r1_cli_resume_" + std::to_string(seed);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string env = "OMP_NUM_THREADS=1 ";
+  ASSERT_EQ(run(env + kBin + "/r1-pretrain --out " + dir + "/base --steps 3 --docs 300 --batch 4 --seq 128 --seed " +
+                std::to_string(seed)), 0);
+  {
+    std::ofstream cfg(dir + "/grpo.json");
+    cfg << json{{"max_steps", 5}, {"questions_per_step", 2}, {"num_generations", 4},
+                {"max_completion_length", 24}, {"save_steps", 1}, {"beta", 0.01},
+                {"seed", seed}, {"drop_zero_variance_groups", false}, {"learning_rate", 1e-3}}
+               .dump();
+  }
+  const std::string grpo = env + kBin + "/r1-grpo --init " + dir + "/base/checkpoint --config " + dir + "/grpo.json --out ";
+  ASSERT_EQ(run(grpo + dir + "/straight"), 0);
+
+  // Kill -9 once the run has written two steps, then rerun until it finishes.
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = grpo + dir + "/killed > /dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  while (lines(dir + "/killed/metrics.jsonl") < 2 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_LT(lines(dir + "/killed/metrics.jsonl"), 5u) << "the run finished before the kill";
+  ASSERT_EQ(run(grpo + dir + "/killed"), 0);
+
+  const std::vector<json> a = metrics(dir + "/straight/metrics.jsonl"), b = metrics(dir + "/killed/metrics.jsonl");
+  ASSERT_EQ(a.size(), 5u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].dump(), b[i].dump()) << "step " << i + 1;
+  EXPECT_EQ(read_file(dir + "/straight/checkpoint/model.safetensors"),
+            read_file(dir + "/killed/checkpoint/model.safetensors"));
+  fs::remove_all(dir);
+}
+
+TEST(CliErrors, BadInputIsOneLineAndExitCode2) {
+  const std::string dir = ::testing::TempDir() + "/r1_cli_errors";
+  fs::create_directories(dir);
+  { std::ofstream(dir + "/bad.json") << "{\"num_generation\": 4}"; }
+  { std::ofstream(dir + "/bad.jsonl") << "{\"prompt\": \"x\"}\nnot json\n"; }
+  EXPECT_EQ(run(kBin + "/r1-grpo --out " + dir + "/g"), 2);  // no --init, nothing to resume
+  EXPECT_EQ(run(kBin + "/r1-grpo --init " + dir + "/nope --out " + dir + "/g"), 2);
+  EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --steps 0"), 2);
+  EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --tasks nope --steps 1"), 2);
+  EXPECT_EQ(run(kBin + "/r1-eval --checkpoint " + dir + "/nope --prompts " + dir + "/bad.jsonl"), 2);
+  EXPECT_EQ(run(kBin + "/r1-sample --checkpoint " + dir + "/nope --prompts " + dir + "/bad.jsonl"), 2);
+  EXPECT_FALSE(fs::exists(dir + "/g/checkpoint"));
+  fs::remove_all(dir);
+}
+
+}  // namespace
