@@ -22,7 +22,11 @@
 // Every (n, h) reduces over d and over j in ascending order with one accumulator, whatever N,
 // the other rows and the number of threads: a row's result depends only on its own query
 // and cache (batch invariant), and prefill (many rows of one sequence) and decode (one row
-// per sequence) run the same arithmetic.
+// per sequence) run the same arithmetic. A backend may run independent chains side by side
+// (vector lanes over heads, positions or output columns) and fixes the operations of a chain
+// once per process: on the CPU a term is one fused multiply-add (avx2, avx512) or a multiply
+// then an add (sse2), as the batch-invariant product's ISA, and f32's exp is a polynomial
+// (< 1 ulp; kernels/cpu/paged_attention.cc).
 #pragma once
 #include <cstdint>
 

@@ -17,11 +17,12 @@
 #include "engine/ops.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/causal_lm.h"
 #include "model/kv_cache.h"
 
 namespace r1 {
 
-class DeepseekV3 {
+class DeepseekV3 : public CausalLM {
  public:
   // params: every tensor of parameter_specs(cfg), one float dtype (f32 or f64 when training;
   // bf16 runs forward only: the router's f32 weights have no differentiable cast back), one
@@ -62,13 +63,13 @@ class DeepseekV3 {
   // row's result does not depend on the other rows of the call. Forward only (run it under
   // NoGrad). The cache is the one make_cache() builds.
   Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
-                        PagedKvCache& cache);
+                        PagedKvCache& cache) override;
   // A cache for this model: one latent entry (kv_lora_rank + qk_rope_head_dim) per token and
   // layer, num_blocks blocks of PagedKvCache::kBlockSize tokens.
-  PagedKvCache make_cache(int64_t num_blocks) const;
+  PagedKvCache make_cache(int64_t num_blocks) const override;
   // The LM head (V, hidden): lm_head.weight, or the embedding when tied.
-  const Tensor& lm_head() const;
-  int64_t max_positions() const { return max_positions_; }
+  const Tensor& lm_head() const override;
+  int64_t max_positions() const override { return max_positions_; }
 
   const ModelConfig& config() const { return cfg_; }
   ParamMap& params() { return params_; }

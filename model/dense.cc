@@ -1,6 +1,8 @@
 // The dense student: forward as scripts/reference/dense.py computes it, op by op.
 #include "model/dense.h"
 
+#include "engine/ops_paged.h"
+
 #include <fmt/format.h>
 
 #include <set>
@@ -43,7 +45,7 @@ Tensor positions_within_segments(const Tensor& segments) {
 }
 
 DenseModel::DenseModel(ModelConfig cfg, ParamMap params, int64_t max_positions)
-    : cfg_(std::move(cfg)), params_(std::move(params)) {
+    : cfg_(std::move(cfg)), params_(std::move(params)), max_positions_(max_positions) {
   R1_INPUT_CHECK(cfg_.family == ModelFamily::Qwen2 || cfg_.family == ModelFamily::Llama,
                  "DenseModel: model_type '{}' (expected qwen2 or llama)", cfg_.model_type);
   R1_INPUT_CHECK(cfg_.hidden_act == "silu", "DenseModel: hidden_act '{}' (silu only)",
@@ -173,6 +175,55 @@ DenseModel::Output DenseModel::forward(const Tensor& ids, const Tensor& position
     out.logits = linear(out.hidden, head);
   }
   return out;
+}
+
+PagedKvCache DenseModel::make_cache(int64_t num_blocks) const {
+  const Tensor& e = param("model.embed_tokens.weight");
+  return PagedKvCache(cfg_.num_hidden_layers, 2 * cfg_.num_key_value_heads * cfg_.dense_head_dim(),
+                      num_blocks, e.dtype(), e.device());
+}
+
+const Tensor& DenseModel::lm_head() const {
+  return param(cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+}
+
+Tensor DenseModel::forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
+                                  PagedKvCache& cache) {
+  R1_CHECK(ids.defined() && ids.dim() == 1 && seq.defined() && pos.defined() &&
+               seq.shape() == ids.shape() && pos.shape() == ids.shape(),
+           "DenseModel::forward_cached: ids, seq, pos must be (N)");
+  const int64_t N = ids.size(0), hd = cfg_.dense_head_dim();
+  const int64_t H = cfg_.num_attention_heads, Hk = cfg_.num_key_value_heads;
+  R1_CHECK(cache.layers() == cfg_.num_hidden_layers && cache.entry_width() == 2 * Hk * hd,
+           "DenseModel::forward_cached: cache of {} layers x {} numbers, the model needs {} x {}",
+           cache.layers(), cache.entry_width(), cfg_.num_hidden_layers, 2 * Hk * hd);
+  const Device dev = param("model.embed_tokens.weight").device();
+  const Tensor pos64 = pos.to(DType::I64).to(dev), seq64 = seq.to(DType::I64).to(dev);
+  for (int64_t v : pos64.to_int_vector())
+    R1_CHECK(v >= 0 && v < max_positions_,
+             "DenseModel::forward_cached: position {} outside [0, max_positions = {})", v,
+             max_positions_);
+  const Tensor rpos = pos64.view({1, N});
+  const Tensor& table = cache.block_table();
+  const PagedLayout layout{Hk, hd, hd, Hk * hd};
+  const double eps = cfg_.rms_norm_eps;
+  Tensor h = embedding(ids.to(dev), param("model.embed_tokens.weight"));  // (N, D)
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const std::string p = layer_prefix(i), a = p + "self_attn.";
+    const Tensor x = rmsnorm(h, param(p + "input_layernorm.weight"), eps);
+    auto project = [&](const char* name) {
+      const std::string n = a + name;
+      return linear(x, param(n + ".weight"), optional_param(n + ".bias"));
+    };
+    const Tensor q = rope(project("q_proj").view({1, N, H, hd}), rpos, rope_).view({N, H, hd});
+    const Tensor k = rope(project("k_proj").view({1, N, Hk, hd}), rpos, rope_).view({N, Hk * hd});
+    paged_cache_write(concat({k, project("v_proj")}, -1), table, seq64, pos64, cache.pool(i));
+    const Tensor o = paged_attention(q.contiguous(), cache.pool(i), table, seq64, pos64, layout,
+                                     cfg_.softmax_scale());
+    h = h + linear(o.reshape({N, H * hd}), param(a + "o_proj.weight"), optional_param(a + "o_proj.bias"));
+    h = h + mlp_block(i, rmsnorm(h, param(p + "post_attention_layernorm.weight"), eps));
+  }
+  return rmsnorm(h, param("model.norm.weight"), eps);
 }
 
 }  // namespace r1

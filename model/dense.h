@@ -13,11 +13,12 @@
 #include "engine/ops.h"
 #include "engine/tensor.h"
 #include "model/checkpoint.h"
+#include "model/causal_lm.h"
 #include "model/config.h"
 
 namespace r1 {
 
-class DenseModel {
+class DenseModel : public CausalLM {
  public:
   // cfg a qwen2 or llama config; params every tensor of parameter_specs(cfg), one float dtype
   // and one device (shapes checked; InputError naming the tensor otherwise). The parameters
@@ -43,6 +44,16 @@ class DenseModel {
   Output forward(const Tensor& ids, const Tensor& positions = Tensor(),
                  const Tensor& segments = Tensor(), bool want_logits = true);
 
+  // KV-cached forward (model/causal_lm.h) over a GQA cache: each token's entry is its
+  // rotated keys then its values, [k (Hk * head_dim), v (Hk * head_dim)]; the attention is
+  // engine/ops_paged.h's with Hk kv heads (v_offset = Hk * head_dim). Prefill and decode are
+  // the same call; forward only.
+  Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
+                        PagedKvCache& cache) override;
+  PagedKvCache make_cache(int64_t num_blocks) const override;
+  const Tensor& lm_head() const override;
+  int64_t max_positions() const override { return max_positions_; }
+
   const ModelConfig& config() const { return cfg_; }
   ParamMap& params() { return params_; }
   // The parameters in parameter_specs order (the optimizer's list).
@@ -61,6 +72,7 @@ class DenseModel {
   ParamMap params_;
   std::vector<std::string> order_;  // parameter_specs names
   RopeTable rope_;
+  int64_t max_positions_ = 0;
 };
 
 // (B, T) i64 on segments' device: for each token, the number of earlier tokens of the same

@@ -17,7 +17,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // Samples one token per row of hidden (n, D): logits through the LM head, then the sampler.
-void sample_rows(DeepseekV3& model, const Tensor& hidden, const std::vector<int64_t>& streams,
+void sample_rows(CausalLM& model, const Tensor& hidden, const std::vector<int64_t>& streams,
                  const std::vector<int64_t>& positions, const GenerationConfig& cfg,
                  std::vector<int64_t>* tokens, std::vector<double>* logprobs) {
   const Tensor logits = linear(hidden, model.lm_head()).contiguous();
@@ -36,7 +36,7 @@ void sample_rows(DeepseekV3& model, const Tensor& hidden, const std::vector<int6
 
 }  // namespace
 
-std::vector<Sample> generate(DeepseekV3& model, const std::vector<std::vector<int32_t>>& prompts,
+std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int32_t>>& prompts,
                              int64_t samples_per_prompt, const GenerationConfig& cfg,
                              uint64_t stream_base, GenerationStats* stats) {
   R1_NVTX_RANGE("generate");

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "engine/kernels.h"
-#include "model/deepseek_v3.h"
+#include "model/causal_lm.h"
 
 namespace r1::rl {
 
@@ -36,7 +36,7 @@ struct GenerationStats {
 
 // prompts: token ids (each non-empty, prompt + max_new_tokens within the model's positions);
 // returns prompts.size() * samples_per_prompt samples, prompt-major.
-std::vector<Sample> generate(DeepseekV3& model, const std::vector<std::vector<int32_t>>& prompts,
+std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int32_t>>& prompts,
                              int64_t samples_per_prompt, const GenerationConfig& cfg,
                              uint64_t stream_base = 0, GenerationStats* stats = nullptr);
 
