@@ -3,7 +3,7 @@
 // broadcast, multiply-add and transpose with one vector ISA; the kernels are written once
 // over them. Every function carries its ISA's target attribute (the build has no -march) and
 // takes vectors by reference, so that code built for the baseline target may name them; the
-// kernels' per-ISA entry points (`flatten`) inline them. Included by gemm_invariant.cc only.
+// kernels' per-ISA entry points (`flatten`) inline them. Included by gemm_invariant.cc and simd_softmax.h (paged attention, the sampler).
 #pragma once
 #include <immintrin.h>
 
