@@ -58,7 +58,7 @@ TEST(CliResume, KilledGrpoRunResumesBitwise) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::string env = "OMP_NUM_THREADS=1 ";
-  ASSERT_EQ(run(env + kBin + "/r1-pretrain --out " + dir + "/base --steps 3 --docs 300 --batch 4 --seq 128 --seed " +
+  ASSERT_EQ(run(env + kBin + "/r1-pretrain --config " R1_SOURCE_DIR "/configs/tiny.json --out " + dir + "/base --steps 3 --docs 300 --batch 4 --seq 128 --seed " +
                 std::to_string(seed)), 0);
   {
     std::ofstream cfg(dir + "/grpo.json");
