@@ -4,7 +4,7 @@
 # Sets up and builds (a CPU build in build-cpu/), writes a held-out question set (three task
 # families: countdown, ordering, list), pretrains the tiny DeepSeek-V3 base on the synthetic corpus
 # (r1-pretrain), evaluates it (r1-eval: pass@1 over 8 samples at T 0.6, top-p 0.95, cons@8),
-# runs R1-Zero GRPO from it with rule-based rewards (r1-grpo, configs/grpo-tiny.json),
+# runs R1-Zero GRPO from it with rule-based rewards (r1-grpo, configs/grpo/tiny.json),
 # evaluates again, plots every metrics.jsonl and prints the before/after table.
 # Env: R1_PRETRAIN_STEPS, R1_GRPO_STEPS, R1_HOLDOUT_PER_TASK override the defaults;
 # OMP_NUM_THREADS the threads (default 1: measured faster than 2 on 2-core machines).
@@ -40,7 +40,7 @@ echo "== r1-zero: evaluating the base"
 "$bin/r1-eval" --checkpoint "$out/base/checkpoint" --prompts "$held" --samples 8 \
   --temperature 0.6 --top-p 0.95 --out "$out/eval-base.json" --completions "$out/eval-base.jsonl"
 echo "== r1-zero: GRPO with rule-based rewards"
-"$bin/r1-grpo" --init "$out/base/checkpoint" --out "$out/zero" --config configs/grpo-tiny.json \
+"$bin/r1-grpo" --init "$out/base/checkpoint" --out "$out/zero" --config configs/grpo/tiny.json \
   --holdout "$held" ${R1_GRPO_STEPS:+--max-steps "$R1_GRPO_STEPS"}
 echo "== r1-zero: evaluating R1-Zero"
 "$bin/r1-eval" --checkpoint "$out/zero/checkpoint" --prompts "$held" --samples 8 \

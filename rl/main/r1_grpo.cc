@@ -3,7 +3,7 @@
 // metrics.jsonl, the progress line.
 //   r1-grpo --init runs/r1-zero/base/checkpoint --out runs/r1-zero/zero [--config grpo.json]
 //           [--holdout heldout.jsonl] [--max-steps N] [--device cpu|cuda]
-// The config holds GrpoConfig's TRL-named fields (configs/grpo-*.json); flags override it.
+// The config holds GrpoConfig's TRL-named fields (configs/grpo/*.json); flags override it.
 // Rerunning with the same --out resumes from out/checkpoint: the resumed run's metrics equal
 // the uninterrupted run's bit for bit (timings aside) on the CPU.
 // Bad input: one line "r1-grpo: <file or flag>: <problem>" and exit code 2.

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "data/corpus.h"
 #include "data/templates.h"
@@ -191,6 +192,18 @@ TEST(GrpoConfig, BadFieldsAreNamed) {
       json::parse(R"({"learning_rate": 3e-6, "beta": 0.001, "num_generations": 16})"), "g.json");
   EXPECT_EQ(c.num_generations, 16);
   EXPECT_EQ(rl::GrpoConfig::from_json(c.to_json(), "round trip").to_json(), c.to_json());
+}
+
+// The shipped GRPO configs (configs/grpo/*.json) parse and validate.
+TEST(GrpoConfig, PresetsParse) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(R1_SOURCE_DIR "/configs/grpo")) {
+    std::ifstream f(e.path());
+    const rl::GrpoConfig c = rl::GrpoConfig::from_json(json::parse(f), e.path().string());
+    EXPECT_GT(c.num_generations, 1) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 2);
 }
 
 }  // namespace
