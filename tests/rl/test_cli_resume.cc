@@ -67,24 +67,29 @@ TEST(CliResume, KilledGrpoRunResumesBitwise) {
                 {"seed", seed}, {"drop_zero_variance_groups", false}, {"learning_rate", 1e-3}}
                .dump();
   }
-  const std::string grpo = env + kBin + "/r1-grpo --init " + dir + "/base/checkpoint --config " + dir + "/grpo.json --out ";
+  const std::string grpo_args = "/r1-grpo --init " + dir + "/base/checkpoint --config " + dir + "/grpo.json --out ";
+  const std::string grpo = env + kBin + grpo_args;
   ASSERT_EQ(run(grpo + dir + "/straight"), 0);
 
   // Kill -9 once the run has written two steps, then rerun until it finishes.
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    const std::string cmd = grpo + dir + "/killed > /dev/null 2>&1";
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    // "VAR=x exec prog": exec replaces the shell, so the pid killed below is r1-grpo's.
+    const std::string cmd = env + "exec " + kBin + grpo_args + dir + "/killed > /dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   const auto t0 = std::chrono::steady_clock::now();
   while (lines(dir + "/killed/metrics.jsonl") < 2 &&
          std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const size_t at_kill = lines(dir + "/killed/metrics.jsonl");
   kill(pid, SIGKILL);
   int status = 0;
   waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "r1-grpo ended before the kill (status " << status << ")";
+  ASSERT_GE(at_kill, 2u) << "r1-grpo never got going";
   ASSERT_LT(lines(dir + "/killed/metrics.jsonl"), 5u) << "the run finished before the kill";
   ASSERT_EQ(run(grpo + dir + "/killed"), 0);
 
