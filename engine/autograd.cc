@@ -10,8 +10,17 @@ namespace {
 thread_local bool t_grad_enabled = true;
 thread_local std::vector<TapeNode> t_tape;
 
+// Whether t's buffer can be written in place: contiguous and its storage held by t alone (no
+// view, saved tensor, other grad or caller shares it: they would all hold the storage).
+bool exclusively_owned(const Tensor& t) {
+  return t.is_contiguous() && t.storage().use_count() == 1;
+}
+
 // Adds g into meta's gradient. A leaf owns its grad (first write copies), so later in-place
-// accumulation and in-place clipping can never touch a tensor another node still holds.
+// accumulation and in-place clipping can never touch a tensor another node still holds. A
+// non-leaf's first grad is the backward's tensor itself (no copy); later ones are added in
+// place when that buffer is exclusively owned, else into a new one: either way each element
+// is grad + g, one rounding, so the bits do not depend on which.
 void accumulate(AutogradMeta& meta, const Tensor& g, const Shape& shape, const char* node) {
   R1_CHECK(g.shape() == shape, "backward of '{}' returned grad {} for an input of shape {}",
            node, shape_str(g.shape()), shape_str(shape));
@@ -22,6 +31,10 @@ void accumulate(AutogradMeta& meta, const Tensor& g, const Shape& shape, const c
   if (meta.is_leaf) {
     const Tensor gc = g.contiguous();
     kernels::add_scaled()(meta.grad.device(), meta.grad, gc, 1.0);
+  } else if (exclusively_owned(meta.grad) && g.dtype() == meta.grad.dtype() &&
+             g.device() == meta.grad.device() && dtype_is_floating(g.dtype())) {
+    const Tensor gc = g.detach().contiguous();
+    kernels::binary()(meta.grad.device(), BinaryOp::Add, meta.grad, gc, meta.grad);
   } else {
     meta.grad = add(meta.grad, g);
   }

@@ -4,17 +4,19 @@
 #include <cstring>
 
 #include "engine/error.h"
+#include "engine/host_allocator.h"
 
 namespace r1 {
 namespace {
 
+// Host memory comes from the caching allocator (engine/host_allocator.h): a training step's
+// buffers are reused across steps instead of being faulted in and zeroed afresh each time.
 void* cpu_allocate(size_t nbytes, Device) {
-  const size_t rounded = (nbytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
-  void* p = std::aligned_alloc(kCpuAlignment, rounded == 0 ? kCpuAlignment : rounded);
-  R1_CHECK(p != nullptr, "out of host memory allocating {} bytes", nbytes);
-  return p;
+  return HostCachingAllocator::instance().allocate(nbytes);
 }
-void cpu_deallocate(void* p, size_t, Device) { std::free(p); }
+void cpu_deallocate(void* p, size_t nbytes, Device) {
+  HostCachingAllocator::instance().deallocate(p, nbytes);
+}
 void cpu_copy(void* dst, Device, const void* src, Device, size_t n) {
   if (n) std::memcpy(dst, src, n);
 }

@@ -1,4 +1,5 @@
 // CPU: fill, copy_strided (with dtype conversion), add_scaled, affine.
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -51,6 +52,53 @@ void for_each_run(const Shape& shape, const Shape& s_st, const Shape& d_st, Fn f
   }
 }
 
+// n elements of `es` bytes from s (element stride sis) to d (stride dis), same dtype.
+template <class E>
+inline void copy_run(const unsigned char* s, int64_t sis, unsigned char* d, int64_t dis,
+                     int64_t n) {
+  const E* ps = reinterpret_cast<const E*>(s);
+  E* pd = reinterpret_cast<E*>(d);
+  for (int64_t i = 0; i < n; ++i) pd[i * dis] = ps[i * sis];
+}
+
+// The same dtype: a byte copy. Dims that are contiguous in both src and dst are merged (and
+// size-1 dims dropped), so a slice of the last dims copies in long runs (memcpy), and the
+// strided runs copy typed elements, not one convert_buffer call per element.
+void copy_same_dtype(const Tensor& src, Tensor& dst, size_t es) {
+  Shape shape, s_st, d_st;
+  for (int64_t d = 0; d < src.dim(); ++d) {
+    const int64_t n = src.size(d);
+    if (n == 1) continue;
+    const int64_t ss = src.strides()[d], ds = dst.strides()[d];
+    if (!shape.empty() && s_st.back() == ss * n && d_st.back() == ds * n) {
+      shape.back() *= n;
+      s_st.back() = ss;
+      d_st.back() = ds;
+      continue;
+    }
+    shape.push_back(n);
+    s_st.push_back(ss);
+    d_st.push_back(ds);
+  }
+  const auto* s = static_cast<const unsigned char*>(src.data_ptr());
+  auto* d = static_cast<unsigned char*>(dst.data_ptr());
+  for_each_run(shape, s_st, d_st,
+               [&](int64_t so, int64_t doff, int64_t n, int64_t sis, int64_t dis) {
+                 const unsigned char* ps = s + so * es;
+                 unsigned char* pd = d + doff * es;
+                 if (sis == 1 && dis == 1) {
+                   std::memcpy(pd, ps, static_cast<size_t>(n) * es);
+                   return;
+                 }
+                 switch (es) {
+                   case 8: return copy_run<uint64_t>(ps, sis, pd, dis, n);
+                   case 4: return copy_run<uint32_t>(ps, sis, pd, dis, n);
+                   case 2: return copy_run<uint16_t>(ps, sis, pd, dis, n);
+                   default: return copy_run<uint8_t>(ps, sis, pd, dis, n);
+                 }
+               });
+}
+
 void copy_strided_cpu(const Tensor& src, Tensor& dst) {
   if (src.numel() == 0) return;
   const DType st = src.dtype(), dt = dst.dtype();
@@ -59,6 +107,10 @@ void copy_strided_cpu(const Tensor& src, Tensor& dst) {
   auto* d = static_cast<unsigned char*>(dst.data_ptr());
   if (src.is_contiguous() && dst.is_contiguous()) {
     convert_buffer(s, st, d, dt, static_cast<size_t>(src.numel()));
+    return;
+  }
+  if (st == dt && (ses == 1 || ses == 2 || ses == 4 || ses == 8)) {
+    copy_same_dtype(src, dst, ses);
     return;
   }
   for_each_run(src.shape(), src.strides(), dst.strides(),

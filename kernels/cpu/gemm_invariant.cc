@@ -50,7 +50,8 @@ using simd::Avx512;
 using simd::Sse2;
 
 // ---- the kernels, written once over a tile shape S -------------------------------------
-// A register tile: kMr rows by kNv vectors of columns, one accumulator per vector, 12 in all:
+// A register tile: kMr rows by kNv vectors of columns, one accumulator per vector, 12 in all
+// (24 for a transposed a with AVX-512: kWide, isa_kernels below):
 // the 4-cycle FMA latency on two pipes needs 8 chains in flight, and 16 xmm/ymm registers
 // (without AVX-512) hold 12 plus the panel's vectors and a broadcast. 6 rows x 2 vectors for
 // most N; 4 x 3 where its panels pad fewer columns: the kv projections' N 40 and 48 fill
@@ -58,12 +59,13 @@ using simd::Sse2;
 // ones (measured at M 4096, one thread: 96 -> 112 GFLOP/s at N 40, 111 -> 141 at N 48). A
 // 12 x 1 tile, the other way to narrower panels, gained nothing at N 48 (111 GFLOP/s
 // either way): it issues 13 loads per 12 FMAs.
-template <class Vp_, int kNv_>
+template <class Vp_, int kNv_, bool kWide_ = false>
 struct TileShape {
   using Vp = Vp_;
   using T = typename Vp::T;
   using V = typename Vp::V;
-  static constexpr int kNv = kNv_, kMr = 12 / kNv_, kLanes = Vp::kLanes;
+  static constexpr int kAccs = kWide_ && sizeof(typename Vp_::V) == 64 ? 24 : 12;
+  static constexpr int kNv = kNv_, kMr = kAccs / kNv_, kLanes = Vp::kLanes;
   static constexpr int64_t kNr = int64_t{kNv_} * Vp::kLanes;
 };
 
@@ -178,6 +180,7 @@ void tile(const TileArgs<typename S::T>& t) {
       else Vp::load(acc[r][v], t.partial + r * t.pld + v * L);
     }
   const T* b = t.panel;
+#pragma GCC unroll 2
   for (int64_t k = 0; k < t.kc; ++k, b += kNr) {
     V bv[kNv];
 #pragma GCC unroll 4
@@ -307,14 +310,14 @@ template <class T, int kNv>
 R1_TARGET_AVX2 __attribute__((flatten)) void compute_avx2(const Plan<T>& p, int64_t item) {
   compute_item<TileShape<Avx2<T>, kNv>>(p, item);
 }
-template <class T, int kNv>
+template <class T, int kNv, bool kWide = false>
 R1_TARGET_AVX512 __attribute__((flatten)) void pack_avx512(const Plan<T>& p, int64_t q) {
-  pack_whole_panel<TileShape<Avx512<T>, kNv>>(p, q);
+  pack_whole_panel<TileShape<Avx512<T>, kNv, kWide>>(p, q);
 }
-template <class T, int kNv>
+template <class T, int kNv, bool kWide = false>
 R1_TARGET_AVX512 __attribute__((flatten)) void compute_avx512(const Plan<T>& p,
                                                               int64_t item) {
-  compute_item<TileShape<Avx512<T>, kNv>>(p, item);
+  compute_item<TileShape<Avx512<T>, kNv, kWide>>(p, item);
 }
 
 // ---- the ISA, once per process ----------------------------------------------------------
@@ -354,27 +357,41 @@ struct ShapeKernels {
   void (*compute)(const Plan<T>&, int64_t);
 };
 
-template <class T, template <class> class Vp, int kNv>
+template <class T, template <class> class Vp, int kNv, bool kWide = false>
 ShapeKernels<T> shape_kernels(void (*pack)(const Plan<T>&, int64_t),
                               void (*compute)(const Plan<T>&, int64_t)) {
-  using S = TileShape<Vp<T>, kNv>;
+  using S = TileShape<Vp<T>, kNv, kWide>;
   return {S::kNr, S::kMr, pack, compute};
 }
 
-// The chosen ISA's kernels for the two tile shapes: [0] 6 x 2 vectors, [1] 4 x 3.
+// The chosen ISA's kernels for the tile shapes: [0] 6 x 2 vectors, [1] 4 x 3, and for a
+// transposed a [2], [3]: with AVX-512's 32 registers 12 x 2 and 8 x 3 (24 accumulators),
+// else the same as [0], [1]. The packed transposed a is one contiguous run of kMr values per
+// k, so the wider tile costs no more address registers and issues fewer loads per FMA
+// (measured on the RL model's weight gradients, K = 13184 tokens: 44-67 -> 61-106 GFLOP/s);
+// a's rows read in place need one pointer per row, and 12 of them measured slower there.
 template <class T>
-const std::array<ShapeKernels<T>, 2>& isa_kernels() {
-  static const std::array<ShapeKernels<T>, 2> shapes = [] {
+const std::array<ShapeKernels<T>, 4>& isa_kernels() {
+  static const std::array<ShapeKernels<T>, 4> shapes = [] {
     switch (chosen_isa()) {
       case IsaId::kAvx512:
-        return std::array{shape_kernels<T, Avx512, 2>(pack_avx512<T, 2>, compute_avx512<T, 2>),
-                          shape_kernels<T, Avx512, 3>(pack_avx512<T, 3>, compute_avx512<T, 3>)};
-      case IsaId::kAvx2:
-        return std::array{shape_kernels<T, Avx2, 2>(pack_avx2<T, 2>, compute_avx2<T, 2>),
-                          shape_kernels<T, Avx2, 3>(pack_avx2<T, 3>, compute_avx2<T, 3>)};
-      default:
-        return std::array{shape_kernels<T, Sse2, 2>(pack_sse2<T, 2>, compute_sse2<T, 2>),
-                          shape_kernels<T, Sse2, 3>(pack_sse2<T, 3>, compute_sse2<T, 3>)};
+        return std::array{
+            shape_kernels<T, Avx512, 2>(pack_avx512<T, 2>, compute_avx512<T, 2>),
+            shape_kernels<T, Avx512, 3>(pack_avx512<T, 3>, compute_avx512<T, 3>),
+            shape_kernels<T, Avx512, 2, true>(pack_avx512<T, 2, true>,
+                                              compute_avx512<T, 2, true>),
+            shape_kernels<T, Avx512, 3, true>(pack_avx512<T, 3, true>,
+                                              compute_avx512<T, 3, true>)};
+      case IsaId::kAvx2: {
+        const auto a = shape_kernels<T, Avx2, 2>(pack_avx2<T, 2>, compute_avx2<T, 2>);
+        const auto b = shape_kernels<T, Avx2, 3>(pack_avx2<T, 3>, compute_avx2<T, 3>);
+        return std::array{a, b, a, b};
+      }
+      default: {
+        const auto a = shape_kernels<T, Sse2, 2>(pack_sse2<T, 2>, compute_sse2<T, 2>);
+        const auto b = shape_kernels<T, Sse2, 3>(pack_sse2<T, 3>, compute_sse2<T, 3>);
+        return std::array{a, b, a, b};
+      }
     }
   }();
   return shapes;
@@ -396,7 +413,8 @@ template <class T>
 void product(const ProductShape& s, T alpha, const T* a, const T* b, T beta, T* c) {
   // The 4 x 3 tile where its panels pad fewer columns (the choice follows N only, and both
   // shapes give the same bits anyway).
-  const std::array<ShapeKernels<T>, 2>& kernels = isa_kernels<T>();
+  const std::array<ShapeKernels<T>, 4>& all = isa_kernels<T>();
+  const ShapeKernels<T>* kernels = all.data() + (s.trans_a ? 2 : 0);
   const ShapeKernels<T>& k =
       ceil_div(s.n, kernels[1].nr) * kernels[1].nr < ceil_div(s.n, kernels[0].nr) * kernels[0].nr
           ? kernels[1]
