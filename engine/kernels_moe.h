@@ -56,6 +56,21 @@ R1_KERNEL(moe_balance_loss_backward, void(const Tensor& logits, const Tensor& of
 // (the sign of mean - load_i, exact in integers).
 R1_KERNEL(moe_update_bias, void(Tensor& bias, const Tensor& load, double gamma))
 
+// The weighted sum of the routed experts' outputs (engine/ops_moe.h moe_combine). ys: the
+// experts' outputs, each (n_j, D) contiguous, float; w (P) float (P = N * K pairs, token-major);
+// part, row (P) i64: pair p reads ys[part[p]][row[p]] -> y (N, D):
+//   y[t, d] = w[t K] * ys[..][d] + w[t K + 1] * ys[..][d] + ...   (each product rounded, then
+//   added left to right from k = 0: no FMA), so a row depends on its own K pairs only.
+R1_KERNEL(moe_combine_forward, void(const std::vector<Tensor>& ys, const Tensor& w,
+                                    const Tensor& part, const Tensor& row, Tensor& y))
+// dy (N, D) -> dys (each like ys; every row of every ys is read by exactly one pair, which
+// the op checks): dys[part[p]][row[p], d] = w[p] * dy[t, d]; dw (P), when defined:
+// dw[p] = sum over d in order of dy[t, d] * ys[part[p]][row[p], d] (product rounded, then
+// added, from d = 0).
+R1_KERNEL(moe_combine_backward, void(const std::vector<Tensor>& ys, const Tensor& w,
+                                     const Tensor& part, const Tensor& row, const Tensor& dy,
+                                     std::vector<Tensor>& dys, Tensor& dw))
+
 inline constexpr int64_t kMoeMaxExpertsCuda = 256;
 
 namespace moe_detail {

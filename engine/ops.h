@@ -45,6 +45,7 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim = false);  // grad to the 
 
 // ---- joining and indexing --------------------------------------------------------------
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+// Parts along the outermost non-unit dim of a contiguous x are views of it, else copies.
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 // torch.gather: index has x's rank; out[..i..] = x[.. index[..i..] (at dim) ..].
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);

@@ -59,7 +59,8 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   return out;
 }
 
-// x (..., S, ...) at dim, sizes summing to S -> one contiguous tensor per size. One node
+// x (..., S, ...) at dim, sizes summing to S -> one contiguous tensor per size (views of x
+// when the parts are contiguous in it, else copies). One node
 // records every output: the input's grad assembles from all of theirs (zeros for unused ones).
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
   R1_NVTX_RANGE("split");
@@ -73,11 +74,15 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   R1_CHECK(total == x.size(d), "split: sizes {} sum to {}, but dim {} of {} has {}",
            shape_str(sizes), total, d, shape_str(x.shape()), x.size(d));
   const Tensor xd = x.detach();
+  // Along the outermost dim of a contiguous x each part is already contiguous: views (they
+  // share x's storage, as x's other views do), no copy.
+  bool views = xd.is_contiguous();
+  for (int64_t i = 0; i < d; ++i) views = views && x.size(i) == 1;
   std::vector<Tensor> outs;
   std::vector<Tensor*> out_ptrs;
   int64_t at = 0;
   for (int64_t s : sizes) {
-    outs.push_back(xd.narrow(d, at, s).clone());
+    outs.push_back(views ? xd.narrow(d, at, s) : xd.narrow(d, at, s).clone());
     at += s;
   }
   for (Tensor& o : outs) out_ptrs.push_back(&o);

@@ -124,6 +124,73 @@ Tensor moe_balance_loss(const Tensor& logits, const Tensor& indices, const Tenso
   return out;
 }
 
+bool moe_combine_available(Device dev) {
+  return kernels::moe_combine_forward().has(dev.type) &&
+         kernels::moe_combine_backward().has(dev.type);
+}
+
+Tensor moe_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
+                   const Tensor& row) {
+  R1_NVTX_RANGE("moe_combine");
+  R1_CHECK(!ys.empty() && w.defined() && dtype_is_floating(w.dtype()) && w.numel() > 0,
+           "moe_combine: needs expert outputs and float weights, got {} outputs, w {}",
+           ys.size(), w.defined() ? w.str() : "undefined");
+  const Device dev = w.device();
+  const int64_t P = w.numel(), D = ys[0].dim() == 2 ? ys[0].size(1) : -1;
+  R1_CHECK(is_int(part) && is_int(row) && part.numel() == P && row.numel() == P,
+           "moe_combine: part {} and row {} must be int with one entry per weight ({})",
+           part.defined() ? part.str() : "undefined", row.defined() ? row.str() : "undefined",
+           P);
+  std::vector<int64_t> rows_of;
+  std::vector<Tensor> yc;
+  for (const Tensor& y : ys) {
+    R1_CHECK(y.defined() && y.dim() == 2 && y.size(1) == D && y.dtype() == w.dtype() &&
+                 y.device() == dev,
+             "moe_combine: expert output {} must be (n, {}) {} on {}",
+             y.defined() ? y.str() : "undefined", D, dtype_name(w.dtype()), dev.str());
+    rows_of.push_back(y.size(0));
+    yc.push_back(plain(y));
+  }
+  // Every row of every output read by exactly one pair: the backward writes each once.
+  const std::vector<int64_t> pv = part.to_int_vector(), rv = row.to_int_vector();
+  std::vector<int64_t> offset(ys.size() + 1, 0);
+  for (size_t j = 0; j < ys.size(); ++j) offset[j + 1] = offset[j] + rows_of[j];
+  R1_CHECK(offset.back() == P, "moe_combine: {} expert rows for {} pairs", offset.back(), P);
+  std::vector<char> seen(static_cast<size_t>(P), 0);
+  for (int64_t p = 0; p < P; ++p) {
+    R1_CHECK(pv[p] >= 0 && pv[p] < static_cast<int64_t>(ys.size()) && rv[p] >= 0 &&
+                 rv[p] < rows_of[pv[p]],
+             "moe_combine: pair {} reads row {} of output {} (of {})", p, rv[p], pv[p],
+             ys.size());
+    char& s = seen[offset[pv[p]] + rv[p]];
+    R1_CHECK(!s, "moe_combine: row {} of output {} read twice", rv[p], pv[p]);
+    s = 1;
+  }
+  const int64_t N = w.dim() == 2 ? w.size(0) : -1;
+  R1_CHECK(w.dim() == 2, "moe_combine: w {} must be (N, K)", w.str());
+  const Tensor wc = plain(w).view({P});
+  const Tensor pc = plain(part).to(DType::I64).to(dev).view({P});
+  const Tensor rc = plain(row).to(DType::I64).to(dev).view({P});
+  Tensor y = Tensor::empty({N, D}, w.dtype(), dev);
+  kernels::moe_combine_forward()(dev, yc, wc, pc, rc, y);
+  std::vector<Tensor> inputs = ys;
+  inputs.push_back(w);
+  const bool gw = w.requires_grad();
+  const Shape ws = w.shape();
+  record("moe_combine", inputs, {&y},
+         [yc, wc, pc, rc, gw, ws](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+           const Device dev = wc.device();
+           std::vector<Tensor> dys;
+           for (const Tensor& y : yc) dys.push_back(Tensor::empty(y.shape(), y.dtype(), dev));
+           Tensor dw = gw ? Tensor::empty({wc.numel()}, wc.dtype(), dev) : Tensor();
+           kernels::moe_combine_backward()(dev, yc, wc, pc, rc, g[0].contiguous(), dys, dw);
+           if (gw) dw = dw.view(ws);
+           dys.push_back(dw);
+           return dys;
+         });
+  return y;
+}
+
 void moe_update_bias(Tensor& bias, const Tensor& load, double gamma) {
   R1_CHECK(bias.defined() && dtype_is_floating(bias.dtype()) && bias.dim() == 1 &&
                bias.is_contiguous(),

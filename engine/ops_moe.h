@@ -56,6 +56,19 @@ MoeRoute moe_route(const Tensor& logits, const Tensor& bias, const MoeRouteConfi
 Tensor moe_balance_loss(const Tensor& logits, const Tensor& indices, const Tensor& seq_lens,
                         double alpha);
 
+// The routed experts' weighted sum, one op (the MoE layer's combine step without a concat,
+// a gather and a reduction): ys are the experts' outputs, each (n_j, D) of one float dtype
+// and device, w (N, K) or (N * K) the router weights (token-major pairs), part and row (N * K)
+// int on the host or the device: pair p = t * K + k reads row row[p] of ys[part[p]], and every
+// row of every ys is read by exactly one pair (checked). -> y (N, D),
+//   y[t] = w[t, 0] * ys[..] + w[t, 1] * ys[..] + ...   (kernels_moe.h: products rounded, added
+//   in k order), a row from its own pairs only (batch invariant).
+// Differentiable with respect to ys and w. Whether the device has it:
+// moe_combine_available(device) (CPU only; the caller composes index_select, mul and sum
+// elsewhere).
+Tensor moe_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
+                   const Tensor& row);
+bool moe_combine_available(Device dev);
 // Auxiliary-loss-free balancing (paper sec. 2.1.2): after each step,
 //   bias_i += gamma * sign(mean(load) - load_i)
 // in place, not recorded. bias (E) float, load (E) int (moe_route's load, summed over the

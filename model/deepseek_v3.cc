@@ -189,22 +189,52 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
       tok[e].push_back(t);
       flat[e].push_back(t * K + k);
     }
-  // ys: each expert's weighted outputs; inverse[t * K + k] = row of that pair in concat(ys).
-  std::vector<Tensor> ys;
-  std::vector<int64_t> inverse(static_cast<size_t>(N * K));
-  int64_t row = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    if (tok[e].empty()) continue;
-    const int64_t n = static_cast<int64_t>(tok[e].size());
-    const Tensor ti = Tensor::from_vector(tok[e], {n}, DType::I64, x.device());
-    const Tensor fi = Tensor::from_vector(flat[e], {n}, DType::I64, x.device());
-    const Tensor ye = mlp(fmt::format("{}experts.{}.", pre, e), index_select(x, 0, ti));
-    ys.push_back(mul(ye, index_select(w_flat, 0, fi).view({n, 1})));
-    for (int64_t j = 0; j < n; ++j) inverse[flat[e][j]] = row + j;
-    row += n;
+  Tensor y;
+  if (moe_combine_available(x.device())) {
+    // One gather of every expert's tokens (expert-major, token order within), split into
+    // per-expert row blocks (views), each through its expert, then one weighted combine:
+    // no per-expert (N, D) gradients, no concat, no second gather.
+    std::vector<int64_t> order, sizes, part(static_cast<size_t>(N * K)),
+        row_of(static_cast<size_t>(N * K));
+    std::vector<int64_t> experts;
+    order.reserve(static_cast<size_t>(N * K));
+    for (int64_t e = 0; e < E; ++e) {
+      if (tok[e].empty()) continue;
+      const int64_t j = static_cast<int64_t>(sizes.size());
+      for (size_t r = 0; r < tok[e].size(); ++r) {
+        part[flat[e][r]] = j;
+        row_of[flat[e][r]] = static_cast<int64_t>(r);
+      }
+      order.insert(order.end(), tok[e].begin(), tok[e].end());
+      sizes.push_back(static_cast<int64_t>(tok[e].size()));
+      experts.push_back(e);
+    }
+    const Tensor gathered = index_select(
+        x, 0, Tensor::from_vector(order, {N * K}, DType::I64, x.device()));
+    const std::vector<Tensor> xs = split(gathered, sizes, 0);
+    std::vector<Tensor> ys;
+    for (size_t j = 0; j < xs.size(); ++j)
+      ys.push_back(mlp(fmt::format("{}experts.{}.", pre, experts[j]), xs[j]));
+    y = moe_combine(ys, w, Tensor::from_vector(part, {N * K}),
+                    Tensor::from_vector(row_of, {N * K}));
+  } else {
+    // ys: each expert's weighted outputs; inverse[t * K + k] = row of that pair in concat(ys).
+    std::vector<Tensor> ys;
+    std::vector<int64_t> inverse(static_cast<size_t>(N * K));
+    int64_t row = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      if (tok[e].empty()) continue;
+      const int64_t n = static_cast<int64_t>(tok[e].size());
+      const Tensor ti = Tensor::from_vector(tok[e], {n}, DType::I64, x.device());
+      const Tensor fi = Tensor::from_vector(flat[e], {n}, DType::I64, x.device());
+      const Tensor ye = mlp(fmt::format("{}experts.{}.", pre, e), index_select(x, 0, ti));
+      ys.push_back(mul(ye, index_select(w_flat, 0, fi).view({n, 1})));
+      for (int64_t j = 0; j < n; ++j) inverse[flat[e][j]] = row + j;
+      row += n;
+    }
+    const Tensor inv = Tensor::from_vector(inverse, {N * K}, DType::I64, x.device());
+    y = sum(index_select(concat(ys, 0), 0, inv).view({N, K, D}), 1);
   }
-  const Tensor inv = Tensor::from_vector(inverse, {N * K}, DType::I64, x.device());
-  Tensor y = sum(index_select(concat(ys, 0), 0, inv).view({N, K, D}), 1);
   if (cfg_.n_shared_experts > 0) y = add(y, mlp(pre + "shared_experts.", x));  // unweighted
 
   MoeOut out{y, r.indices, r.load, Tensor()};

@@ -255,6 +255,49 @@ TEST(MoeBalanceLoss, ValueAndGradcheck) {
       {x}, case_seed(301));
 }
 
+// moe_combine: y[t] = sum_k w[t, k] * ys[part][row], against a loop (the kernel rounds each
+// product, then adds in k order: the same bits as this loop), a gradcheck in f64 of the
+// outputs and the weights, and the checks on a row read twice or not at all.
+TEST(MoeCombine, ValueGradcheckAndChecks) {
+  if (!moe_combine_available(Device::cpu())) GTEST_SKIP() << "no CPU moe_combine";
+  const int64_t N = 5, K = 2, D = 3;
+  // Pairs (t, k) -> (part, row): 3 outputs of 4, 3 and 3 rows, each row read once.
+  const std::vector<int64_t> part = {0, 1, 2, 0, 1, 0, 2, 1, 0, 2};
+  const std::vector<int64_t> row = {0, 0, 0, 1, 1, 2, 1, 2, 3, 2};
+  const Tensor pt = Tensor::from_vector(part, {N * K}), rt = Tensor::from_vector(row, {N * K});
+  std::vector<Tensor> ys = {Tensor::randn({4, D}, case_seed(400), DType::F32),
+                            Tensor::randn({3, D}, case_seed(401), DType::F32),
+                            Tensor::randn({3, D}, case_seed(402), DType::F32)};
+  const Tensor w = Tensor::randn({N, K}, case_seed(403), DType::F32);
+  const std::vector<float> got = moe_combine(ys, w, pt, rt).to_float_vector();
+  const std::vector<float> wv = w.to_float_vector();
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      float acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = t * K + k;
+        const volatile float prod = wv[p] * ys[part[p]].to_float_vector()[row[p] * D + d];
+        acc = k == 0 ? prod : acc + prod;
+      }
+      EXPECT_EQ(got[t * D + d], acc) << "t " << t << " d " << d;
+    }
+  std::vector<Tensor> in;
+  for (const Tensor& y : ys) in.push_back(y.to(DType::F64).set_requires_grad());
+  in.push_back(w.to(DType::F64).set_requires_grad());
+  test::expect_gradcheck(
+      "moe_combine",
+      [pt, rt](const std::vector<Tensor>& x) {
+        return moe_combine({x[0], x[1], x[2]}, x[3], pt, rt);
+      },
+      in, case_seed(404));
+  std::vector<int64_t> twice = row;
+  twice[1] = 1;  // row 1 of output 1 read twice, row 0 never
+  EXPECT_THROW(moe_combine(ys, w, pt, Tensor::from_vector(twice, {N * K})), Error);
+  std::vector<int64_t> out_of_range = row;
+  out_of_range[0] = 4;
+  EXPECT_THROW(moe_combine(ys, w, pt, Tensor::from_vector(out_of_range, {N * K})), Error);
+}
+
 TEST(MoeUpdateBias, SignOfMeanMinusLoad) {
   Tensor bias = Tensor::from_vector(std::vector<float>{0.5f, -0.25f, 0.0f, 1.0f}, {4});
   // mean 3: above it down, below it up, at it unchanged.

@@ -256,7 +256,101 @@ void moe_update_bias_cpu(Tensor& bias, const Tensor& load, double gamma) {
   });
 }
 
+// ---- moe_combine ----------------------------------------------------------------------
+// Each token's output row from its K pairs (contract in engine/kernels_moe.h); tokens split
+// over the threads, a row's sum always in k order, products and sums rounded apart.
+void check_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
+                   const Tensor& row, int64_t N, int64_t D, const char* op) {
+  R1_CHECK(!ys.empty() && w.dim() == 1 && w.is_contiguous() && part.dtype() == DType::I64 &&
+               row.dtype() == DType::I64 && part.is_contiguous() && row.is_contiguous() &&
+               part.numel() == w.numel() && row.numel() == w.numel() && N > 0 &&
+               w.numel() % N == 0,
+           "{}: w {}, part {}, row {} for {} tokens", op, w.str(), part.str(), row.str(), N);
+  for (const Tensor& y : ys)
+    R1_CHECK(y.dim() == 2 && y.size(1) == D && y.is_contiguous() && y.dtype() == w.dtype(),
+             "{}: expert output {} must be a contiguous (n, {}) {}", op, y.str(), D,
+             dtype_name(w.dtype()));
+}
+
+void moe_combine_forward_cpu(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
+                             const Tensor& row, Tensor& y) {
+  const int64_t N = y.size(0), D = y.size(1), P = w.numel(), K = P / N;
+  check_combine(ys, w, part, row, N, D, "moe_combine");
+  dispatch_float(y.dtype(), "moe_combine", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<const T*> base(ys.size());
+    for (size_t j = 0; j < ys.size(); ++j) base[j] = ys[j].template data<T>();
+    const T* pw = w.data<T>();
+    const int64_t* pp = part.data<int64_t>();
+    const int64_t* pr = row.data<int64_t>();
+    T* out = y.data<T>();
+#pragma omp parallel for schedule(static) if (N * D * K >= (1 << 16))
+    for (int64_t t = 0; t < N; ++t) {
+      T* o = out + t * D;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = t * K + k;
+        const T wk = pw[p];
+        const T* src = base[pp[p]] + pr[p] * D;
+        if (k == 0) {
+          for (int64_t d = 0; d < D; ++d) o[d] = wk * src[d];
+        } else {
+          for (int64_t d = 0; d < D; ++d) {
+            const T prod = wk * src[d];  // rounded: the contract has no FMA
+            o[d] = o[d] + prod;
+          }
+        }
+      }
+    }
+  });
+}
+
+void moe_combine_backward_cpu(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
+                              const Tensor& row, const Tensor& dy, std::vector<Tensor>& dys,
+                              Tensor& dw) {
+  const int64_t N = dy.size(0), D = dy.size(1), P = w.numel(), K = P / N;
+  check_combine(ys, w, part, row, N, D, "moe_combine backward");
+  R1_CHECK(dy.is_contiguous() && dys.size() == ys.size(),
+           "moe_combine backward: dy {} and {} grads for {} experts", dy.str(), dys.size(),
+           ys.size());
+  dispatch_float(dy.dtype(), "moe_combine backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<const T*> base(ys.size());
+    std::vector<T*> dbase(ys.size());
+    for (size_t j = 0; j < ys.size(); ++j) {
+      base[j] = ys[j].template data<T>();
+      dbase[j] = dys[j].template data<T>();
+    }
+    const T* pw = w.data<T>();
+    const int64_t* pp = part.data<int64_t>();
+    const int64_t* pr = row.data<int64_t>();
+    const T* g = dy.data<T>();
+    T* pdw = dw.defined() ? dw.data<T>() : nullptr;
+#pragma omp parallel for schedule(static) if (N * D * K >= (1 << 16))
+    for (int64_t t = 0; t < N; ++t) {
+      const T* gt = g + t * D;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = t * K + k;
+        const T wk = pw[p];
+        T* dst = dbase[pp[p]] + pr[p] * D;
+        for (int64_t d = 0; d < D; ++d) dst[d] = wk * gt[d];
+        if (pdw) {
+          const T* src = base[pp[p]] + pr[p] * D;
+          T s = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const T prod = gt[d] * src[d];
+            s = s + prod;
+          }
+          pdw[p] = s;
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
+
+R1_REGISTER_KERNEL(moe_combine_forward, CPU, moe_combine_forward_cpu);
+R1_REGISTER_KERNEL(moe_combine_backward, CPU, moe_combine_backward_cpu);
 
 R1_REGISTER_KERNEL(moe_route_forward, CPU, moe_route_forward_cpu);
 R1_REGISTER_KERNEL(moe_route_backward, CPU, moe_route_backward_cpu);
