@@ -112,6 +112,8 @@ std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
     TaskInstance inst = generate_task(task.name, rng.next(), d, lang);
     const bool wrong = opt.wrong_share > 0 && chance(opt.wrong_share);
     const bool r1_format = opt.r1_format_share > 0 && chance(opt.r1_format_share);
+    if (opt.careful_share > 0 && chance(opt.careful_share) && !inst.careful_solution.empty())
+      inst.solution = inst.careful_solution;
     if (wrong) {
       const std::string w = corrupt_answer(inst, rng.next());
       // The work ends in the wrong answer too: its last mention of the answer changes.

@@ -9,7 +9,12 @@
 // real base has seen: `r1_format_share` of the task documents are conversations in the
 // R1-Zero template (r1_zero_prompt_short) with the work in <think> and the answer in
 // <answer>; `wrong_share` of the task documents end in a wrong final answer (web text is
-// not all correct work). Both default to 0; the tiny R1-Zero preset sets them and says so.
+// not all correct work); `careful_share` of the task documents show the family's careful
+// solution (TaskInstance::careful_solution: search and check, column arithmetic, clue by
+// clue) instead of the terse one, so the base knows both behaviours and uses the careful one
+// only sometimes: RL finding that it earns reward is the R1-Zero effect in miniature (the
+// "cognitive behaviours" that Gandhi et al. 2025 show a base needs for RL to improve it on
+// Countdown). All default to 0; the tiny R1-Zero preset sets them and says so.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -27,6 +32,7 @@ struct CorpusOptions {
   int min_difficulty = 1, max_difficulty = 5;
   double r1_format_share = 0.0;  // of the task documents: R1-Zero conversations
   double wrong_share = 0.0;      // of the task documents: a wrong final answer
+  double careful_share = 0.0;    // of the task documents (with one): the careful solution
   std::vector<std::string> tasks;  // task families to draw from; empty = all
 };
 

@@ -101,6 +101,12 @@ int main(int argc, char** argv) {
   corpus->add_option("--seed", co.seed, "seed");
   corpus->add_option("--general-share", co.general_share, "share of general text");
   corpus->add_option("--chinese-share", co.chinese_share, "share of Chinese documents");
+  corpus->add_option("--r1-format-share", co.r1_format_share, "share of task documents as R1-Zero conversations")->check(CLI::Range(0.0, 1.0));
+  corpus->add_option("--wrong-share", co.wrong_share, "share of task documents with a wrong final answer")->check(CLI::Range(0.0, 1.0));
+  corpus->add_option("--careful-share", co.careful_share, "share of task documents with the careful solution")->check(CLI::Range(0.0, 1.0));
+  corpus->add_option("--tasks", co.tasks, "task families (default all)")->delimiter(',');
+  corpus->add_option("--min-difficulty", co.min_difficulty, "lowest difficulty (1..5)");
+  corpus->add_option("--max-difficulty", co.max_difficulty, "highest difficulty (1..5)");
   corpus->add_option("--out", corpus_out, "output JSONL")->required();
 
   std::string train_in, train_out, field = "text";

@@ -39,6 +39,42 @@ std::string multiplication_steps(int64_t a, int64_t b) {
   return fmt::format("{} * {} = {} = {} = {}", a, b, parts, sums, total);
 }
 
+// Column addition of non-negative a + b, ones first: "7 + 5 = 12, write 2 carry 1; ...".
+std::string column_add(int64_t a, int64_t b, Lang lang) {
+  std::string s;
+  int64_t carry = 0;
+  for (int64_t pa = a, pb = b; pa > 0 || pb > 0 || carry > 0; pa /= 10, pb /= 10) {
+    const int64_t da = pa % 10, db = pb % 10, sum = da + db + carry;
+    const std::string terms = carry ? fmt::format("{} + {} + {}", da, db, carry) : fmt::format("{} + {}", da, db);
+    s += fmt::format("{}{} = {}", s.empty() ? "" : "; ", terms, sum);
+    s += sum >= 10 ? (lang == Lang::En ? fmt::format(", write {} carry 1", sum % 10) : fmt::format("，写 {} 进 1", sum % 10))
+                   : (lang == Lang::En ? fmt::format(", write {}", sum) : fmt::format("，写 {}", sum));
+    carry = sum / 10;
+  }
+  return s;
+}
+
+// Column subtraction of a - b for a >= b >= 0, ones first, with borrows.
+std::string column_sub(int64_t a, int64_t b, Lang lang) {
+  std::string s;
+  int64_t borrow = 0;
+  for (int64_t pa = a, pb = b; pa > 0; pa /= 10, pb /= 10) {
+    const int64_t da = pa % 10, db = pb % 10;
+    const int64_t top = da - borrow;
+    const std::string left = borrow ? fmt::format("{} - 1", da) : std::to_string(da);
+    if (top < db) {
+      const std::string sep = s.empty() ? "" : "; ";
+      s += lang == Lang::En ? fmt::format("{}{} - {}: borrow 10, {} - {} = {}", sep, left, db, top + 10, db, top + 10 - db)
+                            : fmt::format("{}{} - {}：借 10，{} - {} = {}", sep, left, db, top + 10, db, top + 10 - db);
+      borrow = 1;
+    } else {
+      s += fmt::format("{}{} - {} = {}", s.empty() ? "" : "; ", left, db, top - db);
+      borrow = 0;
+    }
+  }
+  return s;
+}
+
 }  // namespace
 
 TaskInstance arithmetic_generate(uint64_t seed, int difficulty, Lang lang) {
@@ -56,6 +92,20 @@ TaskInstance arithmetic_generate(uint64_t seed, int difficulty, Lang lang) {
   inst.solution = t(lang, fmt::format("We work it out step by step: {}. The answer is {}.", steps, r),
                     fmt::format("逐步计算：{}。答案是 {}。", steps, r));
   inst.meta = {{"a", a}, {"b", b}, {"op", std::string(1, op)}};
+  // The careful solution works column by column (+, -), or checks the product by division (*).
+  std::string work;
+  if (op == '+') {
+    work = column_add(a, b, lang);
+  } else if (op == '-') {
+    work = a >= b ? column_sub(a, b, lang)
+                  : t(lang, fmt::format("{} < {}, so compute {} - {} and negate: {}", a, b, b, a, column_sub(b, a, lang)),
+                      fmt::format("{} < {}，先算 {} - {} 再取负：{}", a, b, b, a, column_sub(b, a, lang)));
+  } else {  // the partial products, then a check by division
+    work = multiplication_steps(a, b) + t(lang, fmt::format("; check: {} / {} = {}", r, b, a),
+                                          fmt::format("；验算：{} / {} = {}", r, b, a));
+  }
+  inst.careful_solution = t(lang, fmt::format("Column by column: {}. So {} {} {} = {}. The answer is {}.", work, a, op, b, r, r),
+                            fmt::format("按位计算：{}。所以 {} {} {} = {}。答案是 {}。", work, a, op, b, r, r));
   return inst;
 }
 

@@ -120,12 +120,17 @@ TaskInstance countdown_generate(uint64_t seed, int difficulty, Lang lang) {
     rng.shuffle(order);
     int64_t value = nums[order[0]];
     std::string expr = std::to_string(value), steps;
+    int64_t last_left = value;  // the last operation: its left operand and operator
+    std::string steps_before_last;
+    char last_op = '+';
     for (int i = 1; i < n; ++i) {
+      if (i == n - 1) last_left = value, steps_before_last = steps;
       const int64_t x = nums[order[i]];
       char o = "+-*/"[rng.next() % 4];
       if (o == '/' && (x == 0 || value % x != 0)) o = '+';
       if (o == '-' && value <= x) o = '*';
       const int64_t next = o == '+' ? value + x : o == '-' ? value - x : o == '*' ? value * x : value / x;
+      last_op = o;
       steps += fmt::format("{} {} {} = {}. ", value, o, x, next);
       expr = (i > 1 && (o == '*' || o == '/') ? "(" + expr + ")" : expr) + fmt::format(" {} {}", o, x);
       value = next;
@@ -143,6 +148,36 @@ TaskInstance countdown_generate(uint64_t seed, int difficulty, Lang lang) {
                     steps + (lang == Lang::En ? "So the expression is " : "所以算式是 ") + expr +
                     (lang == Lang::En ? "." : "。");
     inst.meta = {{"numbers", nums}, {"target", value}};
+    // The careful solution searches the last operation: it tries the operations in a random
+    // order (its own generator, so prompt and answer do not depend on it), computes each
+    // honestly and compares it with the target, and stops at the first that reaches it.
+    TaskRng srng(seed ^ 0x5EA4C4ull);
+    const int64_t x = nums[order[n - 1]], p = last_left;
+    const auto apply = [&](char o) {
+      return o == '+' ? p + x : o == '-' ? p - x : o == '*' ? p * x : p / x;
+    };
+    std::vector<char> ops;  // another operation that ties with the answer's (x * 1 = x / 1) is skipped
+    for (char o : {'+', '-', '*', '/'})
+      if ((o != '-' || p > x) && (o != '/' || (x != 0 && p % x == 0)) &&
+          (o == last_op || apply(o) != value))
+        ops.push_back(o);
+    srng.shuffle(ops);
+    std::string tries;
+    for (char o : ops) {
+      const int64_t r = apply(o);
+      if (o != last_op) {
+        tries += lang == Lang::En ? fmt::format("{} {} {} = {}, not {}. ", p, o, x, r, value)
+                                  : fmt::format("{} {} {} = {}，不是 {}。", p, o, x, r, value);
+        continue;
+      }
+      tries += lang == Lang::En ? fmt::format("{} {} {} = {}, equal to the target. ", p, o, x, r)
+                                : fmt::format("{} {} {} = {}，等于目标。", p, o, x, r);
+      inst.careful_solution =
+          (lang == Lang::En ? "Check each operation: " : "逐个检查运算：") + steps_before_last +
+          tries + (lang == Lang::En ? "So the expression is " : "所以算式是 ") + expr +
+          (lang == Lang::En ? "." : "。");
+      break;
+    }
     return inst;
   }
 }

@@ -60,7 +60,7 @@ enum class ListOp { SortAsc, SortDesc, Reverse, Dedupe, TopK };
 
 TaskInstance list_generate(uint64_t seed, int difficulty, Lang lang) {
   TaskRng rng(seed);
-  const int n = 3 + 2 * difficulty;
+  const int n = 1 + 2 * difficulty;  // 3 numbers at difficulty 1 (a ~1M-parameter base's level), 11 at 5
   const int64_t span = 10 * difficulty;
   std::vector<int64_t> v(n);
   for (auto& x : v) x = rng.uniform(-span, span);
@@ -144,9 +144,11 @@ TaskInstance ordering_generate(uint64_t seed, int difficulty, Lang lang) {
     pairs.emplace_back(i, j);
   }
   rng.shuffle(pairs);
-  std::string clues, chain;
+  std::string clues, chain, rewritten;
   for (const auto& [i, j] : pairs) {
-    const bool flip = rng.next() % 2;
+    // From difficulty 2 on, a clue may be stated the other way round ("shorter than").
+    const bool flip = rng.next() % 2 && difficulty >= 2;
+    rewritten += fmt::format("{}{} > {}", rewritten.empty() ? "" : ", ", order[i], order[j]);
     if (lang == Lang::En)
       clues += flip ? fmt::format("{} is shorter than {}. ", order[j], order[i])
                     : fmt::format("{} is taller than {}. ", order[i], order[j]);
@@ -164,6 +166,13 @@ TaskInstance ordering_generate(uint64_t seed, int difficulty, Lang lang) {
       ? fmt::format("Chaining the direct comparisons: {}. So the order is {}.", chain, inst.answer)
       : fmt::format("把相邻的比较连起来：{}。所以顺序是 {}。", chain, inst.answer);
   inst.meta = {{"order", order}};
+  // The careful solution first rewrites every clue, in the prompt's order, as taller > shorter
+  // (a "shorter than" clue flips), then chains from the one nobody is taller than.
+  inst.careful_solution = lang == Lang::En
+      ? fmt::format("Each clue as taller > shorter: {}. Chaining them: {}. So the order is {}.",
+                    rewritten, chain, inst.answer)
+      : fmt::format("把每条线索写成 高 > 矮：{}。连起来：{}。所以顺序是 {}。", rewritten, chain,
+                    inst.answer);
   return inst;
 }
 

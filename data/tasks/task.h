@@ -23,6 +23,12 @@ struct TaskInstance {
   std::string prompt;
   std::string answer;    // the reference answer, as <answer> should hold it
   std::string solution;  // worked solution ending with the answer
+  // A longer worked solution that checks its work (countdown: try each operation and compare
+  // with the target; arithmetic: column by column; ordering: each clue rewritten as
+  // taller > shorter before chaining); empty where the family has none. The corpus mixes the
+  // two styles (CorpusOptions::careful_share), so a base samples both and RL can learn which
+  // one earns reward: the behaviour selection R1-Zero shows at scale.
+  std::string careful_solution;
   nlohmann::json meta = nlohmann::json::object();
 };
 

@@ -44,7 +44,8 @@ struct Options {
   uint64_t seed = 1;
   std::string tasks = "countdown,ordering,list", difficulty = "1";
   bool single_digits = true;  // the trained tokenizer splits numbers digit by digit
-  double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3;
+  double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3,
+         careful_share = 0.0;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -77,6 +78,7 @@ int run(const Options& o) {
   co.chinese_share = o.chinese_share;
   co.r1_format_share = o.r1_format_share;
   co.wrong_share = o.wrong_share;
+  co.careful_share = o.careful_share;
   co.tasks = split_list(o.tasks);
   {
     const size_t dash = o.difficulty.find('-');
@@ -245,6 +247,7 @@ int main(int argc, char** argv) {
   app.add_option("--chinese-share", o.chinese_share, "share of Chinese documents")->check(CLI::Range(0.0, 1.0));
   app.add_option("--r1-format-share", o.r1_format_share, "share of task documents as R1-Zero conversations")->check(CLI::Range(0.0, 1.0));
   app.add_option("--wrong-share", o.wrong_share, "share of task documents with a wrong final answer")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--careful-share", o.careful_share, "share of task documents with the family's careful (search/check) solution")->check(CLI::Range(0.0, 1.0));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

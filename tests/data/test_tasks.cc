@@ -5,9 +5,13 @@
 
 #include <functional>
 #include <numeric>
+#include <optional>
+#include <regex>
+#include <sstream>
 #include <set>
 
 #include "data/answer.h"
+#include "data/corpus.h"
 #include "data/tasks/program.h"
 #include "data/tasks/task.h"
 #include "engine/error.h"
@@ -129,6 +133,124 @@ TEST(Tasks, DeterministicAndVaried) {
   EXPECT_THROW(find_task("chess"), InputError);
   EXPECT_THROW(generate_task("arithmetic", 1, 9, Lang::En), InputError);
   EXPECT_THROW(lang_from_string("fr"), InputError);
+}
+
+// The value of "n op n op n ..." (+ - * /, * and / first; every division exact), or nullopt
+// if the tokens are not such an expression.
+std::optional<int64_t> eval_side(const std::vector<std::string>& t) {
+  if (t.empty() || t.size() % 2 == 0) return std::nullopt;
+  std::vector<int64_t> terms;  // signed products
+  int64_t cur = 0;
+  char sign = '+';
+  for (size_t i = 0; i < t.size(); i += 2) {
+    if (!std::regex_match(t[i], std::regex(R"(-?\d{1,12})"))) return std::nullopt;
+    const int64_t x = std::stoll(t[i]);
+    const char prev = i == 0 ? '+' : t[i - 1][0];
+    if (prev == '*') cur *= x;
+    else if (prev == '/') {
+      if (x == 0 || cur % x != 0) return std::nullopt;
+      cur /= x;
+    } else {
+      if (i > 0) terms.push_back(sign == '+' ? cur : -cur);
+      sign = prev, cur = x;
+    }
+  }
+  terms.push_back(sign == '+' ? cur : -cur);
+  return std::accumulate(terms.begin(), terms.end(), int64_t{0});
+}
+
+// Every equation a careful solution writes ("a * b = a * 10 + a * 4 = 260 + 104 = 364", the
+// column steps "4 + 3 + 1 = 8", "5 - 1 - 3 = 1", countdown's tries) is true arithmetic; a
+// countdown search rejects only results that differ from the target and accepts exactly one,
+// the target.
+TEST(Tasks, CarefulSolutionsCheckTheirWork) {
+  const uint64_t base = test::case_seed(3);
+  const std::regex clause_sep("[.;,:]|\xef\xbc\x8c|\xe3\x80\x82|\xef\xbc\x9a|\xef\xbc\x9b");  // ， 。 ： ；
+  const std::regex tried(R"((\d+) [-+*/] (\d+) = (\d+)(, not (\d+)|, equal to the target|，不是 (\d+)|，等于目标))");
+  for (const char* name : {"countdown", "arithmetic", "ordering"}) {
+    for (int d = 1; d <= 5; ++d) {
+      for (int k = 0; k < 40; ++k) {
+        const Lang lang = k % 2 ? Lang::Zh : Lang::En;
+        const TaskInstance inst = generate_task(name, base + 1000 * d + k, d, lang);
+        const std::string& c = inst.careful_solution;
+        const std::string where = fmt::format("{} d={} k={}: {}\ncareful: {}", name, d, k, inst.prompt, c);
+        ASSERT_FALSE(c.empty()) << where;
+        ASSERT_NE(c, inst.solution) << where;
+        // It ends by naming the answer, which verifies through a full completion.
+        const size_t at = c.rfind(inst.answer);
+        ASSERT_NE(at, std::string::npos) << where;
+        EXPECT_LE(c.size() - at - inst.answer.size(), 3u) << where;
+        const auto extracted = extract_answer("<think>" + c + "</think> <answer>" + inst.answer + "</answer>");
+        ASSERT_TRUE(extracted.has_value()) << where;
+        EXPECT_TRUE(verify_task(inst, *extracted)) << where;
+        int equations = 0;
+        for (std::sregex_token_iterator it(c.begin(), c.end(), clause_sep, -1), e; it != e; ++it) {
+          // Maximal runs of number / operator / "=" tokens; a run with "=" is a chain of sides.
+          std::vector<std::vector<std::string>> sides(1);
+          std::istringstream words(it->str());
+          const auto check = [&] {
+            if (sides.size() < 2) return;
+            ++equations;
+            const auto v0 = eval_side(sides[0]);
+            for (const auto& side : sides) {
+              const auto v = eval_side(side);
+              ASSERT_TRUE(v0 && v) << where << "\nclause: " << it->str();
+              EXPECT_EQ(*v, *v0) << where << "\nclause: " << it->str();
+            }
+          };
+          for (std::string w; words >> w;) {
+            if (w == "=") {
+              sides.emplace_back();
+            } else if (std::regex_match(w, std::regex(R"(-?\d+|[-+*/])"))) {
+              sides.back().push_back(w);
+            } else {
+              check();
+              sides.assign(1, {});
+            }
+          }
+          check();
+        }
+        if (std::string(name) != "ordering") {
+          EXPECT_GE(equations, 1) << where;
+        }
+        if (std::string(name) == "countdown") {
+          const int64_t target = inst.meta.at("target").get<int64_t>();
+          int hits = 0;
+          for (auto it = std::sregex_iterator(c.begin(), c.end(), tried); it != std::sregex_iterator(); ++it) {
+            const std::smatch& m = *it;
+            if (m[5].matched || m[6].matched) {
+              EXPECT_NE(std::stoll(m[3]), target) << where;
+            } else {
+              ++hits;
+              EXPECT_EQ(std::stoll(m[3]), target) << where;
+            }
+          }
+          EXPECT_EQ(hits, 1) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(Corpus, CarefulShareSwitchesTheSolution) {
+  CorpusOptions co;
+  co.documents = 400;
+  co.seed = test::case_seed(4);
+  co.general_share = 0;
+  co.tasks = {"countdown"};
+  co.min_difficulty = co.max_difficulty = 1;
+  co.chinese_share = 0;
+  const auto count = [&](double share) {
+    co.careful_share = share;
+    int careful = 0;
+    for (const std::string& d : generate_corpus(co)) careful += d.find("Check each operation") != std::string::npos;
+    return careful;
+  };
+  EXPECT_EQ(count(0.0), 0);
+  EXPECT_EQ(count(1.0), 400);
+  const int half = count(0.5);
+  EXPECT_GT(half, 150);  // binomial(400, 0.5): mean 200, sd 10
+  EXPECT_LT(half, 250);
 }
 
 TEST(TinyLanguage, RunsAndStopsAtLimits) {
