@@ -35,7 +35,7 @@ fi
 
 echo "== r1-zero: pretraining the tiny base"
 "$bin/r1-pretrain" --config configs/tiny.json --out "$out/base" --holdout "$held" \
-  --steps "${R1_PRETRAIN_STEPS:-1250}"
+  --steps "${R1_PRETRAIN_STEPS:-1400}"
 echo "== r1-zero: evaluating the base"
 "$bin/r1-eval" --checkpoint "$out/base/checkpoint" --prompts "$held" --samples 8 \
   --temperature 0.6 --top-p 0.95 --out "$out/eval-base.json" --completions "$out/eval-base.jsonl"
