@@ -103,6 +103,10 @@ class ExprParser {
   std::vector<int64_t>* numbers_ = nullptr;
 };
 
+int64_t apply_op(int64_t a, char o, int64_t b) {
+  return o == '+' ? a + b : o == '-' ? a - b : o == '*' ? a * b : a / b;
+}
+
 }  // namespace
 
 TaskInstance countdown_generate(uint64_t seed, int difficulty, Lang lang) {
@@ -129,7 +133,7 @@ TaskInstance countdown_generate(uint64_t seed, int difficulty, Lang lang) {
       char o = "+-*/"[rng.next() % 4];
       if (o == '/' && (x == 0 || value % x != 0)) o = '+';
       if (o == '-' && value <= x) o = '*';
-      const int64_t next = o == '+' ? value + x : o == '-' ? value - x : o == '*' ? value * x : value / x;
+      const int64_t next = apply_op(value, o, x);
       last_op = o;
       steps += fmt::format("{} {} {} = {}. ", value, o, x, next);
       expr = (i > 1 && (o == '*' || o == '/') ? "(" + expr + ")" : expr) + fmt::format(" {} {}", o, x);
@@ -153,18 +157,15 @@ TaskInstance countdown_generate(uint64_t seed, int difficulty, Lang lang) {
     // honestly and compares it with the target, and stops at the first that reaches it.
     TaskRng srng(seed ^ 0x5EA4C4ull);
     const int64_t x = nums[order[n - 1]], p = last_left;
-    const auto apply = [&](char o) {
-      return o == '+' ? p + x : o == '-' ? p - x : o == '*' ? p * x : p / x;
-    };
     std::vector<char> ops;  // another operation that ties with the answer's (x * 1 = x / 1) is skipped
     for (char o : {'+', '-', '*', '/'})
       if ((o != '-' || p > x) && (o != '/' || (x != 0 && p % x == 0)) &&
-          (o == last_op || apply(o) != value))
+          (o == last_op || apply_op(p, o, x) != value))
         ops.push_back(o);
     srng.shuffle(ops);
     std::string tries;
     for (char o : ops) {
-      const int64_t r = apply(o);
+      const int64_t r = apply_op(p, o, x);
       if (o != last_op) {
         tries += lang == Lang::En ? fmt::format("{} {} {} = {}, not {}. ", p, o, x, r, value)
                                   : fmt::format("{} {} {} = {}，不是 {}。", p, o, x, r, value);

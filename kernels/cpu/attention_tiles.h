@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "kernels/cpu/simd_softmax.h"
+
 namespace r1::cpu::attention_tiles {
 
 constexpr int kMaxRows = 8;
@@ -191,12 +193,10 @@ void exp_affine(const typename P::T* x, typename P::T a, typename P::T c, int64_
   for (int64_t j = 0; j < n; j += L) {
     const int m = static_cast<int>(std::min<int64_t>(L, n - j));
     V xv, e = vnc;
-    if (m == L) P::load(xv, x + j);
-    else P::load_part(xv, x + j, m);
+    load_n<P>(xv, x + j, m);
     P::madd(e, va, xv);
     P::exp(e);
-    if (m == L) P::store(y + j, e);
-    else P::store_part(y + j, e, m);
+    store_n<P>(y + j, e, m);
   }
 }
 

@@ -125,15 +125,13 @@ void backward_row_lanes(const float* x, int64_t C, float z, float g, int64_t t, 
   for (int64_t j = 0; j < C; j += L) {
     const int n = static_cast<int>(std::min<int64_t>(L, C - j));
     V p, y;
-    if (n == L) P::load(p, x + j);
-    else P::load_part(p, x + j, n);
+    load_n<P>(p, x + j, n);
     P::sub(p, vz);
     P::exp(p);
     P::zero(y);
     P::sub(y, p);
     P::mul(y, vg);
-    if (n == L) P::store(dr + j, y);
-    else P::store_part(dr + j, y, n);
+    store_n<P>(dr + j, y, n);
   }
   if (has_t) {
     alignas(64) float buf[L];

@@ -82,11 +82,11 @@ inline void exp_lanes(const float* x, int64_t V, float m, float t, float* e) {
   P::bcast(tv, t);
   for (int64_t v = 0; v < V; v += L) {
     const int n = static_cast<int>(std::min<int64_t>(L, V - v));
-    if (n == L) P::load(xv, x + v); else P::load_part(xv, x + v, n);
+    load_n<P>(xv, x + v, n);
     P::sub(xv, mv);
     P::div(xv, tv);
     P::exp(xv);
-    if (n == L) P::store(e + v, xv); else P::store_part(e + v, xv, n);
+    store_n<P>(e + v, xv, n);
   }
 }
 

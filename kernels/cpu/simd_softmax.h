@@ -269,6 +269,21 @@ struct Avx512Softmax : Avx512<T_> {
 
 }  // namespace simd
 
+// The n <= P::kLanes elements at p into v (the other lanes unspecified), and n lanes of v to p:
+// the whole-vector load or store when n is a full vector, the policy's partial one otherwise.
+// Vectors by reference, as the policies take them (code built for the baseline target may
+// then name AVX types).
+template <class P, class T>
+inline void load_n(typename P::V& v, const T* p, int n) {
+  if (n == P::kLanes) P::load(v, p);
+  else P::load_part(v, p, n);
+}
+template <class P, class T>
+inline void store_n(T* p, const typename P::V& v, int n) {
+  if (n == P::kLanes) P::store(p, v);
+  else P::store_part(p, v, n);
+}
+
 // The ISA of the batch-invariant CPU kernels, chosen once per process (invariant_product_isa:
 // the widest the CPU has, or R1_INVARIANT_GEMM_ISA).
 enum class SoftmaxIsa { kSse2, kAvx2, kAvx512 };

@@ -30,18 +30,6 @@ void check_same(const char* op, const Tensor& a, const Tensor& b) {
 
 // ---- f32 in vector lanes, written once over a policy P (simd_softmax.h) -----------------
 
-// Loads the n <= L lanes of x at p (the rest unspecified).
-template <class P>
-inline void load_n(typename P::V& v, const float* p, int n) {
-  if (n == P::kLanes) P::load(v, p);
-  else P::load_part(v, p, n);
-}
-template <class P>
-inline void store_n(float* p, const typename P::V& v, int n) {
-  if (n == P::kLanes) P::store(p, v);
-  else P::store_part(p, v, n);
-}
-
 // s = 1 / (1 + exp(0 - g)) (0 - g: the exact negation, +0 for g = 0). Vectors by reference,
 // as the policies take them: code built for the baseline target may then name AVX types.
 template <class P>
