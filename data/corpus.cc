@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 
 #include "data/tasks/task.h"
 #include "data/templates.h"
@@ -93,11 +95,30 @@ std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
                  "corpus: difficulty range {}..{} is not within 1..5", opt.min_difficulty,
                  opt.max_difficulty);
   TaskRng rng(opt.seed);
+  // "name" or "name:weight"; families are drawn in registry order, uniformly unless weighted.
+  std::vector<std::pair<std::string, double>> wanted;
+  for (const std::string& spec : opt.tasks) {
+    const size_t colon = spec.find(':');
+    double w = 1.0;
+    if (colon != std::string::npos) {
+      char* end = nullptr;
+      const std::string ws = spec.substr(colon + 1);
+      w = std::strtod(ws.c_str(), &end);
+      R1_INPUT_CHECK(!ws.empty() && end == ws.c_str() + ws.size() && std::isfinite(w) && w > 0,
+                     "corpus: task \"{}\": the weight after ':' must be a positive number", spec);
+    }
+    wanted.emplace_back(spec.substr(0, colon), w);
+    find_task(wanted.back().first);  // InputError on an unknown name
+  }
   std::vector<const Task*> tasks;
-  for (const Task& t : all_tasks())
-    if (opt.tasks.empty() || std::find(opt.tasks.begin(), opt.tasks.end(), t.name) != opt.tasks.end())
-      tasks.push_back(&t);
-  for (const std::string& name : opt.tasks) find_task(name);  // InputError on an unknown name
+  std::vector<double> cumulative;
+  for (const Task& t : all_tasks()) {
+    const auto it = std::find_if(wanted.begin(), wanted.end(), [&](const auto& p) { return p.first == t.name; });
+    if (!wanted.empty() && it == wanted.end()) continue;
+    tasks.push_back(&t);
+    cumulative.push_back((cumulative.empty() ? 0.0 : cumulative.back()) + (it == wanted.end() ? 1.0 : it->second));
+  }
+  const bool weighted = std::any_of(wanted.begin(), wanted.end(), [&](const auto& p) { return p.second != wanted[0].second; });
   std::vector<std::string> docs;
   docs.reserve(static_cast<size_t>(opt.documents));
   const auto chance = [&](double p) { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53 < p; };
@@ -107,7 +128,14 @@ std::vector<std::string> generate_corpus(const CorpusOptions& opt) {
       docs.push_back(general_text(rng, lang));
       continue;
     }
-    const Task& task = *tasks[rng.next() % tasks.size()];
+    size_t pick = 0;
+    if (weighted) {
+      const double u = static_cast<double>(rng.next() >> 11) * 0x1.0p-53 * cumulative.back();
+      while (pick + 1 < tasks.size() && u >= cumulative[pick]) ++pick;
+    } else {
+      pick = rng.next() % tasks.size();  // the unweighted corpus stays the same for a seed
+    }
+    const Task& task = *tasks[pick];
     const int d = static_cast<int>(rng.uniform(opt.min_difficulty, opt.max_difficulty));
     TaskInstance inst = generate_task(task.name, rng.next(), d, lang);
     const bool wrong = opt.wrong_share > 0 && chance(opt.wrong_share);

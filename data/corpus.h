@@ -33,7 +33,7 @@ struct CorpusOptions {
   double r1_format_share = 0.0;  // of the task documents: R1-Zero conversations
   double wrong_share = 0.0;      // of the task documents: a wrong final answer
   double careful_share = 0.0;    // of the task documents (with one): the careful solution
-  std::vector<std::string> tasks;  // task families to draw from; empty = all
+  std::vector<std::string> tasks;  // families to draw from ("name" or "name:weight"); empty = all
 };
 
 // A plausible wrong answer for an instance (a different number near the right one, two list

@@ -78,6 +78,21 @@ R1_KERNEL(rmsnorm_backward, void(const Tensor& x, const Tensor& w, const Tensor&
 // (j, j + D/2). inverse rotates by the negative angle (the backward of the forward).
 R1_KERNEL(rope, void(const Tensor& x, const Tensor& positions, const Tensor& cos,
                      const Tensor& sin, bool interleaved, bool inverse, Tensor& y))
+// MLA's attention inputs from its projections, in one pass (the split, RoPE and concat of
+// the unfused graph each cost a copy). q (B, T, H, n + r), kv (B, T, H, n + v), k_rope
+// (B, T, r), positions (B, T) int, cos/sin (P, r/2) ->
+//   qo (B, T, H, n + r) = [q[..., :n], rope(q[..., n:])],
+//   ko (B, T, H, n + r) = [kv[..., :n], rope(k_rope)] (the one RoPE key shared by every head),
+//   vo (B, T, H, v)     = kv[..., n:].
+// n = qo.size(3) - k_rope.size(2); pairs as in rope.
+R1_KERNEL(mla_qkv_forward, void(const Tensor& q, const Tensor& kv, const Tensor& k_rope,
+                                const Tensor& positions, const Tensor& cos, const Tensor& sin,
+                                bool interleaved, Tensor& qo, Tensor& ko, Tensor& vo))
+// Its backward: dq = [dqo[..., :n], rope^-1(dqo[..., n:])], dkv = [dko[..., :n], dvo],
+// dk_rope = rope^-1(sum over heads of dko[..., n:]) (heads summed in order 0..H-1), all written.
+R1_KERNEL(mla_qkv_backward, void(const Tensor& dqo, const Tensor& dko, const Tensor& dvo,
+                                 const Tensor& positions, const Tensor& cos, const Tensor& sin,
+                                 bool interleaved, Tensor& dq, Tensor& dkv, Tensor& dk_rope))
 // gate, up (N, F) -> out (N, F) = silu(gate) * up.
 R1_KERNEL(swiglu_forward, void(const Tensor& gate, const Tensor& up, Tensor& out))
 R1_KERNEL(swiglu_backward, void(const Tensor& gate, const Tensor& up, const Tensor& dout,

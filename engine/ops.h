@@ -93,5 +93,11 @@ struct RopeTable {
 };
 // x (B, T, H, D) with D == table.config.dim, positions (B, T) or (T) int -> (B, T, H, D).
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeTable& table);
+// MLA's attention inputs in one op (the split + rope + concat graph, fused; kernels.h):
+// q (B, T, H, n + r), kv (B, T, H, n + v), k_rope (B, T, r) with r == table.config.dim,
+// positions (B, T) or (T) int -> {q (B, T, H, n + r) with its last r features rotated,
+// k (B, T, H, n + r) = [kv's first n, rope(k_rope) shared by every head], v (B, T, H, v)}.
+std::vector<Tensor> mla_qkv(const Tensor& q, const Tensor& kv, const Tensor& k_rope,
+                            const Tensor& positions, const RopeTable& table);
 
 }  // namespace r1

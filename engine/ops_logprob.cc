@@ -1,6 +1,7 @@
 // token_logprobs (engine/ops_logprob.h): logits of one vocabulary chunk at a time from the
 // gemm kernel, folded into per-row statistics (forward) or turned into the chunk's share of
-// dh and dw (backward). The tape holds one node; it saves h, w, tokens and lse, never logits.
+// dh and dw (backward). The tape holds one node; it saves h, w, tokens and lse, and the logits
+// only when one chunk covers the vocabulary (then they are the forward's one T x chunk buffer).
 #include "engine/ops_logprob.h"
 
 #include <algorithm>
@@ -40,7 +41,8 @@ void check_inputs(const Tensor& h, const Tensor& w, const Tensor& tokens, double
 
 // The chunk loop's operands: h as a (1, T, D) batch of one, w (V, D), and a logits buffer of
 // T * C elements whose first T * Cc form each chunk's (T, Cc) (the last chunk is narrower).
-// The buffer is allocated per pass (forward, backward): the tape never holds logits.
+// The buffer is allocated per pass (forward, backward), unless one chunk is the whole
+// vocabulary: then the backward reuses the forward's logits instead of recomputing them.
 struct Chunks {
   Tensor h3, w, buf;
   int64_t T, D, V, C;
@@ -75,9 +77,12 @@ TokenLogprobs token_logprobs(const Tensor& h, const Tensor& w, const Tensor& tok
              tv[t], t, V);
 
   const Tensor hc = plain(h);
-  const Chunks saved{hc.view({1, T, D}), plain(w), Tensor(), T, D, V, C, 1.0 / temperature};
+  Chunks saved{hc.view({1, T, D}), plain(w), Tensor(), T, D, V, C, 1.0 / temperature};
   Chunks ch = saved;
   ch.buf = Tensor::empty({T * C}, dt, dev);
+  // One chunk covers the vocabulary (V <= chunk): the forward's buffer already holds every
+  // logit, so the tape keeps it (still T x chunk memory) and the backward skips the recompute.
+  if (C == V) saved.buf = ch.buf;
   // The empty state of every row (contract in engine/kernels_logprob.h).
   std::vector<double> init(static_cast<size_t>(T) * 4);
   for (int64_t t = 0; t < T; ++t) {
@@ -98,7 +103,8 @@ TokenLogprobs token_logprobs(const Tensor& h, const Tensor& w, const Tensor& tok
          [saved, tc, lse, gh, gw](const std::vector<Tensor>& g) -> std::vector<Tensor> {
            Chunks ch = saved;
            const int64_t T = ch.T, D = ch.D, V = ch.V;
-           ch.buf = Tensor::empty({T * ch.C}, ch.w.dtype(), ch.w.device());
+           const bool kept = ch.buf.defined();  // the forward's logits (one chunk: o == 0)
+           if (!kept) ch.buf = Tensor::empty({T * ch.C}, ch.w.dtype(), ch.w.device());
            const Device dev = ch.w.device();
            const Tensor dlogp = g[0].contiguous();
            Tensor dh, dw;
@@ -106,7 +112,7 @@ TokenLogprobs token_logprobs(const Tensor& h, const Tensor& w, const Tensor& tok
            if (gw) dw = Tensor::empty({V, D}, ch.w.dtype(), dev);
            for (int64_t o = 0; o < V; o += ch.C) {
              const int64_t Cc = ch.width(o);
-             Tensor l3 = ch.logits(o), l2 = l3.view({T, Cc});
+             Tensor l3 = kept ? ch.logits3(o) : ch.logits(o), l2 = l3.view({T, Cc});
              // dlogits overwrite the logits in place: one (T, C) buffer in all.
              kernels::logprob_chunk_backward()(dev, l2, tc, o, lse, dlogp, ch.inv_temperature,
                                                l2);

@@ -21,6 +21,8 @@ struct TokenLogprobs {
 // Forward: per chunk of `chunk` rows of w, logits = gemm(h, w_c^T, alpha = 1/temperature)
 // merged into running per-row statistics (logprob_chunk_update). Saves h, w, tokens and the
 // per-row lse (T); backward recomputes each chunk's logits and forms dh, dw chunk by chunk.
+// When one chunk covers the vocabulary (V <= chunk) the forward's logits buffer is that one
+// chunk, and the tape keeps it for the backward instead of recomputing it (same memory bound).
 // Errors (r1::Error): a token outside [0, V) (checked once on the host), shapes that do not
 // fit, dtypes or devices that differ, V = 0, temperature <= 0 or not finite, chunk <= 0.
 TokenLogprobs token_logprobs(const Tensor& h, const Tensor& w, const Tensor& tokens,

@@ -111,6 +111,53 @@ Tensor rope(const Tensor& x, const Tensor& positions, const RopeTable& table) {
   return y;
 }
 
+std::vector<Tensor> mla_qkv(const Tensor& q, const Tensor& kv, const Tensor& k_rope,
+                            const Tensor& positions, const RopeTable& table) {
+  check_float("mla_qkv", q);
+  check_same("mla_qkv", q, kv);
+  check_same("mla_qkv", q, k_rope);
+  check_int("mla_qkv", positions);
+  R1_CHECK(table.cos.defined(), "mla_qkv: the RopeTable is empty (default-constructed)");
+  check_same("mla_qkv", q, table.cos);
+  const int64_t r = table.config.dim;
+  R1_CHECK(q.dim() == 4 && kv.dim() == 4 && k_rope.dim() == 3 && k_rope.size(2) == r &&
+               q.size(3) > r && kv.size(3) > q.size(3) - r && q.size(0) == kv.size(0) &&
+               q.size(1) == kv.size(1) && q.size(2) == kv.size(2) &&
+               k_rope.size(0) == q.size(0) && k_rope.size(1) == q.size(1),
+           "mla_qkv: q {}, kv {}, k_rope {}: expected (B, T, H, n + r), (B, T, H, n + v), (B, T, r) "
+           "with r = the table's dim {}",
+           shape_str(q.shape()), shape_str(kv.shape()), shape_str(k_rope.shape()), r);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), n = q.size(3) - r, vd = kv.size(3) - n;
+  R1_CHECK((positions.dim() == 1 && positions.size(0) == T) ||
+               (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
+           "mla_qkv: positions {} for q {}: expected (T) or (B, T)", shape_str(positions.shape()),
+           shape_str(q.shape()));
+  R1_CHECK(positions.device() == q.device(), "mla_qkv: positions {} and q {} on different devices",
+           positions.str(), q.str());
+  const Tensor pos = positions.dim() == 2 ? plain(positions)
+                                          : plain(positions).view({1, T}).expand({B, T}).contiguous();
+  const Device dev = q.device();
+  Tensor qo = Tensor::empty(q.shape(), q.dtype(), dev);
+  Tensor ko = Tensor::empty(q.shape(), q.dtype(), dev);
+  Tensor vo = Tensor::empty({B, T, H, vd}, q.dtype(), dev);
+  kernels::mla_qkv_forward()(dev, plain(q), plain(kv), plain(k_rope), pos, table.cos, table.sin,
+                             table.config.interleaved, qo, ko, vo);
+  const Tensor cos = table.cos, sin = table.sin;
+  const bool il = table.config.interleaved;
+  const Shape kv_shape = kv.shape();
+  record("mla_qkv", {q, kv, k_rope}, {&qo, &ko, &vo},
+         [pos, cos, sin, il, kv_shape, r](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+           const Tensor dqo = g[0].contiguous(), dko = g[1].contiguous(), dvo = g[2].contiguous();
+           const Device dev = dqo.device();
+           Tensor dq = Tensor::empty(dqo.shape(), dqo.dtype(), dev);
+           Tensor dkv = Tensor::empty(kv_shape, dqo.dtype(), dev);
+           Tensor dkr = Tensor::empty({dqo.size(0), dqo.size(1), r}, dqo.dtype(), dev);
+           kernels::mla_qkv_backward()(dev, dqo, dko, dvo, pos, cos, sin, il, dq, dkv, dkr);
+           return {dq, dkv, dkr};
+         });
+  return {qo, ko, vo};
+}
+
 // gate, up (..., F) -> silu(gate) * up. Saves gate and up.
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
   check_float("swiglu", gate);

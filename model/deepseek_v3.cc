@@ -134,22 +134,17 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
   } else {
     q_flat = linear(x, p(pre + "q_proj.weight"));
   }
-  std::vector<Tensor> q = split(q_flat.view({B, T, H, nope + rd}), {nope, rd}, -1);
-  // kv latent c (B, T, kv_lora_rank) and the one RoPE key every head shares (B, T, 1, rope).
+  // kv latent c (B, T, kv_lora_rank) and the one RoPE key every head shares (B, T, rope).
   std::vector<Tensor> ckv = split(linear(x, p(pre + "kv_a_proj_with_mqa.weight")),
                                   {cfg_.kv_lora_rank, rd}, -1);
   const Tensor kv = linear(rmsnorm(ckv[0], p(pre + "kv_a_layernorm.weight"), eps),
                            p(pre + "kv_b_proj.weight"))
                         .view({B, T, H, nope + vd});
-  std::vector<Tensor> knv = split(kv, {nope, vd}, -1);
-  const Tensor q_pe = rope(q[1], positions, rope_);
-  const Tensor k_pe = rope(ckv[1].reshape({B, T, 1, rd}), positions, rope_);
-  // Broadcast k_pe to the H heads by concatenation: its gradient sums over heads.
-  const Tensor k_pe_h =
-      H == 1 ? k_pe : concat(std::vector<Tensor>(static_cast<size_t>(H), k_pe), 2);
-  const Tensor qh = concat({q[0], q_pe}, -1);
-  const Tensor kh = concat({knv[0], k_pe_h}, -1);
-  const Tensor o = attention(qh, kh, knv[1].contiguous(), cfg_.softmax_scale(), /*causal=*/true,
+  // Per-head q = [q_nope, rope(q_pe)], k = [k_nope, rope(k_pe)] (k_pe broadcast to the heads,
+  // its gradient summed over them), v: one fused op instead of split + rope + concat.
+  const std::vector<Tensor> qkv = mla_qkv(q_flat.view({B, T, H, nope + rd}), kv, ckv[1], positions, rope_);
+  const Tensor &qh = qkv[0], &kh = qkv[1];
+  const Tensor o = attention(qh, kh, qkv[2], cfg_.softmax_scale(), /*causal=*/true,
                              segments);
   return linear(o.view({B, T, H * vd}), p(pre + "o_proj.weight"));
 }

@@ -396,6 +396,19 @@ TEST(CudaModelOps, OpsBackwardOnGpuMatchCpu) {
                              return rope(in[0], gpu ? pos_g : pos, gpu ? tg : tc);
                            },
                            case_seed(++k));
+      // mla_qkv: n = 8 copied features, r = 16 rotated, v = 12; outputs flattened into one.
+      expect_graph_matches(fmt::format("mla_qkv {} {}", d, il ? "interleaved" : "halves"), dt,
+                           {Tensor::randn({2, 4, 3, 24}, case_seed(++k)),
+                            Tensor::randn({2, 4, 3, 20}, case_seed(++k)),
+                            Tensor::randn({2, 4, 16}, case_seed(++k))},
+                           [&](const std::vector<Tensor>& in) {
+                             const bool gpu = in[0].device().is_cuda();
+                             const std::vector<Tensor> o =
+                                 mla_qkv(in[0], in[1], in[2], gpu ? pos_g : pos, gpu ? tg : tc);
+                             return concat({o[0].reshape({o[0].numel()}), o[1].reshape({o[1].numel()}),
+                                            o[2].reshape({o[2].numel()})}, 0);
+                           },
+                           case_seed(++k));
     }
   }
 }

@@ -238,6 +238,79 @@ TEST(Rope, BadInputIsAnError) {
   EXPECT_THROW(rope(Tensor::randn({1, 3, 2, 8}, 1, DType::F64), pos, table), Error);  // dtype
 }
 
+// ---- mla_qkv -----------------------------------------------------------------------------
+
+// The fused op against the rotation written out here (rope_reference) and plain copies, and its
+// gradients against finite differences: every output's features, head by head.
+TEST(MlaQkv, ForwardMatchesCopiesAndRotationAndGradcheck) {
+  const int64_t B = 2, T = 3, H = 3, n = 4, r = 6, vd = 5, P = 40;
+  uint64_t k = 300;
+  for (bool interleaved : {true, false})
+    for (bool pos_bt : {false, true}) {
+      RopeConfig cfg;
+      cfg.dim = r;
+      cfg.interleaved = interleaved;
+      const std::string name = std::string("mla_qkv ") + (interleaved ? "interleaved" : "halves") +
+                               (pos_bt ? " pos(B,T)" : " pos(T)");
+      const Tensor pos = Tensor::randint(pos_bt ? Shape{B, T} : Shape{T}, case_seed(k++), 0, P);
+      const std::vector<double> freqs = deepseek_freqs(cfg);
+      for (DType dt : {DType::F32, DType::F64}) {
+        const RopeTable table(cfg, P, dt);
+        const Tensor q = Tensor::randn({B, T, H, n + r}, case_seed(k++), dt);
+        const Tensor kv = Tensor::randn({B, T, H, n + vd}, case_seed(k++), dt);
+        const Tensor kr = Tensor::randn({B, T, r}, case_seed(k++), dt);
+        const std::vector<Tensor> out = mla_qkv(q, kv, kr, pos, table);
+        ASSERT_EQ(out.size(), 3u);
+        const auto qv = q.to_double_vector(), kvv = kv.to_double_vector(), krv = kr.to_double_vector();
+        // The RoPE parts rotated by the reference: q's per head, k_rope's once (one "head").
+        std::vector<double> q_pe, k_pe;
+        for (int64_t i = 0; i < B * T * H; ++i)
+          q_pe.insert(q_pe.end(), qv.begin() + i * (n + r) + n, qv.begin() + (i + 1) * (n + r));
+        q_pe = rope_reference(q_pe, pos.to_int_vector(), pos_bt, B, T, H, r, freqs, interleaved);
+        k_pe = rope_reference(krv, pos.to_int_vector(), pos_bt, B, T, 1, r, freqs, interleaved);
+        std::vector<double> ref_q, ref_k, ref_v;
+        for (int64_t bt = 0; bt < B * T; ++bt)
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t i = bt * H + h;
+            ref_q.insert(ref_q.end(), qv.begin() + i * (n + r), qv.begin() + i * (n + r) + n);
+            ref_q.insert(ref_q.end(), q_pe.begin() + i * r, q_pe.begin() + (i + 1) * r);
+            ref_k.insert(ref_k.end(), kvv.begin() + i * (n + vd), kvv.begin() + i * (n + vd) + n);
+            ref_k.insert(ref_k.end(), k_pe.begin() + bt * r, k_pe.begin() + (bt + 1) * r);
+            ref_v.insert(ref_v.end(), kvv.begin() + i * (n + vd) + n, kvv.begin() + (i + 1) * (n + vd));
+          }
+        expect_close(name + " q", out[0].to_double_vector(), ref_q, atol_for(dt), 0);
+        expect_close(name + " k", out[1].to_double_vector(), ref_k, atol_for(dt), 0);
+        expect_close(name + " v", out[2].to_double_vector(), ref_v, 0, 0);
+      }
+      const RopeTable table(cfg, P, DType::F64);
+      expect_gradcheck(
+          name,
+          [&](const std::vector<Tensor>& in) {
+            const std::vector<Tensor> o = mla_qkv(in[0], in[1], in[2], pos, table);
+            return concat({o[0].reshape({o[0].numel()}), o[1].reshape({o[1].numel()}), o[2].reshape({o[2].numel()})}, 0);
+          },
+          {randn64({B, T, H, n + r}, k++), randn64({B, T, H, n + vd}, k++), randn64({B, T, r}, k++)},
+          case_seed(k++));
+    }
+}
+
+TEST(MlaQkv, BadInputIsAnError) {
+  RopeConfig cfg;
+  cfg.dim = 4;
+  const RopeTable table(cfg, 10);
+  const Tensor pos = Tensor::arange(3);
+  const Tensor q = Tensor::randn({1, 3, 2, 6}, 1), kv = Tensor::randn({1, 3, 2, 5}, 2);
+  EXPECT_NO_THROW(mla_qkv(q, kv, Tensor::randn({1, 3, 4}, 3), pos, table));
+  EXPECT_THROW(mla_qkv(q, kv, Tensor::randn({1, 3, 6}, 3), pos, table), Error);  // r != dim
+  EXPECT_THROW(mla_qkv(q, Tensor::randn({1, 3, 3, 5}, 2), Tensor::randn({1, 3, 4}, 3), pos, table),
+               Error);  // heads differ
+  EXPECT_THROW(mla_qkv(q, Tensor::randn({1, 3, 2, 2}, 2), Tensor::randn({1, 3, 4}, 3), pos, table),
+               Error);  // kv too narrow for n = 2 and any v
+  EXPECT_THROW(mla_qkv(q, kv, Tensor::randn({1, 3, 4}, 3),
+                       Tensor::from_vector(std::vector<int64_t>{0, 10, 1}, {3}), table),
+               Error);  // position beyond the table
+}
+
 // ---- swiglu ------------------------------------------------------------------------------
 
 TEST(SwiGLU, ForwardMatchesReferenceAndGradcheck) {

@@ -489,6 +489,198 @@ void rope_cuda(const Tensor& x, const Tensor& positions, const Tensor& cos, cons
   });
 }
 
+// ---- mla_qkv -------------------------------------------------------------------------------
+
+// Element j of a RoPE block of r features (pairs as in rope): its pair index, whether it is the
+// pair's first member, and where the pair's two members live.
+struct RopeSlot {
+  int64_t pair, first, second;
+  bool is_first;
+};
+__device__ inline RopeSlot rope_slot(int64_t j, int64_t r, bool interleaved) {
+  const int64_t half = r / 2;
+  RopeSlot s;
+  if (interleaved) {
+    s.pair = j / 2;
+    s.first = 2 * s.pair;
+    s.second = s.first + 1;
+  } else {
+    s.pair = j < half ? j : j - half;
+    s.first = s.pair;
+    s.second = s.pair + half;
+  }
+  s.is_first = j == s.first;
+  return s;
+}
+// The rotated value of a slot from the pair (a, b) and the angle's cos c and sin s (negated for
+// the inverse rotation).
+__device__ inline float rope_value(const RopeSlot& sl, float a, float b, float c, float s) {
+  return sl.is_first ? a * c - b * s : a * s + b * c;
+}
+
+// One block per token. q (BT, H, Dq), kv (BT, H, Dkv), kr (BT, r) -> qo, ko (BT, H, Dq), vo
+// (BT, H, vd); Dq = n + r, Dkv = n + vd. Element-wise: each output element reads what it needs
+// (a RoPE element reads its pair). A position outside [0, P) gives NaN (as rope).
+template <class T, class Tc, class P>
+__global__ void mla_qkv_forward_kernel(const T* q, const T* kv, const T* kr, const P* pos,
+                                       const Tc* cos, const Tc* sin, T* qo, T* ko, T* vo,
+                                       int64_t H, int64_t n, int64_t r, int64_t vd,
+                                       int64_t num_pos, bool interleaved) {
+  const int64_t tok = blockIdx.x, Dq = n + r, Dkv = n + vd, half = r / 2;
+  const int64_t p = static_cast<int64_t>(pos[tok]);
+  const bool ok = p >= 0 && p < num_pos;
+  const Tc* cr = cos + (ok ? p : 0) * half;
+  const Tc* sr = sin + (ok ? p : 0) * half;
+  for (int64_t e = threadIdx.x; e < H * Dq; e += blockDim.x) {
+    const int64_t h = e / Dq, d = e - h * Dq;
+    const T* qrow = q + (tok * H + h) * Dq;
+    const T* kvrow = kv + (tok * H + h) * Dkv;
+    if (d < n) {
+      qo[tok * H * Dq + e] = qrow[d];
+      ko[tok * H * Dq + e] = kvrow[d];
+    } else {
+      const RopeSlot sl = rope_slot(d - n, r, interleaved);
+      const float c = to_f32(cr[sl.pair]), s = to_f32(sr[sl.pair]);
+      const float qv = rope_value(sl, to_f32(qrow[n + sl.first]), to_f32(qrow[n + sl.second]), c, s);
+      const T* k = kr + tok * r;
+      const float kvv = rope_value(sl, to_f32(k[sl.first]), to_f32(k[sl.second]), c, s);
+      qo[tok * H * Dq + e] = from_f32<T>(ok ? qv : NAN);
+      ko[tok * H * Dq + e] = from_f32<T>(ok ? kvv : NAN);
+    }
+  }
+  for (int64_t e = threadIdx.x; e < H * vd; e += blockDim.x) {
+    const int64_t h = e / vd, d = e - h * vd;
+    vo[tok * H * vd + e] = kv[(tok * H + h) * Dkv + n + d];
+  }
+}
+
+// Its backward, one block per token: dq, dkv element-wise; dk_rope[j] = rope^-1 of the heads'
+// sum (fp32, heads in order) of dko's RoPE features.
+template <class T, class Tc, class P>
+__global__ void mla_qkv_backward_kernel(const T* dqo, const T* dko, const T* dvo, const P* pos,
+                                        const Tc* cos, const Tc* sin, T* dq, T* dkv, T* dkr,
+                                        int64_t H, int64_t n, int64_t r, int64_t vd,
+                                        int64_t num_pos, bool interleaved) {
+  const int64_t tok = blockIdx.x, Dq = n + r, Dkv = n + vd, half = r / 2;
+  const int64_t p = static_cast<int64_t>(pos[tok]);
+  const bool ok = p >= 0 && p < num_pos;
+  const Tc* cr = cos + (ok ? p : 0) * half;
+  const Tc* sr = sin + (ok ? p : 0) * half;
+  for (int64_t e = threadIdx.x; e < H * Dq; e += blockDim.x) {
+    const int64_t h = e / Dq, d = e - h * Dq;
+    const T* g = dqo + (tok * H + h) * Dq;
+    if (d < n) {
+      dq[tok * H * Dq + e] = g[d];
+    } else {
+      const RopeSlot sl = rope_slot(d - n, r, interleaved);
+      const float c = to_f32(cr[sl.pair]), s = -to_f32(sr[sl.pair]);
+      const float v = rope_value(sl, to_f32(g[n + sl.first]), to_f32(g[n + sl.second]), c, s);
+      dq[tok * H * Dq + e] = from_f32<T>(ok ? v : NAN);
+    }
+  }
+  for (int64_t e = threadIdx.x; e < H * Dkv; e += blockDim.x) {
+    const int64_t h = e / Dkv, d = e - h * Dkv;
+    dkv[tok * H * Dkv + e] = d < n ? dko[(tok * H + h) * Dq + d] : dvo[(tok * H + h) * vd + d - n];
+  }
+  for (int64_t j = threadIdx.x; j < r; j += blockDim.x) {
+    const RopeSlot sl = rope_slot(j, r, interleaved);
+    float a = 0.0f, b = 0.0f;
+    for (int64_t h = 0; h < H; ++h) {
+      a += to_f32(dko[(tok * H + h) * Dq + n + sl.first]);
+      b += to_f32(dko[(tok * H + h) * Dq + n + sl.second]);
+    }
+    const float c = to_f32(cr[sl.pair]), s = -to_f32(sr[sl.pair]);
+    dkr[tok * r + j] = from_f32<T>(ok ? rope_value(sl, a, b, c, s) : NAN);
+  }
+}
+
+template <class Fn>
+void with_table_and_pos(const Tensor& cos, const Tensor& positions, Fn&& fn) {
+  R1_CHECK(positions.dtype() == DType::I32 || positions.dtype() == DType::I64,
+           "mla_qkv: positions must be i32 or i64, got {}", dtype_name(positions.dtype()));
+  auto with_pos = [&](auto ctag) {
+    if (positions.dtype() == DType::I32) fn(ctag, int32_t{});
+    else fn(ctag, int64_t{});
+  };
+  if (cos.dtype() == DType::F32) with_pos(float{});
+  else with_pos(uint16_t{});
+}
+
+void mla_qkv_forward_cuda(const Tensor& q, const Tensor& kv, const Tensor& k_rope,
+                          const Tensor& positions, const Tensor& cos, const Tensor& sin,
+                          bool interleaved, Tensor& qo, Tensor& ko, Tensor& vo) {
+  R1_CHECK(q.dim() == 4 && kv.dim() == 4 && k_rope.dim() == 3 && qo.shape() == q.shape() &&
+               ko.shape() == q.shape() && vo.dim() == 4 && k_rope.size(2) % 2 == 0 &&
+               q.size(3) > k_rope.size(2) && q.is_contiguous() && kv.is_contiguous() &&
+               k_rope.is_contiguous() && kv.dtype() == q.dtype() && k_rope.dtype() == q.dtype() &&
+               qo.dtype() == q.dtype() && ko.dtype() == q.dtype() && vo.dtype() == q.dtype() &&
+               positions.numel() == q.size(0) * q.size(1) && cos.dim() == 2 &&
+               cos.shape() == sin.shape() && cos.dtype() == sin.dtype() &&
+               cos.size(1) * 2 == k_rope.size(2) &&
+               (cos.dtype() == DType::F32 || cos.dtype() == q.dtype()),
+           "mla_qkv: q {}, kv {}, k_rope {}, positions {}, cos {}, qo {}, ko {}, vo {}", q.str(),
+           kv.str(), k_rope.str(), positions.str(), cos.str(), qo.str(), ko.str(), vo.str());
+  const int64_t BT = q.size(0) * q.size(1), H = q.size(2), r = k_rope.size(2), n = q.size(3) - r;
+  const int64_t vd = vo.size(3);
+  R1_CHECK(kv.size(3) == n + vd, "mla_qkv: kv {} for n {} and v {}", kv.str(), n, vd);
+  if (BT == 0 || H == 0) return;
+  const int dev = q.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_float(q.dtype(), "mla_qkv", [&](auto xtag) {
+    using T = decltype(xtag);
+    with_table_and_pos(cos, positions, [&](auto ctag, auto ptag) {
+      using Tc = decltype(ctag);
+      using P = decltype(ptag);
+      mla_qkv_forward_kernel<T, Tc, P><<<static_cast<unsigned>(BT), 128, 0, s>>>(
+          static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kv.data_ptr()),
+          static_cast<const T*>(k_rope.data_ptr()), static_cast<const P*>(positions.data_ptr()),
+          static_cast<const Tc*>(cos.data_ptr()), static_cast<const Tc*>(sin.data_ptr()),
+          static_cast<T*>(qo.data_ptr()), static_cast<T*>(ko.data_ptr()),
+          static_cast<T*>(vo.data_ptr()), H, n, r, vd, cos.size(0), interleaved);
+      R1_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void mla_qkv_backward_cuda(const Tensor& dqo, const Tensor& dko, const Tensor& dvo,
+                           const Tensor& positions, const Tensor& cos, const Tensor& sin,
+                           bool interleaved, Tensor& dq, Tensor& dkv, Tensor& dk_rope) {
+  R1_CHECK(dqo.dim() == 4 && dko.shape() == dqo.shape() && dvo.dim() == 4 && dk_rope.dim() == 3 &&
+               dq.shape() == dqo.shape() && dkv.dim() == 4 && dk_rope.size(2) % 2 == 0 &&
+               dqo.size(3) > dk_rope.size(2) && dqo.is_contiguous() && dko.is_contiguous() &&
+               dvo.is_contiguous() && dko.dtype() == dqo.dtype() && dvo.dtype() == dqo.dtype() &&
+               dq.dtype() == dqo.dtype() && dkv.dtype() == dqo.dtype() &&
+               dk_rope.dtype() == dqo.dtype() && positions.numel() == dqo.size(0) * dqo.size(1) &&
+               cos.dim() == 2 && cos.shape() == sin.shape() && cos.dtype() == sin.dtype() &&
+               cos.size(1) * 2 == dk_rope.size(2) &&
+               (cos.dtype() == DType::F32 || cos.dtype() == dqo.dtype()),
+           "mla_qkv backward: dqo {}, dko {}, dvo {}, positions {}, cos {}, dq {}, dkv {}, dk_rope {}",
+           dqo.str(), dko.str(), dvo.str(), positions.str(), cos.str(), dq.str(), dkv.str(),
+           dk_rope.str());
+  const int64_t BT = dqo.size(0) * dqo.size(1), H = dqo.size(2), r = dk_rope.size(2);
+  const int64_t n = dqo.size(3) - r, vd = dvo.size(3);
+  R1_CHECK(dkv.size(3) == n + vd, "mla_qkv backward: dkv {} for n {} and v {}", dkv.str(), n, vd);
+  if (BT == 0) return;
+  const int dev = dqo.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_float(dqo.dtype(), "mla_qkv backward", [&](auto xtag) {
+    using T = decltype(xtag);
+    with_table_and_pos(cos, positions, [&](auto ctag, auto ptag) {
+      using Tc = decltype(ctag);
+      using P = decltype(ptag);
+      mla_qkv_backward_kernel<T, Tc, P><<<static_cast<unsigned>(BT), 128, 0, s>>>(
+          static_cast<const T*>(dqo.data_ptr()), static_cast<const T*>(dko.data_ptr()),
+          static_cast<const T*>(dvo.data_ptr()), static_cast<const P*>(positions.data_ptr()),
+          static_cast<const Tc*>(cos.data_ptr()), static_cast<const Tc*>(sin.data_ptr()),
+          static_cast<T*>(dq.data_ptr()), static_cast<T*>(dkv.data_ptr()),
+          static_cast<T*>(dk_rope.data_ptr()), H, n, r, vd, cos.size(0), interleaved);
+      R1_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
 }  // namespace
 
 R1_REGISTER_KERNEL(rmsnorm_forward, CUDA, rmsnorm_forward_cuda);
@@ -496,5 +688,7 @@ R1_REGISTER_KERNEL(rmsnorm_backward, CUDA, rmsnorm_backward_cuda);
 R1_REGISTER_KERNEL(swiglu_forward, CUDA, swiglu_forward_cuda);
 R1_REGISTER_KERNEL(swiglu_backward, CUDA, swiglu_backward_cuda);
 R1_REGISTER_KERNEL(rope, CUDA, rope_cuda);
+R1_REGISTER_KERNEL(mla_qkv_forward, CUDA, mla_qkv_forward_cuda);
+R1_REGISTER_KERNEL(mla_qkv_backward, CUDA, mla_qkv_backward_cuda);
 
 }  // namespace r1::cuda

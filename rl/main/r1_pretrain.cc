@@ -241,7 +241,7 @@ int main(int argc, char** argv) {
   app.add_option("--save-every", o.save_every, "checkpoint interval")->check(CLI::PositiveNumber);
   app.add_option("--seed", o.seed, "corpus, packing and init seed");
   app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");
-  app.add_option("--tasks", o.tasks, "task families of the corpus, comma-separated");
+  app.add_option("--tasks", o.tasks, "task families of the corpus, comma-separated, each NAME or NAME:WEIGHT (default weight 1)");
   app.add_option("--difficulty", o.difficulty, "N or LO-HI within 1..5");
   app.add_option("--general-share", o.general_share, "share of general text")->check(CLI::Range(0.0, 1.0));
   app.add_option("--chinese-share", o.chinese_share, "share of Chinese documents")->check(CLI::Range(0.0, 1.0));

@@ -253,6 +253,39 @@ TEST(Corpus, CarefulShareSwitchesTheSolution) {
   EXPECT_LT(half, 250);
 }
 
+TEST(Corpus, TaskWeightsSetTheMix) {
+  CorpusOptions co;
+  co.documents = 800;
+  co.seed = test::case_seed(5);
+  co.general_share = 0;
+  co.min_difficulty = co.max_difficulty = 1;
+  co.chinese_share = 0;
+  const auto countdown_docs = [&](std::vector<std::string> tasks) {
+    co.tasks = std::move(tasks);
+    int n = 0;
+    for (const std::string& d : generate_corpus(co)) n += d.find("Using the numbers") != std::string::npos;
+    return n;
+  };
+  // Equal weights are the unweighted corpus, document for document.
+  co.tasks = {"countdown", "list"};
+  const std::vector<std::string> plain = generate_corpus(co);
+  co.tasks = {"countdown:2", "list:2"};
+  EXPECT_EQ(generate_corpus(co), plain);
+  // countdown:3, list:1 -> binomial(800, 0.75): mean 600, sd 12.2; unweighted: mean 400.
+  const int heavy = countdown_docs({"countdown:3", "list:1"});
+  EXPECT_GT(heavy, 550);
+  EXPECT_LT(heavy, 650);
+  const int even = countdown_docs({"countdown", "list"});
+  EXPECT_GT(even, 350);
+  EXPECT_LT(even, 450);
+  for (const char* bad : {"countdown:", "countdown:x", "countdown:0", "countdown:-1", "countdown:1e999"}) {
+    co.tasks = {bad, "list"};
+    EXPECT_THROW(generate_corpus(co), r1::InputError) << bad;
+  }
+  co.tasks = {"nosuchtask:1"};
+  EXPECT_THROW(generate_corpus(co), r1::InputError);
+}
+
 TEST(TinyLanguage, RunsAndStopsAtLimits) {
   // gcd by the reference algorithm, against std::gcd on random inputs.
   const char* gcd = "loop:\njz b end\nset t a\nmod t b\nset a b\nset b t\njmp loop\nend:\nprint a\n";
