@@ -399,6 +399,63 @@ TEST(CudaMoeRoute, SameExpertsAsCpu) {
 
 // Logits on a coarse grid and no bias: many exact ties between experts and between group
 // scores, which both backends break by the lower index.
+// moe_combine on the GPU against the CPU kernel on the dtype-rounded inputs: a random
+// permutation of pairs onto expert rows (every row read once), outputs poisoned; in f32 the
+// forward has the CPU's bits (products rounded, then added in k order).
+TEST(CudaMoeCombine, MatchesCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  const struct {
+    int64_t N, K, D, E;
+  } cases[] = {{1, 1, 1, 1}, {37, 2, 33, 5}, {512, 8, 128, 64}, {300, 4, 7168, 16}};
+  uint64_t k = 700;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const auto& c : cases) {
+      const int64_t P = c.N * c.K;
+      const std::string name = fmt::format("moe_combine {} N={} K={} D={} E={} [seed {}]",
+                                           dtype_name(dt), c.N, c.K, c.D, c.E, kRunSeed);
+      // Pair p goes to expert part[p]; its row is its rank among that expert's pairs, after a
+      // random shuffle of the pairs (so rows are not in token order).
+      std::vector<int64_t> part(P), row(P), order(P), rows_of(c.E, 0);
+      const std::vector<int64_t> rp = Tensor::randint({P}, case_seed(++k), 0, c.E).to_int_vector();
+      const std::vector<double> key = Tensor::rand({P}, case_seed(++k), 0.0, 1.0).to_double_vector();
+      for (int64_t p = 0; p < P; ++p) order[p] = p;
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] < key[b]; });
+      for (int64_t p : order) {
+        part[p] = rp[p];
+        row[p] = rows_of[part[p]]++;
+      }
+      std::vector<Tensor> ys, ys_cpu, ys_gpu;
+      for (int64_t e = 0; e < c.E; ++e) {
+        const Tensor y = Tensor::randn({rows_of[e], c.D}, case_seed(++k));
+        ys_cpu.push_back(rounded_f32(y, dt));
+        ys_gpu.push_back(y.to(dt).to(kGpu));
+      }
+      const Tensor w = Tensor::rand({P}, case_seed(++k), 0.1, 1.0);
+      const Tensor dy = Tensor::randn({c.N, c.D}, case_seed(++k));
+      const Tensor pt = Tensor::from_vector(part, {P}), rt = Tensor::from_vector(row, {P});
+      Tensor cy = Tensor::empty({c.N, c.D}), cdw = Tensor::empty({P});
+      std::vector<Tensor> cdys;
+      for (const Tensor& y : ys_cpu) cdys.push_back(Tensor::empty(y.shape()));
+      const Tensor w32 = rounded_f32(w, dt), dy32 = rounded_f32(dy, dt);
+      kernels::moe_combine_forward()(kCpu, ys_cpu, w32, pt, rt, cy);
+      kernels::moe_combine_backward()(kCpu, ys_cpu, w32, pt, rt, dy32, cdys, cdw);
+
+      const Tensor wg = w.to(dt).to(kGpu), pg = pt.to(kGpu), rg = rt.to(kGpu);
+      Tensor gy = test::poisoned({c.N, c.D}, dt, kGpu), gdw = test::poisoned({P}, dt, kGpu);
+      std::vector<Tensor> gdys;
+      for (const Tensor& y : ys_gpu) gdys.push_back(test::poisoned(y.shape(), dt, kGpu));
+      kernels::moe_combine_forward()(kGpu, ys_gpu, wg, pg, rg, gy);
+      kernels::moe_combine_backward()(kGpu, ys_gpu, wg, pg, rg, dy.to(dt).to(kGpu), gdys, gdw);
+      if (dt == DType::F32)
+        test::expect_close(name + " y (bits)", gy.to(kCpu), cy, 0, 0);
+      else
+        expect_gpu_close(name + " y", gy, cy, dt);
+      expect_gpu_close(name + " dw", gdw, cdw, dt);
+      for (int64_t e = 0; e < c.E; ++e)
+        expect_gpu_close(fmt::format("{} dys[{}]", name, e), gdys[e], cdys[e], dt);
+    }
+}
+
 TEST(CudaMoeRoute, TiesBrokenAsOnCpu) {
   R1_SKIP_WITHOUT_CUDA();
   const int64_t N = 512, E = 256;

@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   corpus->add_option("--r1-format-share", co.r1_format_share, "share of task documents as R1-Zero conversations")->check(CLI::Range(0.0, 1.0));
   corpus->add_option("--wrong-share", co.wrong_share, "share of task documents with a wrong final answer")->check(CLI::Range(0.0, 1.0));
   corpus->add_option("--careful-share", co.careful_share, "share of task documents with the careful solution")->check(CLI::Range(0.0, 1.0));
-  corpus->add_option("--tasks", co.tasks, "task families (default all)")->delimiter(',');
+  corpus->add_option("--tasks", co.tasks, "task families, each NAME or NAME:WEIGHT (default all, weight 1)")->delimiter(',');
   corpus->add_option("--min-difficulty", co.min_difficulty, "lowest difficulty (1..5)");
   corpus->add_option("--max-difficulty", co.max_difficulty, "highest difficulty (1..5)");
   corpus->add_option("--out", corpus_out, "output JSONL")->required();
