@@ -55,6 +55,7 @@ GrpoConfig GrpoConfig::from_json(const json& j, const std::string& where) {
       "adam_beta2", "warmup_steps", "beta", "epsilon", "epsilon_high", "num_iterations",
       "ref_model_sync_steps", "scale_rewards", "loss_type", "importance_sampling_level",
       "mask_truncated_completions", "drop_zero_variance_groups", "micro_batch_sequences",
+      "logprob_check_steps",
       "save_steps", "seed", "reward_weights", "tasks", "min_difficulty", "max_difficulty",
       "chinese_share", "prompt_template", "comment"};
   for (const auto& [k, v] : j.items())
@@ -83,6 +84,7 @@ GrpoConfig GrpoConfig::from_json(const json& j, const std::string& where) {
   read_key(j, "mask_truncated_completions", &c.mask_truncated_completions, where);
   read_key(j, "drop_zero_variance_groups", &c.drop_zero_variance_groups, where);
   read_key(j, "micro_batch_sequences", &c.micro_batch_sequences, where);
+  read_key(j, "logprob_check_steps", &c.logprob_check_steps, where);
   read_key(j, "save_steps", &c.save_steps, where);
   read_key(j, "seed", &c.seed, where);
   read_key(j, "tasks", &c.tasks, where);
@@ -113,7 +115,8 @@ json GrpoConfig::to_json() const {
           {"loss_type", loss_type}, {"importance_sampling_level", importance_sampling_level},
           {"mask_truncated_completions", mask_truncated_completions},
           {"drop_zero_variance_groups", drop_zero_variance_groups},
-          {"micro_batch_sequences", micro_batch_sequences}, {"save_steps", save_steps},
+          {"micro_batch_sequences", micro_batch_sequences},
+          {"logprob_check_steps", logprob_check_steps}, {"save_steps", save_steps},
           {"seed", seed}, {"reward_weights", rewards.to_json()}, {"tasks", tasks},
           {"min_difficulty", min_difficulty}, {"max_difficulty", max_difficulty},
           {"chinese_share", chinese_share}, {"prompt_template", prompt_template}};
@@ -129,6 +132,7 @@ void GrpoConfig::validate(const std::string& where) const {
   positive(max_completion_length, "max_completion_length");
   positive(num_iterations, "num_iterations");
   positive(micro_batch_sequences, "micro_batch_sequences");
+  positive(logprob_check_steps, "logprob_check_steps");
   positive(save_steps, "save_steps");
   R1_INPUT_CHECK(temperature > 0 && std::isfinite(temperature), "{}: temperature must be > 0", where);
   R1_INPUT_CHECK(top_p > 0 && top_p <= 1, "{}: top_p must be in (0, 1]", where);
@@ -299,21 +303,20 @@ json GrpoTrainer::step(int64_t step) {
   BatchInvariantScope invariant;
   std::vector<int64_t> offset(S + 1, 0);
   for (int64_t k = 0; k < S; ++k) offset[k + 1] = offset[k] + static_cast<int64_t>(completions[k].size());
-  std::vector<double> old_lp, ref_lp, entropy;
-  {
+  std::vector<double> old_lp, ref_lp;
+  // On-policy (one inner update, no reference): the old logprobs are the update's own forward,
+  // detached; the scoring pass runs only to check that they are the same bits.
+  const bool on_policy = cfg_.num_iterations == 1 && cfg_.beta <= 0;
+  const bool score_pass = !on_policy || step == 1 || step % cfg_.logprob_check_steps == 0;
+  if (score_pass) {
     NoGrad ng;
     const TokenLogprobs tl = completion_logprobs(policy_, full_prompts, completions, cfg_.temperature, pad_);
     old_lp = to_f64(tl.logp);
-    entropy = to_f64(tl.entropy);
     if (cfg_.beta > 0) {
       DeepseekV3 ref(policy_.config(), ref_params_, policy_.max_positions());
       ref_lp = to_f64(completion_logprobs(ref, full_prompts, completions, cfg_.temperature, pad_).logp);
     }
   }
-  double sampler_gap = 0;
-  for (int64_t k = 0; k < S; ++k)
-    for (size_t t = 0; t < completions[k].size(); ++t)
-      sampler_gap = std::max(sampler_gap, std::abs(samples[k].logprobs[t] - old_lp[offset[k] + t]));
   const double score_s = seconds_since(t_score);
 
   // ---- updates -------------------------------------------------------------------------
@@ -336,7 +339,10 @@ json GrpoTrainer::step(int64_t step) {
                         ? cfg_.learning_rate * static_cast<double>(step) / static_cast<double>(cfg_.warmup_steps)
                         : cfg_.learning_rate;
   opt_.config().lr = lr;
+  // sampler_gap and entropy: over the trained sequences' tokens, from the first update forward.
   double mismatch = 0, kl = 0, clip_low = 0, clip_high = 0, ratio = 0, grad_norm_v = 0, loss_sum = 0;
+  double sampler_gap = 0, ent = 0;
+  int64_t ent_tokens = 0;
   int64_t train_tokens = 0;
   const int64_t K = static_cast<int64_t>(kept.size());
   if (K > 0) {
@@ -344,7 +350,7 @@ json GrpoTrainer::step(int64_t step) {
       for (int64_t m0 = 0; m0 < K; m0 += cfg_.micro_batch_sequences) {
         const int64_t m1 = std::min(K, m0 + cfg_.micro_batch_sequences), Sm = m1 - m0;
         std::vector<std::vector<int32_t>> mp, mc;
-        std::vector<double> mold, mref, madv, mmask;
+        std::vector<double> mold, mref, madv, mmask, msampler;
         std::vector<int64_t> mseq;
         int64_t mtok = 0;
         for (int64_t i = m0; i < m1; ++i) {
@@ -354,7 +360,8 @@ json GrpoTrainer::step(int64_t step) {
           madv.push_back(adv[k]);
           const bool on = counts(k) > 0;
           for (int64_t t = offset[k]; t < offset[k + 1]; ++t) {
-            mold.push_back(old_lp[t]);
+            if (score_pass) mold.push_back(old_lp[t]);
+            msampler.push_back(samples[k].logprobs[t - offset[k]]);
             if (cfg_.beta > 0) mref.push_back(ref_lp[t]);
             mseq.push_back(i - m0);
             mmask.push_back(on ? 1.0 : 0.0);
@@ -367,7 +374,13 @@ json GrpoTrainer::step(int64_t step) {
         const int64_t Tm = tl.logp.size(0);
         if (it == 0) {
           const std::vector<double> now = to_f64(tl.logp);
-          for (int64_t t = 0; t < Tm; ++t) mismatch = std::max(mismatch, std::abs(now[t] - mold[t]));
+          if (score_pass)
+            for (int64_t t = 0; t < Tm; ++t) mismatch = std::max(mismatch, std::abs(now[t] - mold[t]));
+          else
+            mold = now;
+          for (int64_t t = 0; t < Tm; ++t) sampler_gap = std::max(sampler_gap, std::abs(msampler[t] - now[t]));
+          for (double e : to_f64(tl.entropy)) ent += e;
+          ent_tokens += Tm;
         }
         oo.num_sequences = Sm;
         const GrpoObjective obj = grpo_objective(
@@ -398,8 +411,6 @@ json GrpoTrainer::step(int64_t step) {
   if (cfg_.beta > 0 && cfg_.ref_model_sync_steps > 0 && step % cfg_.ref_model_sync_steps == 0)
     for (auto& [name, t] : ref_params_) t.copy_(policy_.params().at(name).detach());
 
-  double ent = 0;
-  for (double e : entropy) ent += e;
   const double n = static_cast<double>(S);
   const double step_s = seconds_since(t_step);
   json per_task;
@@ -420,10 +431,10 @@ json GrpoTrainer::step(int64_t step) {
           {"clip_low_frac", clip_low},
           {"clip_high_frac", clip_high},
           {"ratio_mean", ratio},
-          {"entropy", entropy.empty() ? 0.0 : ent / static_cast<double>(entropy.size())},
+          {"entropy", ent_tokens == 0 ? 0.0 : ent / static_cast<double>(ent_tokens)},
           {"grad_norm", grad_norm_v},
           {"lr", lr},
-          {"logprob_mismatch_max", mismatch},
+          {"logprob_mismatch_max", score_pass && K > 0 ? json(mismatch) : json(nullptr)},
           {"sampler_logprob_gap_max", sampler_gap},
           {"trained_sequences", K},
           {"rollout_tokens_per_s", static_cast<double>(gs.generated_tokens) / std::max(1e-9, rollout_s)},

@@ -51,6 +51,11 @@ struct GrpoConfig {
   bool mask_truncated_completions = false;
   bool drop_zero_variance_groups = true;
   int64_t micro_batch_sequences = 64;    // sequences per forward/backward
+  // On-policy runs (num_iterations 1, beta 0) take the old logprobs from the update's own
+  // forward (TRL's shortcut; the values are the same bits when the trainer is batch
+  // invariant) and run the separate scoring pass over the rollout batch, which measures
+  // logprob_mismatch_max, only at step 1 and every this many steps (1: every step).
+  int64_t logprob_check_steps = 25;
   int64_t save_steps = 20;
   uint64_t seed = 1;
   RewardWeights rewards;

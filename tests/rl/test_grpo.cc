@@ -178,6 +178,43 @@ TEST(GrpoTrainer, StepsAreBatchInvariantAndResumeBitwise) {
   std::filesystem::remove_all(dir);
 }
 
+// On-policy (mu 1, beta 0) the old logprobs come from the update's own forward, and the
+// scoring pass runs only every logprob_check_steps: the run must be the same, bit for bit,
+// as one that scores every step (the scoring pass's values are the same bits).
+TEST(GrpoTrainer, OnPolicyShortcutChangesNothing) {
+  const uint64_t seed = test::case_seed(3);
+  ModelConfig cfg = tiny_config();
+  cfg.vocab_size = tokenizer().vocab_size();
+  rl::GrpoConfig gc = small_config(seed);
+  gc.beta = 0;
+  gc.num_iterations = 1;
+  auto run = [&](int64_t check) {
+    gc.logprob_check_steps = check;
+    DeepseekV3 policy = make_policy(cfg, seed);
+    rl::GrpoTrainer tr(gc, policy, tokenizer(), {});
+    tr.set_reward_fn(digit_reward);
+    std::vector<json> out;
+    for (int64_t s = 1; s <= gc.max_steps; ++s) out.push_back(strip_timings(tr.step(s)));
+    return out;
+  };
+  const std::vector<json> checked = run(1), shortcut = run(1000);
+  double trained = 0;
+  for (int64_t s = 1; s <= gc.max_steps; ++s) {
+    json a = checked[s - 1], b = shortcut[s - 1];
+    trained += a["trained_sequences"].get<double>();
+    if (a["trained_sequences"].get<double>() > 0) {
+      EXPECT_EQ(a["logprob_mismatch_max"].get<double>(), 0.0) << a.dump();
+    }
+    // The shortcut run scores at step 1 only.
+    EXPECT_EQ(b["logprob_mismatch_max"].is_null(), s > 1 || b["trained_sequences"].get<double>() == 0)
+        << b.dump();
+    a.erase("logprob_mismatch_max");
+    b.erase("logprob_mismatch_max");
+    EXPECT_EQ(a.dump(), b.dump()) << "step " << s;
+  }
+  ASSERT_GT(trained, 0) << "no step trained: the test would not exercise the update";
+}
+
 TEST(GrpoConfig, BadFieldsAreNamed) {
   EXPECT_THROW(rl::GrpoConfig::from_json(json{{"num_generation", 4}}, "g.json"), InputError);
   try {
