@@ -9,23 +9,6 @@
 namespace r1::cpu {
 namespace {
 
-// sum over d < D of f(d), in 16 interleaved lanes (lane l takes d = l, l + 16, ...) that are
-// then added in a fixed tree: the order depends on D alone (batch invariance), and the lanes
-// are independent chains the compiler vectorizes (one chain of D dependent adds is latency
-// bound: about 4 cycles per element).
-template <class T, class F>
-inline T lane_sum(int64_t D, F&& f) {
-  constexpr int64_t kLanes = 16;
-  T acc[kLanes] = {};
-  int64_t d = 0;
-  for (; d + kLanes <= D; d += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] += f(d + l);
-  for (int64_t l = 0; d + l < D; ++l) acc[l] += f(d + l);
-  for (int64_t w = kLanes / 2; w > 0; w /= 2)
-    for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
-  return acc[0];
-}
-
 void check_shapes(const char* op, const Tensor& x, const Tensor& w, const Tensor& rstd) {
   R1_CHECK(x.dim() == 2 && w.dim() == 1 && w.size(0) == x.size(1) && rstd.numel() == x.size(0)
                && w.dtype() == x.dtype() && rstd.dtype() == x.dtype(),
@@ -46,7 +29,8 @@ void rmsnorm_forward_cpu(const Tensor& x, const Tensor& w, double eps, Tensor& y
 #pragma omp parallel for if (worth_parallel(N * D))
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = px + n * D;
-      const T ss = lane_sum<T>(D, [&](int64_t d) { return xr[d] * xr[d]; });
+      T ss = 0;
+      for (int64_t d = 0; d < D; ++d) ss += xr[d] * xr[d];
       const T r = T(1) / std::sqrt(ss / static_cast<T>(D) + static_cast<T>(eps));
       pr[n] = r;
       for (int64_t d = 0; d < D; ++d) py[n * D + d] = xr[d] * r * pw[d];
@@ -81,7 +65,8 @@ void rmsnorm_backward_cpu(const Tensor& x, const Tensor& w, const Tensor& rstd, 
         const T* xr = px + n * D;
         const T* gr = pg + n * D;
         const T r = pr[n];
-        const T dot = lane_sum<T>(D, [&](int64_t d) { return pw[d] * gr[d] * xr[d]; });
+        T dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += pw[d] * gr[d] * xr[d];
         const T c = dot * r * r / static_cast<T>(D);
         for (int64_t d = 0; d < D; ++d) {
           pdx[n * D + d] = r * (pw[d] * gr[d] - xr[d] * c);
