@@ -30,7 +30,7 @@ for ((i = 1; i <= rounds; ++i)); do
 done
 cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 commit=$(git rev-parse --short HEAD)
-[[ -z $(git status --porcelain --untracked-files=no) ]] || commit="$commit + uncommitted changes"
+[[ -z $(git status --porcelain --untracked-files=no -- . ':!bench/results') ]] || commit="$commit + uncommitted changes"
 out=bench/results/cpu-rl-$(date +%F).md
 /usr/bin/python3 - "$runs" "$cpu" "$commit" "$out" "$*" <<'PY'
 import json, os, sys
