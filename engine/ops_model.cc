@@ -79,6 +79,21 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
   return y;
 }
 
+namespace {
+// positions (T) or (B, T) int for x (B, T, ...) on x's device -> a contiguous (B, T).
+Tensor positions_bt(const char* op, const Tensor& positions, const Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1);
+  R1_CHECK((positions.dim() == 1 && positions.size(0) == T) ||
+               (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
+           "{}: positions {} for {}: expected (T) or (B, T)", op, shape_str(positions.shape()),
+           shape_str(x.shape()));
+  R1_CHECK(positions.device() == x.device(), "{}: positions {} and {} on different devices", op,
+           positions.str(), x.str());
+  return positions.dim() == 2 ? plain(positions)
+                              : plain(positions).view({1, T}).expand({B, T}).contiguous();
+}
+}  // namespace
+
 // x (B, T, H, D) with D == table.config.dim, positions (B, T) or (T) int -> (B, T, H, D).
 // Saves positions; backward is the inverse rotation of the incoming grad.
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeTable& table) {
@@ -90,15 +105,7 @@ Tensor rope(const Tensor& x, const Tensor& positions, const RopeTable& table) {
   R1_CHECK(x.dim() == 4 && x.size(3) == table.config.dim && x.size(3) % 2 == 0,
            "rope: x {} must be (B, T, H, D) with D = the table's dim {} (even)",
            shape_str(x.shape()), table.config.dim);
-  const int64_t B = x.size(0), T = x.size(1);
-  R1_CHECK((positions.dim() == 1 && positions.size(0) == T) ||
-               (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
-           "rope: positions {} for x {}: expected (T) or (B, T)", shape_str(positions.shape()),
-           shape_str(x.shape()));
-  R1_CHECK(positions.device() == x.device(), "rope: positions {} and x {} on different devices",
-           positions.str(), x.str());
-  const Tensor pos = positions.dim() == 2 ? plain(positions)
-                                          : plain(positions).view({1, T}).expand({B, T}).contiguous();
+  const Tensor pos = positions_bt("rope", positions, x);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   kernels::rope()(x.device(), plain(x), pos, table.cos, table.sin, il, false, y);
   const Tensor cos = table.cos, sin = table.sin;
@@ -128,14 +135,7 @@ std::vector<Tensor> mla_qkv(const Tensor& q, const Tensor& kv, const Tensor& k_r
            "with r = the table's dim {}",
            shape_str(q.shape()), shape_str(kv.shape()), shape_str(k_rope.shape()), r);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), n = q.size(3) - r, vd = kv.size(3) - n;
-  R1_CHECK((positions.dim() == 1 && positions.size(0) == T) ||
-               (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
-           "mla_qkv: positions {} for q {}: expected (T) or (B, T)", shape_str(positions.shape()),
-           shape_str(q.shape()));
-  R1_CHECK(positions.device() == q.device(), "mla_qkv: positions {} and q {} on different devices",
-           positions.str(), q.str());
-  const Tensor pos = positions.dim() == 2 ? plain(positions)
-                                          : plain(positions).view({1, T}).expand({B, T}).contiguous();
+  const Tensor pos = positions_bt("mla_qkv", positions, q);
   const Device dev = q.device();
   Tensor qo = Tensor::empty(q.shape(), q.dtype(), dev);
   Tensor ko = Tensor::empty(q.shape(), q.dtype(), dev);

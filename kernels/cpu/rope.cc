@@ -7,6 +7,29 @@
 namespace r1::cpu {
 namespace {
 
+// The D = 2 half features at x rotated into y: pair j lives at (j step, j step + other),
+// interleaved (2j, 2j+1) or halves (j, j + half), and is the complex number a + ib multiplied
+// by c[j] + i sgn s[j] (sgn -1: the inverse rotation).
+template <class T>
+inline void rotate(const T* x, const T* c, const T* s, T sgn, int64_t half, int64_t step,
+                   int64_t other, T* y) {
+  for (int64_t j = 0; j < half; ++j) {
+    const T a = x[j * step], b = x[j * step + other];
+    const T cj = c[j], sj = sgn * s[j];
+    y[j * step] = a * cj - b * sj;
+    y[j * step + other] = a * sj + b * cj;
+  }
+}
+
+// Every position in [0, P) of the table: an error names the op otherwise.
+void check_positions(const Tensor& positions, int64_t BT, int64_t P, const char* op) {
+  check_index_dtype(positions, op);
+  for (int64_t i = 0; i < BT; ++i) {
+    const int64_t p = index_at(positions, i);
+    R1_CHECK(p >= 0 && p < P, "{}: position {} outside the table's {} positions", op, p, P);
+  }
+}
+
 // x (B, T, H, D), positions (B, T) int, cos/sin (P, D/2) -> y (B, T, H, D).
 // Pair j of a head, (a, b) = (x[2j], x[2j+1]) interleaved or (x[j], x[j + D/2]) halves, is the
 // complex number a + ib multiplied by cos + i sin (sin negated when inverse).
@@ -18,14 +41,8 @@ void rope_cpu(const Tensor& x, const Tensor& positions, const Tensor& cos, const
                cos.dtype() == x.dtype() && sin.dtype() == x.dtype() && y.shape() == x.shape(),
            "rope: x {}, positions {}, cos {}, sin {}, y {}", x.str(), positions.str(), cos.str(),
            sin.str(), y.str());
-  check_index_dtype(positions, "rope");
   const int64_t BT = x.size(0) * x.size(1), H = x.size(2), D = x.size(3), half = D / 2;
-  const int64_t P = cos.size(0);
-  for (int64_t i = 0; i < BT; ++i) {
-    const int64_t p = index_at(positions, i);
-    R1_CHECK(p >= 0 && p < P, "rope: position {} outside the table's {} positions", p, P);
-  }
-  // Pair j lives at (j * step, j * step + other): interleaved (2j, 2j+1), halves (j, j+D/2).
+  check_positions(positions, BT, cos.size(0), "rope");
   const int64_t step = interleaved ? 2 : 1, other = interleaved ? 1 : half;
   dispatch_float(x.dtype(), "rope", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -38,30 +55,10 @@ void rope_cpu(const Tensor& x, const Tensor& positions, const Tensor& cos, const
     for (int64_t i = 0; i < BT; ++i) {
       const T* c = pc + index_at(positions, i) * half;
       const T* s = ps + index_at(positions, i) * half;
-      for (int64_t h = 0; h < H; ++h) {
-        const T* xr = px + (i * H + h) * D;
-        T* yr = py + (i * H + h) * D;
-        for (int64_t j = 0; j < half; ++j) {
-          const T a = xr[j * step], b = xr[j * step + other];
-          const T cj = c[j], sj = sgn * s[j];
-          yr[j * step] = a * cj - b * sj;
-          yr[j * step + other] = a * sj + b * cj;
-        }
-      }
+      for (int64_t h = 0; h < H; ++h)
+        rotate(px + (i * H + h) * D, c, s, sgn, half, step, other, py + (i * H + h) * D);
     }
   });
-}
-
-// One RoPE pair rotation over the r features at x (pairs as in rope_cpu), into y.
-template <class T>
-inline void rotate(const T* x, const T* c, const T* s, T sgn, int64_t half, int64_t step,
-                   int64_t other, T* y) {
-  for (int64_t j = 0; j < half; ++j) {
-    const T a = x[j * step], b = x[j * step + other];
-    const T cj = c[j], sj = sgn * s[j];
-    y[j * step] = a * cj - b * sj;
-    y[j * step + other] = a * sj + b * cj;
-  }
 }
 
 void check_mla_table(const Tensor& positions, const Tensor& cos, const Tensor& sin, int64_t BT,
@@ -71,12 +68,7 @@ void check_mla_table(const Tensor& positions, const Tensor& cos, const Tensor& s
                cos.dtype() == dt && sin.dtype() == dt && cos.is_contiguous() && sin.is_contiguous(),
            "mla_qkv: positions {}, cos {}, sin {} for {} tokens of RoPE dim {} (even, <= 256)", positions.str(),
            cos.str(), sin.str(), BT, r);
-  check_index_dtype(positions, "mla_qkv");
-  for (int64_t i = 0; i < BT; ++i) {
-    const int64_t p = index_at(positions, i);
-    R1_CHECK(p >= 0 && p < cos.size(0), "mla_qkv: position {} outside the table's {} positions", p,
-             cos.size(0));
-  }
+  check_positions(positions, BT, cos.size(0), "mla_qkv");
 }
 
 void mla_qkv_forward_cpu(const Tensor& q, const Tensor& kv, const Tensor& k_rope,
