@@ -9,8 +9,11 @@
 //   Training: one GRPO update on the 128 sequences of 40 prompt + 64 completion tokens:
 //     completion_logprobs (with grad) -> grpo_objective (random advantages, old_logp = the
 //     detached logp) -> backward -> AdamW step. Counters: trained (completion) tokens/s and
-//     total tokens/s (the forward's B x T = 128 x 103 positions). Arg 1: under
-//     BatchInvariantScope, as GrpoTrainer runs; arg 0: without it (the OpenBLAS products).
+//     total tokens/s (the forward's B x T = 128 x 103 positions). First arg 1: under
+//     BatchInvariantScope, as GrpoTrainer runs; 0: without it (the OpenBLAS products).
+//     Second arg 1: each question's prompt computed once for its 8 samples
+//     (DeepseekV3::forward_shared, as GrpoTrainer runs); 0: per sample, as the PyTorch twin
+//     (and TRL) do.
 //
 //   ./build/bin/bench_rl [--config configs/tiny.json] [benchmark flags]
 //   scripts/bench-rl.sh      runs this and the PyTorch twin at one thread, prints the ratios
@@ -89,7 +92,7 @@ void BM_Sampling(benchmark::State& st) {
 }
 
 void BM_GrpoUpdate(benchmark::State& st) {
-  const bool invariant = st.range(0) != 0;
+  const bool invariant = st.range(0) != 0, share = st.range(1) != 0;
   DeepseekV3 model = make_model();
   const int64_t V = model.config().vocab_size;
   // The G samples of a question share its prompt, as in a rollout batch.
@@ -111,7 +114,7 @@ void BM_GrpoUpdate(benchmark::State& st) {
   double loss = 0;
   auto update = [&] {
     const TokenLogprobs tl =
-        rl::completion_logprobs(model, prompts, completions, 1.0, /*pad_id=*/0);
+        rl::completion_logprobs(model, prompts, completions, 1.0, /*pad_id=*/0, share);
     const GrpoObjective obj =
         grpo_objective(tl.logp, tl.logp.detach(), Tensor(), advantages, seq, mask, oo);
     backward(obj.loss);
@@ -127,7 +130,8 @@ void BM_GrpoUpdate(benchmark::State& st) {
   st.counters["total_tokens/s"] =
       benchmark::Counter(forward_positions, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["loss"] = loss;
-  st.SetLabel(invariant ? "batch invariant" : "openblas");
+  st.SetLabel(std::string(invariant ? "batch invariant" : "openblas") +
+              (share ? ", prompt shared" : ", prompt per sample"));
 }
 
 }  // namespace
@@ -145,7 +149,7 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("Sampling", r1::BM_Sampling)
       ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
   benchmark::RegisterBenchmark("GrpoUpdate", r1::BM_GrpoUpdate)
-      ->Arg(1)->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
+      ->Args({1, 1})->Args({1, 0})->Args({0, 1})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <utility>
 
@@ -121,7 +122,8 @@ Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
 }
 
 Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
-                                   const Tensor& positions, const Tensor& segments) const {
+                                   const Tensor& positions, const Tensor& segments,
+                                   const SharedMaps* shared) const {
   const int64_t B = x.size(0), T = x.size(1), H = cfg_.num_attention_heads;
   const int64_t nope = cfg_.qk_nope_head_dim, rd = cfg_.qk_rope_head_dim, vd = cfg_.v_head_dim;
   const double eps = cfg_.rms_norm_eps;
@@ -142,10 +144,21 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
                         .view({B, T, H, nope + vd});
   // Per-head q = [q_nope, rope(q_pe)], k = [k_nope, rope(k_pe)] (k_pe broadcast to the heads,
   // its gradient summed over them), v: one fused op instead of split + rope + concat.
-  const std::vector<Tensor> qkv = mla_qkv(q_flat.view({B, T, H, nope + rd}), kv, ckv[1], positions, rope_);
-  const Tensor &qh = qkv[0], &kh = qkv[1];
-  const Tensor o = attention(qh, kh, qkv[2], cfg_.softmax_scale(), /*causal=*/true,
-                             segments);
+  std::vector<Tensor> qkv = mla_qkv(q_flat.view({B, T, H, nope + rd}), kv, ckv[1], positions, rope_);
+  int64_t Ba = B, Ta = T;  // attention's layout
+  if (shared) {
+    // The compact rows gathered into the padded layout (a shared prefix's rows repeat; their
+    // gradients sum in index_select's backward).
+    Ba = shared->B;
+    Ta = shared->T;
+    for (Tensor& t : qkv) {
+      const int64_t w = t.size(2) * t.size(3);
+      t = index_select(t.reshape({B * T, w}), 0, shared->expand).view({Ba, Ta, H, w / H});
+    }
+  }
+  Tensor o = attention(qkv[0], qkv[1], qkv[2], cfg_.softmax_scale(), /*causal=*/true, segments)
+                 .view({Ba * Ta, H * vd});
+  if (shared) o = index_select(o, 0, shared->collapse);
   return linear(o.view({B, T, H * vd}), p(pre + "o_proj.weight"));
 }
 
@@ -246,7 +259,7 @@ DeepseekV3::Output DeepseekV3::forward(const Tensor& ids, const Tensor& position
            "DeepseekV3::forward: ids {} must be (B, T) int",
            ids.defined() ? ids.str() : "undefined");
   R1_CHECK(balance_alpha >= 0.0, "DeepseekV3::forward: balance_alpha {} < 0", balance_alpha);
-  const int64_t B = ids.size(0), T = ids.size(1), D = cfg_.hidden_size;
+  const int64_t B = ids.size(0), T = ids.size(1);
   const Device dev = p("model.embed_tokens.weight").device();
   if (segments.defined())
     R1_CHECK(segments.shape() == ids.shape(), "DeepseekV3::forward: segments {} for ids {}",
@@ -268,12 +281,23 @@ DeepseekV3::Output DeepseekV3::forward(const Tensor& ids, const Tensor& position
   const Tensor seq_lens = sequence_lengths(B, T, segments);
 
   Output out;
-  Tensor h = embedding(ids.to(dev), p("model.embed_tokens.weight"));  // (B, T, D)
+  out.hidden = layers(embedding(ids.to(dev), p("model.embed_tokens.weight")), pos, seg, seq_lens,
+                      balance_alpha, nullptr, out);
+  if (want_logits)
+    out.logits = linear(out.hidden, p(cfg_.tie_word_embeddings ? "model.embed_tokens.weight"
+                                                               : "lm_head.weight"));
+  return out;
+}
+
+Tensor DeepseekV3::layers(Tensor h, const Tensor& pos, const Tensor& seg, const Tensor& seq_lens,
+                          double balance_alpha, const SharedMaps* shared, Output& out) {
+  const int64_t B = h.size(0), T = h.size(1), D = cfg_.hidden_size;
   const double eps = cfg_.rms_norm_eps;
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string pre = fmt::format("model.layers.{}.", i);
     h = add(h, attention_block(pre + "self_attn.",
-                               rmsnorm(h, p(pre + "input_layernorm.weight"), eps), pos, seg));
+                               rmsnorm(h, p(pre + "input_layernorm.weight"), eps), pos, seg,
+                               shared));
     const Tensor xn = rmsnorm(h, p(pre + "post_attention_layernorm.weight"), eps);
     if (!cfg_.is_moe_layer(i)) {
       h = add(h, mlp(pre + "mlp.", xn));
@@ -287,11 +311,70 @@ DeepseekV3::Output DeepseekV3::forward(const Tensor& ids, const Tensor& position
       out.balance_loss = out.balance_loss.defined() ? add(out.balance_loss, m.balance_loss)
                                                     : m.balance_loss;
   }
-  out.hidden = rmsnorm(h, p("model.norm.weight"), eps);
-  if (want_logits)
-    out.logits = linear(out.hidden, p(cfg_.tie_word_embeddings ? "model.embed_tokens.weight"
-                                                               : "lm_head.weight"));
-  return out;
+  return rmsnorm(h, p("model.norm.weight"), eps);
+}
+
+DeepseekV3::SharedPrefixBatch DeepseekV3::share_prefixes(
+    const std::vector<std::vector<int32_t>>& prefixes,
+    const std::vector<std::vector<int32_t>>& rests) {
+  R1_CHECK(prefixes.size() == rests.size() && !prefixes.empty(),
+           "DeepseekV3::share_prefixes: {} prefixes for {} sequences", prefixes.size(),
+           rests.size());
+  SharedPrefixBatch sb;
+  sb.B = static_cast<int64_t>(prefixes.size());
+  sb.T = 1;
+  for (int64_t b = 0; b < sb.B; ++b) {
+    R1_CHECK(!prefixes[b].empty(), "DeepseekV3::share_prefixes: sequence {} has an empty prefix", b);
+    sb.T = std::max<int64_t>(sb.T, static_cast<int64_t>(prefixes[b].size() + rests[b].size()));
+  }
+  sb.expand.assign(static_cast<size_t>(sb.B * sb.T), 0);
+  std::map<std::vector<int32_t>, int64_t> first;  // prefix -> its first compact row
+  auto push = [&](int64_t id, int64_t pos, int64_t padded_row) {
+    sb.ids.push_back(id);
+    sb.positions.push_back(pos);
+    sb.collapse.push_back(padded_row);
+    return static_cast<int64_t>(sb.ids.size()) - 1;
+  };
+  for (int64_t b = 0; b < sb.B; ++b) {
+    const auto& pre = prefixes[b];
+    const int64_t P = static_cast<int64_t>(pre.size());
+    auto [it, fresh] = first.emplace(pre, static_cast<int64_t>(sb.ids.size()));
+    for (int64_t t = 0; t < P; ++t)
+      sb.expand[b * sb.T + t] = fresh ? push(pre[t], t, b * sb.T + t) : it->second + t;
+    for (size_t k = 0; k < rests[b].size(); ++k) {
+      const int64_t t = P + static_cast<int64_t>(k);
+      sb.expand[b * sb.T + t] = push(rests[b][k], t, b * sb.T + t);
+    }
+  }
+  return sb;
+}
+
+Tensor DeepseekV3::forward_shared(const SharedPrefixBatch& sb) {
+  const int64_t N = static_cast<int64_t>(sb.ids.size());
+  R1_CHECK(N > 0 && sb.B > 0 && sb.T > 0 && sb.positions.size() == sb.ids.size() &&
+               sb.collapse.size() == sb.ids.size() &&
+               static_cast<int64_t>(sb.expand.size()) == sb.B * sb.T,
+           "DeepseekV3::forward_shared: {} tokens, {} positions, {} collapse rows, {} expand "
+           "rows for B {} x T {}",
+           N, sb.positions.size(), sb.collapse.size(), sb.expand.size(), sb.B, sb.T);
+  for (int64_t v : sb.positions)
+    R1_CHECK(v >= 0 && v < max_positions_,
+             "DeepseekV3::forward_shared: position {} outside [0, max_positions = {})", v,
+             max_positions_);
+  for (int64_t v : sb.expand)
+    R1_CHECK(v >= 0 && v < N, "DeepseekV3::forward_shared: expand row {} outside [0, {})", v, N);
+  for (int64_t v : sb.collapse)
+    R1_CHECK(v >= 0 && v < sb.B * sb.T,
+             "DeepseekV3::forward_shared: collapse row {} outside [0, {})", v, sb.B * sb.T);
+  const Device dev = p("model.embed_tokens.weight").device();
+  const SharedMaps maps{sb.B, sb.T, Tensor::from_vector(sb.expand, {sb.B * sb.T}).to(dev),
+                        Tensor::from_vector(sb.collapse, {N}).to(dev)};
+  Output unused;
+  const Tensor h = embedding(Tensor::from_vector(sb.ids, {1, N}).to(dev),
+                             p("model.embed_tokens.weight"));
+  return layers(h, Tensor::from_vector(sb.positions, {1, N}).to(dev), Tensor(),
+                Tensor::from_vector(std::vector<int64_t>{N}, {1}), 0.0, &maps, unused)
+      .view({N, cfg_.hidden_size});
 }
 
 PagedKvCache DeepseekV3::make_cache(int64_t num_blocks) const {

@@ -53,6 +53,32 @@ class DeepseekV3 : public CausalLM {
                  const Tensor& segments = Tensor(), bool want_logits = true,
                  double balance_alpha = 0.0);
 
+  // Sequences that share their first tokens (the G samples of a GRPO group share the prompt)
+  // with every distinct token computed once. Two layouts: the compact one holds each distinct
+  // token once (N rows: each shared prefix once, then each sequence's own tokens); the padded
+  // one, (B, T) as forward() takes it, is what attention sees, its rows gathered from the
+  // compact rows (`expand`) and its outputs gathered back (`collapse`). Every other step (the
+  // projections, norms, RoPE, MLPs, experts, the LM head) runs on the compact rows, so a group
+  // of G samples with a P-token prompt saves (G - 1) P rows of all of it; the prefix rows'
+  // gradients sum over the sequences that share them.
+  struct SharedPrefixBatch {
+    int64_t B = 0, T = 0;            // the padded layout
+    std::vector<int64_t> ids;        // (N) the compact tokens
+    std::vector<int64_t> positions;  // (N) each one's position in its sequence
+    std::vector<int64_t> expand;     // (B * T) the compact row at (b, t); padding: row 0
+    std::vector<int64_t> collapse;   // (N) the padded row b * T + t whose attention output
+                                     // compact row n takes (a shared prefix: its first sequence)
+  };
+  // Sequence b = prefixes[b] followed by rests[b]; sequences whose prefixes are equal share
+  // them (the first one's rows). Every prefix must be non-empty.
+  static SharedPrefixBatch share_prefixes(const std::vector<std::vector<int32_t>>& prefixes,
+                                          const std::vector<std::vector<int32_t>>& rests);
+  // -> hidden (N, hidden) after the final norm, row n of the compact layout. Row n's values
+  // are the bits forward() gives its token in the padded batch under BatchInvariantScope
+  // (every product is per row there and attention reads the same keys in the same order);
+  // tests/model/test_deepseek_v3.cc checks it, and the gradients against forward()'s.
+  Tensor forward_shared(const SharedPrefixBatch& batch);
+
   // KV-cached forward for generation (DESIGN.md "Generation"), MLA in the absorbed form over
   // the latent cache (model/mla_decode.h): N query tokens ids (N) int, each of cache sequence
   // seq[n] (N) i64 at position pos[n] (N) i64, which the caller has reserved with
@@ -84,9 +110,20 @@ class DeepseekV3 : public CausalLM {
     Tensor balance_loss;  // () or undefined
   };
   const Tensor& p(const std::string& name) const;
-  // x (B, T, hidden), positions (B, T) i64, segments (B, T) or undefined -> (B, T, hidden)
+  // forward_shared's maps on the device: expand (B * T), collapse (N) i64.
+  struct SharedMaps {
+    int64_t B, T;
+    Tensor expand, collapse;
+  };
+  // x (B, T, hidden), positions (B, T) i64, segments (B, T) or undefined -> (B, T, hidden).
+  // With `shared`, x and positions are the compact layout (1, N, ...) and attention runs on
+  // the padded one.
   Tensor attention_block(const std::string& pre, const Tensor& x, const Tensor& positions,
-                         const Tensor& segments) const;
+                         const Tensor& segments, const SharedMaps* shared = nullptr) const;
+  // The decoder layers and the final norm over h (B, T, hidden): fills out's expert_load,
+  // routing and balance_loss, returns the normed hidden states.
+  Tensor layers(Tensor h, const Tensor& pos, const Tensor& seg, const Tensor& seq_lens,
+                double balance_alpha, const SharedMaps* shared, Output& out);
   // x (..., hidden) -> (..., hidden): down(swiglu(gate(x), up(x)))
   Tensor mlp(const std::string& pre, const Tensor& x) const;
   // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut

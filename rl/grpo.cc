@@ -178,32 +178,51 @@ data::PromptRecord QuestionStream::next() {
 
 TokenLogprobs completion_logprobs(DeepseekV3& model, const std::vector<std::vector<int32_t>>& prompts,
                                   const std::vector<std::vector<int32_t>>& completions,
-                                  double temperature, int32_t pad_id) {
+                                  double temperature, int32_t pad_id, bool share_prompts) {
   R1_NVTX_RANGE("completion_logprobs");
   R1_CHECK(prompts.size() == completions.size() && !prompts.empty(),
            "completion_logprobs: {} prompts for {} completions", prompts.size(), completions.size());
   const int64_t B = static_cast<int64_t>(prompts.size());
-  int64_t T = 1;
   for (int64_t b = 0; b < B; ++b)
-    T = std::max<int64_t>(T, static_cast<int64_t>(prompts[b].size() + completions[b].size()) - 1);
-  std::vector<int64_t> ids(static_cast<size_t>(B * T), pad_id), rows, targets;
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& p = prompts[b];
-    const auto& c = completions[b];
-    R1_CHECK(!p.empty(), "completion_logprobs: empty prompt {}", b);
-    const int64_t P = static_cast<int64_t>(p.size()), C = static_cast<int64_t>(c.size());
-    for (int64_t t = 0; t < P + C - 1; ++t) ids[b * T + t] = t < P ? p[t] : c[t - P];
-    for (int64_t k = 0; k < C; ++k) {
-      rows.push_back(b * T + P - 1 + k);
-      targets.push_back(c[k]);
+    R1_CHECK(!prompts[b].empty(), "completion_logprobs: empty prompt {}", b);
+  // Sequence b is prompt + completion without its last token; completion token k is
+  // predicted by the row at position P - 1 + k.
+  std::vector<int64_t> rows, targets;
+  Tensor hidden;  // (rows, hidden)
+  if (share_prompts) {
+    std::vector<std::vector<int32_t>> rests(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b)
+      if (!completions[b].empty()) rests[b].assign(completions[b].begin(), completions[b].end() - 1);
+    const DeepseekV3::SharedPrefixBatch sb = DeepseekV3::share_prefixes(prompts, rests);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t P = static_cast<int64_t>(prompts[b].size());
+      for (size_t k = 0; k < completions[b].size(); ++k) {
+        rows.push_back(sb.expand[b * sb.T + P - 1 + static_cast<int64_t>(k)]);
+        targets.push_back(completions[b][k]);
+      }
     }
+    hidden = model.forward_shared(sb);
+  } else {
+    int64_t T = 1;
+    for (int64_t b = 0; b < B; ++b)
+      T = std::max<int64_t>(T, static_cast<int64_t>(prompts[b].size() + completions[b].size()) - 1);
+    std::vector<int64_t> ids(static_cast<size_t>(B * T), pad_id);
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& p = prompts[b];
+      const auto& c = completions[b];
+      const int64_t P = static_cast<int64_t>(p.size()), C = static_cast<int64_t>(c.size());
+      for (int64_t t = 0; t < P + C - 1; ++t) ids[b * T + t] = t < P ? p[t] : c[t - P];
+      for (int64_t k = 0; k < C; ++k) {
+        rows.push_back(b * T + P - 1 + k);
+        targets.push_back(c[k]);
+      }
+    }
+    hidden = model.forward(Tensor::from_vector(ids, {B, T}), Tensor(), Tensor(), false, 0.0)
+                 .hidden.view({B * T, model.config().hidden_size});
   }
   const int64_t N = static_cast<int64_t>(rows.size());
-  const DeepseekV3::Output out =
-      model.forward(Tensor::from_vector(ids, {B, T}), Tensor(), Tensor(), false, 0.0);
-  const Device dev = out.hidden.device();
-  const Tensor h = index_select(out.hidden.view({B * T, model.config().hidden_size}), 0,
-                                Tensor::from_vector(rows, {N}).to(dev));
+  const Device dev = hidden.device();
+  const Tensor h = index_select(hidden, 0, Tensor::from_vector(rows, {N}).to(dev));
   return token_logprobs(h, model.lm_head(), Tensor::from_vector(targets, {N}).to(dev), temperature);
 }
 

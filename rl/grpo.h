@@ -90,13 +90,16 @@ class QuestionStream {
   uint64_t index_ = 0;
 };
 
-// Completion token logprobs of sequences (prompt + completion) by the full forward: one
-// padded (B, T) batch, hidden rows gathered at the positions that predict each completion
-// token, token_logprobs at `temperature`. Differentiable (run under NoGrad for scoring).
-// Returns logp and entropy (sum of completion lengths) in sequence order.
+// Completion token logprobs of sequences (prompt + completion) by the full forward, hidden
+// rows gathered at the positions that predict each completion token, token_logprobs at
+// `temperature`. Differentiable (run under NoGrad for scoring). Returns logp and entropy (sum
+// of completion lengths) in sequence order. With share_prompts (the default), sequences with
+// equal prompts (a group's G samples) compute their prompt once (DeepseekV3::forward_shared):
+// the same logprobs bit for bit under BatchInvariantScope, about (G - 1) / G of the prompt
+// tokens' work saved. Without, one padded (B, T) batch through forward() (pad_id fills it).
 TokenLogprobs completion_logprobs(DeepseekV3& model, const std::vector<std::vector<int32_t>>& prompts,
                                   const std::vector<std::vector<int32_t>>& completions,
-                                  double temperature, int32_t pad_id);
+                                  double temperature, int32_t pad_id, bool share_prompts = true);
 
 class GrpoTrainer {
  public:

@@ -55,7 +55,10 @@ def torch_rates(part, key):
 
 rows = [("sampling", "generated", r1_rates("Sampling", "generated_tokens/s"),
          torch_rates("sampling", "generated_tokens_per_s"))]
-for case, name in [("GrpoUpdate/1", "batch invariant"), ("GrpoUpdate/0", "OpenBLAS")]:
+CASES = [("GrpoUpdate/1/1", "batch invariant, prompt shared"),
+         ("GrpoUpdate/1/0", "batch invariant, prompt per sample"),
+         ("GrpoUpdate/0/1", "OpenBLAS, prompt shared")]
+for case, name in CASES:
     rows.append((f"training, {name}", "completion", r1_rates(case, "trained_tokens/s"),
                  torch_rates("training", "trained_tokens_per_s")))
     rows.append((f"training, {name}", "total", r1_rates(case, "total_tokens/s"),
@@ -83,7 +86,10 @@ md = [f"# r1 vs PyTorch eager, RL sampling and GRPO update, {os.path.basename(ou
       "- work: tiny preset (configs/tiny.json), random init; sampling = 16 prompts x 8 samples "
       "x 64 new tokens (prefill included, temperature 1, no stop tokens); training = one GRPO "
       "update on 128 sequences of 40 + 64 tokens (forward over B x T = 128 x 103, loss on the "
-      "64 completion tokens, backward, AdamW)",
+      "64 completion tokens, backward, AdamW). GrpoTrainer runs the batch-invariant, "
+      "prompt-shared case: each question's 40 prompt tokens are computed once for its 8 "
+      "samples (DeepseekV3::forward_shared; the same logprobs bit for bit); PyTorch, like "
+      "TRL, computes them per sample. The per-sample row is the same arithmetic on both sides",
       "", *table, "",
       "Per-round times (ms per call, wall / CPU):",
       "",
@@ -94,7 +100,7 @@ md = [f"# r1 vs PyTorch eager, RL sampling and GRPO update, {os.path.basename(ou
       f"the full forward: max |dlogit| {torch_runs[0]['sampling']['cache_max_abs_logit_diff']:.2g})",
       *[f"- r1 update, {name}: {ms_list(b['real_time'] for b in r1[case])} / "
         f"{ms_list(b['cpu_time'] for b in r1[case])}"
-        for case, name in [("GrpoUpdate/1", "batch invariant"), ("GrpoUpdate/0", "OpenBLAS")]],
+        for case, name in CASES],
       f"- PyTorch update: {ms_list(r['training']['ms'] for r in torch_runs)} / "
       f"{ms_list(r['training']['cpu_ms'] for r in torch_runs)}", ""]
 os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -7,9 +7,11 @@
 //    bit for bit (timings aside).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "data/corpus.h"
 #include "data/templates.h"
@@ -97,6 +99,54 @@ TEST(GrpoInvariance, CompletionLogprobsBitwiseAcrossBatches) {
     for (size_t t = 0; t < prompts[3].size(); ++t)
       for (int64_t k = 0; k < K; ++k)
         ASSERT_EQ(b[(3 * 70 + t) * K + k], o[t * K + k]) << "layer " << l << " token " << t;
+  }
+}
+
+// Sharing a group's prompt (DeepseekV3::forward_shared) changes no logprob bit, and the
+// gradients equal the unshared forward's up to the order of the prompt rows' sums (checked in
+// f64, where that order is worth ~1e-15).
+TEST(GrpoInvariance, SharedPromptsSameLogprobsAndGradients) {
+  const uint64_t seed = test::case_seed(2);
+  const ModelConfig cfg = tiny_config();
+  // Three prompts x 4 samples, completions of 1 to ~60 tokens, plus one prompt alone.
+  std::vector<std::vector<int32_t>> prompts, completions;
+  for (int64_t q = 0; q < 4; ++q) {
+    const std::vector<int32_t> p = random_tokens(seed + 100 * q, 4 + 13 * q, cfg.vocab_size);
+    for (int64_t g = 0; g < (q == 3 ? 1 : 4); ++g) {
+      prompts.push_back(p);
+      completions.push_back(random_tokens(seed + 100 * q + g + 1, 1 + (19 * g + 7 * q) % 60, cfg.vocab_size));
+    }
+  }
+  {
+    NoGrad ng;
+    BatchInvariantScope inv;
+    DeepseekV3 model(cfg, DeepseekV3::init_params(cfg, seed), 512);
+    const std::vector<double> a = values(rl::completion_logprobs(model, prompts, completions, 0.9, 0, true).logp);
+    const std::vector<double> b = values(rl::completion_logprobs(model, prompts, completions, 0.9, 0, false).logp);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      ASSERT_EQ(std::memcmp(&a[i], &b[i], sizeof(double)), 0) << "token " << i << ": " << a[i] << " vs " << b[i];
+  }
+  // Gradients of sum_i w_i logp_i, w random, every parameter but the router bias.
+  auto grads = [&](bool share) {
+    ParamMap params = DeepseekV3::init_params(cfg, seed, DType::F64);
+    for (auto& [name, t] : params)
+      if (name.find("e_score_correction_bias") == std::string::npos) t.set_requires_grad(true);
+    DeepseekV3 model(cfg, params, 512);
+    const Tensor lp = rl::completion_logprobs(model, prompts, completions, 0.9, 0, share).logp;
+    backward(lp, Tensor::randn(lp.shape(), seed + 7, DType::F64));
+    std::map<std::string, std::vector<double>> g;
+    for (auto& [name, t] : model.params())
+      if (t.requires_grad()) g[name] = values(t.grad());
+    return g;
+  };
+  const auto gs = grads(true), gu = grads(false);
+  for (const auto& [name, u] : gu) {
+    const std::vector<double>& v = gs.at(name);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < u.size(); ++i) num += (v[i] - u[i]) * (v[i] - u[i]), den += u[i] * u[i];
+    ASSERT_GT(den, 0) << name;
+    EXPECT_LT(std::sqrt(num / den), 1e-12) << name;
   }
 }
 
