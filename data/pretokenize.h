@@ -101,5 +101,11 @@ extern const char* const kLlama3SplitRegex;
 // Llama-3's regex with every digit its own piece (Qwen2's choice): numbers tokenize digit by
 // digit, which tiny models need to learn arithmetic at all.
 extern const char* const kDigitSplitRegex;
+// kDigitSplitRegex with every CJK ideograph (U+3400-4DBF, 4E00-9FFF, F900-FAFF: explicit
+// ranges, since engines disagree on whether \p{Han} takes CJK punctuation) its own piece as
+// well. A run of Chinese text is one \p{L}+ piece otherwise, so BPE merges across word
+// boundaries: 小华比小芳高 became a few arbitrary byte groups, and a name was no unit a tiny
+// model could copy.
+extern const char* const kDigitHanSplitRegex;
 
 }  // namespace r1::data

@@ -44,6 +44,7 @@ struct Options {
   uint64_t seed = 1;
   std::string tasks = "countdown,ordering,list", difficulty = "1";
   bool single_digits = true;  // the trained tokenizer splits numbers digit by digit
+  bool han_chars = false;     // ... and Chinese text character by character
   double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3,
          careful_share = 0.0;
 };
@@ -111,7 +112,7 @@ int run(const Options& o) {
     bo.vocab_size = static_cast<int>(cfg.vocab_size);
     bo.special_tokens = data::r1_special_tokens();
     bo.bos_token = data::kBos;
-    if (o.single_digits) bo.split_regex = data::kDigitSplitRegex;
+    if (o.single_digits) bo.split_regex = o.han_chars ? data::kDigitHanSplitRegex : data::kDigitSplitRegex;
     const auto t0 = std::chrono::steady_clock::now();
     data::Tokenizer t = data::train_bpe(docs, bo);
     fmt::print(stderr, "r1-pretrain: trained a {}-token BPE on {} documents in {:.1f}s\n",
@@ -241,6 +242,7 @@ int main(int argc, char** argv) {
   app.add_option("--save-every", o.save_every, "checkpoint interval")->check(CLI::PositiveNumber);
   app.add_option("--seed", o.seed, "corpus, packing and init seed");
   app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");
+  app.add_option("--han-chars", o.han_chars, "trained tokenizer (with --single-digits): one piece per Han character, so a Chinese name is a unit BPE can merge");
   app.add_option("--tasks", o.tasks, "task families of the corpus, comma-separated, each NAME or NAME:WEIGHT (default weight 1)");
   app.add_option("--difficulty", o.difficulty, "N or LO-HI within 1..5");
   app.add_option("--general-share", o.general_share, "share of general text")->check(CLI::Range(0.0, 1.0));

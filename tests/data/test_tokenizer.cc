@@ -65,6 +65,24 @@ TEST(PreTokenize, InvalidUtf8BytesSurviveTheRegex) {
   EXPECT_EQ(joined, text);
 }
 
+// The regexes r1-pretrain trains with: digits one by one; with --han-chars, Han characters
+// one by one too (a leading non-letter attached as in the letter rule), other letters as runs.
+TEST(PreTokenize, R1TrainingRegexes) {
+  const auto split = [](const char* re, std::string_view s) {
+    return split_with({{"type", "Split"}, {"pattern", {{"Regex", re}}}, {"behavior", "Isolated"},
+                       {"invert", false}},
+                      s);
+  };
+  using V = std::vector<std::string>;
+  const std::string zh = "小华比小芳高。Add 123, 小明。";
+  EXPECT_EQ(split(kDigitSplitRegex, zh),
+            (V{"小华比小芳高", "。Add", " ", "1", "2", "3", ",", " 小明", "。"}));
+  EXPECT_EQ(split(kDigitHanSplitRegex, zh),
+            (V{"小", "华", "比", "小", "芳", "高", "。Add", " ", "1", "2", "3", ",", " 小", "明", "。"}));
+  EXPECT_EQ(split(kDigitHanSplitRegex, "The list is [3, -4]."),
+            (V{"The", " list", " is", " [", "3", ",", " -", "4", "]."}));
+}
+
 TEST(Normalize, UnicodeFormsCaseStripReplace) {
   const auto norm = [](const json& j, std::string_view s) {
     return normalize(normalizer_from_json(j, "test"), s);
