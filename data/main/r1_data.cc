@@ -116,6 +116,11 @@ int main(int argc, char** argv) {
   train->add_option("--field", field, "JSONL field holding the text");
   train->add_option("--vocab-size", bo.vocab_size, "vocabulary size incl. special tokens");
   train->add_option("--min-frequency", bo.min_frequency, "smallest pair count merged");
+  std::string split = "llama3";
+  train->add_option("--split", split,
+                    "pre-tokenizer regex: llama3 (1-3 digit groups), digits (one per digit, as "
+                    "r1-pretrain trains), digits-han (and one piece per CJK ideograph)")
+      ->check(CLI::IsMember({"llama3", "digits", "digits-han"}));
   train->add_option("--out", train_out, "output tokenizer.json")->required();
 
   std::string tok_path, tok_in, tok_out;
@@ -127,7 +132,14 @@ int main(int argc, char** argv) {
   tokenize->add_flag("--no-special", no_special, "do not add BOS");
   tokenize->add_option("--out", tok_out, "output JSONL")->required();
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {  // bad flags: one line, exit code 2, like every r1 tool
+    std::fprintf(stderr, "r1-data: %s\n", e.what());
+    return 2;
+  }
   try {
     if (*tasks) {
       run_tasks(ta);
@@ -139,6 +151,8 @@ int main(int argc, char** argv) {
     } else if (*train) {
       bo.special_tokens = r1_special_tokens();
       bo.bos_token = kBos;
+      if (split == "digits") bo.split_regex = kDigitSplitRegex;
+      if (split == "digits-han") bo.split_regex = kDigitHanSplitRegex;
       const Tokenizer t = train_bpe(read_texts(train_in, field), bo);
       t.save(train_out);
       std::printf("trained %d tokens (%zu merges) to %s\n", t.vocab_size(), t.num_merges(), train_out.c_str());

@@ -198,10 +198,21 @@ TEST(R1DataBinary, BadInputExitsWithTwo) {
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
   std::tie(rc, err) = run(fmt::format("tasks --task chess --out {}", dir.file("p.jsonl")));
   EXPECT_EQ(rc, 2);
+  // Bad flags: CLI11's own exit codes (104, 105, ...) are not ours.
+  for (const char* bad : {"tasks --n abc --out x.jsonl", "train-tokenizer --split bad --input x --out y",
+                          "frobnicate"}) {
+    std::tie(rc, err) = run(bad);
+    EXPECT_EQ(rc, 2) << bad;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << bad << ": " << err;
+  }
+  EXPECT_FALSE(fs::exists("x.jsonl"));
   std::tie(rc, err) = run(fmt::format("corpus --n 200 --seed 1 --out {}", dir.file("c.jsonl")));
   ASSERT_EQ(rc, 0) << err;
   std::tie(rc, err) = run(fmt::format("train-tokenizer --input {} --vocab-size 600 --out {}", dir.file("c.jsonl"),
                                       dir.file("t.json")));
+  ASSERT_EQ(rc, 0) << err;
+  std::tie(rc, err) = run(fmt::format("train-tokenizer --input {} --vocab-size 600 --split digits-han --out {}",
+                                      dir.file("c.jsonl"), dir.file("t-han.json")));
   ASSERT_EQ(rc, 0) << err;
   std::tie(rc, err) = run(fmt::format("tokenize --tokenizer {} --input {} --out {}", dir.file("t.json"),
                                       dir.file("c.jsonl"), dir.file("ids.jsonl")));
