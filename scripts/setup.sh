@@ -36,11 +36,14 @@ if [[ "${1:-}" == "--targets" ]]; then
 fi
 
 build_dir=${R1_BUILD_DIR:-build}
+# Every core: GNU nproc honours OMP_NUM_THREADS, which r1-zero.sh sets to 1 for training, and
+# the build then ran on one core (about 9 minutes instead of 5 on two).
+jobs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="${R1_BUILD_TYPE:-Release}" \
   -DR1_CUDA="${R1_CUDA:-AUTO}" >/dev/null
 if ((${#targets[@]})); then
-  cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"
+  cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
 else
-  cmake --build "$build_dir" -j "$(nproc)"
+  cmake --build "$build_dir" -j "$jobs"
 fi
 echo "setup: built into $build_dir/ (binaries in $build_dir/bin)"
