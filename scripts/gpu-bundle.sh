@@ -3,7 +3,10 @@
 # machine, into one self-contained folder:
 #
 #   .gpu-bundle/bin/   every test with CUDA cases, the kernel benchmarks
-#                      (bench_cuda_kernels, bench_fp8_gemm) and r1-toy-lm, for sm_90a
+#                      (bench_cuda_kernels, bench_fp8_gemm), r1-toy-lm and r1-grpo, for sm_90a
+#   .gpu-bundle/base/  the tiny R1-Zero base (config.json, model.safetensors, tokenizer.json)
+#                      and its held-out set, from runs/r1-zero (scripts/r1-zero.sh) or
+#                      $R1_GPU_BASE: gpu-check runs a few GRPO steps from it on CUDA and CPU
 #   .gpu-bundle/lib/   every shared library they need beyond glibc and the CUDA toolkit
 #                      (OpenBLAS, libgfortran, fmt, gomp, ...), copied from this machine
 #   .gpu-bundle/MANIFEST  the commit, the build flags and each file's checksum
@@ -32,7 +35,7 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DR1_CUDA=ON \
 mapfile -t targets < <({
   grep -l R1_SKIP_WITHOUT_CUDA tests/test_*.cc tests/*/test_*.cc 2>/dev/null |
     xargs -n1 basename | sed 's/\.cc$//'
-  echo bench_cuda_kernels; echo bench_fp8_gemm; echo r1-toy-lm
+  echo bench_cuda_kernels; echo bench_fp8_gemm; echo r1-toy-lm; echo r1-grpo
 } | sort -u)
 ((${#targets[@]})) || { echo "gpu-bundle: no CUDA targets found in $build_dir" >&2; exit 1; }
 echo "gpu-bundle: building ${targets[*]}"
@@ -53,11 +56,19 @@ done | sort -u | while read -r name path; do
   [[ "$path" == /usr/local/cuda* ]] && continue
   cp -L "$path" "$bundle.tmp/lib/$name"
 done
+base=${R1_GPU_BASE:-runs/r1-zero/base/checkpoint}
+held=${R1_GPU_HELDOUT:-runs/r1-zero/heldout.jsonl}
+if [[ -f $base/model.safetensors && -f $held ]]; then
+  mkdir -p "$bundle.tmp/base"
+  cp "$base/config.json" "$base/model.safetensors" "$base/tokenizer.json" "$held" "$bundle.tmp/base/"
+else
+  echo "gpu-bundle: no base checkpoint at $base (run scripts/r1-zero.sh first): gpu-check will skip its GRPO step"
+fi
 {
   echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release; echo "$PRETTY_NAME")"
   echo "nvcc $(/usr/local/cuda/bin/nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
-  (cd "$bundle.tmp" && find bin lib -type f | sort | xargs sha256sum)
+  (cd "$bundle.tmp" && find bin lib base -type f 2>/dev/null | sort | xargs sha256sum)
 } >"$bundle.tmp/MANIFEST"
 rm -rf "$bundle"
 mv "$bundle.tmp" "$bundle"

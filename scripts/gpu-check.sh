@@ -2,7 +2,9 @@
 # The one-command GPU check. On a machine with an NVIDIA GPU (sm_90a: H100/H200/H800):
 #   1. every CUDA test (R1_REQUIRE_CUDA=1: a test that cannot see the GPU fails, never skips),
 #   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first;
-#      bench_fp8_gemm), and r1-toy-lm trained on the GPU beside the same run on the CPU,
+#      bench_fp8_gemm), r1-toy-lm trained on the GPU beside the same run on the CPU, and
+#      R1_GPU_GRPO_STEPS (default 60) GRPO steps of the tiny R1-Zero config from the bundled
+#      base on the GPU and on the CPU (the reward curves and the speed-up),
 #   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
 # then writes a results table: <results>/<gpu>-<date>.md and .json (scripts/gpu_results.py).
 #
@@ -110,6 +112,21 @@ for dev in cuda cpu; do
     { echo "gpu-check: r1-toy-lm --device $dev failed (rc $?), tail:"; tail -5 "$out/toy-$dev.log"; status=1; }
 done
 echo "gpu-check: toy LM done at $(elapsed)"
+
+# ---- 2c. end to end: GRPO (configs/grpo/tiny.json) from the bundled base, GPU and CPU --------
+# The same seeds; the rollouts part ways once the devices round differently, so the curves
+# agree in distribution (gpu_results.py compares the mean reward and accuracy), not per step.
+if [[ -f $bundle/base/model.safetensors ]]; then
+  for dev in cuda cpu; do
+    timeout 240 "$bundle/bin/r1-grpo" --init "$bundle/base" --out "$out/grpo-$dev" \
+      --config configs/grpo/tiny.json --holdout "$bundle/base/heldout.jsonl" \
+      --max-steps "${R1_GPU_GRPO_STEPS:-60}" --device "$dev" >"$out/grpo-$dev.log" 2>&1 ||
+      { echo "gpu-check: r1-grpo --device $dev failed (rc $?), tail:"; tail -5 "$out/grpo-$dev.log"; status=1; }
+  done
+  echo "gpu-check: GRPO done at $(elapsed)"
+else
+  echo "gpu-check: no base in the bundle, GRPO step skipped"
+fi
 
 # ---- 3. compute-sanitizer ------------------------------------------------------------------
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

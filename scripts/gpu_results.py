@@ -106,6 +106,39 @@ def toy(out):
             "tokens_per_s_cuda": median_tps(runs["cuda"])}
 
 
+def grpo(out):
+    """r1-grpo on cuda vs cpu from the same base: reward / accuracy means and step time."""
+    runs = {}
+    for dev in ("cuda", "cpu"):
+        rows = []
+        for line in read(os.path.join(out, f"grpo-{dev}", "metrics.jsonl")).splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+        runs[dev] = rows
+    if not runs["cuda"] or not runs["cpu"]:
+        return None
+    n = min(len(runs["cuda"]), len(runs["cpu"]))
+
+    def mean(dev, key, a=0, b=None):
+        v = [r[key] for r in runs[dev][a:b if b is not None else n] if r.get(key) is not None]
+        return sum(v) / len(v) if v else float("nan")
+
+    half = n // 2
+    res = {"steps": n}
+    for dev in ("cuda", "cpu"):
+        res[dev] = {"reward_first_half": mean(dev, "reward", 0, half),
+                    "reward_second_half": mean(dev, "reward", half, n),
+                    "accuracy_first_half": mean(dev, "accuracy", 0, half),
+                    "accuracy_second_half": mean(dev, "accuracy", half, n),
+                    "step_time_s": mean(dev, "step_time_s", 1, n),  # step 1 has the warm-up
+                    "logprob_mismatch_max": max((r["logprob_mismatch_max"] for r in runs[dev][:n]
+                                                 if r.get("logprob_mismatch_max") is not None),
+                                                default=float("nan"))}
+    return res
+
+
 def fp8_table(rows):
     """FP8 GEMM kernels side by side per shape, with the ratios the FP8 issue asks for."""
     by = {}
@@ -148,6 +181,7 @@ def main():
     ctx, rows = bench(a.out)
     _, fp8_rows = bench(a.out, "bench_fp8.json")
     e2e = toy(a.out)
+    rl = grpo(a.out)
     ts = tests(a.out)
     san = sanitizer(a.out)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -197,6 +231,23 @@ def main():
                f"({e2e['tokens_per_s_cuda'] / max(e2e['tokens_per_s_cpu'], 1e-9):.2f}x)", ""]
     else:
         md += ["- not run or failed (see toy-*.log)", ""]
+    md += ["## End to end: r1-grpo (configs/grpo/tiny.json from the R1-Zero base), CUDA against the CPU", ""]
+    if rl:
+        md += [f"- {rl['steps']} steps, the same seeds (the rollouts part ways once the devices "
+               "round differently: compare the means, not the steps)", "",
+               "| device | reward, 1st half | reward, 2nd half | accuracy, 1st half | "
+               "accuracy, 2nd half | s/step | logprob_mismatch_max |",
+               "|---|---:|---:|---:|---:|---:|---:|"]
+        for dev in ("cuda", "cpu"):
+            r = rl[dev]
+            md.append(f"| {dev} | {r['reward_first_half']:.3f} | {r['reward_second_half']:.3f} | "
+                      f"{r['accuracy_first_half']:.3f} | {r['accuracy_second_half']:.3f} | "
+                      f"{r['step_time_s']:.3f} | {r['logprob_mismatch_max']:.2g} |")
+        md += ["", f"- speed-up of a GRPO step, CUDA over the CPU (OMP_NUM_THREADS="
+               f"{os.environ.get('OMP_NUM_THREADS', '?')}): "
+               f"{rl['cpu']['step_time_s'] / max(rl['cuda']['step_time_s'], 1e-9):.2f}x", ""]
+    else:
+        md += ["- not run or failed (see grpo-*.log)", ""]
     md += [
            "## compute-sanitizer", "", "| tool | binary | exit | summary |", "|---|---|---|---|"]
     for s in san:
@@ -206,7 +257,7 @@ def main():
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"gpu": gpu, "commit": commit, "date": date, "context": ctx, "tests": ts,
                    "benchmarks": rows, "fp8_gemm": fp8_rows, "sanitizer": san,
-                   "toy_lm": e2e}, f, indent=1)
+                   "toy_lm": e2e, "grpo": rl}, f, indent=1)
     print(f"gpu_results: wrote {stem}.md and .json")
     return 0
 
