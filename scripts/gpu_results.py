@@ -77,17 +77,23 @@ def bench(out, name="bench.json"):
     return data.get("context", {}), rows
 
 
-def toy(out):
-    """The toy LM on cuda vs cpu: per-step loss agreement and tokens/s."""
+def device_runs(out, stem):
+    """{device: metrics.jsonl rows} of the runs <out>/<stem>-cuda and <stem>-cpu."""
     runs = {}
     for dev in ("cuda", "cpu"):
         rows = []
-        for line in read(os.path.join(out, f"toy-{dev}", "metrics.jsonl")).splitlines():
+        for line in read(os.path.join(out, f"{stem}-{dev}", "metrics.jsonl")).splitlines():
             try:
                 rows.append(json.loads(line))
             except ValueError:
                 pass
         runs[dev] = rows
+    return runs
+
+
+def toy(out):
+    """The toy LM on cuda vs cpu: per-step loss agreement and tokens/s."""
+    runs = device_runs(out, "toy")
     if not runs["cuda"] or not runs["cpu"]:
         return None
     n = min(len(runs["cuda"]), len(runs["cpu"]))
@@ -108,15 +114,7 @@ def toy(out):
 
 def grpo(out):
     """r1-grpo on cuda vs cpu from the same base: reward / accuracy means and step time."""
-    runs = {}
-    for dev in ("cuda", "cpu"):
-        rows = []
-        for line in read(os.path.join(out, f"grpo-{dev}", "metrics.jsonl")).splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
-        runs[dev] = rows
+    runs = device_runs(out, "grpo")
     if not runs["cuda"] or not runs["cpu"]:
         return None
     n = min(len(runs["cuda"]), len(runs["cpu"]))
