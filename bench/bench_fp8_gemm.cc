@@ -148,7 +148,7 @@ void register_all() {
   const std::pair<int64_t, int64_t> nk[] = {{2112, 7168}, {24576, 1536}, {32768, 512},
                                             {7168, 16384}, {4096, 7168}, {7168, 2048}};
   auto reg = [&](const char* name, void (*fn)(benchmark::State&)) {
-    auto* b = benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(
+    auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(
         benchmark::kMicrosecond)->Iterations(3);  // fixed: see bench_cuda_kernels.cc
     for (int64_t m : {64, 128, 4096})
       for (auto [n, k] : nk) b->Args({m, n, k});

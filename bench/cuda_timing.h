@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <string>
 
@@ -33,8 +34,15 @@ inline Ceilings& ceilings() {
 inline void run_timed(benchmark::State& st, double bytes, double flops,
                       const std::function<void()>& fn) {
   const cudaStream_t s = cuda::current_stream(0);
-  fn();  // warm-up: first-touch allocations, cuBLASLt heuristics, lazy module loading
-  synchronize(Device::cuda(0));
+  try {
+    fn();  // warm-up: first-touch allocations, cuBLASLt heuristics, lazy module loading
+    synchronize(Device::cuda(0));
+  } catch (const std::exception& e) {
+    // A kernel that cannot run (a launch error, a shape it rejects) is one failed row, not
+    // the end of the binary: the H200 run of ee1d294 lost every benchmark after one.
+    st.SkipWithError(e.what());
+    return;
+  }
   cuda::Event start(true), stop(true);
   double total_s = 0;
   int64_t launches = 0;
@@ -60,6 +68,18 @@ inline void run_timed(benchmark::State& st, double bytes, double flops,
     st.counters["TFLOP/s"] = tflops;
     if (ceilings().gemm_tflops > 0) st.counters["frac_gemm"] = tflops / ceilings().gemm_tflops;
   }
+}
+
+// fn as a benchmark body whose setup errors (allocation, upload) mark the row failed instead
+// of ending the binary.
+inline auto guarded(void (*fn)(benchmark::State&)) {
+  return [fn](benchmark::State& st) {
+    try {
+      fn(st);
+    } catch (const std::exception& e) {
+      st.SkipWithError(e.what());
+    }
+  };
 }
 
 // A GPU benchmark binary on a machine without a device: says so and returns its exit status,

@@ -86,6 +86,18 @@ if ldd "$bundle/bin/bench_cuda_kernels" | grep -q 'libcublasLt.*not found'; then
 fi
 missing=$(ldd "$bundle"/bin/* 2>/dev/null | grep 'not found' | sort -u)
 [[ -z "$missing" ]] || echo "gpu-check: WARNING, libraries not found: $missing"
+# The PyTorch reference tests (attention, MoE routing, GRPO, parity) run the GPU machine's own
+# PyTorch when Debian's /usr/bin/python3 has none, from this checkout's tests/torch_ref.
+export R1_SOURCE_DIR=$root
+if [[ -z ${R1_TEST_PYTHON:-} ]]; then
+  for py in /usr/bin/python3 "$(command -v python3)"; do
+    if [[ -x "$py" ]] && "$py" -c 'import torch, numpy' 2>/dev/null; then
+      export R1_TEST_PYTHON=$py
+      break
+    fi
+  done
+fi
+echo "gpu-check: PyTorch reference tests run ${R1_TEST_PYTHON:-no Python with torch and numpy}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
   --format=csv >"$out/gpu.csv" 2>&1
 cp "$bundle/MANIFEST" "$out/MANIFEST"
@@ -130,6 +142,19 @@ elif [[ -x "$bundle/bin/bench_fp8_gemm" ]]; then
     --benchmark_out_format=json >"$out/bench_fp8.log" 2>&1 ||
     { echo "gpu-check: bench_fp8_gemm failed (rc $?), tail:"; tail -20 "$out/bench_fp8.log"; status=1; }
 fi
+# Kernel variants the code can switch between at run time (an environment variable each),
+# benchmarked beside the default so that the next change picks the faster from numbers:
+# "VAR=value:benchmark filter" items.
+for ab in ${R1_GPU_AB:-R1_RMSNORM_BWD=smem:RmsNormBackward}; do
+  var=${ab%%:*} filter=${ab#*:}
+  lim=$(cap 60)
+  ((lim == 0)) && { skip "variant $var"; continue; }
+  env "$var" timeout "$lim" "$bundle/bin/bench_cuda_kernels" --benchmark_filter="$filter" \
+    --benchmark_out="$out/bench_ab_${var%%=*}.json" --benchmark_out_format=json \
+    >"$out/bench_ab_${var%%=*}.log" 2>&1 ||
+    echo "gpu-check: variant $var failed (rc $?)"
+  echo "$var" >"$out/bench_ab_${var%%=*}.var"
+done
 echo "gpu-check: benchmarks done at $(elapsed)"
 
 # ---- 2b. end to end: the toy LM trained on the GPU and on this machine's CPU ---------------
@@ -167,8 +192,11 @@ san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 if ((sanitizer)) && [[ -x "$san" ]]; then
   san_left=$(cap "$san_budget")
   san_end=$(( $(date +%s) + san_left ))
+  # racecheck takes test_attention last: it ran past the whole 150 s budget on the H200
+  # (ee1d294) and left every other binary unchecked.
+  mapfile -t order < <(ls "$bundle"/bin/test_* | grep -v '/test_attention$'; ls "$bundle"/bin/test_attention 2>/dev/null)
   for tool in memcheck racecheck; do
-    for t in "$bundle"/bin/test_*; do
+    for t in "${order[@]}"; do
       [[ -x "$t" ]] || continue
       name=$(basename "$t")
       [[ -z "$san_only" || "$san_only" == *",$name,"* ]] || continue

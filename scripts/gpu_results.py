@@ -59,11 +59,42 @@ def sanitizer(out):
     return res
 
 
+def salvage_bench_json(text):
+    """The context and every complete benchmark entry of a Google Benchmark JSON file cut off
+    mid-write (the binary aborted), plus one error row saying so."""
+    dec = json.JSONDecoder()
+    data = {"context": {}, "benchmarks": []}
+    i = text.find('"context"')
+    if i >= 0:
+        try:
+            data["context"], _ = dec.raw_decode(text, text.index("{", i))
+        except ValueError:
+            pass
+    i = text.find('"benchmarks"')
+    if i >= 0:
+        i = text.index("[", i) + 1
+        while True:
+            j = text.find("{", i)
+            if j < 0:
+                break
+            try:
+                obj, i = dec.raw_decode(text, j)
+            except ValueError:
+                break
+            data["benchmarks"].append(obj)
+    data["benchmarks"].append({"name": "(the rest)", "error_occurred": True,
+                               "error_message": "the binary stopped mid-run; see its log"})
+    return data
+
+
 def bench(out, name="bench.json"):
     text = read(os.path.join(out, name))
     if not text:
         return {}, []
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = salvage_bench_json(text)
     rows = []
     for b in data.get("benchmarks", []):
         if b.get("run_type") == "aggregate" or b.get("error_occurred"):
@@ -75,6 +106,16 @@ def bench(out, name="bench.json"):
         row["name"] = re.sub(r"/min_time:[0-9.]+|/manual_time", "", row["name"])
         rows.append(row)
     return data.get("context", {}), rows
+
+
+def ab_rows(out):
+    """[(variant, bench row)] from the bench_ab_<VAR>.json runs of gpu-check.sh."""
+    res = []
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if name.startswith("bench_ab_") and name.endswith(".json"):
+            var = read(os.path.join(out, name[:-5] + ".var")).strip() or name[9:-5]
+            res += [(var, r) for r in bench(out, name)[1]]
+    return res
 
 
 def device_runs(out, stem):
@@ -217,6 +258,18 @@ def main():
                   f"{fmt(r.get('GB/s'), '.0f')} | {fmt(r.get('frac_copy'), '.2f')} | "
                   f"{fmt(r.get('TFLOP/s'), '.1f')} | {fmt(r.get('frac_gemm'), '.2f')} |")
     md += ["", "Below the 0.70 target: " + (", ".join(below) if below else "none"), ""]
+    variants = ab_rows(a.out)
+    if variants:
+        md += ["Variants (the same benchmark with a run-time switch set; scripts/gpu-check.sh "
+               "R1_GPU_AB):", "", "| kernel | variant | us | GB/s | frac_copy |",
+               "|---|---|---:|---:|---:|"]
+        for var, r in variants:
+            if "error" in r:
+                md.append(f"| {r['name']} | {var} | ERROR: {r['error']} | | |")
+            else:
+                md.append(f"| {r['name']} | {var} | {fmt(r.get('us'), '.1f')} | "
+                          f"{fmt(r.get('GB/s'), '.0f')} | {fmt(r.get('frac_copy'), '.2f')} |")
+        md.append("")
     md += fp8_table(fp8_rows)
     md += ["## End to end: r1-toy-lm, CUDA against the CPU", ""]
     if e2e:

@@ -28,6 +28,16 @@ uint64_t run_seed() {
   return seed;
 }
 
+const char* python() {
+  const char* e = std::getenv("R1_TEST_PYTHON");
+  return e != nullptr && *e != '\0' ? e : R1_TEST_PYTHON;
+}
+
+const char* source_dir() {
+  const char* e = std::getenv("R1_SOURCE_DIR");
+  return e != nullptr && *e != '\0' ? e : R1_SOURCE_DIR;
+}
+
 uint64_t case_seed(uint64_t k) {
   const Philox4x32 b = philox_bits(run_seed(), 0x7e57, k);
   return (static_cast<uint64_t>(b.v[1]) << 32) | b.v[0];

@@ -14,6 +14,11 @@ namespace r1::test {
 
 // A fresh seed per run (R1_TEST_SEED overrides it to replay a failure); printed once.
 uint64_t run_seed();
+// The Python with PyTorch that the reference tests run, and the source tree holding their
+// scripts (tests/torch_ref): $R1_TEST_PYTHON / $R1_SOURCE_DIR when set (scripts/gpu-check.sh
+// points them at the GPU machine's own PyTorch and checkout), else the build's defaults.
+const char* python();
+const char* source_dir();
 // A seed for one case: run_seed() mixed with a case number.
 uint64_t case_seed(uint64_t k);
 

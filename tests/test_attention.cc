@@ -288,14 +288,14 @@ TEST(Attention, MatchesTorch) {
   const std::string cmd = fmt::format(
       "'{}' '{}/tests/torch_ref/attention_ref.py' '{}/in.safetensors' '{}/out.safetensors' "
       "{:.17g} {} {} 2> '{}/stderr.txt'",
-      R1_TEST_PYTHON, R1_SOURCE_DIR, dir, dir, p.scale(), p.causal ? 1 : 0, threads, dir);
+      test::python(), test::source_dir(), dir, dir, p.scale(), p.causal ? 1 : 0, threads, dir);
   const int status = std::system(cmd.c_str());
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   std::ifstream err(dir + "/stderr.txt");
   const std::string text((std::istreambuf_iterator<char>(err)), {});
   if (rc == 3) {
     fs::remove_all(dir);
-    GTEST_SKIP() << "PyTorch is not importable by " << R1_TEST_PYTHON << " (" << text
+    GTEST_SKIP() << "PyTorch is not importable by " << test::python() << " (" << text
                  << "): run scripts/setup.sh (it installs python3-torch and python3-numpy)";
   }
   ASSERT_EQ(rc, 0) << cmd << " failed:\n" << text;

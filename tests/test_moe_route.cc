@@ -99,14 +99,14 @@ TEST(MoeRoute, MatchesDeepSeekGateForward) {
   const std::string cmd = fmt::format("OMP_NUM_THREADS=1 '{}' '{}/tests/torch_ref/moe_ref.py' "
                                       "'{}/spec.json' '{}/in.safetensors' '{}/out.safetensors' "
                                       "2> '{}/stderr.txt'",
-                                      R1_TEST_PYTHON, R1_SOURCE_DIR, dir, dir, dir, dir);
+                                      test::python(), test::source_dir(), dir, dir, dir, dir);
   const int status = std::system(cmd.c_str());
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   std::ifstream err(dir + "/stderr.txt");
   const std::string err_text((std::istreambuf_iterator<char>(err)), {});
   if (rc == 3) {
     fs::remove_all(dir);
-    GTEST_SKIP() << "PyTorch is not importable by " << R1_TEST_PYTHON << " (" << err_text
+    GTEST_SKIP() << "PyTorch is not importable by " << test::python() << " (" << err_text
                  << "): run scripts/setup.sh";
   }
   ASSERT_EQ(rc, 0) << "`" << cmd << "` failed, inputs kept in " << dir << ":\n" << err_text;

@@ -332,7 +332,7 @@ TableRun run_all() {
   std::ofstream(dir + "/spec.json") << spec.dump(1);
   const std::string cmd = fmt::format("'{}' '{}/tests/torch_ref/ops_ref.py' '{}/spec.json' "
                                       "'{}/in.safetensors' '{}/out.safetensors' 2> '{}/stderr.txt'",
-                                      R1_TEST_PYTHON, R1_SOURCE_DIR, dir, dir, dir, dir);
+                                      test::python(), test::source_dir(), dir, dir, dir, dir);
   const int status = std::system(cmd.c_str());
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (rc != 0) {
@@ -343,7 +343,7 @@ TableRun run_all() {
     run.fatal = rc == 3 ? fmt::format("PyTorch is not importable by {} ({}): run "
                                       "scripts/setup.sh (it installs python3-torch and "
                                       "python3-numpy)",
-                                      R1_TEST_PYTHON, text)
+                                      test::python(), text)
                         : fmt::format("`{}` failed (exit {}), inputs kept in {}:\n{}", cmd, rc,
                                       dir, text);
     return run;

@@ -4,7 +4,7 @@
 // error of __expf is not worth the saving here); stats, lse, dlogp, logp, entropy f32.
 //
 // Per-row kernels in the layout of kernels/cuda/softmax_xent.cu: one group of tpr threads per
-// row of the chunk, tpr a power of two (32..1024) chosen from C alone, rows of short C packed
+// row of the chunk, tpr a power of two (32..512) chosen from C alone, rows of short C packed
 // 256 / tpr to a block; rows read in 16-byte chunks (4 f32, 8 bf16), thread `lane` owning
 // chunks lane, lane + tpr, ... The update keeps a running (max, sum exp(l - m),
 // sum exp(l - m) (l - m)) per thread in chunk order, then merges the group's states in a

@@ -13,6 +13,7 @@
 // in a fixed tree. Neither N, the grid nor a row's alignment changes a row's bits.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -27,21 +28,25 @@ namespace {
 
 // rmsnorm_backward: rows per block, each block keeps one dw partial (D f32) in shared memory.
 constexpr int64_t kRmsRowBlock = 32;
-constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes per column
+constexpr int kColLanes = 16;
+// rmsnorm_backward_reg_kernel: 16-byte chunks per thread (x and dy raw: 8 registers each).
+constexpr int kRmsBwdChunks = 4;  // dw column sum: partial rows summed by 16 lanes per column
 
 // ---- rmsnorm -----------------------------------------------------------------------------
 
-// The row's chunks stay in registers between the two passes (RowChunks, launch.cuh): with
-// kChunksPerThread = 4 a row of up to 4096 chunks (D = 32768 bf16) fits whenever tpr < 1024.
-// Measured on an H200 before this (bench_cuda_kernels, N = 16384, D = 7168): re-reading the
-// row in pass 2 held the bf16 forward at 0.67 of the copy bandwidth, the backward at 0.47.
+// The row's chunks stay in registers between the two passes (RowChunks, launch.cuh), raw
+// (4 registers per 16-byte chunk): a row of up to kMaxRowThreads * kRowChunks<T> chunks
+// (D = 32768 bf16, 8192 f32) is read once. Measured on an H200 (bench_cuda_kernels,
+// N = 16384, D = 7168): re-reading the row in pass 2 held the bf16 forward at 0.67 of the
+// copy bandwidth and the backward at 0.47; keeping 4 chunks per thread as fp32 (ee1d294)
+// gave 0.56 and 0.22 (the backward at 153 registers, one block per SM).
 
 // x (N, D), w (D) -> y (N, D), rstd (N) f32. A group of tpr threads per row, 256 / tpr rows
 // per block when tpr < 256. Pass 1 sums x^2, pass 2 writes y from the chunks kept in
-// registers (rows of more than tpr * kChunksPerThread chunks re-read them). Either way a thread sums
-// its chunks in the same order: the bits do not depend on which path ran.
+// registers (rows of more than tpr * kRowChunks<T> chunks re-read them). Either way a thread
+// sums its chunks in the same order: the bits do not depend on which path ran.
 template <class T>
-__global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
+__global__ void __launch_bounds__(kMaxRowThreads) rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
                                        int64_t D, float eps, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ float smem[kMaxRowThreads / 32];
@@ -49,17 +54,18 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd
   const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
   const bool live = n < N;  // dead rows still join the block's syncs
   const T* xr = x + (live ? n : 0) * D;
-  const bool cached = D <= int64_t{tpr} * kChunksPerThread * kV;  // uniform over the block
+  constexpr int kC = RowChunks<T>::kC;
+  const bool cached = D <= int64_t{tpr} * kC * kV;  // uniform over the block
   RowChunks<T> c;
   float ss = 0;
   if (cached) {
     if (live) {
       load_row_chunks(xr, int64_t{lane} * kV, D, tpr, c);
 #pragma unroll
-      for (int u = 0; u < kChunksPerThread; ++u)
+      for (int u = 0; u < kC; ++u)
 #pragma unroll
         for (int k = 0; k < kV; ++k)
-          if (k < c.cnt[u]) ss += c.f[u][k] * c.f[u][k];
+          if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
     }
   } else {
     for (int64_t i0 = int64_t{lane} * kV; live && i0 < D; i0 += int64_t{tpr} * kV) {
@@ -77,14 +83,14 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd
   T* yr = y + n * D;
   if (cached) {
 #pragma unroll
-    for (int u = 0; u < kChunksPerThread; ++u) {
+    for (int u = 0; u < kC; ++u) {
       if (c.cnt[u] == 0) continue;
       const int64_t i0 = (int64_t{lane} + int64_t{u} * tpr) * kV;
       float wf[kV];
       load_chunk(w, i0, D, wf);
 #pragma unroll
-      for (int k = 0; k < kV; ++k) c.f[u][k] = c.f[u][k] * r * wf[k];
-      store_chunk(yr, i0, D, c.f[u]);
+      for (int k = 0; k < kV; ++k) wf[k] = c.at(u, k) * r * wf[k];
+      store_chunk(yr, i0, D, wf);
     }
     return;
   }
@@ -98,15 +104,90 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd
   }
 }
 
-// One block of tpr threads walks rows [b * kRmsRowBlock, ...) in order: dx per row, and
-// this block's dw partial (sum over its rows of dy x rstd) kept in shared memory, each thread
-// owning its own chunks (no races, no syncs). The partial goes to partial[b, :] at the end.
+// The block's dw partial from shared memory (chunk c's h-th float4 at acc[h * nch + c]) to
+// pr[0, D).
+__device__ inline void write_partial(const float4* acc, float* pr, int64_t D, int64_t nch,
+                                     int kV, int lane, int tpr) {
+  for (int64_t c = lane; c < nch; c += tpr)
+    for (int h = 0; h < kV / 4; ++h) {
+      const float4 a = acc[h * nch + c];
+      const float v[4] = {a.x, a.y, a.z, a.w};
+      for (int k = 0; k < 4; ++k)
+        if (c * kV + 4 * h + k < D) pr[c * kV + 4 * h + k] = v[k];
+    }
+}
+
+// The same for rows that fit in registers (D <= tpr * kRmsBwdChunks * kVec, D up to 16384
+// bf16 / 8192 f32): x and dy are read once (kept raw, 4 registers per chunk), w's chunks
+// come from L1, and the dw partial accumulates in shared memory as below. The sums run in the
+// same order as in the kernel below. (A dw partial in registers instead: 98-123 registers, one
+// or two blocks per SM; fp32 chunks in registers: 153, ee1d294's 0.22 of the copy bandwidth.)
+template <class T>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    rmsnorm_backward_reg_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
+                                float* partial, int64_t N, int64_t D) {
+  constexpr int kV = kVec<T>, kC = kRmsBwdChunks, kF4 = kV / 4;
+  extern __shared__ float4 acc[];
+  __shared__ float smem[kMaxRowThreads / 32];
+  const int tpr = blockDim.x, lane = threadIdx.x;
+  const int64_t base = int64_t{lane} * kV, nch = (D + kV - 1) / kV;
+  for (int64_t c = lane; c < nch; c += tpr)
+    for (int h = 0; h < kF4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
+  RowChunks<T, kC> xc, gc;
+  const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
+  const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
+#pragma unroll 1
+  for (int64_t n = r0; n < r1; ++n) {
+    load_row_chunks(x + n * D, base, D, tpr, xc);
+    load_row_chunks(dy + n * D, base, D, tpr, gc);
+    const float r = rstd[n];
+    float dot = 0;
+#pragma unroll
+    for (int u = 0; u < kC; ++u) {
+      if (xc.cnt[u] == 0) continue;
+      float wf[kV];
+      load_chunk(w, base + int64_t{u} * tpr * kV, D, wf);
+#pragma unroll
+      for (int k = 0; k < kV; ++k)
+        if (k < xc.cnt[u]) dot += wf[k] * gc.at(u, k) * xc.at(u, k);
+    }
+    dot = group_reduce(dot, Add{}, smem, tpr);
+    const float cf = dot * r * r / static_cast<float>(D);
+#pragma unroll
+    for (int u = 0; u < kC; ++u) {
+      if (xc.cnt[u] == 0) continue;
+      float out[kV];
+      load_chunk(w, base + int64_t{u} * tpr * kV, D, out);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) out[k] = r * (out[k] * gc.at(u, k) - xc.at(u, k) * cf);
+      store_chunk(dx + n * D, base + int64_t{u} * tpr * kV, D, out);
+      const int64_t c = int64_t{lane} + int64_t{u} * tpr;
+#pragma unroll
+      for (int h = 0; h < kF4; ++h) {
+        float4 a = acc[h * nch + c];
+        a.x += gc.at(u, 4 * h) * xc.at(u, 4 * h) * r;
+        a.y += gc.at(u, 4 * h + 1) * xc.at(u, 4 * h + 1) * r;
+        a.z += gc.at(u, 4 * h + 2) * xc.at(u, 4 * h + 2) * r;
+        a.w += gc.at(u, 4 * h + 3) * xc.at(u, 4 * h + 3) * r;
+        acc[h * nch + c] = a;
+      }
+    }
+  }
+  write_partial(acc, partial + int64_t{blockIdx.x} * D, D, nch, kV, lane, tpr);
+}
+
+// Rows too long for registers (D > kMaxRowThreads * kRmsBwdChunks * kVec): one block of tpr
+// threads walks rows [b * kRmsRowBlock, ...) in order, reading each row twice (the dot, then
+// dx): dx per row, and this block's dw partial (sum over its rows of dy x rstd) kept in shared
+// memory, each thread owning its own chunks (no races, no syncs). The partial goes to
+// partial[b, :] at the end.
 // Shared layout: chunk c's k-th float4 at acc[k * nch + c], so a warp's float4 accesses are
 // consecutive (conflict-free) for bf16's two float4 per chunk too.
 // dx_i = rstd (w_i dy_i - x_i rstd^2 / D sum_j w_j dy_j x_j).
 template <class T>
-__global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy,
-                                        T* dx, float* partial, int64_t N, int64_t D) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
+                            float* partial, int64_t N, int64_t D) {
   constexpr int kV = kVec<T>, kF4 = kV / 4;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
@@ -116,41 +197,6 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
     for (int h = 0; h < kF4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
   const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
   const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
-  if (D <= int64_t{tpr} * kChunksPerThread * kV) {  // the row fits in registers: one read of x, dy
-    RowChunks<T> wc, xc, gc;
-    load_row_chunks(w, int64_t{lane} * kV, D, tpr, wc);  // the same w chunks for every row
-    for (int64_t n = r0; n < r1; ++n) {
-      load_row_chunks(x + n * D, int64_t{lane} * kV, D, tpr, xc);
-      load_row_chunks(dy + n * D, int64_t{lane} * kV, D, tpr, gc);
-      const float r = rstd[n];
-      float dot = 0;
-#pragma unroll
-      for (int u = 0; u < kChunksPerThread; ++u)
-#pragma unroll
-        for (int k = 0; k < kV; ++k)
-          if (k < xc.cnt[u]) dot += wc.f[u][k] * gc.f[u][k] * xc.f[u][k];
-      dot = group_reduce(dot, Add{}, smem, tpr);
-      const float cf = dot * r * r / static_cast<float>(D);
-#pragma unroll
-      for (int u = 0; u < kChunksPerThread; ++u) {
-        if (xc.cnt[u] == 0) continue;
-        const int64_t c = int64_t{lane} + int64_t{u} * tpr;
-        float out[kV];
-#pragma unroll
-        for (int k = 0; k < kV; ++k) out[k] = r * (wc.f[u][k] * gc.f[u][k] - xc.f[u][k] * cf);
-        store_chunk(dx + n * D, c * kV, D, out);
-#pragma unroll
-        for (int h = 0; h < kF4; ++h) {
-          float4 a = acc[h * nch + c];
-          a.x += gc.f[u][4 * h] * xc.f[u][4 * h] * r;
-          a.y += gc.f[u][4 * h + 1] * xc.f[u][4 * h + 1] * r;
-          a.z += gc.f[u][4 * h + 2] * xc.f[u][4 * h + 2] * r;
-          a.w += gc.f[u][4 * h + 3] * xc.f[u][4 * h + 3] * r;
-          acc[h * nch + c] = a;
-        }
-      }
-    }
-  } else {
   for (int64_t n = r0; n < r1; ++n) {
     const T* xr = x + n * D;
     const T* gr = dy + n * D;
@@ -187,15 +233,7 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
       }
     }
   }
-  }
-  float* pr = partial + int64_t{blockIdx.x} * D;
-  for (int64_t c = lane; c < nch; c += tpr)
-    for (int h = 0; h < kF4; ++h) {
-      const float4 a = acc[h * nch + c];
-      const float v[4] = {a.x, a.y, a.z, a.w};
-      for (int k = 0; k < 4; ++k)
-        if (c * kV + 4 * h + k < D) pr[c * kV + 4 * h + k] = v[k];
-    }
+  write_partial(acc, partial + int64_t{blockIdx.x} * D, D, nch, kV, lane, tpr);
 }
 
 // partial (G, D) f32 -> dw (D): dw[d] = sum over g of partial[g, d] in a fixed order (lane
@@ -237,7 +275,7 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
   const cudaStream_t s = current_stream(dev);
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto tag) {
     using T = decltype(tag);
-    const int tpr = row_threads((D + kVec<T> - 1) / kVec<T>);
+    const int tpr = row_threads_for<T>((D + kVec<T> - 1) / kVec<T>);
     const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
     const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
     rmsnorm_forward_kernel<T><<<blocks, tpr * rows, 0, s>>>(
@@ -245,6 +283,16 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
         static_cast<T*>(y.data_ptr()), rstd.data<float>(), N, D, static_cast<float>(eps), tpr);
     R1_CUDA_CHECK_LAUNCH();
   });
+}
+
+// R1_RMSNORM_BWD=smem forces the two-read kernel where the register one would run (for the
+// benchmark's A/B: bench_cuda_kernels RmsNormBackward); read once.
+int rmsnorm_backward_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("R1_RMSNORM_BWD");
+    return e && std::strcmp(e, "smem") == 0 ? 1 : 0;
+  }();
+  return v;
 }
 
 // x, dy (N, D), w (D), rstd (N) f32 -> dx (N, D), dw (D). dw through an f32 (G, D) partial
@@ -271,22 +319,25 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
     using T = decltype(tag);
     constexpr int kV = kVec<T>;
     const int64_t nch = (D + kV - 1) / kV;
-    const int tpr = row_threads(nch);
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* pw = static_cast<const T*>(w.data_ptr());
+    const T* pg = static_cast<const T*>(dy.data_ptr());
+    T* pd = static_cast<T*>(dx.data_ptr());
     const size_t smem = static_cast<size_t>(nch * kV) * sizeof(float);
     int optin = 0;
     R1_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     R1_CHECK(smem + sizeof(float) * kMaxRowThreads / 32 <= static_cast<size_t>(optin),
              "rmsnorm_backward: D {} needs {} bytes of shared memory for dw; the device has {}",
              D, smem, optin);
+    const int tpr_reg = row_threads(nch, kRmsBwdChunks);
+    const bool reg = nch <= int64_t{tpr_reg} * kRmsBwdChunks && rmsnorm_backward_variant() != 1;
+    const auto kernel = reg ? rmsnorm_backward_reg_kernel<T> : rmsnorm_backward_kernel<T>;
     if (smem > 48 * 1024) {
-      R1_CUDA_CHECK(cudaFuncSetAttribute(rmsnorm_backward_kernel<T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+      R1_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
     }
-    rmsnorm_backward_kernel<T><<<static_cast<unsigned>(G), tpr, smem, s>>>(
-        static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
-        rstd.data<float>(), static_cast<const T*>(dy.data_ptr()), static_cast<T*>(dx.data_ptr()),
-        partial.data<float>(), N, D);
+    kernel<<<static_cast<unsigned>(G), reg ? tpr_reg : row_threads_for<T>(nch), smem, s>>>(
+        px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D);
     R1_CUDA_CHECK_LAUNCH();
     column_sum_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, kColLanes), 0, s>>>(
         partial.data<float>(), G, D, static_cast<T*>(dw.data_ptr()));
@@ -394,8 +445,9 @@ void swiglu_backward_cuda(const Tensor& gate, const Tensor& up, const Tensor& do
 // token's outputs into NaN: checking on the host would cost a sync per call, and the NaN
 // cannot go unnoticed. In place (y == x) is safe: an item reads what it writes.
 template <class T, class Tc, class P>
-__global__ void rope_kernel(const T* x, const P* pos, const Tc* cos, const Tc* sin, T* y,
-                            int64_t H, int64_t D, int64_t num_pos, bool interleaved, float sgn) {
+__global__ void __launch_bounds__(kThreads, 4)
+    rope_kernel(const T* x, const P* pos, const Tc* cos, const Tc* sin, T* y, int64_t H,
+                int64_t D, int64_t num_pos, bool interleaved, float sgn) {
   constexpr int kV = kVec<T>;
   const int64_t tok = blockIdx.x;
   const int64_t half = D / 2;
@@ -404,6 +456,35 @@ __global__ void rope_kernel(const T* x, const P* pos, const Tc* cos, const Tc* s
   const bool ok = p >= 0 && p < num_pos;
   const Tc* cr = cos + (ok ? p : 0) * half;
   const Tc* sr = sin + (ok ? p : 0) * half;
+  if (interleaved && blockDim.x % nch == 0) {
+    // The usual case (rope_block): this thread's chunk of the head dim is the same in every
+    // head it visits, so its cos/sin pairs are read once, not once per head (per head they
+    // were kV scalar loads beside one 16-byte load: the ee1d294 kernel's 0.56 of the copy
+    // bandwidth on the H200).
+    const int64_t i0 = (threadIdx.x % nch) * kV;
+    const int64_t hstep = blockDim.x / nch;
+    float cj[kV / 2], sj[kV / 2];
+#pragma unroll
+    for (int k = 0; k < kV; k += 2) {
+      const bool in = i0 + k < D;
+      cj[k / 2] = in ? to_f32(cr[(i0 + k) / 2]) : 0.0f;
+      sj[k / 2] = in ? sgn * to_f32(sr[(i0 + k) / 2]) : 0.0f;
+    }
+#pragma unroll 4
+    for (int64_t h = threadIdx.x / nch; h < H; h += hstep) {
+      const T* xr = x + (tok * H + h) * D;
+      T* yr = y + (tok * H + h) * D;
+      float a[kV], b[kV];
+      load_chunk(xr, i0, D, a);
+#pragma unroll
+      for (int k = 0; k < kV; k += 2) {
+        b[k] = ok ? a[k] * cj[k / 2] - a[k + 1] * sj[k / 2] : NAN;
+        b[k + 1] = ok ? a[k] * sj[k / 2] + a[k + 1] * cj[k / 2] : NAN;
+      }
+      store_chunk(yr, i0, D, b);
+    }
+    return;
+  }
 #pragma unroll 4
   for (int64_t item = threadIdx.x; item < H * nch; item += blockDim.x) {
     const int64_t h = item / nch, i0 = (item - h * nch) * kV;

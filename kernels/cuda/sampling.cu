@@ -2,7 +2,7 @@
 // engine/kernels.h (sample_tokens); kernels/cpu/sampling.cc is the reference (it sorts the
 // row). logits f32 or bf16 (uint16_t bits), fp32 math; tokens i64, logprobs f32.
 //
-// One block per row, its size (32..1024 threads) a function of V alone, so nothing a row
+// One block per row, its size (32..512 threads) a function of V alone, so nothing a row
 // computes depends on N or its neighbours. The row is never sorted. Instead:
 //  1. max and first argmax (one pass), then s = sum exp((x - max) / T) in fp32 in a fixed
 //     order (per thread in index order, then a fixed tree): the logprob's normalizer.

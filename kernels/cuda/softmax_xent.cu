@@ -4,7 +4,7 @@
 // kernels/cpu/cross_entropy.cc) are the reference (tests/test_cuda_model_ops.cc).
 // x, y, logits f32 or bf16 (uint16_t bits), fp32 math; loss, lse, dloss f32 (stat_dtype).
 //
-// One group of tpr threads per row, tpr a power of two (32..1024) chosen from V alone; rows
+// One group of tpr threads per row, tpr a power of two (32..512) chosen from V alone; rows
 // of short V pack 256 / tpr to a block. Rows are read in 16-byte chunks (4 f32, 8 bf16);
 // thread `lane` owns chunks lane, lane + tpr, ... The max and the sum of exponentials are
 // formed online in one pass (per chunk: the chunk max, one rescale of the running sum, then
@@ -53,7 +53,7 @@ struct Merge {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const { return merge(a, b); }
 };
 
-// A row is walked in steps of RowChunks (launch.cuh): kChunksPerThread loads in flight per
+// A row is walked in steps of RowChunks (launch.cuh): kRowChunks<T> loads in flight per
 // thread before any math. Measured on an H200 (bench_cuda_kernels, N = 4096 bf16 rows): one
 // chunk per step left the cross-entropy forward at 0.43 of the copy bandwidth at V = 129280
 // and softmax at 0.32 at V = 32768, latency-bound on the exp chain.
@@ -64,18 +64,18 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T>& st) {
   constexpr int kV = kVec<T>;
   float cm = -INFINITY;
 #pragma unroll
-  for (int u = 0; u < kChunksPerThread; ++u)
+  for (int u = 0; u < RowChunks<T>::kC; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
-      if (k < st.cnt[u]) cm = fmaxf(cm, st.f[u][k]);
+      if (k < st.cnt[u]) cm = fmaxf(cm, st.at(u, k));
   const float m = fmaxf(acc.m, cm);
   if (m == -INFINITY) return;  // nothing but -inf so far: the sum stays 0
   float cs = 0;
 #pragma unroll
-  for (int u = 0; u < kChunksPerThread; ++u)
+  for (int u = 0; u < RowChunks<T>::kC; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
-      if (k < st.cnt[u]) cs += __expf(st.f[u][k] - m);
+      if (k < st.cnt[u]) cs += __expf(st.at(u, k) - m);
   acc.s = acc.s * __expf(acc.m - m) + cs;  // exp(-inf) = 0 on the first step
   acc.m = m;
 }
@@ -87,7 +87,7 @@ __device__ MaxSum row_max_sumexp(const T* xr, int64_t V, bool live, int lane, in
                                  MaxSum* smem) {
   constexpr int kV = kVec<T>;
   MaxSum acc{-INFINITY, 0.0f};
-  const int64_t stride = int64_t{tpr} * kV * kChunksPerThread;
+  const int64_t stride = int64_t{tpr} * kV * RowChunks<T>::kC;
   for (int64_t base = int64_t{lane} * kV; live && base < V; base += stride) {
     RowChunks<T> st;
     load_row_chunks(xr, base, V, tpr, st);
@@ -105,7 +105,7 @@ struct RowLaunch {
 
 template <class T>
 RowLaunch row_launch(int64_t N, int64_t V) {
-  const int tpr = row_threads((V + kVec<T> - 1) / kVec<T>);
+  const int tpr = row_threads_for<T>((V + kVec<T> - 1) / kVec<T>);
   const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
   return {tpr, static_cast<unsigned>((N + rows - 1) / rows), tpr * rows};
 }
@@ -119,17 +119,17 @@ __device__ inline int64_t group_row(int tpr) {
 
 // x (N, V) -> y (N, V): softmax, or log-softmax when kLog. Pass 1 online max/sum-exp, pass 2
 // writes y = exp(x - m) / s or x - (m + log s). When the row fits in one step per thread
-// (V <= tpr * kV * kChunksPerThread: V up to 32768 bf16 / 16384 f32) pass 2 uses the step still in
-// registers instead of reading the row again; the sums are the same either way.
+// (V <= tpr * kV * kRowChunks<T>: V up to 65536 bf16 / 16384 f32) pass 2 uses the step still
+// in registers instead of reading the row again; the sums are the same either way.
 template <class T, bool kLog>
-__global__ void softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, int tpr) {
+__global__ void __launch_bounds__(kMaxRowThreads) softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ MaxSum smem[kMaxRowThreads / 32];
   const int lane = threadIdx.x % tpr;
   const int64_t n = group_row(tpr);
   const bool live = n < N;
   const T* xr = x + (live ? n : 0) * V;
-  const int64_t stride = int64_t{tpr} * kV * kChunksPerThread;
+  const int64_t stride = int64_t{tpr} * kV * RowChunks<T>::kC;
   if (V <= stride) {  // uniform over the block: V and tpr are
     RowChunks<T> st;
     MaxSum acc{-INFINITY, 0.0f};
@@ -142,12 +142,13 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, i
     const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s;
     T* yr = y + n * V;
 #pragma unroll
-    for (int u = 0; u < kChunksPerThread; ++u) {
+    for (int u = 0; u < RowChunks<T>::kC; ++u) {
       if (st.cnt[u] == 0) continue;
+      float out[kV];
 #pragma unroll
       for (int k = 0; k < kV; ++k)
-        st.f[u][k] = kLog ? st.f[u][k] - lse : __expf(st.f[u][k] - ms.m) * inv;
-      store_chunk(yr, int64_t{lane} * kV + int64_t{u} * tpr * kV, V, st.f[u]);
+        out[k] = kLog ? st.at(u, k) - lse : __expf(st.at(u, k) - ms.m) * inv;
+      store_chunk(yr, int64_t{lane} * kV + int64_t{u} * tpr * kV, V, out);
     }
     return;
   }
@@ -167,7 +168,7 @@ __global__ void softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, i
 // y, dy (N, V) -> dx (N, V): softmax dx = y (dy - sum(dy y)); log-softmax
 // dx = dy - exp(y) sum(dy).
 template <class T, bool kLog>
-__global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t N, int64_t V,
+__global__ void __launch_bounds__(kMaxRowThreads) softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t N, int64_t V,
                                         int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ float smem[kMaxRowThreads / 32];
@@ -177,26 +178,27 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
   const T* yr = y + (live ? n : 0) * V;
   const T* gr = dy + (live ? n : 0) * V;
   float s = 0;
-  if (V <= int64_t{tpr} * kV * kChunksPerThread) {  // the row fits in registers: read y, dy once
+  if (V <= int64_t{tpr} * kV * RowChunks<T>::kC) {  // the row fits in registers: read y, dy once
     RowChunks<T> ys, gs;
     if (live) {
       load_row_chunks(yr, int64_t{lane} * kV, V, tpr, ys);
       load_row_chunks(gr, int64_t{lane} * kV, V, tpr, gs);
 #pragma unroll
-      for (int u = 0; u < kChunksPerThread; ++u)
+      for (int u = 0; u < RowChunks<T>::kC; ++u)
 #pragma unroll
         for (int k = 0; k < kV; ++k)
-          if (k < ys.cnt[u]) s += kLog ? gs.f[u][k] : gs.f[u][k] * ys.f[u][k];
+          if (k < ys.cnt[u]) s += kLog ? gs.at(u, k) : gs.at(u, k) * ys.at(u, k);
     }
     s = group_reduce(s, Add{}, smem, tpr);
     if (!live) return;
 #pragma unroll
-    for (int u = 0; u < kChunksPerThread; ++u) {
+    for (int u = 0; u < RowChunks<T>::kC; ++u) {
       if (ys.cnt[u] == 0) continue;
+      float out[kV];
 #pragma unroll
       for (int k = 0; k < kV; ++k)
-        gs.f[u][k] = kLog ? gs.f[u][k] - __expf(ys.f[u][k]) * s : ys.f[u][k] * (gs.f[u][k] - s);
-      store_chunk(dx + n * V, int64_t{lane} * kV + int64_t{u} * tpr * kV, V, gs.f[u]);
+        out[k] = kLog ? gs.at(u, k) - __expf(ys.at(u, k)) * s : ys.at(u, k) * (gs.at(u, k) - s);
+      store_chunk(dx + n * V, int64_t{lane} * kV + int64_t{u} * tpr * kV, V, out);
     }
     return;
   }
@@ -268,7 +270,7 @@ void softmax_backward_cuda(const Tensor& y, const Tensor& dy, bool log, Tensor& 
 // logits (N, V), targets (N) int -> loss (N), lse (N) f32. One pass over the row; the
 // target's logit is one extra scalar load by the row's first thread.
 template <class T, class I>
-__global__ void cross_entropy_forward_kernel(const T* logits, const I* targets,
+__global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_forward_kernel(const T* logits, const I* targets,
                                              int64_t ignore_index, float* loss, float* lse,
                                              int64_t N, int64_t V, int tpr) {
   __shared__ MaxSum smem[kMaxRowThreads / 32];
@@ -289,7 +291,7 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const I* targets,
 // on a row whose target is outside [0, V) (the forward rejected those on the host). No
 // reduction: the row's threads just stream it.
 template <class T, class I>
-__global__ void cross_entropy_backward_kernel(const T* logits, const I* targets,
+__global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_backward_kernel(const T* logits, const I* targets,
                                               const float* lse, const float* dloss,
                                               int64_t ignore_index, T* dlogits, int64_t N,
                                               int64_t V, int tpr) {

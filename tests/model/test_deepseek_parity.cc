@@ -126,7 +126,7 @@ RefRun run_reference(const std::string& dir, const ModelConfig& c, const ParamMa
       "'{}' '{}/scripts/reference/deepseek_v3.py' --config '{}/ckpt/config.json' --weights "
       "'{}/ckpt/model.safetensors' --ids '{}/inputs.safetensors' --out '{}/out.safetensors' "
       "--backward --threads 1 2> '{}/stderr.txt'",
-      R1_TEST_PYTHON, R1_SOURCE_DIR, dir, dir, dir, dir, dir);
+      test::python(), test::source_dir(), dir, dir, dir, dir, dir);
   const int status = std::system(cmd.c_str());
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   RefRun run;
@@ -176,7 +176,7 @@ void check_parity(const Variant& v) {
     const RefRun ref = run_reference(dir, c, params, in);
     if (ref.no_torch) {
       fs::remove_all(dir);
-      GTEST_SKIP() << "PyTorch is not importable by " << R1_TEST_PYTHON
+      GTEST_SKIP() << "PyTorch is not importable by " << test::python()
                    << " (run scripts/setup.sh): " << ref.error;
     }
     ASSERT_TRUE(ref.error.empty()) << ref.error << "\ninputs kept in " << dir;

@@ -92,12 +92,12 @@ double rel_error(const Tensor& a, const Tensor& b) {
 bool torch_available(std::string* why) {
   static const int rc = [] {
     const std::string cmd = fmt::format("'{}' -c 'import torch, numpy' >/dev/null 2>&1",
-                                        R1_TEST_PYTHON);
+                                        test::python());
     const int status = std::system(cmd.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }();
   *why = fmt::format("{} cannot import torch and numpy (exit {}): run scripts/setup.sh (it "
-                     "installs python3-torch and python3-numpy)", R1_TEST_PYTHON, rc);
+                     "installs python3-torch and python3-numpy)", test::python(), rc);
   return rc == 0;
 }
 
@@ -148,7 +148,7 @@ void run_parity(const ParityCase& pc, uint64_t seed) {
       "'{}' '{}/scripts/reference/dense.py' --config '{}/config.json' --weights "
       "'{}/model.safetensors' --ids '{}/inputs.safetensors' --out '{}/out.safetensors' "
       "--backward --threads 1 2> '{}/stderr.txt'",
-      R1_TEST_PYTHON, R1_SOURCE_DIR, ckpt, ckpt, dir.path, dir.path, dir.path);
+      test::python(), test::source_dir(), ckpt, ckpt, dir.path, dir.path, dir.path);
   const int status = std::system(cmd.c_str());
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
       << "`" << cmd << "` failed (status " << status << "); see " << dir.path << "/stderr.txt";

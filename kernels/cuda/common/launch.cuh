@@ -62,13 +62,17 @@ template <class T>
 inline constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte chunk
 
 inline constexpr int kChunksPerThread = 4;  // about 4 chunks per thread before tpr doubles
-inline constexpr int kMaxRowThreads = 1024;
+// At most 512 threads per row group, and per-row kernels declare __launch_bounds__ of it: at
+// 1024 threads a kernel over 64 registers cannot launch ("too many resources requested",
+// which the H200 run of ee1d294 hit in softmax backward and cross-entropy forward).
+inline constexpr int kMaxRowThreads = 512;
 
-// Threads per row: a power of two in [32, 1024] giving each about kChunksPerThread chunks.
+// Threads per row: a power of two in [32, kMaxRowThreads] giving each about `per_thread`
+// chunks.
 // A function of the row length only, so a row's reduction order never depends on N.
-inline int row_threads(int64_t chunks) {
+inline int row_threads(int64_t chunks, int per_thread = kChunksPerThread) {
   int t = 32;
-  while (t < kMaxRowThreads && int64_t{t} * kChunksPerThread < chunks) t *= 2;
+  while (t < kMaxRowThreads && int64_t{t} * per_thread < chunks) t *= 2;
   return t;
 }
 
@@ -109,23 +113,63 @@ __device__ inline void store_chunk(T* p, int64_t i0, int64_t n, const float (&f)
     if (i0 + k < n) p[i0 + k] = e[k];
 }
 
-// A thread's kChunksPerThread chunks of a row walk, loaded all at once (that many 16-byte
-// loads in flight instead of one): chunks base, base + tpr * kVec, ... as fp32, with their
-// element counts (0 past the row's end n). Per-row kernels keep them in registers between
-// passes when the row fits (n <= tpr * kChunksPerThread * kVec).
+// Chunks per thread in one step of a row walk (RowChunks): 4 for f32 (64 bytes in flight per
+// thread), 8 for bf16 (128 bytes: bf16's rows have half the bytes per element, so the same
+// latency chain needs twice the chunks); both keep 4 registers per chunk (the raw 16 bytes). Measured on an H200 (N = 16384,
+// D = 7168): with 4 chunks of either type converted to fp32 on load, the bf16 RMSNorm
+// backward held 153 registers (one block per SM: 0.22 of the copy bandwidth) and the bf16
+// forward reached 0.56 (half the bytes in flight of f32 per thread, the same latency chain).
 template <class T>
+inline constexpr int kRowChunks = sizeof(T) == 2 ? 8 : 4;
+
+// Threads per row for rows of T walked in RowChunks steps (row_threads with kRowChunks<T>).
+template <class T>
+inline int row_threads_for(int64_t chunks) {
+  return row_threads(chunks, kRowChunks<T>);
+}
+
+// A thread's kRowChunks<T> chunks of a row walk, loaded all at once (that many 16-byte loads
+// in flight instead of one): chunks base, base + tpr * kVec, ... kept raw (4 registers each,
+// converted to fp32 where used: at(u, k)), with their element counts (0 past the row's end
+// n; elements past cnt read as 0). Per-row kernels keep them in registers between passes
+// when the row fits (n <= tpr * kRowChunks<T> * kVec<T>).
+template <class T, int C = kRowChunks<T>>
 struct RowChunks {
-  float f[kChunksPerThread][kVec<T>];
-  int cnt[kChunksPerThread];
+  static constexpr int kC = C;
+  uint4 raw[kC];
+  int cnt[kC];
+  __device__ float at(int u, int k) const {
+    T e[kVec<T>];
+    memcpy(e, &raw[u], 16);
+    return to_f32(e[k]);
+  }
 };
 
+// raw := the 16 bytes at p + i0 (one vector load when whole and aligned, else element by
+// element, zero past n); returns the element count (<= kVec).
 template <class T>
-__device__ inline void load_row_chunks(const T* p, int64_t base, int64_t n, int tpr,
-                                       RowChunks<T>& c) {
+__device__ inline int load_chunk_raw(const T* p, int64_t i0, int64_t n, uint4& raw) {
+  constexpr int kV = kVec<T>;
+  if (i0 + kV <= n && aligned16(p + i0)) {
+    raw = *reinterpret_cast<const uint4*>(p + i0);
+    return kV;
+  }
+  const int cnt = static_cast<int>(n - i0 < kV ? n - i0 : kV);
+  T e[kV];
 #pragma unroll
-  for (int u = 0; u < kChunksPerThread; ++u) {
+  for (int k = 0; k < kV; ++k) e[k] = k < cnt ? p[i0 + k] : T{};
+  memcpy(&raw, e, 16);
+  return cnt;
+}
+
+template <class T, int C>
+__device__ inline void load_row_chunks(const T* p, int64_t base, int64_t n, int tpr,
+                                       RowChunks<T, C>& c) {
+#pragma unroll
+  for (int u = 0; u < C; ++u) {
     const int64_t i0 = base + int64_t{u} * tpr * kVec<T>;
-    c.cnt[u] = i0 < n ? load_chunk(p, i0, n, c.f[u]) : 0;
+    c.cnt[u] = i0 < n ? load_chunk_raw(p, i0, n, c.raw[u]) : 0;
+    if (i0 >= n) c.raw[u] = make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -135,7 +179,7 @@ __device__ inline void load_row_chunks(const T* p, int64_t base, int64_t n, int 
 // overload it beside their definition; group_reduce finds them by argument lookup.
 __device__ inline float shfl_xor(float v, int k) { return __shfl_xor_sync(0xffffffffu, v, k); }
 
-// Combines v over the tpr consecutive threads of a row group (tpr a power of two, 32..1024)
+// Combines v over the tpr consecutive threads of a row group (tpr a power of two, 32..512)
 // and returns it to all of them (bit for bit the same on all: op must be commutative in its
 // rounding, as + and an explicitly rounded merge are): butterfly within warps, then the group's warp results in
 // warp order from shared memory (broadcast reads). Every thread of the block must call it.
