@@ -226,7 +226,9 @@ def main():
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     slug = re.sub(r"[^a-z0-9]+", "-", gpu["name"].lower()).strip("-")
     os.makedirs(a.results, exist_ok=True)
-    stem = os.path.join(a.results, f"{slug}-{date}")
+    # One file per run: the GPU, the date and the bundle's commit (a session may run twice).
+    m = re.search(r"commit ([0-9a-f]{7})", commit)
+    stem = os.path.join(a.results, f"{slug}-{date}" + (f"-{m.group(1)}" if m else ""))
 
     md = [f"# r1 GPU check: {gpu['name']}, {date}", "",
           f"- {commit}", f"- driver {gpu.get('driver_version', '?')}, "
