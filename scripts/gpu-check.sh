@@ -153,15 +153,20 @@ fi
 # Kernel variants the code can switch between at run time (an environment variable each),
 # benchmarked beside the default so that the next change picks the faster from numbers:
 # "VAR=value:benchmark filter" items.
-for ab in ${R1_GPU_AB:-R1_RMSNORM_BWD=smem:RmsNormBackward}; do
-  var=${ab%%:*} filter=${ab#*:}
+# R1_ROW_VARIANT (kernels/cuda/common/launch.cuh) reshapes the RMSNorm and cross-entropy
+# forward row kernels; R1_RMSNORM_BWD=smem keeps the two-read RMSNorm backward.
+ab_default="R1_RMSNORM_BWD=smem:RmsNormBackward"
+for v in 1 2 3; do ab_default+=" R1_ROW_VARIANT=$v:RmsNorm|CrossEntropyForward"; done
+for ab in ${R1_GPU_AB:-$ab_default}; do
+  var=${ab%%:*} filter=${ab#*:} tag=${ab%%:*}
+  tag=${tag//=/_}
   lim=$(cap 60)
   ((lim == 0)) && { skip "variant $var"; continue; }
   env "$var" timeout "$lim" "$bundle/bin/bench_cuda_kernels" --benchmark_filter="$filter" \
-    --benchmark_out="$out/bench_ab_${var%%=*}.json" --benchmark_out_format=json \
-    >"$out/bench_ab_${var%%=*}.log" 2>&1 ||
+    --benchmark_out="$out/bench_ab_$tag.json" --benchmark_out_format=json \
+    >"$out/bench_ab_$tag.log" 2>&1 ||
     echo "gpu-check: variant $var failed (rc $?)"
-  echo "$var" >"$out/bench_ab_${var%%=*}.var"
+  echo "$var" >"$out/bench_ab_$tag.var"
 done
 echo "gpu-check: benchmarks done at $(elapsed)"
 

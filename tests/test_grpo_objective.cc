@@ -724,19 +724,22 @@ TEST(GrpoObjective, CudaOpMatchesCpuF64) {
         Tensor xg = vec(lp, DType::F32, kGpu), xc = test::rounded_f64(xg, DType::F32);
         xg.set_requires_grad();
         xc.set_requires_grad();
+        // Forward then backward on each device in turn: backward replays and clears the whole
+        // tape (engine/autograd.h), so two forwards before the first backward would leave the
+        // second with no node (the H200 run of 9d1645a: xc.grad() undefined).
         stage = "cuda forward";
         const GrpoObjective g =
             run_op(xg, operands(l, p, 0.04, DType::F32, DType::U8, kGpu), opt);
+        ASSERT_TRUE(g.loss.device().is_cuda()) << name;
+        ASSERT_EQ(g.loss.dtype(), DType::F32) << name;
+        stage = "cuda backward";
+        backward(g.loss);
         stage = "cpu f64 forward";
         const Operands oc{test::rounded_f64(vec(p.old_logp, DType::F32), DType::F32),
                           test::rounded_f64(vec(p.ref_logp, DType::F32), DType::F32),
                           test::rounded_f64(vec(p.adv, DType::F32), DType::F32), ivec(l.seq),
                           vec(l.mask, DType::F64)};
         const GrpoObjective c = run_op(xc, oc, opt);
-        ASSERT_TRUE(g.loss.device().is_cuda()) << name;
-        ASSERT_EQ(g.loss.dtype(), DType::F32) << name;
-        stage = "cuda backward";
-        backward(g.loss);
         stage = "cpu f64 backward";
         backward(c.loss);
         stage = "compare";

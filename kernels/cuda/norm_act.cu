@@ -28,9 +28,7 @@ namespace {
 
 // rmsnorm_backward: rows per block, each block keeps one dw partial (D f32) in shared memory.
 constexpr int64_t kRmsRowBlock = 32;
-constexpr int kColLanes = 16;
-// rmsnorm_backward_reg_kernel: 16-byte chunks per thread (x and dy raw: 8 registers each).
-constexpr int kRmsBwdChunks = 4;  // dw column sum: partial rows summed by 16 lanes per column
+constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes per column
 
 // ---- rmsnorm -----------------------------------------------------------------------------
 
@@ -45,8 +43,8 @@ constexpr int kRmsBwdChunks = 4;  // dw column sum: partial rows summed by 16 la
 // per block when tpr < 256. Pass 1 sums x^2, pass 2 writes y from the chunks kept in
 // registers (rows of more than tpr * kRowChunks<T> chunks re-read them). Either way a thread
 // sums its chunks in the same order: the bits do not depend on which path ran.
-template <class T>
-__global__ void __launch_bounds__(kMaxRowThreads) rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
+template <class T, int C, int MinBlocks>
+__global__ void __launch_bounds__(kMaxRowThreads, MinBlocks) rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
                                        int64_t D, float eps, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ float smem[kMaxRowThreads / 32];
@@ -54,9 +52,9 @@ __global__ void __launch_bounds__(kMaxRowThreads) rmsnorm_forward_kernel(const T
   const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
   const bool live = n < N;  // dead rows still join the block's syncs
   const T* xr = x + (live ? n : 0) * D;
-  constexpr int kC = RowChunks<T>::kC;
+  constexpr int kC = C;
   const bool cached = D <= int64_t{tpr} * kC * kV;  // uniform over the block
-  RowChunks<T> c;
+  RowChunks<T, C> c;
   float ss = 0;
   if (cached) {
     if (live) {
@@ -117,16 +115,16 @@ __device__ inline void write_partial(const float4* acc, float* pr, int64_t D, in
     }
 }
 
-// The same for rows that fit in registers (D <= tpr * kRmsBwdChunks * kVec, D up to 16384
+// The same for rows that fit in registers (D <= tpr * C * kVec, D up to 16384
 // bf16 / 8192 f32): x and dy are read once (kept raw, 4 registers per chunk), w's chunks
 // come from L1, and the dw partial accumulates in shared memory as below. The sums run in the
 // same order as in the kernel below. (A dw partial in registers instead: 98-123 registers, one
 // or two blocks per SM; fp32 chunks in registers: 153, ee1d294's 0.22 of the copy bandwidth.)
-template <class T>
-__global__ void __launch_bounds__(kMaxRowThreads)
+template <class T, int C, int MinBlocks>
+__global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_backward_reg_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
                                 float* partial, int64_t N, int64_t D) {
-  constexpr int kV = kVec<T>, kC = kRmsBwdChunks, kF4 = kV / 4;
+  constexpr int kV = kVec<T>, kC = C, kF4 = kV / 4;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
   const int tpr = blockDim.x, lane = threadIdx.x;
@@ -176,7 +174,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   write_partial(acc, partial + int64_t{blockIdx.x} * D, D, nch, kV, lane, tpr);
 }
 
-// Rows too long for registers (D > kMaxRowThreads * kRmsBwdChunks * kVec): one block of tpr
+// Rows too long for registers (D > kMaxRowThreads * C * kVec): one block of tpr
 // threads walks rows [b * kRmsRowBlock, ...) in order, reading each row twice (the dot, then
 // dx): dx per row, and this block's dw partial (sum over its rows of dy x rstd) kept in shared
 // memory, each thread owning its own chunks (no races, no syncs). The partial goes to
@@ -275,13 +273,16 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
   const cudaStream_t s = current_stream(dev);
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto tag) {
     using T = decltype(tag);
-    const int tpr = row_threads_for<T>((D + kVec<T> - 1) / kVec<T>);
-    const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
-    const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
-    rmsnorm_forward_kernel<T><<<blocks, tpr * rows, 0, s>>>(
-        static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
-        static_cast<T*>(y.data_ptr()), rstd.data<float>(), N, D, static_cast<float>(eps), tpr);
-    R1_CUDA_CHECK_LAUNCH();
+    dispatch_row_variant<T>([&]<int C, int MinBlocks>() {
+      const int tpr = row_threads((D + kVec<T> - 1) / kVec<T>, C);
+      const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
+      const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
+      rmsnorm_forward_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
+          static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
+          static_cast<T*>(y.data_ptr()), rstd.data<float>(), N, D, static_cast<float>(eps),
+          tpr);
+      R1_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -329,16 +330,19 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
     R1_CHECK(smem + sizeof(float) * kMaxRowThreads / 32 <= static_cast<size_t>(optin),
              "rmsnorm_backward: D {} needs {} bytes of shared memory for dw; the device has {}",
              D, smem, optin);
-    const int tpr_reg = row_threads(nch, kRmsBwdChunks);
-    const bool reg = nch <= int64_t{tpr_reg} * kRmsBwdChunks && rmsnorm_backward_variant() != 1;
-    const auto kernel = reg ? rmsnorm_backward_reg_kernel<T> : rmsnorm_backward_kernel<T>;
-    if (smem > 48 * 1024) {
-      R1_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    }
-    kernel<<<static_cast<unsigned>(G), reg ? tpr_reg : row_threads_for<T>(nch), smem, s>>>(
-        px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D);
-    R1_CUDA_CHECK_LAUNCH();
+    dispatch_row_variant<T>([&]<int C, int MinBlocks>() {
+      const int tpr_reg = row_threads(nch, C);
+      const bool reg = nch <= int64_t{tpr_reg} * C && rmsnorm_backward_variant() != 1;
+      const auto kernel =
+          reg ? rmsnorm_backward_reg_kernel<T, C, MinBlocks> : rmsnorm_backward_kernel<T>;
+      if (smem > 48 * 1024) {
+        R1_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+      }
+      kernel<<<static_cast<unsigned>(G), reg ? tpr_reg : row_threads_for<T>(nch), smem, s>>>(
+          px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D);
+      R1_CUDA_CHECK_LAUNCH();
+    });
     column_sum_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, kColLanes), 0, s>>>(
         partial.data<float>(), G, D, static_cast<T*>(dw.data_ptr()));
     R1_CUDA_CHECK_LAUNCH();

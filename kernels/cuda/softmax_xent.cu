@@ -59,12 +59,12 @@ struct Merge {
 // and softmax at 0.32 at V = 32768, latency-bound on the exp chain.
 
 // acc := acc merged with the step's elements: one max over the step, one rescale of acc.
-template <class T>
-__device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T>& st) {
+template <class T, int C>
+__device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
   constexpr int kV = kVec<T>;
   float cm = -INFINITY;
 #pragma unroll
-  for (int u = 0; u < RowChunks<T>::kC; ++u)
+  for (int u = 0; u < C; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
       if (k < st.cnt[u]) cm = fmaxf(cm, st.at(u, k));
@@ -72,7 +72,7 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T>& st) {
   if (m == -INFINITY) return;  // nothing but -inf so far: the sum stays 0
   float cs = 0;
 #pragma unroll
-  for (int u = 0; u < RowChunks<T>::kC; ++u)
+  for (int u = 0; u < C; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
       if (k < st.cnt[u]) cs += __expf(st.at(u, k) - m);
@@ -82,14 +82,14 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T>& st) {
 
 // The row's (max, sum exp(x - max)) in one pass, on all tpr threads of the group. The order
 // of the sums depends on V (and tpr, a function of V) only: batch invariant.
-template <class T>
+template <class T, int C = kRowChunks<T>>
 __device__ MaxSum row_max_sumexp(const T* xr, int64_t V, bool live, int lane, int tpr,
                                  MaxSum* smem) {
   constexpr int kV = kVec<T>;
   MaxSum acc{-INFINITY, 0.0f};
-  const int64_t stride = int64_t{tpr} * kV * RowChunks<T>::kC;
+  const int64_t stride = int64_t{tpr} * kV * C;
   for (int64_t base = int64_t{lane} * kV; live && base < V; base += stride) {
-    RowChunks<T> st;
+    RowChunks<T, C> st;
     load_row_chunks(xr, base, V, tpr, st);
     accumulate_step(acc, st);
   }
@@ -104,8 +104,8 @@ struct RowLaunch {
 };
 
 template <class T>
-RowLaunch row_launch(int64_t N, int64_t V) {
-  const int tpr = row_threads_for<T>((V + kVec<T> - 1) / kVec<T>);
+RowLaunch row_launch(int64_t N, int64_t V, int chunks_per_thread = kRowChunks<T>) {
+  const int tpr = row_threads((V + kVec<T> - 1) / kVec<T>, chunks_per_thread);
   const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
   return {tpr, static_cast<unsigned>((N + rows - 1) / rows), tpr * rows};
 }
@@ -269,16 +269,16 @@ void softmax_backward_cuda(const Tensor& y, const Tensor& dy, bool log, Tensor& 
 
 // logits (N, V), targets (N) int -> loss (N), lse (N) f32. One pass over the row; the
 // target's logit is one extra scalar load by the row's first thread.
-template <class T, class I>
-__global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_forward_kernel(const T* logits, const I* targets,
-                                             int64_t ignore_index, float* loss, float* lse,
-                                             int64_t N, int64_t V, int tpr) {
+template <class T, class I, int C, int MinBlocks>
+__global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
+    cross_entropy_forward_kernel(const T* logits, const I* targets, int64_t ignore_index,
+                                 float* loss, float* lse, int64_t N, int64_t V, int tpr) {
   __shared__ MaxSum smem[kMaxRowThreads / 32];
   const int lane = threadIdx.x % tpr;
   const int64_t n = group_row(tpr);
   const bool live = n < N;
   const T* xr = logits + (live ? n : 0) * V;
-  const MaxSum ms = row_max_sumexp(xr, V, live, lane, tpr, smem);
+  const MaxSum ms = row_max_sumexp<T, C>(xr, V, live, lane, tpr, smem);
   if (!live || lane != 0) return;
   const float z = ms.m + logf(ms.s);
   const int64_t t = static_cast<int64_t>(targets[n]);
@@ -359,11 +359,13 @@ void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets,
     using T = decltype(tag);
     dispatch_index(targets.dtype(), [&](auto itag) {
       using I = decltype(itag);
-      const RowLaunch l = row_launch<T>(N, V);
-      cross_entropy_forward_kernel<T, I><<<l.grid, l.block, 0, s>>>(
-          static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(targets.data_ptr()),
-          ignore_index, loss.data<float>(), lse.data<float>(), N, V, l.tpr);
-      R1_CUDA_CHECK_LAUNCH();
+      dispatch_row_variant<T>([&]<int C, int MinBlocks>() {
+        const RowLaunch l = row_launch<T>(N, V, C);
+        cross_entropy_forward_kernel<T, I, C, MinBlocks><<<l.grid, l.block, 0, s>>>(
+            static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(targets.data_ptr()),
+            ignore_index, loss.data<float>(), lse.data<float>(), N, V, l.tpr);
+        R1_CUDA_CHECK_LAUNCH();
+      });
     });
   });
 }

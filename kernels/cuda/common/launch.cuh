@@ -128,6 +128,33 @@ inline int row_threads_for(int64_t chunks) {
   return row_threads(chunks, kRowChunks<T>);
 }
 
+// Compile-time shapes of the single-pass row kernels (RMSNorm forward and backward,
+// cross-entropy forward), chosen at run time by R1_ROW_VARIANT (read once; default 0) so that
+// one GPU session can benchmark them all (scripts/gpu-check.sh R1_GPU_AB) and tests can run
+// each: C 16-byte chunks per thread per step (C = 0: kRowChunks<T>), and MinBlocks, the
+// __launch_bounds__ occupancy hint (blocks of up to kMaxRowThreads per SM: 3 caps a thread at
+// 42 registers, 4 at 32). Measured on the H200 (9d1645a, variant 0 = C 4 f32 / 8 bf16, no
+// hint): the f32 RMSNorm forward fell from 0.96 to 0.62 of the copy bandwidth when it went
+// from 40 registers (three 512-thread blocks per SM) to 44 (two).
+struct RowVariant {
+  int chunks;      // 0: kRowChunks<T>
+  int min_blocks;  // __launch_bounds__ second argument
+};
+inline constexpr RowVariant kRowVariants[] = {{0, 1}, {4, 3}, {2, 4}, {4, 1}};
+inline constexpr int kNumRowVariants = 4;
+int row_variant();  // kernels/cuda/common/row_variant.cu: R1_ROW_VARIANT, 0 when unset
+
+// Calls fn.template operator()<C, MinBlocks>() for the selected variant, with C resolved for T.
+template <class T, class Fn>
+void dispatch_row_variant(Fn&& fn) {
+  switch (row_variant()) {
+    case 1: return fn.template operator()<4, 3>();
+    case 2: return fn.template operator()<2, 4>();
+    case 3: return fn.template operator()<4, 1>();
+    default: return fn.template operator()<kRowChunks<T>, 1>();
+  }
+}
+
 // A thread's kRowChunks<T> chunks of a row walk, loaded all at once (that many 16-byte loads
 // in flight instead of one): chunks base, base + tpr * kVec, ... kept raw (4 registers each,
 // converted to fp32 where used: at(u, k)), with their element counts (0 past the row's end
