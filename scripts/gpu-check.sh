@@ -26,6 +26,13 @@
 #                   step's timeout is cut to what is left, less 30 s kept for the table, and a
 #                   step with under 10 s left is recorded as "not run (budget)". GPU time is
 #                   lent by the minute; a hang in one kernel must not cost the rest of the table.
+# Environment, for a rerun that needs only part of it (GPU time is lent by the minute):
+#   R1_GPU_SKIP="bench_cuda_kernels bench_fp8_gemm r1-toy-lm r1-grpo"  steps left out
+#   R1_GPU_TESTS="test_a test_b"   only these test binaries
+#   R1_GPU_BENCH_FILTER=REGEX      only these bench_cuda_kernels rows
+#   R1_GPU_AB="VAR=value:REGEX ..."  run-time kernel variants, each tested (R1_GPU_AB_TESTS)
+#                                  and benchmarked beside the default (see the A/B step)
+#   R1_GPU_GRPO_STEPS, R1_TOY_STEPS  lengths of the end-to-end runs
 # Exit status: 0 when every test passed, 1 otherwise (the table is written either way).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -115,6 +122,11 @@ status=0
 for t in "$bundle"/bin/test_*; do
   [[ -x "$t" ]] || continue
   name=$(basename "$t")
+  # R1_GPU_TESTS="test_a test_b": only these (a rerun after a change to some kernels).
+  if [[ -n ${R1_GPU_TESTS:-} && " $R1_GPU_TESTS " != *" $name "* ]]; then
+    printf '%s\t-\t-\tnot run (R1_GPU_TESTS)\n' "$name" >>"$out/tests.tsv"
+    continue
+  fi
   lim=$(cap 150)
   if ((lim == 0)); then
     printf '%s\t-\t-\tnot run (budget)\n' "$name" >>"$out/tests.tsv"; skip "$name"; status=1; continue
@@ -136,6 +148,8 @@ echo "gpu-check: tests done at $(elapsed)"
 
 # ---- 2. benchmarks -------------------------------------------------------------------------
 bench_args=(--benchmark_out="$out/bench.json" --benchmark_out_format=json)
+# R1_GPU_BENCH_FILTER: a --benchmark_filter regex (a rerun that needs only some rows).
+[[ -n ${R1_GPU_BENCH_FILTER:-} ]] && bench_args+=(--benchmark_filter="$R1_GPU_BENCH_FILTER")
 lim=$(cap 240)
 off bench_cuda_kernels && lim=0
 ((lim == 0)) && skip bench_cuda_kernels ||
@@ -160,6 +174,19 @@ for v in 1 2 3; do ab_default+=" R1_ROW_VARIANT=$v:RmsNorm|CrossEntropyForward";
 for ab in ${R1_GPU_AB:-$ab_default}; do
   var=${ab%%:*} filter=${ab#*:} tag=${ab%%:*}
   tag=${tag//=/_}
+  lim=$(cap 60)
+  ((lim == 0)) && { skip "variant $var"; continue; }
+  # The variant's code paths are tested before they are timed: the tests that cover them
+  # (R1_GPU_AB_TESTS, default test_cuda_model_ops) run with the switch set.
+  for tb in ${R1_GPU_AB_TESTS:-test_cuda_model_ops}; do
+    start=$(date +%s)
+    env "$var" timeout "$lim" "$bundle/bin/$tb" >"$out/$tb.$tag.log" 2>&1
+    rc=$?
+    summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/$tb.$tag.log" | tr '\n' ' ')
+    printf '%s\t%s\t%ss\t%s\n' "$tb ($var)" "$rc" "$(( $(date +%s) - start ))" "$summary" \
+      >>"$out/tests.tsv"
+    ((rc == 0)) || { status=1; echo "gpu-check: $tb with $var FAILED (rc $rc)"; }
+  done
   lim=$(cap 60)
   ((lim == 0)) && { skip "variant $var"; continue; }
   env "$var" timeout "$lim" "$bundle/bin/bench_cuda_kernels" --benchmark_filter="$filter" \
