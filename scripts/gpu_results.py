@@ -42,7 +42,8 @@ def tests(out):
     for line in read(os.path.join(out, "tests.tsv")).splitlines():
         parts = line.split("\t")
         if len(parts) >= 4:
-            res.append({"binary": parts[0], "rc": int(parts[1]), "time": parts[2],
+            rc = int(parts[1]) if parts[1].lstrip("-").isdigit() else parts[1]  # "-": not run
+            res.append({"binary": parts[0], "rc": rc, "time": parts[2],
                         "summary": parts[3].strip()})
     return res
 
