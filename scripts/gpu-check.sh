@@ -170,7 +170,7 @@ fi
 # R1_ROW_VARIANT (kernels/cuda/common/launch.cuh) reshapes the RMSNorm and cross-entropy
 # forward row kernels; R1_RMSNORM_BWD=smem keeps the two-read RMSNorm backward.
 ab_default="R1_RMSNORM_BWD=smem:RmsNormBackward"
-for v in 1 2 3; do ab_default+=" R1_ROW_VARIANT=$v:RmsNorm|CrossEntropyForward"; done
+for v in 1 2 3 4 5 6 7; do ab_default+=" R1_ROW_VARIANT=$v:RmsNorm|CrossEntropyForward"; done
 for ab in ${R1_GPU_AB:-$ab_default}; do
   var=${ab%%:*} filter=${ab#*:} tag=${ab%%:*}
   tag=${tag//=/_}

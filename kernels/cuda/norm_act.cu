@@ -44,61 +44,46 @@ constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes
 // registers (rows of more than tpr * kRowChunks<T> chunks re-read them). Either way a thread
 // sums its chunks in the same order: the bits do not depend on which path ran.
 template <class T, int C, int MinBlocks>
-__global__ void __launch_bounds__(kMaxRowThreads, MinBlocks) rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N,
-                                       int64_t D, float eps, int tpr) {
+__global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
+    rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N, int64_t D,
+                           float eps, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ float smem[kMaxRowThreads / 32];
   const int lane = threadIdx.x % tpr;
   const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
   const bool live = n < N;  // dead rows still join the block's syncs
   const T* xr = x + (live ? n : 0) * D;
-  constexpr int kC = C;
-  const bool cached = D <= int64_t{tpr} * kC * kV;  // uniform over the block
+  const int64_t base = int64_t{lane} * kV, step = int64_t{tpr} * C * kV;
+  const bool cached = D <= step;  // the row in one step: kept in registers; uniform
   RowChunks<T, C> c;
   float ss = 0;
-  if (cached) {
-    if (live) {
-      load_row_chunks(xr, int64_t{lane} * kV, D, tpr, c);
+  // Pass 1 in steps of C chunks (C loads in flight), each thread's chunks in row order.
+  for (int64_t b0 = base; live && b0 < D; b0 += step) {
+    load_row_chunks(xr, b0, D, tpr, c);
 #pragma unroll
-      for (int u = 0; u < kC; ++u)
-#pragma unroll
-        for (int k = 0; k < kV; ++k)
-          if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
-    }
-  } else {
-    for (int64_t i0 = int64_t{lane} * kV; live && i0 < D; i0 += int64_t{tpr} * kV) {
-      float f[kV];
-      const int cnt = load_chunk(xr, i0, D, f);
+    for (int u = 0; u < C; ++u)
 #pragma unroll
       for (int k = 0; k < kV; ++k)
-        if (k < cnt) ss += f[k] * f[k];
-    }
+        if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
   }
   ss = group_reduce(ss, Add{}, smem, tpr);
   if (!live) return;
   const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
   if (lane == 0) rstd[n] = r;
   T* yr = y + n * D;
-  if (cached) {
+  // Pass 2: the chunks still in registers, or the row again (from L2) in steps.
+  for (int64_t b0 = base; b0 < D; b0 += step) {
+    if (!cached) load_row_chunks(xr, b0, D, tpr, c);
 #pragma unroll
-    for (int u = 0; u < kC; ++u) {
+    for (int u = 0; u < C; ++u) {
       if (c.cnt[u] == 0) continue;
-      const int64_t i0 = (int64_t{lane} + int64_t{u} * tpr) * kV;
+      const int64_t i0 = b0 + int64_t{u} * tpr * kV;
       float wf[kV];
       load_chunk(w, i0, D, wf);
 #pragma unroll
       for (int k = 0; k < kV; ++k) wf[k] = c.at(u, k) * r * wf[k];
       store_chunk(yr, i0, D, wf);
     }
-    return;
-  }
-  for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += int64_t{tpr} * kV) {
-    float f[kV], wf[kV];
-    load_chunk(xr, i0, D, f);
-    load_chunk(w, i0, D, wf);
-#pragma unroll
-    for (int k = 0; k < kV; ++k) f[k] = f[k] * r * wf[k];
-    store_chunk(yr, i0, D, f);
   }
 }
 
@@ -273,8 +258,8 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
   const cudaStream_t s = current_stream(dev);
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_row_variant<T>([&]<int C, int MinBlocks>() {
-      const int tpr = row_threads((D + kVec<T> - 1) / kVec<T>, C);
+    dispatch_row_variant<T>([&]<int C, int MinBlocks>(int max_tpr) {
+      const int tpr = row_threads_capped((D + kVec<T> - 1) / kVec<T>, C, max_tpr);
       const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
       const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
       rmsnorm_forward_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
@@ -330,7 +315,9 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
     R1_CHECK(smem + sizeof(float) * kMaxRowThreads / 32 <= static_cast<size_t>(optin),
              "rmsnorm_backward: D {} needs {} bytes of shared memory for dw; the device has {}",
              D, smem, optin);
-    dispatch_row_variant<T>([&]<int C, int MinBlocks>() {
+    // max_tpr applies to the forward kernels only: a backward block walks kRmsRowBlock rows
+    // one after another, and a warp per block would leave most of the GPU idle.
+    dispatch_row_variant<T>([&]<int C, int MinBlocks>(int /*max_tpr*/) {
       const int tpr_reg = row_threads(nch, C);
       const bool reg = nch <= int64_t{tpr_reg} * C && rmsnorm_backward_variant() != 1;
       const auto kernel =

@@ -62,7 +62,25 @@ struct Merge {
 template <class T, int C>
 __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
   constexpr int kV = kVec<T>;
+  bool full = true;  // every chunk whole: the loops below need no per-element predicate
+#pragma unroll
+  for (int u = 0; u < C; ++u) full = full && st.cnt[u] == kV;
   float cm = -INFINITY;
+  if (full) {
+#pragma unroll
+    for (int u = 0; u < C; ++u)
+#pragma unroll
+      for (int k = 0; k < kV; ++k) cm = fmaxf(cm, st.at(u, k));
+    const float m = fmaxf(acc.m, cm);
+    float cs = 0;
+#pragma unroll
+    for (int u = 0; u < C; ++u)
+#pragma unroll
+      for (int k = 0; k < kV; ++k) cs += __expf(st.at(u, k) - m);  // the same order as below
+    acc.s = acc.s * __expf(acc.m - m) + cs;
+    acc.m = m;
+    return;
+  }
 #pragma unroll
   for (int u = 0; u < C; ++u)
 #pragma unroll
@@ -104,8 +122,9 @@ struct RowLaunch {
 };
 
 template <class T>
-RowLaunch row_launch(int64_t N, int64_t V, int chunks_per_thread = kRowChunks<T>) {
-  const int tpr = row_threads((V + kVec<T> - 1) / kVec<T>, chunks_per_thread);
+RowLaunch row_launch(int64_t N, int64_t V, int chunks_per_thread = kRowChunks<T>,
+                     int max_tpr = kMaxRowThreads) {
+  const int tpr = row_threads_capped((V + kVec<T> - 1) / kVec<T>, chunks_per_thread, max_tpr);
   const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
   return {tpr, static_cast<unsigned>((N + rows - 1) / rows), tpr * rows};
 }
@@ -359,8 +378,8 @@ void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets,
     using T = decltype(tag);
     dispatch_index(targets.dtype(), [&](auto itag) {
       using I = decltype(itag);
-      dispatch_row_variant<T>([&]<int C, int MinBlocks>() {
-        const RowLaunch l = row_launch<T>(N, V, C);
+      dispatch_row_variant<T>([&]<int C, int MinBlocks>(int max_tpr) {
+        const RowLaunch l = row_launch<T>(N, V, C, max_tpr);
         cross_entropy_forward_kernel<T, I, C, MinBlocks><<<l.grid, l.block, 0, s>>>(
             static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(targets.data_ptr()),
             ignore_index, loss.data<float>(), lse.data<float>(), N, V, l.tpr);

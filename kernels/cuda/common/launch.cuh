@@ -128,30 +128,44 @@ inline int row_threads_for(int64_t chunks) {
   return row_threads(chunks, kRowChunks<T>);
 }
 
-// Compile-time shapes of the single-pass row kernels (RMSNorm forward and backward,
+// Compile-time shapes of the row kernels with a reduction (RMSNorm forward and backward,
 // cross-entropy forward), chosen at run time by R1_ROW_VARIANT (read once; default 0) so that
-// one GPU session can benchmark them all (scripts/gpu-check.sh R1_GPU_AB) and tests can run
-// each: C 16-byte chunks per thread per step (C = 0: kRowChunks<T>), and MinBlocks, the
-// __launch_bounds__ occupancy hint (blocks of up to kMaxRowThreads per SM: 3 caps a thread at
-// 42 registers, 4 at 32). Measured on the H200 (9d1645a, variant 0 = C 4 f32 / 8 bf16, no
-// hint): the f32 RMSNorm forward fell from 0.96 to 0.62 of the copy bandwidth when it went
-// from 40 registers (three 512-thread blocks per SM) to 44 (two).
+// one GPU session can test and benchmark them all (scripts/gpu-check.sh R1_GPU_AB):
+//   C          16-byte chunks per thread per step of the row walk (RowChunks)
+//   MinBlocks  the __launch_bounds__ occupancy hint for blocks of up to kMaxRowThreads
+//              (3 caps a thread at 42 registers, 4 at 32: all 2048 threads of an SM)
+//   MaxTpr     the most threads per row (32: a warp per row, no block-wide syncs)
+// Measured on the H200 (263f4e0, N = 16384 x D = 7168 RMSNorm, N = 4096 x V = 129280
+// cross-entropy): C 2 / MinBlocks 4 took the f32 forwards from 0.61-0.65 of the copy
+// bandwidth to 0.85 (all threads resident beat more bytes per thread); no shape took the
+// bf16 ones past 0.63.
 struct RowVariant {
-  int chunks;      // 0: kRowChunks<T>
-  int min_blocks;  // __launch_bounds__ second argument
+  int chunks, min_blocks, max_tpr;
 };
-inline constexpr RowVariant kRowVariants[] = {{0, 1}, {4, 3}, {2, 4}, {4, 1}};
-inline constexpr int kNumRowVariants = 4;
+inline constexpr RowVariant kRowVariants[] = {
+    {2, 4, kMaxRowThreads}, {4, 3, kMaxRowThreads}, {2, 4, 32}, {4, 3, 32},
+    {8, 2, kMaxRowThreads}, {1, 4, kMaxRowThreads}, {2, 2, kMaxRowThreads}, {4, 2, 32}};
+inline constexpr int kNumRowVariants = 8;
 int row_variant();  // kernels/cuda/common/row_variant.cu: R1_ROW_VARIANT, 0 when unset
 
-// Calls fn.template operator()<C, MinBlocks>() for the selected variant, with C resolved for T.
+// Threads per row for a variant: row_threads capped at max_tpr.
+inline int row_threads_capped(int64_t chunks, int per_thread, int max_tpr) {
+  return std::min(row_threads(chunks, per_thread), max_tpr);
+}
+
+// Calls fn.template operator()<C, MinBlocks>(max_tpr) for the selected variant.
 template <class T, class Fn>
 void dispatch_row_variant(Fn&& fn) {
+  constexpr auto v = kRowVariants;
   switch (row_variant()) {
-    case 1: return fn.template operator()<4, 3>();
-    case 2: return fn.template operator()<2, 4>();
-    case 3: return fn.template operator()<4, 1>();
-    default: return fn.template operator()<kRowChunks<T>, 1>();
+    case 1: return fn.template operator()<v[1].chunks, v[1].min_blocks>(v[1].max_tpr);
+    case 2: return fn.template operator()<v[2].chunks, v[2].min_blocks>(v[2].max_tpr);
+    case 3: return fn.template operator()<v[3].chunks, v[3].min_blocks>(v[3].max_tpr);
+    case 4: return fn.template operator()<v[4].chunks, v[4].min_blocks>(v[4].max_tpr);
+    case 5: return fn.template operator()<v[5].chunks, v[5].min_blocks>(v[5].max_tpr);
+    case 6: return fn.template operator()<v[6].chunks, v[6].min_blocks>(v[6].max_tpr);
+    case 7: return fn.template operator()<v[7].chunks, v[7].min_blocks>(v[7].max_tpr);
+    default: return fn.template operator()<v[0].chunks, v[0].min_blocks>(v[0].max_tpr);
   }
 }
 
