@@ -258,7 +258,8 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
   const cudaStream_t s = current_stream(dev);
   dispatch_float(x.dtype(), "rmsnorm_forward", [&](auto tag) {
     using T = decltype(tag);
-    dispatch_row_variant<T>([&]<int C, int MinBlocks>(int max_tpr) {
+    constexpr RowKernel kKernel = RowKernel::RmsNormForward;
+    dispatch_row_variant<T>(kKernel, [&]<int C, int MinBlocks>(int max_tpr) {
       const int tpr = row_threads_capped((D + kVec<T> - 1) / kVec<T>, C, max_tpr);
       const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
       const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
@@ -317,7 +318,7 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
              D, smem, optin);
     // max_tpr applies to the forward kernels only: a backward block walks kRmsRowBlock rows
     // one after another, and a warp per block would leave most of the GPU idle.
-    dispatch_row_variant<T>([&]<int C, int MinBlocks>(int /*max_tpr*/) {
+    dispatch_row_variant<T>(RowKernel::RmsNormBackward, [&]<int C, int MinBlocks>(int) {
       const int tpr_reg = row_threads(nch, C);
       const bool reg = nch <= int64_t{tpr_reg} * C && rmsnorm_backward_variant() != 1;
       const auto kernel =

@@ -141,7 +141,8 @@ __device__ inline int64_t group_row(int tpr) {
 // (V <= tpr * kV * kRowChunks<T>: V up to 65536 bf16 / 16384 f32) pass 2 uses the step still
 // in registers instead of reading the row again; the sums are the same either way.
 template <class T, bool kLog>
-__global__ void __launch_bounds__(kMaxRowThreads) softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, int tpr) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    softmax_forward_kernel(const T* x, T* y, int64_t N, int64_t V, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ MaxSum smem[kMaxRowThreads / 32];
   const int lane = threadIdx.x % tpr;
@@ -187,8 +188,8 @@ __global__ void __launch_bounds__(kMaxRowThreads) softmax_forward_kernel(const T
 // y, dy (N, V) -> dx (N, V): softmax dx = y (dy - sum(dy y)); log-softmax
 // dx = dy - exp(y) sum(dy).
 template <class T, bool kLog>
-__global__ void __launch_bounds__(kMaxRowThreads) softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t N, int64_t V,
-                                        int tpr) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t N, int64_t V, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ float smem[kMaxRowThreads / 32];
   const int lane = threadIdx.x % tpr;
@@ -310,10 +311,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
 // on a row whose target is outside [0, V) (the forward rejected those on the host). No
 // reduction: the row's threads just stream it.
 template <class T, class I>
-__global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_backward_kernel(const T* logits, const I* targets,
-                                              const float* lse, const float* dloss,
-                                              int64_t ignore_index, T* dlogits, int64_t N,
-                                              int64_t V, int tpr) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    cross_entropy_backward_kernel(const T* logits, const I* targets, const float* lse,
+                                  const float* dloss, int64_t ignore_index, T* dlogits,
+                                  int64_t N, int64_t V, int tpr) {
   constexpr int kV = kVec<T>;
   const int lane = threadIdx.x % tpr;
   const int64_t n = group_row(tpr);
@@ -378,7 +379,8 @@ void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& targets,
     using T = decltype(tag);
     dispatch_index(targets.dtype(), [&](auto itag) {
       using I = decltype(itag);
-      dispatch_row_variant<T>([&]<int C, int MinBlocks>(int max_tpr) {
+      constexpr RowKernel kKernel = RowKernel::CrossEntropyForward;
+      dispatch_row_variant<T>(kKernel, [&]<int C, int MinBlocks>(int max_tpr) {
         const RowLaunch l = row_launch<T>(N, V, C, max_tpr);
         cross_entropy_forward_kernel<T, I, C, MinBlocks><<<l.grid, l.block, 0, s>>>(
             static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(targets.data_ptr()),

@@ -113,12 +113,11 @@ __device__ inline void store_chunk(T* p, int64_t i0, int64_t n, const float (&f)
     if (i0 + k < n) p[i0 + k] = e[k];
 }
 
-// Chunks per thread in one step of a row walk (RowChunks): 4 for f32 (64 bytes in flight per
-// thread), 8 for bf16 (128 bytes: bf16's rows have half the bytes per element, so the same
-// latency chain needs twice the chunks); both keep 4 registers per chunk (the raw 16 bytes). Measured on an H200 (N = 16384,
-// D = 7168): with 4 chunks of either type converted to fp32 on load, the bf16 RMSNorm
-// backward held 153 registers (one block per SM: 0.22 of the copy bandwidth) and the bf16
-// forward reached 0.56 (half the bytes in flight of f32 per thread, the same latency chain).
+// Chunks per thread in one step of a row walk (RowChunks) for the kernels without a tuned
+// shape (softmax): 4 for f32 (64 bytes in flight per thread), 8 for bf16 (128 bytes); both
+// keep 4 registers per chunk (the raw 16 bytes). Measured on an H200 (N = 16384, D = 7168):
+// with 4 chunks of either type converted to fp32 on load, the bf16 RMSNorm backward held 153
+// registers (one block per SM: 0.22 of the copy bandwidth).
 template <class T>
 inline constexpr int kRowChunks = sizeof(T) == 2 ? 8 : 4;
 
@@ -129,16 +128,14 @@ inline int row_threads_for(int64_t chunks) {
 }
 
 // Compile-time shapes of the row kernels with a reduction (RMSNorm forward and backward,
-// cross-entropy forward), chosen at run time by R1_ROW_VARIANT (read once; default 0) so that
-// one GPU session can test and benchmark them all (scripts/gpu-check.sh R1_GPU_AB):
+// cross-entropy forward):
 //   C          16-byte chunks per thread per step of the row walk (RowChunks)
 //   MinBlocks  the __launch_bounds__ occupancy hint for blocks of up to kMaxRowThreads
-//              (3 caps a thread at 42 registers, 4 at 32: all 2048 threads of an SM)
+//              (2 caps a thread at 64 registers, 3 at 42, 4 at 32: all 2048 threads of an SM)
 //   MaxTpr     the most threads per row (32: a warp per row, no block-wide syncs)
-// Measured on the H200 (263f4e0, N = 16384 x D = 7168 RMSNorm, N = 4096 x V = 129280
-// cross-entropy): C 2 / MinBlocks 4 took the f32 forwards from 0.61-0.65 of the copy
-// bandwidth to 0.85 (all threads resident beat more bytes per thread); no shape took the
-// bf16 ones past 0.63.
+// Each kernel runs its tuned default per dtype (kRowDefaults) unless R1_ROW_VARIANT names a
+// variant for all of them (read once), so that one GPU session can test and benchmark every
+// variant (scripts/gpu-check.sh R1_GPU_AB) and the defaults come from numbers.
 struct RowVariant {
   int chunks, min_blocks, max_tpr;
 };
@@ -146,18 +143,30 @@ inline constexpr RowVariant kRowVariants[] = {
     {2, 4, kMaxRowThreads}, {4, 3, kMaxRowThreads}, {2, 4, 32}, {4, 3, 32},
     {8, 2, kMaxRowThreads}, {1, 4, kMaxRowThreads}, {2, 2, kMaxRowThreads}, {4, 2, 32}};
 inline constexpr int kNumRowVariants = 8;
-int row_variant();  // kernels/cuda/common/row_variant.cu: R1_ROW_VARIANT, 0 when unset
+int row_variant();  // kernels/cuda/common/row_variant.cu: R1_ROW_VARIANT, -1 when unset
+
+enum class RowKernel { RmsNormForward, RmsNormBackward, CrossEntropyForward };
+
+// The default variant of each kernel for {f32, bf16}, from the sweep on an H200 at e5d6f34
+// (bench/results/nvidia-h200-2026-11-30-e5d6f34.md; N = 16384 x D = 7168 RMSNorm,
+// N = 4096 x V = 129280 cross-entropy), the fraction of the copy bandwidth it reached:
+//   RMSNorm forward      f32: 5 (0.85)  bf16: 4 (0.55)
+//   RMSNorm backward     f32: 6 (0.67)  bf16: 6 (0.46)
+//   cross-entropy fwd    f32: 5 (0.92)  bf16: 5 (0.68)
+inline constexpr int kRowDefaults[3][2] = {{5, 4}, {6, 6}, {5, 5}};
 
 // Threads per row for a variant: row_threads capped at max_tpr.
 inline int row_threads_capped(int64_t chunks, int per_thread, int max_tpr) {
   return std::min(row_threads(chunks, per_thread), max_tpr);
 }
 
-// Calls fn.template operator()<C, MinBlocks>(max_tpr) for the selected variant.
+// Calls fn.template operator()<C, MinBlocks>(max_tpr) for kernel k's variant on rows of T.
 template <class T, class Fn>
-void dispatch_row_variant(Fn&& fn) {
+void dispatch_row_variant(RowKernel k, Fn&& fn) {
   constexpr auto v = kRowVariants;
-  switch (row_variant()) {
+  const int env = row_variant();
+  const int i = env >= 0 ? env : kRowDefaults[static_cast<int>(k)][sizeof(T) == 2 ? 1 : 0];
+  switch (i) {
     case 1: return fn.template operator()<v[1].chunks, v[1].min_blocks>(v[1].max_tpr);
     case 2: return fn.template operator()<v[2].chunks, v[2].min_blocks>(v[2].max_tpr);
     case 3: return fn.template operator()<v[3].chunks, v[3].min_blocks>(v[3].max_tpr);
