@@ -27,11 +27,12 @@
 #                   step with under 10 s left is recorded as "not run (budget)". GPU time is
 #                   lent by the minute; a hang in one kernel must not cost the rest of the table.
 # Environment, for a rerun that needs only part of it (GPU time is lent by the minute):
-#   R1_GPU_SKIP="bench_cuda_kernels bench_fp8_gemm r1-toy-lm r1-grpo"  steps left out
+#   R1_GPU_SKIP="bench_cuda_kernels bench_fp8_gemm variants r1-toy-lm r1-grpo"  steps left out
 #   R1_GPU_TESTS="test_a test_b"   only these test binaries
 #   R1_GPU_BENCH_FILTER=REGEX      only these bench_cuda_kernels rows
 #   R1_GPU_AB="VAR=value:REGEX ..."  run-time kernel variants, each tested (R1_GPU_AB_TESTS)
 #                                  and benchmarked beside the default (see the A/B step)
+#   R1_GPU_PROFILE="FILTER:KERNEL_REGEX ..."  Nsight Compute sections for those kernels
 #   R1_GPU_GRPO_STEPS, R1_TOY_STEPS  lengths of the end-to-end runs
 # Exit status: 0 when every test passed, 1 otherwise (the table is written either way).
 set -uo pipefail
@@ -172,6 +173,7 @@ fi
 ab_default="R1_RMSNORM_BWD=smem:RmsNormBackward"
 for v in 1 2 3 4 5 6 7; do ab_default+=" R1_ROW_VARIANT=$v:RmsNorm|CrossEntropyForward"; done
 for ab in ${R1_GPU_AB:-$ab_default}; do
+  off variants && { skip variants; break; }
   var=${ab%%:*} filter=${ab#*:} tag=${ab%%:*}
   tag=${tag//=/_}
   lim=$(cap 60)
@@ -195,6 +197,27 @@ for ab in ${R1_GPU_AB:-$ab_default}; do
     echo "gpu-check: variant $var failed (rc $?)"
   echo "$var" >"$out/bench_ab_$tag.var"
 done
+# Nsight Compute on named kernels, when asked: R1_GPU_PROFILE="FILTER:KERNEL_REGEX ..." runs
+# bench_cuda_kernels --benchmark_filter=FILTER under ncu and profiles the second launch of
+# the first kernel matching KERNEL_REGEX (the first is the warm-up), with the sections that
+# say why a kernel sits below its ceiling: speed of light, occupancy and launch statistics,
+# warp states, scheduler, memory workload. Text into ncu_<FILTER>.txt; gpu_results.py quotes
+# the headline numbers.
+if [[ -n ${R1_GPU_PROFILE:-} ]]; then
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  for pr in $R1_GPU_PROFILE; do
+    filter=${pr%%:*} kname=${pr#*:}
+    tag=$(printf '%s' "$filter" | tr -c 'A-Za-z0-9_' '_')
+    lim=$(cap 90)
+    ((lim == 0)) && { skip "profile $filter"; continue; }
+    [[ -n "$ncu" && -x "$ncu" ]] || { echo "gpu-check: ncu not found, no profiles"; break; }
+    timeout "$lim" "$ncu" --kernel-name "regex:$kname" --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+      "$bundle/bin/bench_cuda_kernels" --benchmark_filter="$filter" >"$out/ncu_$tag.txt" 2>&1 ||
+      echo "gpu-check: ncu on $filter failed (rc $?)"
+  done
+fi
 echo "gpu-check: benchmarks done at $(elapsed)"
 
 # ---- 2b. end to end: the toy LM trained on the GPU and on this machine's CPU ---------------

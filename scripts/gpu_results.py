@@ -119,6 +119,26 @@ def ab_rows(out):
     return res
 
 
+NCU_METRICS = ("Duration", "DRAM Throughput", "Memory Throughput", "Compute (SM) Throughput",
+               "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy",
+               "Block Limit Registers", "Issue Slots Busy", "No Eligible")
+
+
+def profiles(out):
+    """[(name, {metric: 'value unit'})] from gpu-check's ncu_<filter>.txt files."""
+    res = []
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if not (name.startswith("ncu_") and name.endswith(".txt")):
+            continue
+        got = {}
+        for line in read(os.path.join(out, name)).splitlines():
+            for m in NCU_METRICS:
+                if line.strip().startswith(m) and m not in got:
+                    got[m] = " ".join(line.split()[len(m.split()):])
+        res.append((name[4:-4], got))
+    return res
+
+
 def device_runs(out, stem):
     """{device: metrics.jsonl rows} of the runs <out>/<stem>-cuda and <stem>-cpu."""
     runs = {}
@@ -272,6 +292,14 @@ def main():
             else:
                 md.append(f"| {r['name']} | {var} | {fmt(r.get('us'), '.1f')} | "
                           f"{fmt(r.get('GB/s'), '.0f')} | {fmt(r.get('frac_copy'), '.2f')} |")
+        md.append("")
+    prof = profiles(a.out)
+    if prof:
+        md += ["Nsight Compute (one launch each; the full sections are in the run's ncu_*.txt):",
+               ""]
+        for name, got in prof:
+            md.append(f"- {name}: " + ("; ".join(f"{k} {v}" for k, v in got.items())
+                                        if got else "no metrics (see its ncu_*.txt)"))
         md.append("")
     md += fp8_table(fp8_rows)
     md += ["## End to end: r1-toy-lm, CUDA against the CPU", ""]
