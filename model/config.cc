@@ -282,6 +282,13 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   r.read("rope_theta", c.rope_theta);
   if (const json* rs = r.get("rope_scaling")) c.rope_scaling = read_rope_scaling(*rs, where);
   r.read("tie_word_embeddings", c.tie_word_embeddings);
+  std::string precision = "default";
+  r.read("precision", precision);
+  if (precision != "default" && precision != "fp8")
+    r.fail("precision", "must be \"fp8\" or \"default\" (the parameters' own dtype)");
+  c.fp8 = precision == "fp8";
+  if (c.fp8 && !c.is_deepseek())
+    r.fail("precision", "fp8 is implemented for the DeepSeek-V3 model only");
   r.read("hidden_act", c.hidden_act);
   r.read("bos_token_id", c.bos_token_id);
   r.read("eos_token_id", c.eos_token_id);
@@ -353,6 +360,7 @@ std::string model_config_json(const ModelConfig& c) {
     j["rope_scaling"] = nullptr;
   }
   j["tie_word_embeddings"] = c.tie_word_embeddings;
+  if (c.fp8) j["precision"] = "fp8";
   j["hidden_act"] = c.hidden_act;
   if (c.bos_token_id) j["bos_token_id"] = *c.bos_token_id;
   if (c.eos_token_id) j["eos_token_id"] = *c.eos_token_id;

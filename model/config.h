@@ -46,6 +46,11 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   std::optional<RopeScaling> rope_scaling;
   bool tie_word_embeddings = false;
+  // "precision": "fp8" (r1's key, not HF's): the DeepSeek-V3 model's projections (attention
+  // and every MLP/expert linear layer) run fprop, dgrad and wgrad as block-scaled FP8 GEMMs
+  // (engine/ops_fp8.h, DeepSeek-V3's recipe); the router, the LM head, embeddings, norms and
+  // attention itself stay in the parameters' precision, as in the V3 report.
+  bool fp8 = false;
   std::string hidden_act = "silu";
   std::optional<int64_t> bos_token_id, eos_token_id;
   // ---- dense students (Qwen2, Llama) --------------------------------------------------------

@@ -10,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/kernels.h"
 #include "engine/ops_attention.h"
+#include "engine/ops_fp8.h"
 #include "engine/ops_moe.h"
 #include "engine/ops_paged.h"
 
@@ -115,10 +116,14 @@ const Tensor& DeepseekV3::p(const std::string& name) const {
   return it->second;
 }
 
+Tensor DeepseekV3::proj(const Tensor& x, const std::string& name) const {
+  return cfg_.fp8 ? linear_fp8(x, p(name)) : linear(x, p(name));
+}
+
 Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
-  const Tensor gate = linear(x, p(pre + "gate_proj.weight"));
-  const Tensor up = linear(x, p(pre + "up_proj.weight"));
-  return linear(swiglu(gate, up), p(pre + "down_proj.weight"));
+  const Tensor gate = proj(x, pre + "gate_proj.weight");
+  const Tensor up = proj(x, pre + "up_proj.weight");
+  return proj(swiglu(gate, up), pre + "down_proj.weight");
 }
 
 Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
@@ -130,17 +135,17 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
   // q: (B, T, H * (nope + rope)), from the q latent when q_lora_rank > 0 (V3) or directly.
   Tensor q_flat;
   if (cfg_.q_lora_rank > 0) {
-    const Tensor q_latent = linear(x, p(pre + "q_a_proj.weight"));
-    q_flat = linear(rmsnorm(q_latent, p(pre + "q_a_layernorm.weight"), eps),
-                    p(pre + "q_b_proj.weight"));
+    const Tensor q_latent = proj(x, pre + "q_a_proj.weight");
+    q_flat = proj(rmsnorm(q_latent, p(pre + "q_a_layernorm.weight"), eps),
+                  pre + "q_b_proj.weight");
   } else {
-    q_flat = linear(x, p(pre + "q_proj.weight"));
+    q_flat = proj(x, pre + "q_proj.weight");
   }
   // kv latent c (B, T, kv_lora_rank) and the one RoPE key every head shares (B, T, rope).
-  std::vector<Tensor> ckv = split(linear(x, p(pre + "kv_a_proj_with_mqa.weight")),
-                                  {cfg_.kv_lora_rank, rd}, -1);
-  const Tensor kv = linear(rmsnorm(ckv[0], p(pre + "kv_a_layernorm.weight"), eps),
-                           p(pre + "kv_b_proj.weight"))
+  std::vector<Tensor> ckv =
+      split(proj(x, pre + "kv_a_proj_with_mqa.weight"), {cfg_.kv_lora_rank, rd}, -1);
+  const Tensor kv = proj(rmsnorm(ckv[0], p(pre + "kv_a_layernorm.weight"), eps),
+                         pre + "kv_b_proj.weight")
                         .view({B, T, H, nope + vd});
   // Per-head q = [q_nope, rope(q_pe)], k = [k_nope, rope(k_pe)] (k_pe broadcast to the heads,
   // its gradient summed over them), v: one fused op instead of split + rope + concat.
@@ -159,7 +164,7 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
   Tensor o = attention(qkv[0], qkv[1], qkv[2], cfg_.softmax_scale(), /*causal=*/true, segments)
                  .view({Ba * Ta, H * vd});
   if (shared) o = index_select(o, 0, shared->collapse);
-  return linear(o.view({B, T, H * vd}), p(pre + "o_proj.weight"));
+  return proj(o.view({B, T, H * vd}), pre + "o_proj.weight");
 }
 
 DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
@@ -415,16 +420,16 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
     const Tensor x = rmsnorm(h, p(pre + "input_layernorm.weight"), eps);
     Tensor q_flat;
     if (cfg_.q_lora_rank > 0) {
-      q_flat = linear(rmsnorm(linear(x, p(at + "q_a_proj.weight")),
-                              p(at + "q_a_layernorm.weight"), eps),
-                      p(at + "q_b_proj.weight"));
+      q_flat = proj(rmsnorm(proj(x, at + "q_a_proj.weight"), p(at + "q_a_layernorm.weight"),
+                            eps),
+                    at + "q_b_proj.weight");
     } else {
-      q_flat = linear(x, p(at + "q_proj.weight"));
+      q_flat = proj(x, at + "q_proj.weight");
     }
     std::vector<Tensor> q = split(q_flat.view({1, N, H, nope + rd}), {nope, rd}, -1);
     const Tensor q_pe = rope(q[1], rpos, rope_).view({N, H, rd});
     // This token's latent entry [kv_a_layernorm(c), rope(k_pe)] into the cache.
-    std::vector<Tensor> ckv = split(linear(x, p(at + "kv_a_proj_with_mqa.weight")), {L, rd}, -1);
+    std::vector<Tensor> ckv = split(proj(x, at + "kv_a_proj_with_mqa.weight"), {L, rd}, -1);
     const Tensor latent = rmsnorm(ckv[0], p(at + "kv_a_layernorm.weight"), eps);
     const Tensor k_pe = rope(ckv[1].reshape({1, N, 1, rd}), rpos, rope_).view({N, rd});
     paged_cache_write(concat({latent, k_pe}, -1), table, seq64, pos64, cache.pool(i));
@@ -440,7 +445,7 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
                             w.narrow(1, nope, vd).contiguous(), false, /*trans_b=*/true)
                          .permute({1, 0, 2})
                          .reshape({N, H * vd});
-    h = add(h, linear(o, p(at + "o_proj.weight")));
+    h = add(h, proj(o, at + "o_proj.weight"));
     const Tensor xn = rmsnorm(h, p(pre + "post_attention_layernorm.weight"), eps);
     if (!cfg_.is_moe_layer(i)) {
       h = add(h, mlp(pre + "mlp.", xn));

@@ -126,6 +126,8 @@ class DeepseekV3 : public CausalLM {
                 double balance_alpha, const SharedMaps* shared, Output& out);
   // x (..., hidden) -> (..., hidden): down(swiglu(gate(x), up(x)))
   Tensor mlp(const std::string& pre, const Tensor& x) const;
+  // x @ p(name)^T: linear, or linear_fp8 when the config says precision fp8.
+  Tensor proj(const Tensor& x, const std::string& name) const;
   // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut
   MoeOut moe(const std::string& pre, const Tensor& x, const Tensor& seq_lens,
              double balance_alpha) const;

@@ -33,17 +33,13 @@ constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes
 
 // ---- rmsnorm -----------------------------------------------------------------------------
 
-// The row's chunks stay in registers between the two passes (RowChunks, launch.cuh), raw
-// (4 registers per 16-byte chunk): a row of up to kMaxRowThreads * kRowChunks<T> chunks
-// (D = 32768 bf16, 8192 f32) is read once. Measured on an H200 (bench_cuda_kernels,
-// N = 16384, D = 7168): re-reading the row in pass 2 held the bf16 forward at 0.67 of the
-// copy bandwidth and the backward at 0.47; keeping 4 chunks per thread as fp32 (ee1d294)
-// gave 0.56 and 0.22 (the backward at 153 registers, one block per SM).
-
 // x (N, D), w (D) -> y (N, D), rstd (N) f32. A group of tpr threads per row, 256 / tpr rows
-// per block when tpr < 256. Pass 1 sums x^2, pass 2 writes y from the chunks kept in
-// registers (rows of more than tpr * kRowChunks<T> chunks re-read them). Either way a thread
-// sums its chunks in the same order: the bits do not depend on which path ran.
+// per block when tpr < 256. The row is walked in steps of C chunks per thread (RowChunks,
+// launch.cuh, raw: 4 registers per chunk): pass 1 sums x^2, pass 2 writes y from the step
+// still in registers when the row is one step (D <= tpr * C * kVec), else re-reads the row
+// (from L2) in steps. Either way a thread sums its chunks in the same order: the bits do not
+// depend on which path ran. C, the occupancy hint and the cap on tpr are the tuned shape
+// (kRowDefaults); the H200 sweep and what it taught are in launch.cuh and docs/cuda.md.
 template <class T, int C, int MinBlocks>
 __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N, int64_t D,
@@ -101,11 +97,13 @@ __device__ inline void write_partial(const float4* acc, float* pr, int64_t D, in
     }
 }
 
-// The same for rows that fit in registers (D <= tpr * C * kVec, D up to 16384
-// bf16 / 8192 f32): x and dy are read once (kept raw, 4 registers per chunk), w's chunks
-// come from L1, and the dw partial accumulates in shared memory as below. The sums run in the
-// same order as in the kernel below. (A dw partial in registers instead: 98-123 registers, one
-// or two blocks per SM; fp32 chunks in registers: 153, ee1d294's 0.22 of the copy bandwidth.)
+// The same for rows that fit in one step of C chunks per thread (D <= tpr * C * kVec): x and
+// dy are read once (kept raw, 4 registers per chunk), w's chunks come from L1, and the dw
+// partial accumulates in shared memory as below. The sums run in the same order as in the
+// kernel below. (A dw partial in registers instead: 98-123 registers, one or two blocks per
+// SM; fp32 chunks in registers: 153, ee1d294's 0.22 of the copy bandwidth. The best shape
+// on the H200 reached 0.46 of the copy bandwidth for bf16; f32 rows of D = 7168 take the
+// two-read kernel at its tuned shape, 0.67.)
 template <class T, int C, int MinBlocks>
 __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_backward_reg_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,

@@ -154,6 +154,8 @@ TEST(ModelConfig, BadFieldsNameTheFileAndTheField) {
       {kQwen25, "num_key_value_heads", "3", "field 'num_key_value_heads': 3 does not divide"},
       {kQwen25, "use_sliding_window", "true", "field 'use_sliding_window'"},
       {kQwen25, "n_routed_experts", "4", "field 'n_routed_experts'"},
+      {kDeepseekV3, "precision", "\"fp4\"", "field 'precision': must be \"fp8\" or \"default\""},
+      {kQwen25, "precision", "\"fp8\"", "field 'precision': fp8 is implemented for the DeepSeek-V3"},
   };
   for (const Case& c : cases) {
     const std::string text = with_field(c.base, c.key, c.value);
@@ -186,6 +188,12 @@ TEST(ModelConfig, SaveLoadRoundTripsAtomically) {
     EXPECT_EQ(back.num_parameters(), c.num_parameters());
     EXPECT_EQ(back.softmax_scale(), c.softmax_scale());
   }
+  // precision: fp8 is r1's key; it survives the round trip and is absent by default.
+  ModelConfig c8 = parse_model_config(with_field(kDeepseekV3, "precision", "\"fp8\""), "in.json");
+  EXPECT_TRUE(c8.fp8);
+  EXPECT_FALSE(parse_model_config(kDeepseekV3, "in.json").fp8);
+  save_model_config(c8, (dir / "config.json").string());
+  EXPECT_TRUE(load_model_config((dir / "config.json").string()).fp8);
   int files = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     (void)e;
