@@ -11,6 +11,9 @@
 //   Fp8CublasLtBlock   cuBLASLt with VEC128 / BLK128x128 scales: the same function, the
 //                      baseline the fast kernel must match or beat.
 //   Fp8CublasLtTensor  cuBLASLt per-tensor FP8: the ceiling without block scaling.
+//   Fp8Grouped*        MoE expert GEMMs (E experts x m tokens, contiguous layout): r1's
+//                      grouped kernel in one launch against loops of dense calls (mma.sync,
+//                      cuBLASLt block-scaled).
 // Each reports TFLOP/s (2 M N K / time) and GB/s (operands, scales and d moved once). Times
 // are CUDA events around kReps back-to-back launches on the current stream (manual time)
 // after one warm-up launch, as bench/bench_cuda_kernels.cc does. Inputs are quantized once
@@ -25,6 +28,7 @@
 #include <functional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "engine/kernels.h"
 #include "engine/tensor.h"
@@ -144,6 +148,92 @@ void BM_Fp8CublasLtTensor(benchmark::State& st) {
   });
 }
 
+// ---- grouped (MoE experts): E experts x m tokens each, N x K per expert ---------------------
+
+// The contiguous layout's operands: A (E m, K) rows by expert, B (E, N, K) (N a multiple of
+// 128, so the (E N, K) matrix's 128x128 blocks are each expert's), and per-expert cuBLASLt
+// scale layouts for the loop-of-cuBLASLt baseline.
+struct GroupedProblem {
+  int64_t e = 0, m = 0, n = 0, k = 0;
+  Tensor a_q, a_scales, b_q, b_scales, offsets;
+  std::vector<Tensor> a_lt, b_lt;
+};
+
+GroupedProblem make_grouped(int64_t e, int64_t m, int64_t n, int64_t k) {
+  GroupedProblem p;
+  p.e = e, p.m = m, p.n = n, p.k = k;
+  const Tensor a = dev_randn(e * m, k, 3), b = dev_randn(e * n, k, 4);
+  p.a_q = Tensor::empty({e * m, k}, DType::E4M3, kGpu);
+  p.a_scales = Tensor::empty({e * m, fp8_blocks(k)}, DType::F32, kGpu);
+  Tensor bq = Tensor::empty({e * n, k}, DType::E4M3, kGpu);
+  Tensor bs = Tensor::empty({e * n / kFp8Block, fp8_blocks(k)}, DType::F32, kGpu);
+  kernels::quantize_fp8_rows()(kGpu, a, p.a_q, p.a_scales);
+  kernels::quantize_fp8_blocks()(kGpu, b, bq, bs);
+  p.b_q = bq.view({e, n, k});
+  p.b_scales = bs.view({e, n / kFp8Block, fp8_blocks(k)});
+  std::vector<int64_t> off;
+  for (int64_t i = 0; i <= e; ++i) off.push_back(i * m);
+  p.offsets = Tensor::from_vector(off, {e + 1}).to(kGpu);
+  for (int64_t i = 0; i < e; ++i) {
+    p.a_lt.push_back(Tensor::empty({cuda::cublaslt_vec128_scales_size(m, k)}, DType::F32, kGpu));
+    p.b_lt.push_back(Tensor::empty({cuda::cublaslt_blk128_scales_size(n, k)}, DType::F32, kGpu));
+    cuda::cublaslt_fp8_scales_from_r1(p.a_scales.narrow(0, i * m, m).data<float>(),
+                                      p.b_scales.select(0, i).data<float>(),
+                                      p.a_lt.back().data<float>(), p.b_lt.back().data<float>(),
+                                      m, n, k, cuda::current_stream(0));
+  }
+  synchronize(kGpu);
+  return p;
+}
+
+void run_grouped(benchmark::State& st, const GroupedProblem& p, const std::string& what,
+                 const std::function<void()>& fn) {
+  const double E = static_cast<double>(p.e), m = static_cast<double>(p.m);
+  const double n = static_cast<double>(p.n), k = static_cast<double>(p.k);
+  const double bytes = E * (m * k + n * k + 2.0 * m * n);
+  st.SetLabel(what + " E=" + std::to_string(p.e) + " m=" + std::to_string(p.m) + " N=" +
+              std::to_string(p.n) + " K=" + std::to_string(p.k));
+  bench::run_timed(st, bytes, 2.0 * E * m * n * k, fn);
+}
+
+// One launch for all experts (the simple tile: the grouped oracle).
+void BM_Fp8GroupedSimple(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
+  run_grouped(st, p, "grouped simple, one launch", [&] {
+    kernels::gemm_fp8_grouped_contiguous()(kGpu, p.a_q, p.a_scales, p.b_q, p.b_scales,
+                                           p.offsets, d);
+  });
+}
+
+// A loop of dense calls, one per expert: the mma.sync kernel, and cuBLASLt block-scaled (the
+// baselines a grouped kernel must beat; cuBLASLt has no grouped FP8 path with these scales).
+void BM_Fp8GroupedLoopMma(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
+  run_grouped(st, p, "loop of mma.sync", [&] {
+    for (int64_t i = 0; i < p.e; ++i) {
+      Tensor di = d.narrow(0, i * p.m, p.m);
+      cuda::gemm_fp8_blockscaled_mma(p.a_q.narrow(0, i * p.m, p.m),
+                                     p.a_scales.narrow(0, i * p.m, p.m), p.b_q.select(0, i),
+                                     p.b_scales.select(0, i), di, 2);
+    }
+  });
+}
+
+void BM_Fp8GroupedLoopCublasLt(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
+  run_grouped(st, p, "loop of cuBLASLt block-scaled", [&] {
+    for (int64_t i = 0; i < p.e; ++i)
+      cuda::cublaslt_gemm_fp8_blockscaled(
+          p.a_q.narrow(0, i * p.m, p.m).data_ptr(), p.a_lt[static_cast<size_t>(i)].data<float>(),
+          p.b_q.select(0, i).data_ptr(), p.b_lt[static_cast<size_t>(i)].data<float>(),
+          d.narrow(0, i * p.m, p.m).data_ptr(), DType::BF16, p.m, p.n, p.k,
+          cuda::current_stream(0));
+  });
+}
+
 void register_all() {
   const std::pair<int64_t, int64_t> nk[] = {{2112, 7168}, {24576, 1536}, {32768, 512},
                                             {7168, 16384}, {4096, 7168}, {7168, 2048}};
@@ -158,6 +248,21 @@ void register_all() {
   reg("Fp8Mma2", BM_Fp8Mma<2>);
   reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
+  // Grouped: V3's expert GEMMs (gate+up fused: N 4096, K 7168; down: N 7168, K 2048) for
+  // 4-32 experts of 128-8192 tokens each.
+  const int64_t grouped[][4] = {{4, 8192, 4096, 7168}, {8, 1024, 4096, 7168},
+                                {32, 128, 4096, 7168}, {8, 1024, 7168, 2048},
+                                {32, 256, 7168, 2048}};
+  using Fn = void (*)(benchmark::State&);
+  const std::pair<const char*, Fn> grouped_cases[] = {
+      {"Fp8GroupedSimple", BM_Fp8GroupedSimple},
+      {"Fp8GroupedLoopMma", BM_Fp8GroupedLoopMma},
+      {"Fp8GroupedLoopCublasLt", BM_Fp8GroupedLoopCublasLt}};
+  for (auto [name, fn] : grouped_cases) {
+    auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(
+        benchmark::kMicrosecond)->Iterations(3);
+    for (const auto& g : grouped) b->Args({g[0], g[1], g[2], g[3]});
+  }
 }
 
 #endif  // R1_HAVE_CUDA

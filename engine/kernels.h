@@ -159,6 +159,28 @@ R1_KERNEL(quantize_fp8_blocks, void(const Tensor& w, Tensor& q, Tensor& scales))
 R1_KERNEL(gemm_fp8_blockscaled, void(const Tensor& a_q, const Tensor& a_scales,
                                      const Tensor& b_q, const Tensor& b_scales, Tensor& d))
 
+// Grouped block-scaled FP8 GEMMs for MoE experts (DeepGEMM's two layouts): G groups share N
+// and K, group g has its own weight b_q[g] (N, K) e4m3 with b_scales[g] (NB, KB), and each of
+// its rows is the dense product above with that weight.
+//  - contiguous (training, prefill): a_q (M, K) holds the groups' rows one after another
+//    (tokens sorted by expert), a_scales (M, KB); offsets (G + 1) i32/i64 on a_q's device,
+//    0 = offsets[0] <= offsets[1] <= ... <= offsets[G] = M: rows offsets[g] .. offsets[g+1]
+//    use group g (an empty group is allowed); d (M, N).
+//  - masked (decode under CUDA graphs: fixed shapes, the counts on the device): a_q
+//    (G, Mmax, K), a_scales (G, Mmax, KB), counts (G) i32/i64 with 0 <= counts[g] <= Mmax:
+//    rows r < counts[g] of group g are computed into d (G, Mmax, N); the rest of d is left
+//    as it is.
+// b_q (G, N, K), b_scales (G, NB, KB). Offsets and counts are the caller's promise: the
+// CPU kernels check them (they read them anyway); the CUDA kernels read them on the device
+// and do not (a host check would cost a sync per call, which decode under a graph cannot
+// have). Output dtypes as gemm_fp8_blockscaled's.
+R1_KERNEL(gemm_fp8_grouped_contiguous,
+          void(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+               const Tensor& b_scales, const Tensor& offsets, Tensor& d))
+R1_KERNEL(gemm_fp8_grouped_masked,
+          void(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+               const Tensor& b_scales, const Tensor& counts, Tensor& d))
+
 // Checks the operands of quantize_fp8_rows (block_rows = 1) or quantize_fp8_blocks
 // (block_rows = 128) against their contract; every backend calls it first.
 inline void check_quantize_fp8(const char* what, const Tensor& x, const Tensor& q,
@@ -206,6 +228,47 @@ inline void check_gemm_fp8_blockscaled(const Tensor& a_q, const Tensor& a_scales
   R1_CHECK(a_q.is_contiguous() && b_q.is_contiguous() && a_scales.is_contiguous() &&
                b_scales.is_contiguous() && d.is_contiguous(),
            "gemm_fp8_blockscaled: needs contiguous operands");
+}
+
+// Checks the operands of gemm_fp8_grouped_contiguous (masked = false; idx = offsets) or
+// gemm_fp8_grouped_masked (masked = true; idx = counts): shapes, dtypes, one device,
+// contiguous. Not the values of idx (see the contract).
+inline void check_gemm_fp8_grouped(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                   const Tensor& b_scales, const Tensor& idx, const Tensor& d,
+                                   bool masked, bool out_ok) {
+  const char* what = masked ? "gemm_fp8_grouped_masked" : "gemm_fp8_grouped_contiguous";
+  const int64_t ad = masked ? 3 : 2;
+  R1_CHECK(a_q.dim() == ad && a_scales.dim() == ad && d.dim() == ad && b_q.dim() == 3 &&
+               b_scales.dim() == 3 && idx.dim() == 1,
+           "{}: operand ranks a_q {} a_scales {} b_q {} b_scales {} {} {} d {}", what,
+           shape_str(a_q.shape()), shape_str(a_scales.shape()), shape_str(b_q.shape()),
+           shape_str(b_scales.shape()), masked ? "counts" : "offsets", shape_str(idx.shape()),
+           shape_str(d.shape()));
+  const int64_t g = b_q.size(0), n = b_q.size(1), k = b_q.size(2);
+  const Shape rows = masked ? Shape{a_q.size(0), a_q.size(1)} : Shape{a_q.size(0)};
+  auto with = [&](int64_t last) {
+    Shape s = rows;
+    s.push_back(last);
+    return s;
+  };
+  R1_CHECK(a_q.size(-1) == k && a_scales.shape() == with(fp8_blocks(k)) &&
+               b_scales.shape() == Shape({g, fp8_blocks(n), fp8_blocks(k)}) &&
+               d.shape() == with(n) && idx.size(0) == (masked ? g : g + 1) &&
+               (!masked || a_q.size(0) == g),
+           "{}: a_q {} a_scales {} b_q {} b_scales {} {} {} d {} do not fit", what,
+           shape_str(a_q.shape()), shape_str(a_scales.shape()), shape_str(b_q.shape()),
+           shape_str(b_scales.shape()), masked ? "counts" : "offsets", shape_str(idx.shape()),
+           shape_str(d.shape()));
+  R1_CHECK(a_q.dtype() == DType::E4M3 && b_q.dtype() == DType::E4M3 &&
+               a_scales.dtype() == DType::F32 && b_scales.dtype() == DType::F32 &&
+               (idx.dtype() == DType::I32 || idx.dtype() == DType::I64) && out_ok,
+           "{}: dtypes a_q {} a_scales {} b_q {} b_scales {} index {} d {}", what,
+           dtype_name(a_q.dtype()), dtype_name(a_scales.dtype()), dtype_name(b_q.dtype()),
+           dtype_name(b_scales.dtype()), dtype_name(idx.dtype()), dtype_name(d.dtype()));
+  for (const Tensor* t : {&a_q, &a_scales, &b_q, &b_scales, &idx})
+    R1_CHECK(t->device() == d.device(), "{}: operands on different devices", what);
+  for (const Tensor* t : {&a_q, &a_scales, &b_q, &b_scales, &idx, &d})
+    R1_CHECK(t->is_contiguous(), "{}: needs contiguous operands", what);
 }
 
 // ---- sampling ----------------------------------------------------------------------------

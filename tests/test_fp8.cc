@@ -236,6 +236,143 @@ TEST(Fp8Cpu, GemmRejectsMismatchedScales) {
   EXPECT_THROW(kernels::gemm_fp8_blockscaled()(kCpu, c.a.q, wrong, c.b.q, c.b.scales, d), Error);
 }
 
+// ---- grouped (MoE experts) ----------------------------------------------------------------
+
+// G groups of rows (sizes rows[g], some empty), one weight per group, all sharing N and K;
+// stacked as the grouped kernels take them (CPU), with each group's dense case kept for the
+// reference.
+struct GroupedCase {
+  int64_t n, k;
+  std::vector<int64_t> rows;
+  std::vector<GemmCase> parts;
+  Tensor a_q, a_scales, b_q, b_scales;  // contiguous layout: (M, K), (M, KB); (G, N, K), ...
+};
+
+// Rows of the parts' tensors (each (r_i, c) contiguous, the same dtype) one after another.
+Tensor stack_rows(const std::vector<Tensor>& ts, int64_t cols, DType dt) {
+  int64_t total = 0;
+  for (const Tensor& t : ts) total += t.size(0);
+  Tensor out = Tensor::empty({total, cols}, dt);
+  size_t at = 0;
+  for (const Tensor& t : ts) {
+    if (t.nbytes()) std::memcpy(static_cast<char*>(out.data_ptr()) + at, t.data_ptr(), t.nbytes());
+    at += t.nbytes();
+  }
+  return out;
+}
+
+GroupedCase make_grouped(const std::vector<int64_t>& rows, int64_t n, int64_t k, uint64_t seed) {
+  GroupedCase c{n, k, rows, {}, {}, {}, {}, {}};
+  std::vector<Tensor> aq, as, bq, bs;
+  for (size_t g = 0; g < rows.size(); ++g) {
+    c.parts.push_back(make_case(rows[g], n, k, seed + 2 * g));
+    aq.push_back(c.parts.back().a.q);
+    as.push_back(c.parts.back().a.scales);
+    bq.push_back(c.parts.back().b.q);
+    bs.push_back(c.parts.back().b.scales);
+  }
+  const int64_t G = static_cast<int64_t>(rows.size());
+  c.a_q = stack_rows(aq, k, DType::E4M3);
+  c.a_scales = stack_rows(as, fp8_blocks(k), DType::F32);
+  c.b_q = stack_rows(bq, k, DType::E4M3).view({G, n, k});
+  c.b_scales = stack_rows(bs, fp8_blocks(k), DType::F32).view({G, fp8_blocks(n), fp8_blocks(k)});
+  return c;
+}
+
+Tensor offsets_of(const std::vector<int64_t>& rows, DType dt, Device dev) {
+  std::vector<int64_t> off{0};
+  for (int64_t r : rows) off.push_back(off.back() + r);
+  return Tensor::from_vector(off, {static_cast<int64_t>(off.size())}).to(dt).to(dev);
+}
+
+// The masked layout of a grouped case: group g's rows at [g, 0 .. rows[g]) of (G, Mmax, .),
+// the padding rows zero (they are not read for rows past the count).
+struct Masked {
+  Tensor a_q, a_scales;
+};
+Masked to_masked(const GroupedCase& c, int64_t mmax) {
+  const int64_t G = static_cast<int64_t>(c.rows.size()), kb = fp8_blocks(c.k);
+  Masked m{Tensor::empty({G, mmax, c.k}, DType::E4M3), Tensor::zeros({G, mmax, kb}, DType::F32)};
+  std::memset(m.a_q.data_ptr(), 0, m.a_q.nbytes());  // e4m3 +0
+  for (int64_t g = 0; g < G; ++g) {
+    const GemmCase& p = c.parts[static_cast<size_t>(g)];
+    if (p.a.q.nbytes()) {
+      std::memcpy(static_cast<char*>(m.a_q.data_ptr()) + g * mmax * c.k, p.a.q.data_ptr(),
+                  p.a.q.nbytes());
+      std::memcpy(static_cast<float*>(m.a_scales.data_ptr()) + g * mmax * kb,
+                  p.a.scales.data_ptr(), p.a.scales.nbytes());
+    }
+  }
+  return m;
+}
+
+// The f64 triple loop of every group, concatenated in row order.
+TripleLoop grouped_reference(const GroupedCase& c) {
+  TripleLoop r;
+  for (const GemmCase& p : c.parts) {
+    const TripleLoop t = triple_loop(p);
+    r.value.insert(r.value.end(), t.value.begin(), t.value.end());
+    r.abs.insert(r.abs.end(), t.abs.begin(), t.abs.end());
+  }
+  return r;
+}
+
+TEST(Fp8Cpu, GroupedGemmsMatchTripleLoops) {
+  const std::vector<int64_t> rows = {0, 5, 70, 1, 0, 33};  // empty groups, tails of 64
+  const GroupedCase c = make_grouped(rows, 130, 260, case_seed(1200));
+  const TripleLoop ref = grouped_reference(c);
+  const int64_t M = c.a_q.size(0), mmax = 70;
+  for (DType idt : {DType::I32, DType::I64}) {
+    Tensor d = test::poisoned({M, c.n}, DType::F64, kCpu);
+    kernels::gemm_fp8_grouped_contiguous()(kCpu, c.a_q, c.a_scales, c.b_q, c.b_scales,
+                                           offsets_of(rows, idt, kCpu), d);
+    expect_within("cpu grouped contiguous", d.to_double_vector(), ref.value, ref.abs, 0.0,
+                  1e-12);
+  }
+  // Masked: the computed rows match; the rows past each count keep their poison.
+  const Masked mk = to_masked(c, mmax);
+  Tensor d = test::poisoned({static_cast<int64_t>(rows.size()), mmax, c.n}, DType::F64, kCpu);
+  kernels::gemm_fp8_grouped_masked()(kCpu, mk.a_q, mk.a_scales, c.b_q, c.b_scales,
+                                     Tensor::from_vector(rows, {6}), d);
+  const std::vector<double> dv = d.to_double_vector();
+  std::vector<double> got;
+  int64_t touched = 0;
+  for (size_t g = 0; g < rows.size(); ++g)
+    for (int64_t r = 0; r < mmax; ++r)
+      for (int64_t j = 0; j < c.n; ++j) {
+        const double v = dv[(g * mmax + r) * c.n + j];
+        if (r < rows[g]) got.push_back(v);
+        else touched += !std::isnan(v);
+      }
+  expect_within("cpu grouped masked", got, ref.value, ref.abs, 0.0, 1e-12);
+  EXPECT_EQ(touched, 0) << "rows past the counts were written";
+}
+
+TEST(Fp8Cpu, GroupedGemmsRejectBadOffsetsAndCounts) {
+  const std::vector<int64_t> rows = {3, 4};
+  const GroupedCase c = make_grouped(rows, 8, 128, case_seed(1300));
+  Tensor d = Tensor::empty({7, 8}, DType::F32);
+  auto contiguous = [&](const std::vector<int64_t>& off) {
+    kernels::gemm_fp8_grouped_contiguous()(kCpu, c.a_q, c.a_scales, c.b_q, c.b_scales,
+                                           Tensor::from_vector(off, {3}), d);
+  };
+  EXPECT_NO_THROW(contiguous({0, 3, 7}));
+  EXPECT_THROW(contiguous({0, 3, 6}), Error);   // does not end at M
+  EXPECT_THROW(contiguous({1, 3, 7}), Error);   // does not start at 0
+  EXPECT_THROW(contiguous({0, 5, 3}), Error);   // decreasing (and the last != M)
+  EXPECT_THROW(contiguous({0, 8, 7}), Error);   // decreasing
+  const Masked mk = to_masked(c, 4);
+  Tensor dm = Tensor::empty({2, 4, 8}, DType::F32);
+  EXPECT_THROW(kernels::gemm_fp8_grouped_masked()(kCpu, mk.a_q, mk.a_scales, c.b_q, c.b_scales,
+                                                  Tensor::from_vector(std::vector<int64_t>{3, 5},
+                                                                      {2}), dm),
+               Error);  // 5 > Mmax
+  EXPECT_THROW(kernels::gemm_fp8_grouped_masked()(kCpu, mk.a_q, mk.a_scales, c.b_q, c.b_scales,
+                                                  Tensor::from_vector(std::vector<int64_t>{3},
+                                                                      {1}), dm),
+               Error);  // one count for two groups
+}
+
 #if defined(R1_HAVE_CUDA)
 
 const Device kGpu = Device::cuda(0);
@@ -458,6 +595,45 @@ TEST(Fp8Cuda, CublasLtTensorwiseMatchesReference) {
     const std::string name = fmt::format("cuBLASLt per-tensor ({}, {}, {})", m, n, k);
     expect_within(name, got, ref, abs, 0x1p-8, 0x1p-7);
     expect_bf16_output_within(name, got, ref, 1e-3);
+  }
+}
+
+// The grouped simple kernels (one launch for all groups) against the f64 reference, in both
+// layouts, with the offsets and counts on the device.
+TEST(Fp8Cuda, GroupedGemmsMatchReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> rows = {0, 5, 130, 1, 0, 64, 33};
+  const GroupedCase c = make_grouped(rows, 200, 300, case_seed(1400));
+  const TripleLoop t = grouped_reference(c);
+  const int64_t M = c.a_q.size(0), G = static_cast<int64_t>(rows.size()), mmax = 130;
+  const double gamma = (kFp8Block + fp8_blocks(c.k) + 4) * kU32;
+  const Tensor bq = c.b_q.to(kGpu), bs = c.b_scales.to(kGpu);
+  for (DType idt : {DType::I32, DType::I64}) {
+    Tensor d = test::poisoned({M, c.n}, DType::F32, kGpu);
+    kernels::gemm_fp8_grouped_contiguous()(kGpu, c.a_q.to(kGpu), c.a_scales.to(kGpu), bq, bs,
+                                           offsets_of(rows, idt, kGpu), d);
+    expect_within(fmt::format("cuda grouped contiguous {}", dtype_name(idt)),
+                  d.to_double_vector(), t.value, t.abs, 0.0, gamma);
+  }
+  const Masked mk = to_masked(c, mmax);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor d = test::poisoned({G, mmax, c.n}, dt, kGpu);
+    kernels::gemm_fp8_grouped_masked()(kGpu, mk.a_q.to(kGpu), mk.a_scales.to(kGpu), bq, bs,
+                                       Tensor::from_vector(rows, {G}).to(kGpu), d);
+    const std::vector<double> dv = d.to_double_vector();
+    std::vector<double> got;
+    int64_t touched = 0;
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t r = 0; r < mmax; ++r)
+        for (int64_t j = 0; j < c.n; ++j) {
+          const double v = dv[static_cast<size_t>((g * mmax + r) * c.n + j)];
+          if (r < rows[static_cast<size_t>(g)]) got.push_back(v);
+          else touched += !std::isnan(v);
+        }
+    const std::string name = fmt::format("cuda grouped masked {}", dtype_name(dt));
+    if (dt == DType::F32) expect_within(name, got, t.value, t.abs, 0.0, gamma);
+    else expect_within(name, got, t.value, t.abs, 0x1p-8, 2 * gamma);
+    EXPECT_EQ(touched, 0) << name << ": rows past the counts were written";
   }
 }
 

@@ -123,8 +123,52 @@ void gemm_fp8_blockscaled_cpu(const Tensor& a_q, const Tensor& a_scales, const T
                    static_cast<size_t>(n));
 }
 
+// The grouped GEMMs: each group's rows through the dense reference above (row ranges of
+// contiguous tensors are contiguous views), after checking offsets / counts.
+void gemm_fp8_grouped_contiguous_cpu(const Tensor& a_q, const Tensor& a_scales,
+                                     const Tensor& b_q, const Tensor& b_scales,
+                                     const Tensor& offsets, Tensor& d) {
+  const DType dt = d.dtype();
+  check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, offsets, d, /*masked=*/false,
+                         dt == DType::F64 || dt == DType::F32 || dt == DType::BF16);
+  const int64_t m = a_q.size(0), groups = b_q.size(0);
+  const std::vector<int64_t> off = offsets.to_int_vector();
+  R1_CHECK(off[0] == 0 && off[groups] == m,
+           "gemm_fp8_grouped_contiguous: offsets run from {} to {}, not 0 to M = {}", off[0],
+           off[groups], m);
+  for (int64_t g = 0; g < groups; ++g) {
+    R1_CHECK(off[g + 1] >= off[g], "gemm_fp8_grouped_contiguous: offsets[{}] = {} < "
+             "offsets[{}] = {}", g + 1, off[g + 1], g, off[g]);
+    const int64_t rows = off[g + 1] - off[g];
+    if (rows == 0) continue;
+    Tensor dg = d.narrow(0, off[g], rows);
+    gemm_fp8_blockscaled_cpu(a_q.narrow(0, off[g], rows), a_scales.narrow(0, off[g], rows),
+                             b_q.select(0, g), b_scales.select(0, g), dg);
+  }
+}
+
+void gemm_fp8_grouped_masked_cpu(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                 const Tensor& b_scales, const Tensor& counts, Tensor& d) {
+  const DType dt = d.dtype();
+  check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, counts, d, /*masked=*/true,
+                         dt == DType::F64 || dt == DType::F32 || dt == DType::BF16);
+  const int64_t groups = a_q.size(0), mmax = a_q.size(1);
+  const std::vector<int64_t> cnt = counts.to_int_vector();
+  for (int64_t g = 0; g < groups; ++g) {
+    R1_CHECK(cnt[g] >= 0 && cnt[g] <= mmax, "gemm_fp8_grouped_masked: counts[{}] = {} outside "
+             "[0, Mmax = {}]", g, cnt[g], mmax);
+    if (cnt[g] == 0) continue;
+    Tensor dg = d.select(0, g).narrow(0, 0, cnt[g]);
+    gemm_fp8_blockscaled_cpu(a_q.select(0, g).narrow(0, 0, cnt[g]),
+                             a_scales.select(0, g).narrow(0, 0, cnt[g]), b_q.select(0, g),
+                             b_scales.select(0, g), dg);
+  }
+}
+
 }  // namespace
 
+R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CPU, gemm_fp8_grouped_contiguous_cpu);
+R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CPU, gemm_fp8_grouped_masked_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CPU, gemm_fp8_blockscaled_cpu);
