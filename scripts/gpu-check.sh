@@ -74,9 +74,7 @@ cap() {
 # R1_GPU_SKIP="bench_fp8_gemm r1-grpo ...": steps left out on purpose (a rerun that needs
 # only some of them); recorded like the steps the budget cut.
 off() { [[ " ${R1_GPU_SKIP:-} " == *" $1 "* ]]; }
-skipped=""
 skip() {
-  skipped+="$1 "
   if off "${1%-c*}"; then echo "gpu-check: $1 not run (R1_GPU_SKIP)"; else echo "gpu-check: $1 not run (budget spent at $(elapsed))"; fi
 }
 
@@ -293,7 +291,6 @@ else
 fi
 echo "gpu-check: sanitizer done at $(elapsed)"
 
-[[ -z "$skipped" ]] || echo "$skipped" >"$out/skipped.txt"
 python3 scripts/gpu_results.py --out "$out" --results "$results" || status=1
 echo "gpu-check: finished in $(elapsed), status $status"
 exit $status

@@ -714,67 +714,48 @@ TEST(GrpoObjective, CudaOpMatchesCpuF64) {
     for (ImportanceLevel lv : kLevels) {
       const GrpoObjectiveOptions opt = options(lt, lv, 0.04, 40);
       const std::string name = mode_name(opt);
-      // An exception names the mode and the last stage reached (gtest alone reports only
-      // "exception thrown in the test body").
-      const char* stage = "inputs";
-      try {
-        const Layout l = make_layout(opt.num_sequences, 500, case_seed(k += 8), true);
-        const std::vector<double> lp = random_logp(l.T(), case_seed(k + 1));
-        const Policy p = make_policy(lp, opt.num_sequences, case_seed(k + 2));
-        Tensor xg = vec(lp, DType::F32, kGpu), xc = test::rounded_f64(xg, DType::F32);
-        xg.set_requires_grad();
-        xc.set_requires_grad();
-        // Forward then backward on each device in turn: backward replays and clears the whole
-        // tape (engine/autograd.h), so two forwards before the first backward would leave the
-        // second with no node (the H200 run of 9d1645a: xc.grad() undefined).
-        stage = "cuda forward";
-        const GrpoObjective g =
-            run_op(xg, operands(l, p, 0.04, DType::F32, DType::U8, kGpu), opt);
-        ASSERT_TRUE(g.loss.device().is_cuda()) << name;
-        ASSERT_EQ(g.loss.dtype(), DType::F32) << name;
-        stage = "cuda backward";
-        backward(g.loss);
-        stage = "cpu f64 forward";
-        const Operands oc{test::rounded_f64(vec(p.old_logp, DType::F32), DType::F32),
-                          test::rounded_f64(vec(p.ref_logp, DType::F32), DType::F32),
-                          test::rounded_f64(vec(p.adv, DType::F32), DType::F32), ivec(l.seq),
-                          vec(l.mask, DType::F64)};
-        const GrpoObjective c = run_op(xc, oc, opt);
-        stage = "cpu f64 backward";
-        backward(c.loss);
-        stage = "compare";
-        EXPECT_NEAR(g.loss.item(), c.loss.item(), 1e-5 * (1 + std::fabs(c.loss.item()))) << name;
-        EXPECT_NEAR(g.kl_mean, c.kl_mean, 1e-5) << name;
-        EXPECT_NEAR(g.ratio_mean, c.ratio_mean, 1e-5) << name;
-        EXPECT_NEAR(g.clip_low_frac, c.clip_low_frac, 1e-3) << name;
-        EXPECT_NEAR(g.clip_high_frac, c.clip_high_frac, 1e-3) << name;
-        ASSERT_TRUE(xg.grad().defined() && xg.grad().device().is_cuda()) << name;
-        ASSERT_TRUE(xc.grad().defined()) << name;
-        double scale = 0;
-        for (double v : xc.grad().to_double_vector()) scale = std::max(scale, std::fabs(v));
-        expect_close(name + " dlogp", xg.grad().to(kCpu), xc.grad(), 1e-5 * scale, 1e-5);
-      } catch (const std::exception& e) {
-        ADD_FAILURE() << name << ": exception at " << stage << ": " << e.what();
-      }
+      const Layout l = make_layout(opt.num_sequences, 500, case_seed(k += 8), true);
+      const std::vector<double> lp = random_logp(l.T(), case_seed(k + 1));
+      const Policy p = make_policy(lp, opt.num_sequences, case_seed(k + 2));
+      Tensor xg = vec(lp, DType::F32, kGpu), xc = test::rounded_f64(xg, DType::F32);
+      xg.set_requires_grad();
+      xc.set_requires_grad();
+      // Forward then backward on each device in turn: backward replays and clears the whole
+      // tape (engine/autograd.h), so two forwards before the first backward would leave the
+      // second with no node (the H200 run of 9d1645a: xc.grad() undefined).
+      const GrpoObjective g = run_op(xg, operands(l, p, 0.04, DType::F32, DType::U8, kGpu), opt);
+      ASSERT_TRUE(g.loss.device().is_cuda()) << name;
+      ASSERT_EQ(g.loss.dtype(), DType::F32) << name;
+      backward(g.loss);
+      const Operands oc{test::rounded_f64(vec(p.old_logp, DType::F32), DType::F32),
+                        test::rounded_f64(vec(p.ref_logp, DType::F32), DType::F32),
+                        test::rounded_f64(vec(p.adv, DType::F32), DType::F32), ivec(l.seq),
+                        vec(l.mask, DType::F64)};
+      const GrpoObjective c = run_op(xc, oc, opt);
+      backward(c.loss);
+      EXPECT_NEAR(g.loss.item(), c.loss.item(), 1e-5 * (1 + std::fabs(c.loss.item()))) << name;
+      EXPECT_NEAR(g.kl_mean, c.kl_mean, 1e-5) << name;
+      EXPECT_NEAR(g.ratio_mean, c.ratio_mean, 1e-5) << name;
+      EXPECT_NEAR(g.clip_low_frac, c.clip_low_frac, 1e-3) << name;
+      EXPECT_NEAR(g.clip_high_frac, c.clip_high_frac, 1e-3) << name;
+      ASSERT_TRUE(xg.grad().defined() && xg.grad().device().is_cuda()) << name;
+      ASSERT_TRUE(xc.grad().defined()) << name;
+      double scale = 0;
+      for (double v : xc.grad().to_double_vector()) scale = std::max(scale, std::fabs(v));
+      expect_close(name + " dlogp", xg.grad().to(kCpu), xc.grad(), 1e-5 * scale, 1e-5);
     }
-  const char* stage = "empty batch";
-  try {
-    const Tensor none = Tensor::zeros({0}, DType::F32, kGpu);
-    const GrpoObjective e = grpo_objective(
-        none, none, Tensor(), Tensor::zeros({2}, DType::F32, kGpu),
-        Tensor::zeros({0}, DType::I64, kGpu), none,
-        options(GrpoLossType::Grpo, ImportanceLevel::Sequence, 0, 2));
-    EXPECT_EQ(e.loss.item(), 0.0);
-    // f64 is a CPU dtype only.
-    stage = "f64 on cuda";
-    const Tensor x64 = Tensor::zeros({2}, DType::F64, kGpu);
-    EXPECT_THROW(grpo_objective(x64, x64, Tensor(), x64, Tensor::zeros({2}, DType::I64, kGpu),
-                                Tensor::ones({2}, DType::F32, kGpu),
-                                options(GrpoLossType::Grpo, ImportanceLevel::Token, 0, 2)),
-                 Error);
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "exception at " << stage << ": " << e.what();
-  }
+  const Tensor none = Tensor::zeros({0}, DType::F32, kGpu);
+  const GrpoObjective e = grpo_objective(
+      none, none, Tensor(), Tensor::zeros({2}, DType::F32, kGpu),
+      Tensor::zeros({0}, DType::I64, kGpu), none,
+      options(GrpoLossType::Grpo, ImportanceLevel::Sequence, 0, 2));
+  EXPECT_EQ(e.loss.item(), 0.0);
+  // f64 is a CPU dtype only.
+  const Tensor x64 = Tensor::zeros({2}, DType::F64, kGpu);
+  EXPECT_THROW(grpo_objective(x64, x64, Tensor(), x64, Tensor::zeros({2}, DType::I64, kGpu),
+                              Tensor::ones({2}, DType::F32, kGpu),
+                              options(GrpoLossType::Grpo, ImportanceLevel::Token, 0, 2)),
+               Error);
 }
 
 }  // namespace

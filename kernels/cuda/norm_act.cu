@@ -84,8 +84,29 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
   }
 }
 
-// The block's dw partial from shared memory (chunk c's h-th float4 at acc[h * nch + c]) to
-// pr[0, D).
+// The block's dw partial in shared memory: chunk c's h-th float4 at acc[h * nch + c], so a
+// warp's float4 accesses are consecutive (conflict-free) for bf16's two float4 per chunk too.
+__device__ inline void zero_partial(float4* acc, int64_t nch, int kV, int lane, int tpr) {
+  for (int64_t c = lane; c < nch; c += tpr)
+    for (int h = 0; h < kV / 4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
+}
+
+// acc's chunk c += dy x rstd over the chunk's kV elements (this thread owns chunk c).
+template <int kV>
+__device__ inline void add_partial(float4* acc, int64_t nch, int64_t c, const float (&g)[kV],
+                                   const float (&xv)[kV], float r) {
+#pragma unroll
+  for (int h = 0; h < kV / 4; ++h) {
+    float4 a = acc[h * nch + c];
+    a.x += g[4 * h] * xv[4 * h] * r;
+    a.y += g[4 * h + 1] * xv[4 * h + 1] * r;
+    a.z += g[4 * h + 2] * xv[4 * h + 2] * r;
+    a.w += g[4 * h + 3] * xv[4 * h + 3] * r;
+    acc[h * nch + c] = a;
+  }
+}
+
+// The block's dw partial from shared memory to pr[0, D).
 __device__ inline void write_partial(const float4* acc, float* pr, int64_t D, int64_t nch,
                                      int kV, int lane, int tpr) {
   for (int64_t c = lane; c < nch; c += tpr)
@@ -108,13 +129,12 @@ template <class T, int C, int MinBlocks>
 __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_backward_reg_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
                                 float* partial, int64_t N, int64_t D) {
-  constexpr int kV = kVec<T>, kC = C, kF4 = kV / 4;
+  constexpr int kV = kVec<T>, kC = C;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
   const int tpr = blockDim.x, lane = threadIdx.x;
   const int64_t base = int64_t{lane} * kV, nch = (D + kV - 1) / kV;
-  for (int64_t c = lane; c < nch; c += tpr)
-    for (int h = 0; h < kF4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
+  zero_partial(acc, nch, kV, lane, tpr);
   RowChunks<T, kC> xc, gc;
   const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
   const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
@@ -138,21 +158,16 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
 #pragma unroll
     for (int u = 0; u < kC; ++u) {
       if (xc.cnt[u] == 0) continue;
-      float out[kV];
+      float out[kV], gf[kV], xf[kV];
       load_chunk(w, base + int64_t{u} * tpr * kV, D, out);
 #pragma unroll
-      for (int k = 0; k < kV; ++k) out[k] = r * (out[k] * gc.at(u, k) - xc.at(u, k) * cf);
-      store_chunk(dx + n * D, base + int64_t{u} * tpr * kV, D, out);
-      const int64_t c = int64_t{lane} + int64_t{u} * tpr;
-#pragma unroll
-      for (int h = 0; h < kF4; ++h) {
-        float4 a = acc[h * nch + c];
-        a.x += gc.at(u, 4 * h) * xc.at(u, 4 * h) * r;
-        a.y += gc.at(u, 4 * h + 1) * xc.at(u, 4 * h + 1) * r;
-        a.z += gc.at(u, 4 * h + 2) * xc.at(u, 4 * h + 2) * r;
-        a.w += gc.at(u, 4 * h + 3) * xc.at(u, 4 * h + 3) * r;
-        acc[h * nch + c] = a;
+      for (int k = 0; k < kV; ++k) {
+        gf[k] = gc.at(u, k);
+        xf[k] = xc.at(u, k);
+        out[k] = r * (out[k] * gf[k] - xf[k] * cf);
       }
+      store_chunk(dx + n * D, base + int64_t{u} * tpr * kV, D, out);
+      add_partial(acc, nch, int64_t{lane} + int64_t{u} * tpr, gf, xf, r);
     }
   }
   write_partial(acc, partial + int64_t{blockIdx.x} * D, D, nch, kV, lane, tpr);
@@ -162,21 +177,18 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
 // threads walks rows [b * kRmsRowBlock, ...) in order, reading each row twice (the dot, then
 // dx): dx per row, and this block's dw partial (sum over its rows of dy x rstd) kept in shared
 // memory, each thread owning its own chunks (no races, no syncs). The partial goes to
-// partial[b, :] at the end.
-// Shared layout: chunk c's k-th float4 at acc[k * nch + c], so a warp's float4 accesses are
-// consecutive (conflict-free) for bf16's two float4 per chunk too.
+// partial[b, :] at the end (zero_partial, add_partial, write_partial above).
 // dx_i = rstd (w_i dy_i - x_i rstd^2 / D sum_j w_j dy_j x_j).
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
                             float* partial, int64_t N, int64_t D) {
-  constexpr int kV = kVec<T>, kF4 = kV / 4;
+  constexpr int kV = kVec<T>;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
   const int tpr = blockDim.x, lane = threadIdx.x;
   const int64_t nch = (D + kV - 1) / kV, step = int64_t{tpr} * kV;
-  for (int64_t c = lane; c < nch; c += tpr)
-    for (int h = 0; h < kF4; ++h) acc[h * nch + c] = make_float4(0, 0, 0, 0);
+  zero_partial(acc, nch, kV, lane, tpr);
   const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
   const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
   for (int64_t n = r0; n < r1; ++n) {
@@ -203,16 +215,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
       for (int k = 0; k < kV; ++k) out[k] = r * (wf[k] * gf[k] - xf[k] * cf);
       store_chunk(dx + n * D, i0, D, out);
-      const int64_t c = i0 / kV;
-#pragma unroll
-      for (int h = 0; h < kF4; ++h) {
-        float4 a = acc[h * nch + c];
-        a.x += gf[4 * h] * xf[4 * h] * r;
-        a.y += gf[4 * h + 1] * xf[4 * h + 1] * r;
-        a.z += gf[4 * h + 2] * xf[4 * h + 2] * r;
-        a.w += gf[4 * h + 3] * xf[4 * h + 3] * r;
-        acc[h * nch + c] = a;
-      }
+      add_partial(acc, nch, i0 / kV, gf, xf, r);
     }
   }
   write_partial(acc, partial + int64_t{blockIdx.x} * D, D, nch, kV, lane, tpr);
