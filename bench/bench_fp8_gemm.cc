@@ -8,12 +8,15 @@
 // 7168x2048} and M in {64, 128, 4096}:
 //   Fp8Simple          r1's simple CUDA kernel (kernels/cuda/fp8/gemm_fp8_simple.cu): the
 //                      oracle, CUDA cores, no tensor cores; the floor to beat.
+//   Fp8Wgmma           r1's TMA + wgmma kernel (gemm_fp8_wgmma.cu) at the configuration it
+//                      picks (tuned table or default; the label names it).
 //   Fp8CublasLtBlock   cuBLASLt with VEC128 / BLK128x128 scales: the same function, the
 //                      baseline the fast kernel must match or beat.
 //   Fp8CublasLtTensor  cuBLASLt per-tensor FP8: the ceiling without block scaling.
 //   Fp8Grouped*        MoE expert GEMMs (E experts x m tokens, contiguous layout): r1's
-//                      grouped kernel in one launch against loops of dense calls (mma.sync,
-//                      cuBLASLt block-scaled).
+//                      simple and wgmma grouped kernels in one launch (contiguous; wgmma also
+//                      masked) against loops of dense calls (mma.sync, cuBLASLt
+//                      block-scaled).
 // Each reports TFLOP/s (2 M N K / time) and GB/s (operands, scales and d moved once). Times
 // are CUDA events around kReps back-to-back launches on the current stream (manual time)
 // after one warm-up launch, as bench/bench_cuda_kernels.cc does. Inputs are quantized once
@@ -40,6 +43,8 @@
 #include "bench/cuda_timing.h"
 #include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
 #include "kernels/cuda/fp8/gemm_fp8_mma.h"
+#include "kernels/cuda/fp8/gemm_fp8_simple.h"
+#include "kernels/cuda/fp8/gemm_fp8_wgmma.h"
 #endif
 
 namespace r1 {
@@ -111,7 +116,7 @@ void BM_Fp8Simple(benchmark::State& st) {
   Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
   st.SetLabel("simple (CUDA cores) " + shape_label(p));
   run_timed(st, p, [&] {
-    kernels::gemm_fp8_blockscaled()(kGpu, p.a_q, p.a_scales, p.b_q, p.b_scales, d);
+    cuda::gemm_fp8_blockscaled_simple(p.a_q, p.a_scales, p.b_q, p.b_scales, d);
   });
 }
 
@@ -123,6 +128,21 @@ void BM_Fp8Mma(benchmark::State& st) {
   st.SetLabel("mma.sync stages=" + std::to_string(kStages) + " " + shape_label(p));
   run_timed(st, p, [&] {
     cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, kStages);
+  });
+}
+
+// The wgmma/TMA kernel with the configuration it picks by itself (tuned table or default).
+void BM_Fp8Wgmma(benchmark::State& st) {
+  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+  if (!cuda::fp8_wgmma_supported(0)) {
+    st.SkipWithError("wgmma needs compute capability 9.0");
+    return;
+  }
+  Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
+  const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
+  st.SetLabel("wgmma " + c.name() + " " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::gemm_fp8_blockscaled_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, &c);
   });
 }
 
@@ -201,8 +221,39 @@ void BM_Fp8GroupedSimple(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
   run_grouped(st, p, "grouped simple, one launch", [&] {
-    kernels::gemm_fp8_grouped_contiguous()(kGpu, p.a_q, p.a_scales, p.b_q, p.b_scales,
-                                           p.offsets, d);
+    cuda::gemm_fp8_grouped_contiguous_simple(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets, d);
+  });
+}
+
+// The grouped wgmma kernel, one launch: contiguous layout (offsets), and masked (each expert
+// a slot of m rows, all full: the same work, the decode layout's indexing).
+void BM_Fp8GroupedWgmma(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  if (!cuda::fp8_wgmma_supported(0)) {
+    st.SkipWithError("wgmma needs compute capability 9.0");
+    return;
+  }
+  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
+  const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
+  run_grouped(st, p, "grouped wgmma " + c.name() + ", one launch", [&] {
+    cuda::gemm_fp8_grouped_contiguous_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets, d,
+                                            &c);
+  });
+}
+
+void BM_Fp8GroupedWgmmaMasked(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  if (!cuda::fp8_wgmma_supported(0)) {
+    st.SkipWithError("wgmma needs compute capability 9.0");
+    return;
+  }
+  Tensor d = Tensor::empty({p.e, p.m, p.n}, DType::BF16, kGpu);
+  const Tensor counts = Tensor::full({p.e}, static_cast<double>(p.m), DType::I32, kGpu);
+  const Tensor aq = p.a_q.view({p.e, p.m, p.k});
+  const Tensor as = p.a_scales.view({p.e, p.m, fp8_blocks(p.k)});
+  const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
+  run_grouped(st, p, "grouped wgmma masked " + c.name() + ", one launch", [&] {
+    cuda::gemm_fp8_grouped_masked_wgmma(aq, as, p.b_q, p.b_scales, counts, d, &c);
   });
 }
 
@@ -246,6 +297,7 @@ void register_all() {
   reg("Fp8Simple", BM_Fp8Simple);
   reg("Fp8Mma1", BM_Fp8Mma<1>);
   reg("Fp8Mma2", BM_Fp8Mma<2>);
+  reg("Fp8Wgmma", BM_Fp8Wgmma);
   reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
   // Grouped: V3's expert GEMMs (gate+up fused: N 4096, K 7168; down: N 7168, K 2048) for
@@ -256,6 +308,8 @@ void register_all() {
   using Fn = void (*)(benchmark::State&);
   const std::pair<const char*, Fn> grouped_cases[] = {
       {"Fp8GroupedSimple", BM_Fp8GroupedSimple},
+      {"Fp8GroupedWgmma", BM_Fp8GroupedWgmma},
+      {"Fp8GroupedWgmmaMasked", BM_Fp8GroupedWgmmaMasked},
       {"Fp8GroupedLoopMma", BM_Fp8GroupedLoopMma},
       {"Fp8GroupedLoopCublasLt", BM_Fp8GroupedLoopCublasLt}};
   for (auto [name, fn] : grouped_cases) {

@@ -2,7 +2,7 @@
 # The one-command GPU check. On a machine with an NVIDIA GPU (sm_90a: H100/H200/H800):
 #   1. every CUDA test (R1_REQUIRE_CUDA=1: a test that cannot see the GPU fails, never skips),
 #   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first;
-#      bench_fp8_gemm), r1-toy-lm trained on the GPU beside the same run on the CPU, and
+#      r1-fp8-tune, the FP8 GEMM's tile-shape sweep, then bench_fp8_gemm with its table), r1-toy-lm trained on the GPU beside the same run on the CPU, and
 #      R1_GPU_GRPO_STEPS (default 60) GRPO steps of the tiny R1-Zero config from the bundled
 #      base on the GPU and on the CPU (the reward curves and the speed-up),
 #   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
@@ -27,7 +27,8 @@
 #                   step with under 10 s left is recorded as "not run (budget)". GPU time is
 #                   lent by the minute; a hang in one kernel must not cost the rest of the table.
 # Environment, for a rerun that needs only part of it (GPU time is lent by the minute):
-#   R1_GPU_SKIP="bench_cuda_kernels bench_fp8_gemm variants r1-toy-lm r1-grpo"  steps left out
+#   R1_GPU_SKIP="bench_cuda_kernels r1-fp8-tune bench_fp8_gemm variants r1-toy-lm r1-grpo"
+#                                  steps left out
 #   R1_GPU_TESTS="test_a test_b"   only these test binaries
 #   R1_GPU_BENCH_FILTER=REGEX      only these bench_cuda_kernels rows
 #   R1_GPU_AB="VAR=value:REGEX ..."  run-time kernel variants, each tested (R1_GPU_AB_TESTS)
@@ -154,6 +155,23 @@ off bench_cuda_kernels && lim=0
 ((lim == 0)) && skip bench_cuda_kernels ||
 timeout "$lim" "$bundle/bin/bench_cuda_kernels" "${bench_args[@]}" >"$out/bench.log" 2>&1 ||
   { echo "gpu-check: bench_cuda_kernels failed (rc $?), tail:"; tail -20 "$out/bench.log"; status=1; }
+# The wgmma FP8 GEMM's tile-shape sweep: each configuration checked against the simple
+# kernel, then timed; the table lands in $out/tuned (copied to the results directory) and
+# bench_fp8_gemm below reads it. The committed table (bench/tuned/) is the fallback.
+export R1_TUNED_DIR="$PWD/bench/tuned"
+lim=$(cap 150)
+off r1-fp8-tune && lim=0
+if ((lim == 0)); then
+  skip r1-fp8-tune
+elif [[ -x "$bundle/bin/r1-fp8-tune" ]]; then
+  mkdir -p "$out/tuned"
+  if R1_TUNED_DIR="$out/tuned" timeout "$lim" "$bundle/bin/r1-fp8-tune" >"$out/fp8_tune.log" 2>&1; then
+    export R1_TUNED_DIR="$out/tuned"
+  else
+    echo "gpu-check: r1-fp8-tune failed (rc $?), tail:"; tail -20 "$out/fp8_tune.log"; status=1
+    ls "$out/tuned"/*.tsv >/dev/null 2>&1 && export R1_TUNED_DIR="$out/tuned"
+  fi
+fi
 lim=$(cap 200)
 off bench_fp8_gemm && lim=0
 if ((lim == 0)); then

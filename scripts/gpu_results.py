@@ -200,29 +200,67 @@ def grpo(out):
 
 
 def fp8_table(rows):
-    """FP8 GEMM kernels side by side per shape, with the ratios the FP8 issue asks for."""
-    by = {}
+    """FP8 GEMM kernels side by side per shape, with the ratios the FP8 issue asks for: the
+    wgmma kernel against cuBLASLt block-scaled and per-tensor, its fraction of the measured
+    FP8 peak (the best cuBLASLt per-tensor rate of the run); grouped kernels against loops of
+    dense calls."""
+    dense, grouped, labels = {}, {}, {}
     for r in rows:
-        m = re.match(r"Fp8(\w+)/(\d+)/(\d+)/(\d+)", r.get("name", ""))
-        if m and r.get("TFLOP/s") is not None:
-            by.setdefault(tuple(int(x) for x in m.group(2, 3, 4)), {})[m.group(1)] = r["TFLOP/s"]
-    if not by:
+        name = r.get("name", "")
+        g = re.match(r"Fp8Grouped(\w+)/(\d+)/(\d+)/(\d+)/(\d+)", name)
+        m = re.match(r"Fp8(\w+)/(\d+)/(\d+)/(\d+)$", name)
+        if r.get("TFLOP/s") is None:
+            continue
+        if g:
+            grouped.setdefault(tuple(int(x) for x in g.group(2, 3, 4, 5)), {})[g.group(1)] = r["TFLOP/s"]
+        elif m:
+            key = tuple(int(x) for x in m.group(2, 3, 4))
+            dense.setdefault(key, {})[m.group(1)] = r["TFLOP/s"]
+            if m.group(1) == "Wgmma":
+                lab = re.match(r"wgmma (\S+)", r.get("label") or "")
+                labels[key] = lab.group(1) if lab else ""
+    md = []
+    if dense:
+        peak = max((v.get("CublasLtTensor") or 0) for v in dense.values())
+        md += ["## FP8 block-scaled GEMM (TFLOP/s, bf16 out)", "",
+               "mma1 / mma2: the mma.sync kernel with one / two shared-memory stages; wgmma: the "
+               "TMA + wgmma kernel at the tile shape it picked (tuned table or default); "
+               f"frac peak: wgmma over the best cuBLASLt per-tensor rate of this run ({peak:.0f}).",
+               "",
+               "| M | N | K | simple | mma1 | mma2 | wgmma (tile) | cuBLASLt block | "
+               "cuBLASLt per-tensor | wgmma / block | wgmma / per-tensor | frac peak |",
+               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (m, n, k), v in sorted(dense.items()):
+            blk, ten, wg = v.get("CublasLtBlock"), v.get("CublasLtTensor"), v.get("Wgmma")
+            tile = f" ({labels[(m, n, k)]})" if labels.get((m, n, k)) else ""
+            md.append(f"| {m} | {n} | {k} | {fmt(v.get('Simple'), '.1f')} | "
+                      f"{fmt(v.get('Mma1'), '.1f')} | {fmt(v.get('Mma2'), '.1f')} | "
+                      f"{fmt(wg, '.1f')}{tile if wg else ''} | {fmt(blk, '.1f')} | {fmt(ten, '.1f')} | "
+                      f"{fmt(wg / blk if wg and blk else None, '.2f')} | "
+                      f"{fmt(wg / ten if wg and ten else None, '.2f')} | "
+                      f"{fmt(wg / peak if wg and peak else None, '.2f')} |")
+        md.append("")
+    if grouped:
+        md += ["## Grouped FP8 GEMM, MoE experts (TFLOP/s, bf16 out)", "",
+               "E experts x m tokens, N x K per expert. One launch: simple, wgmma (contiguous "
+               "layout), wgmma masked; loops of dense calls: mma.sync, cuBLASLt block-scaled.", "",
+               "| E | m | N | K | simple | wgmma | wgmma masked | loop mma | loop cuBLASLt | "
+               "wgmma / loop cuBLASLt |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (e, m, n, k), v in sorted(grouped.items()):
+            wg, lt = v.get("Wgmma"), v.get("LoopCublasLt")
+            md.append(f"| {e} | {m} | {n} | {k} | {fmt(v.get('Simple'), '.1f')} | {fmt(wg, '.1f')} | "
+                      f"{fmt(v.get('WgmmaMasked'), '.1f')} | {fmt(v.get('LoopMma'), '.1f')} | "
+                      f"{fmt(lt, '.1f')} | {fmt(wg / lt if wg and lt else None, '.2f')} |")
+        md.append("")
+    return md
+
+
+def tuned_tables(out):
+    """The tuned tables r1-fp8-tune wrote in this run: (file name, text)."""
+    d = os.path.join(out, "tuned")
+    if not os.path.isdir(d):
         return []
-    md = ["## FP8 block-scaled GEMM (TFLOP/s, bf16 out)", "",
-          "mma1 / mma2: the mma.sync kernel with one / two shared-memory stages; the ratios use "
-          "the better of the two.", "",
-          "| M | N | K | simple | mma1 | mma2 | cuBLASLt block | cuBLASLt per-tensor | "
-          "mma / block | mma / per-tensor |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (m, n, k), v in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        blk, ten = v.get("CublasLtBlock"), v.get("CublasLtTensor")
-        mmas = [x for x in (v.get("Mma1"), v.get("Mma2")) if x is not None]
-        mma = max(mmas) if mmas else None
-        md.append(f"| {m} | {n} | {k} | {fmt(v.get('Simple'), '.1f')} | "
-                  f"{fmt(v.get('Mma1'), '.1f')} | {fmt(v.get('Mma2'), '.1f')} | "
-                  f"{fmt(blk, '.1f')} | {fmt(ten, '.1f')} | "
-                  f"{fmt(mma / blk if mma and blk else None, '.2f')} | "
-                  f"{fmt(mma / ten if mma and ten else None, '.2f')} |")
-    return md + [""]
+    return [(f, read(os.path.join(d, f))) for f in sorted(os.listdir(d)) if f.endswith(".tsv")]
 
 
 def fmt(v, spec):
@@ -302,6 +340,14 @@ def main():
                                         if got else "no metrics (see its ncu_*.txt)"))
         md.append("")
     md += fp8_table(fp8_rows)
+    tuned = tuned_tables(a.out)
+    tune_failed = [l for l in read(os.path.join(a.out, "fp8_tune.log")).splitlines() if "FAILED" in l]
+    if tune_failed:
+        md += ["## r1-fp8-tune: configurations that FAILED their check", ""] + \
+              [f"- {l}" for l in tune_failed] + [""]
+    for name, text in tuned:
+        md += [f"## Tuned FP8 tile shapes ({name}, from r1-fp8-tune; copy to bench/tuned/)", "",
+               "```", text.rstrip(), "```", ""]
     md += ["## End to end: r1-toy-lm, CUDA against the CPU", ""]
     if e2e:
         md += [f"- {e2e['steps']} steps from the same f32 weights: loss {e2e['first_loss']:.4f} -> "
@@ -334,6 +380,9 @@ def main():
            "## compute-sanitizer", "", "| tool | binary | exit | summary |", "|---|---|---|---|"]
     for s in san:
         md.append(f"| {s['tool']} | {s['binary']} | {s['rc']} | {s['summary']} |")
+    for name, text in tuned:
+        with open(f"{stem}-{name}", "w", encoding="utf-8") as f:
+            f.write(text)
     with open(stem + ".md", "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")
     with open(stem + ".json", "w", encoding="utf-8") as f:

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +25,8 @@
 #include "engine/cuda/stream.h"
 #include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
 #include "kernels/cuda/fp8/gemm_fp8_mma.h"
+#include "kernels/cuda/fp8/gemm_fp8_simple.h"
+#include "kernels/cuda/fp8/gemm_fp8_wgmma.h"
 #endif
 
 namespace r1 {
@@ -181,11 +184,18 @@ TripleLoop triple_loop(const GemmCase& c) {
   return r;
 }
 
-// gemm_fp8_blockscaled on `dev` into a poisoned d of dtype dt, read back as f64.
-std::vector<double> run_gemm(const GemmCase& c, Device dev, DType dt) {
+// A dense FP8 GEMM entry point (a_q, a_scales, b_q, b_scales, d).
+using GemmFn = std::function<void(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                  Tensor&)>;
+
+// gemm_fp8_blockscaled on `dev` (or `fn` when given) into a poisoned d of dtype dt, read back
+// as f64.
+std::vector<double> run_gemm(const GemmCase& c, Device dev, DType dt, const GemmFn& fn = {}) {
   Tensor d = test::poisoned({c.m, c.n}, dt, dev);
-  kernels::gemm_fp8_blockscaled()(dev, c.a.q.to(dev), c.a.scales.to(dev), c.b.q.to(dev),
-                                  c.b.scales.to(dev), d);
+  if (fn) fn(c.a.q.to(dev), c.a.scales.to(dev), c.b.q.to(dev), c.b.scales.to(dev), d);
+  else
+    kernels::gemm_fp8_blockscaled()(dev, c.a.q.to(dev), c.a.scales.to(dev), c.b.q.to(dev),
+                                    c.b.scales.to(dev), d);
   return d.to_double_vector();
 }
 
@@ -439,10 +449,10 @@ TEST(Fp8Cuda, SimpleGemmMatchesReference) {
     const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
     const double gamma = (kFp8Block + fp8_blocks(c.k) + 4) * kU32;
     const std::string name = fmt::format("simple ({}, {}, {})", c.m, c.n, c.k);
-    const std::vector<double> d32 = run_gemm(c, kGpu, DType::F32);
+    const std::vector<double> d32 = run_gemm(c, kGpu, DType::F32, cuda::gemm_fp8_blockscaled_simple);
     expect_within(name + " f32", d32, ref, t.abs, 0.0, gamma);
     EXPECT_LT(rel_error(d32, ref, ref), 1e-3) << name << " f32";
-    const std::vector<double> d16 = run_gemm(c, kGpu, DType::BF16);
+    const std::vector<double> d16 = run_gemm(c, kGpu, DType::BF16, cuda::gemm_fp8_blockscaled_simple);
     expect_within(name + " bf16", d16, ref, t.abs, 0x1p-8, 2 * gamma);
     EXPECT_LT(rel_error(d16, round_to(ref, DType::BF16), ref), 1e-3) << name << " bf16";
   }
@@ -610,16 +620,16 @@ TEST(Fp8Cuda, GroupedGemmsMatchReference) {
   const Tensor bq = c.b_q.to(kGpu), bs = c.b_scales.to(kGpu);
   for (DType idt : {DType::I32, DType::I64}) {
     Tensor d = test::poisoned({M, c.n}, DType::F32, kGpu);
-    kernels::gemm_fp8_grouped_contiguous()(kGpu, c.a_q.to(kGpu), c.a_scales.to(kGpu), bq, bs,
-                                           offsets_of(rows, idt, kGpu), d);
+    cuda::gemm_fp8_grouped_contiguous_simple(c.a_q.to(kGpu), c.a_scales.to(kGpu), bq, bs,
+                                             offsets_of(rows, idt, kGpu), d);
     expect_within(fmt::format("cuda grouped contiguous {}", dtype_name(idt)),
                   d.to_double_vector(), t.value, t.abs, 0.0, gamma);
   }
   const Masked mk = to_masked(c, mmax);
   for (DType dt : {DType::F32, DType::BF16}) {
     Tensor d = test::poisoned({G, mmax, c.n}, dt, kGpu);
-    kernels::gemm_fp8_grouped_masked()(kGpu, mk.a_q.to(kGpu), mk.a_scales.to(kGpu), bq, bs,
-                                       Tensor::from_vector(rows, {G}).to(kGpu), d);
+    cuda::gemm_fp8_grouped_masked_simple(mk.a_q.to(kGpu), mk.a_scales.to(kGpu), bq, bs,
+                                         Tensor::from_vector(rows, {G}).to(kGpu), d);
     const std::vector<double> dv = d.to_double_vector();
     std::vector<double> got;
     int64_t touched = 0;
@@ -634,6 +644,144 @@ TEST(Fp8Cuda, GroupedGemmsMatchReference) {
     if (dt == DType::F32) expect_within(name, got, t.value, t.abs, 0.0, gamma);
     else expect_within(name, got, t.value, t.abs, 0x1p-8, 2 * gamma);
     EXPECT_EQ(touched, 0) << name << ": rows past the counts were written";
+  }
+}
+
+// ---- the wgmma kernel (sm_90a) --------------------------------------------------------------
+
+#define R1_SKIP_WITHOUT_WGMMA()                                                         \
+  do {                                                                                  \
+    R1_SKIP_WITHOUT_CUDA();                                                             \
+    if (!cuda::fp8_wgmma_supported(0)) GTEST_SKIP() << "wgmma needs compute capability 9.0"; \
+  } while (0)
+
+// f32 and bf16 outputs of a tensor-core kernel against the f64 reference, with the mma
+// kernel's bounds (see MmaGemmMatchesReference).
+void expect_tensor_core_result(const std::string& name, DType dt, const std::vector<double>& got,
+                               const std::vector<double>& ref, const std::vector<double>& abs) {
+  if (dt == DType::F32) {
+    expect_within(name, got, ref, abs, 0.0, 0x1p-10);
+    EXPECT_LT(rel_error(got, ref, ref), 1e-3) << name;
+  } else {
+    expect_within(name, got, ref, abs, 0x1p-8, 0x1p-10);
+    expect_bf16_output_within(name, got, ref, 1e-3);
+  }
+}
+
+// Every compiled configuration of the wgmma kernel against the f64 reference. The shapes
+// cover: M, N and K tails (K a multiple of 16: the TMA's row pitch), single rows and
+// columns, odd N (no vector stores), more tiles than multiprocessors with the 128x128 tile
+// (each persistent block loops over several tiles), and more k-blocks than stages (the ring
+// of stages wraps several times within a tile).
+TEST(Fp8Cuda, WgmmaGemmMatchesReference) {
+  R1_SKIP_WITHOUT_WGMMA();
+  const int64_t shapes[][3] = {{1, 1, 16},        {7, 129, 128},     {200, 300, 256},
+                               {65, 200, 1040},   {130, 136, 1040},  {1500, 1500, 272},
+                               {300, 260, 2064},  {64, 1, 4096}};
+  int seed = 1600;
+  for (const auto& s : shapes) {
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
+    const TripleLoop t = triple_loop(c);
+    const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
+    for (const cuda::Fp8WgmmaConfig& cfg : cuda::fp8_wgmma_configs())
+      for (DType dt : {DType::F32, DType::BF16}) {
+        const std::vector<double> got = run_gemm(
+            c, kGpu, dt, [&](const Tensor& a, const Tensor& as, const Tensor& b, const Tensor& bs,
+                             Tensor& d) { cuda::gemm_fp8_blockscaled_wgmma(a, as, b, bs, d, &cfg); });
+        expect_tensor_core_result(fmt::format("wgmma {} ({}, {}, {}) {}", cfg.name(), c.m, c.n,
+                                              c.k, dtype_name(dt)),
+                                  dt, got, ref, t.abs);
+      }
+  }
+  // K not a multiple of 16 is refused, not computed wrongly.
+  const GemmCase c = make_case(4, 4, 24 + 1, case_seed(1699));
+  Tensor d = Tensor::empty({4, 4}, DType::F32, kGpu);
+  EXPECT_THROW(cuda::gemm_fp8_blockscaled_wgmma(c.a.q.to(kGpu), c.a.scales.to(kGpu),
+                                                c.b.q.to(kGpu), c.b.scales.to(kGpu), d),
+               Error);
+}
+
+// e4m3 bytes with the sign bit cleared: |q|, so that a GEMM of |a| and |b| with the same
+// (positive) scales gives sum |a b|, the elementwise error scale, on the GPU.
+Tensor abs_e4m3(const Tensor& q) {
+  std::vector<uint8_t> b = bytes_of(q);
+  for (uint8_t& v : b) v &= 0x7fu;
+  Tensor t = Tensor::empty(q.shape(), DType::E4M3, kGpu);
+  copy_bytes(t.data_ptr(), kGpu, b.data(), kCpu, b.size());
+  return t;
+}
+
+// On DeepSeek-V3 shapes too large for the CPU reference (the benchmark shapes at
+// M = 256), the wgmma kernel against the simple CUDA kernel (the on-GPU oracle), each
+// element within 2^-10 sum |a b| (computed by the simple kernel from |a|, |b|).
+TEST(Fp8Cuda, WgmmaMatchesSimpleKernelOnV3Shapes) {
+  R1_SKIP_WITHOUT_WGMMA();
+  const int64_t nk[][2] = {{2112, 7168}, {24576, 1536}, {7168, 2048}};
+  int seed = 1700;
+  for (const auto& s : nk) {
+    const int64_t m = 256, n = s[0], k = s[1];
+    const GemmCase c = make_case(m, n, k, case_seed(seed += 2));
+    const Tensor aq = c.a.q.to(kGpu), as = c.a.scales.to(kGpu);
+    const Tensor bq = c.b.q.to(kGpu), bs = c.b.scales.to(kGpu);
+    Tensor want = test::poisoned({m, n}, DType::F32, kGpu);
+    Tensor abs = test::poisoned({m, n}, DType::F32, kGpu);
+    cuda::gemm_fp8_blockscaled_simple(aq, as, bq, bs, want);
+    cuda::gemm_fp8_blockscaled_simple(abs_e4m3(c.a.q), as, abs_e4m3(c.b.q), bs, abs);
+    const std::vector<double> wv = want.to_double_vector(), av = abs.to_double_vector();
+    for (DType dt : {DType::F32, DType::BF16}) {
+      Tensor d = test::poisoned({m, n}, dt, kGpu);
+      cuda::gemm_fp8_blockscaled_wgmma(aq, as, bq, bs, d);  // the tuned or default choice
+      const std::string name = fmt::format("wgmma vs simple ({}, {}, {}) {}", m, n, k,
+                                           dtype_name(dt));
+      // The simple kernel's own error (at most (128 + KB + 4) u sum|ab|) sits inside 2^-10.
+      expect_within(name, d.to_double_vector(), wv, av, dt == DType::F32 ? 0.0 : 0x1p-8,
+                    0x1p-10);
+    }
+  }
+}
+
+// The grouped wgmma kernels (contiguous and masked layouts, one launch, offsets and counts
+// on the device) against the f64 reference, for every configuration: empty groups, groups
+// shorter than a tile, a group spanning several tiles, N not a multiple of the tile (a
+// group's last tile reads the next group's b rows and must not store them).
+TEST(Fp8Cuda, WgmmaGroupedGemmsMatchReference) {
+  R1_SKIP_WITHOUT_WGMMA();
+  const std::vector<int64_t> rows = {0, 5, 130, 1, 0, 64, 33, 300};
+  const GroupedCase c = make_grouped(rows, 200, 304, case_seed(1800));
+  const TripleLoop t = grouped_reference(c);
+  const int64_t M = c.a_q.size(0), G = static_cast<int64_t>(rows.size()), mmax = 300;
+  const Tensor bq = c.b_q.to(kGpu), bs = c.b_scales.to(kGpu);
+  const Tensor aq = c.a_q.to(kGpu), as = c.a_scales.to(kGpu);
+  const Masked mk = to_masked(c, mmax);
+  const Tensor mq = mk.a_q.to(kGpu), ms = mk.a_scales.to(kGpu);
+  for (const cuda::Fp8WgmmaConfig& cfg : cuda::fp8_wgmma_configs()) {
+    for (DType idt : {DType::I32, DType::I64}) {
+      const DType dt = idt == DType::I32 ? DType::F32 : DType::BF16;
+      Tensor d = test::poisoned({M, c.n}, dt, kGpu);
+      cuda::gemm_fp8_grouped_contiguous_wgmma(aq, as, bq, bs, offsets_of(rows, idt, kGpu), d,
+                                              &cfg);
+      expect_tensor_core_result(fmt::format("wgmma {} contiguous {} {}", cfg.name(),
+                                            dtype_name(idt), dtype_name(dt)),
+                                dt, d.to_double_vector(), t.value, t.abs);
+    }
+    for (DType dt : {DType::F32, DType::BF16}) {
+      Tensor d = test::poisoned({G, mmax, c.n}, dt, kGpu);
+      cuda::gemm_fp8_grouped_masked_wgmma(mq, ms, bq, bs, Tensor::from_vector(rows, {G}).to(kGpu),
+                                          d, &cfg);
+      const std::vector<double> dv = d.to_double_vector();
+      std::vector<double> got;
+      int64_t touched = 0;
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t r = 0; r < mmax; ++r)
+          for (int64_t j = 0; j < c.n; ++j) {
+            const double v = dv[static_cast<size_t>((g * mmax + r) * c.n + j)];
+            if (r < rows[static_cast<size_t>(g)]) got.push_back(v);
+            else touched += !std::isnan(v);
+          }
+      const std::string name = fmt::format("wgmma {} masked {}", cfg.name(), dtype_name(dt));
+      expect_tensor_core_result(name, dt, got, t.value, t.abs);
+      EXPECT_EQ(touched, 0) << name << ": rows past the counts were written";
+    }
   }
 }
 

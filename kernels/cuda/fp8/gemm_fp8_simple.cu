@@ -21,6 +21,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
+#include "kernels/cuda/fp8/gemm_fp8_simple.h"
 
 namespace r1::cuda {
 namespace {
@@ -150,9 +151,19 @@ __global__ void __launch_bounds__(kThreads)
               int64_t{blockIdx.x} * kTile);
 }
 
-// a_q (M, K) e4m3, a_scales (M, KB) f32, b_q (N, K) e4m3, b_scales (NB, KB) f32
-// -> d (M, N) f32 or bf16.
-void gemm_fp8_blockscaled_cuda(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+template <class Fn>
+void dispatch_out_index(const Tensor& d, const Tensor& idx, Fn&& fn) {
+  auto with_index = [&](auto otag) {
+    if (idx.dtype() == DType::I32) fn(otag, int32_t{});
+    else fn(otag, int64_t{});
+  };
+  if (d.dtype() == DType::F32) with_index(float{});
+  else with_index(uint16_t{});
+}
+
+}  // namespace
+
+void gemm_fp8_blockscaled_simple(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                                const Tensor& b_scales, Tensor& d) {
   check_gemm_fp8_blockscaled(a_q, a_scales, b_q, b_scales, d,
                              d.dtype() == DType::F32 || d.dtype() == DType::BF16);
@@ -178,17 +189,7 @@ void gemm_fp8_blockscaled_cuda(const Tensor& a_q, const Tensor& a_scales, const 
   R1_CUDA_CHECK_LAUNCH();
 }
 
-template <class Fn>
-void dispatch_out_index(const Tensor& d, const Tensor& idx, Fn&& fn) {
-  auto with_index = [&](auto otag) {
-    if (idx.dtype() == DType::I32) fn(otag, int32_t{});
-    else fn(otag, int64_t{});
-  };
-  if (d.dtype() == DType::F32) with_index(float{});
-  else with_index(uint16_t{});
-}
-
-void gemm_fp8_grouped_contiguous_cuda(const Tensor& a_q, const Tensor& a_scales,
+void gemm_fp8_grouped_contiguous_simple(const Tensor& a_q, const Tensor& a_scales,
                                       const Tensor& b_q, const Tensor& b_scales,
                                       const Tensor& offsets, Tensor& d) {
   check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, offsets, d, /*masked=*/false,
@@ -212,7 +213,7 @@ void gemm_fp8_grouped_contiguous_cuda(const Tensor& a_q, const Tensor& a_scales,
   });
 }
 
-void gemm_fp8_grouped_masked_cuda(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+void gemm_fp8_grouped_masked_simple(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                                   const Tensor& b_scales, const Tensor& counts, Tensor& d) {
   check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, counts, d, /*masked=*/true,
                          d.dtype() == DType::F32 || d.dtype() == DType::BF16);
@@ -235,11 +236,5 @@ void gemm_fp8_grouped_masked_cuda(const Tensor& a_q, const Tensor& a_scales, con
     R1_CUDA_CHECK_LAUNCH();
   });
 }
-
-}  // namespace
-
-R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CUDA, gemm_fp8_blockscaled_cuda);
-R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CUDA, gemm_fp8_grouped_contiguous_cuda);
-R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CUDA, gemm_fp8_grouped_masked_cuda);
 
 }  // namespace r1::cuda

@@ -1,0 +1,545 @@
+// FP8 block-scaled GEMM on Hopper: TMA, wgmma, warp specialization, persistent tiles (see
+// gemm_fp8_wgmma.h). DeepGEMM's structure, written here from the PTX ISA.
+//
+// A block = one producer warpgroup + C consumer warpgroups (C = 1 or 2, block_m = 64 C).
+//   producer (one thread): for each of the block's tiles, for each k-block kb of 128:
+//     wait until stage s is empty; announce its bytes on full[s]; TMA a[rows, kb] (block_m x
+//     128 bytes) and b[cols, kb] (block_n x 128) into stage s, both 128-byte swizzled.
+//   consumer warpgroup c (rows 64 c .. 64 c + 63 of the tile): for each k-block:
+//     wait full[s]; part = 4 wgmma m64nNk32 over the stage (fp32, tensor cores; the first
+//     overwrites); wait for them; release stage s (one arrival per warp on empty[s]);
+//     acc += part * a_scales[row, kb] * b_scales[n0 / 128, kb]   (the V3 promotion, fp32)
+//   then stores its 64 x block_n piece of d straight from registers (in-range elements).
+// The stages form a ring that runs on across tiles: the producer fetches the next tile's
+// k-blocks while the consumers finish and store the current one. Two consumer warpgroups
+// overlap one's promotion with the other's tensor-core work.
+//
+// Tiles: a persistent grid (at most one block per multiprocessor) walks tile indices t =
+// blockIdx.x, + gridDim.x, ...; t maps to (m tile, n tile) in bands of 8 n tiles (all m tiles
+// of a band before the next), so the tiles in flight at once share their b rows and a rows in
+// L2. Grouped layouts (MoE experts) add a level: each block first turns the device-side
+// offsets / counts into per-group row ranges and an m-tile prefix sum in shared memory (no
+// host sync: graph-safe), and an m tile index is looked up to (group, rows) by binary search.
+// Rows past a group's end are loaded (the next group's rows, or zeros past the matrix) and
+// computed but never stored; b's rows of group g start at g N in the (G N, K) view.
+#include "kernels/cuda/fp8/gemm_fp8_wgmma.h"
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <tuple>
+
+#include "engine/convert.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/stream.h"
+#include "engine/kernels.h"
+#include "engine/log.h"
+#include "kernels/cuda/common/hopper.cuh"
+#include "kernels/cuda/common/tma.h"
+
+#ifndef R1_TUNED_DIR_DEFAULT
+#define R1_TUNED_DIR_DEFAULT "bench/tuned"
+#endif
+
+namespace r1::cuda {
+namespace {
+
+using namespace hopper;
+
+constexpr int kBK = 128;      // bytes per row of a k-block (kFp8Block e4m3)
+constexpr int kRasterN = 8;   // n tiles per raster band
+constexpr int kMaxGroups = kFp8WgmmaMaxGroups;
+static_assert(kBK == kFp8Block, "a stage holds one k-block");
+
+enum Mode : int { kDense = 0, kContiguous = 1, kMasked = 2 };
+
+struct Args {
+  const float* sa;      // (rows_total, kbs)
+  const float* sb;      // (groups, nbs, kbs)
+  void* d;              // (rows_total, n)
+  const void* index;    // offsets (G + 1) or counts (G), i32 or i64; unused when dense
+  int index64;          // index is int64
+  int mode;             // Mode
+  int groups;           // 1 when dense
+  int rows_total;       // rows of the 2-d view of a (M, or G Mmax)
+  int mmax;             // masked: rows per group slot
+  int n, kbs, nbs;      // columns of d, k-blocks, 128-row blocks of b per group
+  int tiles_n;          // ceil(n / block_n)
+  int vec_store;        // d rows admit 2-element vector stores (n even, d aligned)
+};
+
+template <int kConsumers, int kBN, int kStages>
+struct Cfg {
+  static constexpr int kBM = 64 * kConsumers;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kABytes = kBM * kBK, kBBytes = kBN * kBK;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kAcc = kBN / 2;  // fp32 accumulators per thread (m64 x kBN / 128)
+  // stages, their full and empty barriers, and slack to align the stages to 1024 bytes
+  static constexpr int kSmem = kStages * kStageBytes + 2 * kStages * 8 + 1024;
+  static_assert(kStageBytes % 1024 == 0, "every stage's tiles stay 1024-byte aligned");
+  static_assert(kSmem <= 227 * 1024, "fits Hopper's shared memory per block");
+  static_assert(kFp8Block % kBN == 0, "a tile's columns share one block of b's scales");
+};
+
+struct Tile {
+  int g, row0, row_end, n0;
+};
+
+// The shared-memory group tables: rows [row_begin[g], row_end[g]) of the 2-d view belong to
+// group g; its m tiles are [tile_start[g], tile_start[g + 1]).
+struct Groups {
+  int tile_start[kMaxGroups + 1];
+  int row_begin[kMaxGroups];
+  int row_end[kMaxGroups];
+};
+
+__device__ inline int64_t index_at(const Args& a, int i) {
+  return a.index64 ? static_cast<const int64_t*>(a.index)[i]
+                   : static_cast<const int32_t*>(a.index)[i];
+}
+
+__device__ inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Fills the group tables (all threads of the block call it; ends with a barrier).
+template <int kBM>
+__device__ void build_groups(const Args& a, Groups& gs) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int G = a.groups;
+  for (int g = tid; g < G; g += static_cast<int>(blockDim.x)) {
+    int64_t lo, hi;
+    if (a.mode == kDense) {
+      lo = 0;
+      hi = a.rows_total;
+    } else if (a.mode == kContiguous) {
+      lo = index_at(a, g);
+      hi = index_at(a, g + 1);
+    } else {
+      lo = int64_t{g} * a.mmax;
+      hi = lo + clamp64(index_at(a, g), 0, a.mmax);
+    }
+    lo = clamp64(lo, 0, a.rows_total);
+    hi = clamp64(hi, lo, a.rows_total);
+    gs.row_begin[g] = static_cast<int>(lo);
+    gs.row_end[g] = static_cast<int>(hi);
+    gs.tile_start[g + 1] = static_cast<int>((hi - lo + kBM - 1) / kBM);  // counts for now
+  }
+  __syncthreads();
+  if (tid < 32) {  // warp 0: prefix sum of the counts, one contiguous chunk per lane
+    const int per = (G + 31) / 32, first = tid * per, last = min(G, first + per);
+    int sum = 0;
+    for (int g = first; g < last; ++g) sum += gs.tile_start[g + 1];
+    int incl = sum;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, off);
+      if (tid >= off) incl += v;
+    }
+    int run = incl - sum;  // exclusive prefix of this lane's chunk
+    for (int g = first; g < last; ++g) {
+      run += gs.tile_start[g + 1];
+      gs.tile_start[g + 1] = run;
+    }
+    if (tid == 0) gs.tile_start[0] = 0;
+  }
+  __syncthreads();
+}
+
+// Tile t of the raster order -> its group, rows and columns.
+template <int kBM, int kBN>
+__device__ inline Tile tile_at(int t, const Args& a, const Groups& gs, int tiles_m) {
+  const int per_band = kRasterN * tiles_m;
+  const int band = t / per_band, first_n = band * kRasterN;
+  const int width = min(kRasterN, a.tiles_n - first_n);
+  const int local = t - band * per_band;
+  const int vm = local / width, tn = first_n + local % width;
+  int lo = 0, hi = a.groups - 1;  // the last group whose first tile is <= vm
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (gs.tile_start[mid] <= vm) lo = mid;
+    else hi = mid - 1;
+  }
+  return Tile{lo, gs.row_begin[lo] + (vm - gs.tile_start[lo]) * kBM, gs.row_end[lo], tn * kBN};
+}
+
+__device__ inline void store2(float* d, int64_t i, float v0, float v1, bool both, bool vec) {
+  if (both && vec) {
+    *reinterpret_cast<float2*>(d + i) = make_float2(v0, v1);
+  } else {
+    d[i] = v0;
+    if (both) d[i + 1] = v1;
+  }
+}
+__device__ inline void store2(uint16_t* d, int64_t i, float v0, float v1, bool both, bool vec) {
+  const uint16_t h0 = f32_to_bf16(v0), h1 = f32_to_bf16(v1);
+  if (both && vec) {
+    *reinterpret_cast<uint32_t*>(d + i) = uint32_t{h0} | (uint32_t{h1} << 16);
+  } else {
+    d[i] = h0;
+    if (both) d[i + 1] = h1;
+  }
+}
+
+template <int kConsumers, int kBN, int kStages, class OutT>
+__global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
+    gemm_fp8_wgmma_kernel(const __grid_constant__ CUtensorMap tm_a,
+                          const __grid_constant__ CUtensorMap tm_b, const Args a) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Cfg<kConsumers, kBN, kStages>;
+  constexpr int kBM = C::kBM;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  __shared__ Groups gs;
+  uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  auto* full = reinterpret_cast<uint64_t*>(smem + kStages * C::kStageBytes);
+  uint64_t* empty = full + kStages;
+
+  if (threadIdx.x == 0) {
+    tma_prefetch_descriptor(&tm_a);
+    tma_prefetch_descriptor(&tm_b);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);                // the producer's expect_tx arrival
+      mbar_init(&empty[s], 4 * kConsumers);  // one arrival per consumer warp
+    }
+    fence_barrier_init();
+  }
+  build_groups<kBM>(a, gs);  // ends with __syncthreads: the barriers are visible too
+  const int tiles_m = gs.tile_start[a.groups];
+  const int tiles = tiles_m * a.tiles_n;
+  const int wg = static_cast<int>(threadIdx.x / 128);
+
+  if (wg == 0) {  // producer warpgroup: one thread issues every copy
+    if constexpr (kConsumers == 2) setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      uint32_t it = 0;
+      for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
+        const Tile tl = tile_at<kBM, kBN>(t, a, gs, tiles_m);
+        const int b_row = tl.g * a.n + tl.n0;
+        for (int kb = 0; kb < a.kbs; ++kb, ++it) {
+          const uint32_t s = it % kStages, phase = (it / kStages) & 1;
+          mbar_wait(&empty[s], phase ^ 1);
+          uint8_t* st = smem + s * C::kStageBytes;
+          mbar_arrive_expect_tx(&full[s], C::kStageBytes);
+          tma_load_2d(st, &tm_a, &full[s], kb * kBK, tl.row0);
+          tma_load_2d(st + C::kABytes, &tm_b, &full[s], kb * kBK, b_row);
+        }
+      }
+    }
+  } else {  // consumer warpgroup c: rows 64 c .. 64 c + 63 of each tile
+    if constexpr (kConsumers == 2) setmaxnreg_inc<232>();
+    const int c = wg - 1;
+    const int warp = static_cast<int>(threadIdx.x / 32) % 4, lane = static_cast<int>(threadIdx.x % 32);
+    const int g8 = lane / 4, t4 = lane % 4;
+    OutT* d = static_cast<OutT*>(a.d);
+    float part[C::kAcc];
+#pragma unroll
+    for (int i = 0; i < C::kAcc; ++i) part[i] = 0.0f;
+    uint32_t it = 0;
+    for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
+      const Tile tl = tile_at<kBM, kBN>(t, a, gs, tiles_m);
+      const int r_lo = tl.row0 + 64 * c + 16 * warp + g8, r_hi = r_lo + 8;
+      const float* sa_lo = a.sa + int64_t{min(r_lo, a.rows_total - 1)} * a.kbs;
+      const float* sa_hi = a.sa + int64_t{min(r_hi, a.rows_total - 1)} * a.kbs;
+      const float* sbp = a.sb + (int64_t{tl.g} * a.nbs + tl.n0 / kFp8Block) * a.kbs;
+      float acc[C::kAcc];
+#pragma unroll
+      for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
+      for (int kb = 0; kb < a.kbs; ++kb, ++it) {
+        const uint32_t s = it % kStages, phase = (it / kStages) & 1;
+        // The scales first: their loads are in flight while the tensor cores work.
+        const float a_lo = __ldg(sa_lo + kb), a_hi = __ldg(sa_hi + kb), b_s = __ldg(sbp + kb);
+        mbar_wait(&full[s], phase);
+        const uint8_t* st = smem + s * C::kStageBytes;
+        const uint64_t da = smem_desc_sw128(st + 64 * c * kBK);
+        const uint64_t db = smem_desc_sw128(st + C::kABytes);
+        fence_operands(part);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 32; ++kk)
+          WgmmaE4M3<kBN>::mma(part, desc_advance(da, 32 * kk), desc_advance(db, 32 * kk), kk);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(part);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);  // this warp is done reading stage s
+        const float s_lo = a_lo * b_s, s_hi = a_hi * b_s;
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+          acc[4 * j + 0] = fmaf(part[4 * j + 0], s_lo, acc[4 * j + 0]);
+          acc[4 * j + 1] = fmaf(part[4 * j + 1], s_lo, acc[4 * j + 1]);
+          acc[4 * j + 2] = fmaf(part[4 * j + 2], s_hi, acc[4 * j + 2]);
+          acc[4 * j + 3] = fmaf(part[4 * j + 3], s_hi, acc[4 * j + 3]);
+        }
+      }
+      const bool lo_in = r_lo < tl.row_end, hi_in = r_hi < tl.row_end;
+      const bool vec = a.vec_store != 0;
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int col = tl.n0 + 8 * j + 2 * t4;
+        if (col >= a.n) continue;
+        const bool both = col + 1 < a.n;
+        if (lo_in) store2(d, int64_t{r_lo} * a.n + col, acc[4 * j], acc[4 * j + 1], both, vec);
+        if (hi_in)
+          store2(d, int64_t{r_hi} * a.n + col, acc[4 * j + 2], acc[4 * j + 3], both, vec);
+      }
+    }
+  }
+#else
+  // Built for another architecture: wgmma does not exist there; the host never launches this.
+  (void)tm_a;
+  (void)tm_b;
+  (void)a;
+  __trap();
+#endif
+}
+
+template <int kConsumers, int kBN, int kStages, class OutT>
+void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int grid,
+            cudaStream_t s) {
+  using C = Cfg<kConsumers, kBN, kStages>;
+  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, OutT>;
+  R1_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
+  kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
+  R1_CUDA_CHECK_LAUNCH();
+}
+
+// The compiled configurations (block_m, block_n, stages): 2 or 1 consumer warpgroups, 128 or
+// 64 columns; stages fill about 192 KB of shared memory.
+template <class OutT>
+void launch_config(const Fp8WgmmaConfig& c, const CUtensorMap& ta, const CUtensorMap& tb,
+                   const Args& args, int grid, cudaStream_t s) {
+  if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, OutT>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, OutT>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, OutT>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, OutT>(ta, tb, args, grid, s);
+  else R1_CHECK(false, "gemm_fp8_wgmma: configuration {} is not compiled", c.name());
+}
+
+// ---- configuration choice: tuned table or default -------------------------------------------
+
+std::string gpu_slug(int device) {
+  cudaDeviceProp p{};
+  R1_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  std::string s;
+  for (const char* c = p.name; *c; ++c) {
+    const char ch = *c;
+    if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) s += ch;
+    else if (ch >= 'A' && ch <= 'Z') s += static_cast<char>(ch - 'A' + 'a');
+    else if (!s.empty() && s.back() != '-') s += '-';
+  }
+  while (!s.empty() && s.back() == '-') s.pop_back();
+  return s;
+}
+
+struct Table {
+  std::string path;  // empty: none found
+  // (n, k) -> m -> configuration
+  std::map<std::pair<int64_t, int64_t>, std::map<int64_t, Fp8WgmmaConfig>> entries;
+};
+
+std::optional<Fp8WgmmaConfig> parse_config(const std::string& s) {
+  Fp8WgmmaConfig c;
+  char x1 = 0, x2 = 0;
+  std::istringstream in(s);
+  if (!(in >> c.block_m >> x1 >> c.block_n >> x2 >> c.stages) || x1 != 'x' || x2 != 'x')
+    return std::nullopt;
+  const auto& all = fp8_wgmma_configs();
+  if (std::find(all.begin(), all.end(), c) == all.end()) return std::nullopt;
+  return c;
+}
+
+// The table for `device` (fp8_wgmma_table_path). A line that does not parse makes the whole
+// table ignored (with a warning): a half-read table would silently mix tuned and default
+// choices.
+Table load_table(int device) {
+  Table t;
+  const std::string path = fp8_wgmma_table_path(device);
+  std::ifstream in(path);
+  if (!in) return t;
+  std::string line;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (const auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream ls(line);
+    int64_t m = 0, n = 0, k = 0;
+    std::string name;
+    if (!(ls >> m)) continue;  // blank or comment
+    std::optional<Fp8WgmmaConfig> c;
+    if (!(ls >> n >> k >> name) || !(c = parse_config(name))) {
+      log_warn("{}:{}: not 'm n k config' with a compiled config; ignoring the tuned table",
+               path, lineno);
+      t.entries.clear();
+      return t;
+    }
+    t.entries[{n, k}][m] = *c;
+  }
+  t.path = path;
+  return t;
+}
+
+const Table& table_for(int device) {
+  static std::mutex mu;
+  static std::map<int, Table> tables;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = tables.find(device);
+  if (it == tables.end()) it = tables.emplace(device, load_table(device)).first;
+  return it->second;
+}
+
+Fp8WgmmaConfig default_config(int device, int64_t m, int64_t n) {
+  // The largest tile whose count fills every multiprocessor; else the most tiles (ties: the
+  // smaller block_m, which wastes fewer rows of a short M).
+  const int64_t sms = sm_count(device);
+  const Fp8WgmmaConfig order[] = {{128, 128, 6}, {64, 128, 8}, {128, 64, 8}, {64, 64, 8}};
+  auto tiles = [&](const Fp8WgmmaConfig& c) {
+    return ((m + c.block_m - 1) / c.block_m) * ((n + c.block_n - 1) / c.block_n);
+  };
+  for (const auto& c : order)
+    if (tiles(c) >= sms) return c;
+  Fp8WgmmaConfig best = order[0];
+  for (const auto& c : order)
+    if (tiles(c) > tiles(best) || (tiles(c) == tiles(best) && c.block_m < best.block_m))
+      best = c;
+  return best;
+}
+
+CUtensorMap map_rows(const Tensor& x, int64_t rows, int64_t k, int box_rows) {
+  return make_tma_map_u8(x.data_ptr(), static_cast<uint64_t>(rows), static_cast<uint64_t>(k),
+                         static_cast<uint64_t>(k), static_cast<uint32_t>(box_rows), kBK);
+}
+
+// Shared by the dense and grouped entry points: a (rows_total, k), b (groups n, k).
+void run(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q, const Tensor& b_scales,
+         Tensor& d, int mode, const Tensor* index, int64_t rows_total, int64_t mmax,
+         int64_t groups, int64_t n, int64_t k, int64_t tile_bound_m, const char* what,
+         const Fp8WgmmaConfig* config) {
+  const int dev = d.device().index;
+  R1_CHECK(fp8_wgmma_supported(dev), "{}: needs an sm_90 GPU (wgmma)", what);
+  R1_CHECK(k % 16 == 0 && k > 0, "{}: K {} must be a positive multiple of 16 (TMA row pitch)",
+           what, k);
+  R1_CHECK(reinterpret_cast<uintptr_t>(a_q.data_ptr()) % 16 == 0 &&
+               reinterpret_cast<uintptr_t>(b_q.data_ptr()) % 16 == 0,
+           "{}: a_q and b_q must be 16-byte aligned", what);
+  R1_CHECK(groups >= 1 && groups <= kMaxGroups, "{}: {} groups (at most {})", what, groups,
+           kMaxGroups);
+  R1_CHECK(rows_total < (int64_t{1} << 31) && groups * n < (int64_t{1} << 31) &&
+               k < (int64_t{1} << 31),
+           "{}: sizes exceed 32-bit tile coordinates", what);
+  const Fp8WgmmaConfig c = config ? *config : fp8_wgmma_choose(dev, rows_total / groups, n, k);
+  DeviceGuard guard(dev);
+  const cudaStream_t s = current_stream(dev);
+  const size_t out_bytes = d.dtype() == DType::F32 ? 4 : 2;
+  Args args{};
+  args.sa = a_scales.data<float>();
+  args.sb = b_scales.data<float>();
+  args.d = d.data_ptr();
+  args.index = index ? index->data_ptr() : nullptr;
+  args.index64 = index && index->dtype() == DType::I64;
+  args.mode = mode;
+  args.groups = static_cast<int>(groups);
+  args.rows_total = static_cast<int>(rows_total);
+  args.mmax = static_cast<int>(mmax);
+  args.n = static_cast<int>(n);
+  args.kbs = static_cast<int>(fp8_blocks(k));
+  args.nbs = static_cast<int>(fp8_blocks(n));
+  args.tiles_n = static_cast<int>((n + c.block_n - 1) / c.block_n);
+  args.vec_store = n % 2 == 0 && reinterpret_cast<uintptr_t>(d.data_ptr()) % (2 * out_bytes) == 0;
+  const int64_t tiles = ((tile_bound_m + c.block_m - 1) / c.block_m + (mode == kDense ? 0 : groups)) *
+                        args.tiles_n;
+  const int grid = static_cast<int>(std::min<int64_t>(tiles, sm_count(dev)));
+  if (grid == 0) return;
+  const CUtensorMap ta = map_rows(a_q, rows_total, k, c.block_m);
+  const CUtensorMap tb = map_rows(b_q, groups * n, k, c.block_n);
+  if (d.dtype() == DType::F32) launch_config<float>(c, ta, tb, args, grid, s);
+  else launch_config<uint16_t>(c, ta, tb, args, grid, s);
+}
+
+}  // namespace
+
+std::string Fp8WgmmaConfig::name() const {
+  return std::to_string(block_m) + "x" + std::to_string(block_n) + "x" + std::to_string(stages);
+}
+
+const std::vector<Fp8WgmmaConfig>& fp8_wgmma_configs() {
+  static const std::vector<Fp8WgmmaConfig> all = {
+      {128, 128, 6}, {128, 64, 8}, {64, 128, 8}, {64, 64, 8}};
+  return all;
+}
+
+std::string fp8_wgmma_table_path(int device) {
+  if (const char* f = std::getenv("R1_FP8_TUNED"); f && *f) return f;
+  const char* dir = std::getenv("R1_TUNED_DIR");
+  return std::string(dir && *dir ? dir : R1_TUNED_DIR_DEFAULT) + "/fp8_gemm-" + gpu_slug(device) +
+         ".tsv";
+}
+
+bool fp8_wgmma_supported(int device) {
+  int major = 0, minor = 0;
+  R1_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  R1_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+}
+
+Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k) {
+  const Table& t = table_for(device);
+  if (const auto it = t.entries.find({n, k}); it != t.entries.end()) {
+    const auto& by_m = it->second;
+    const auto at = by_m.lower_bound(m);
+    const Fp8WgmmaConfig c = at != by_m.end() ? at->second : by_m.rbegin()->second;
+    log_once("fp8-wgmma-table", fmt::format("gemm_fp8_wgmma: tile shapes from {}", t.path));
+    return c;
+  }
+  log_once(fmt::format("fp8-wgmma-default-{}", t.path.empty() ? "none" : "miss"),
+           t.path.empty()
+               ? fmt::format("gemm_fp8_wgmma: no tuned table for {} (r1-fp8-tune writes one); "
+                             "default tile shapes", gpu_slug(device))
+               : fmt::format("gemm_fp8_wgmma: {} has no entry for some shapes (first: N {} K "
+                             "{}); default tile shapes for those", t.path, n, k));
+  return default_config(device, m, n);
+}
+
+void gemm_fp8_blockscaled_wgmma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                const Tensor& b_scales, Tensor& d, const Fp8WgmmaConfig* config) {
+  check_gemm_fp8_blockscaled(a_q, a_scales, b_q, b_scales, d,
+                             d.dtype() == DType::F32 || d.dtype() == DType::BF16);
+  const int64_t m = a_q.size(0), k = a_q.size(1), n = b_q.size(0);
+  if (m == 0 || n == 0) return;
+  run(a_q, a_scales, b_q, b_scales, d, kDense, nullptr, m, 0, 1, n, k, m,
+      "gemm_fp8_blockscaled_wgmma", config);
+}
+
+void gemm_fp8_grouped_contiguous_wgmma(const Tensor& a_q, const Tensor& a_scales,
+                                       const Tensor& b_q, const Tensor& b_scales,
+                                       const Tensor& offsets, Tensor& d,
+                                       const Fp8WgmmaConfig* config) {
+  check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, offsets, d, /*masked=*/false,
+                         d.dtype() == DType::F32 || d.dtype() == DType::BF16);
+  const int64_t m = a_q.size(0), k = a_q.size(1), g = b_q.size(0), n = b_q.size(1);
+  if (m == 0 || n == 0 || g == 0) return;
+  run(a_q, a_scales, b_q, b_scales, d, kContiguous, &offsets, m, 0, g, n, k, m,
+      "gemm_fp8_grouped_contiguous_wgmma", config);
+}
+
+void gemm_fp8_grouped_masked_wgmma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                   const Tensor& b_scales, const Tensor& counts, Tensor& d,
+                                   const Fp8WgmmaConfig* config) {
+  check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, counts, d, /*masked=*/true,
+                         d.dtype() == DType::F32 || d.dtype() == DType::BF16);
+  const int64_t g = a_q.size(0), mmax = a_q.size(1), k = a_q.size(2), n = b_q.size(1);
+  if (g == 0 || mmax == 0 || n == 0) return;
+  // Each group's tiles stay inside its Mmax slot: bound the grid by G ceil(Mmax / block_m).
+  run(a_q, a_scales, b_q, b_scales, d, kMasked, &counts, g * mmax, mmax, g, n, k,
+      g * mmax, "gemm_fp8_grouped_masked_wgmma", config);
+}
+
+}  // namespace r1::cuda
