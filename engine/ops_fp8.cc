@@ -1,9 +1,12 @@
 // linear_fp8 (engine/ops_fp8.h): quantize, block-scaled GEMM, and the same for the backward.
 #include "engine/ops_fp8.h"
 
+#include <algorithm>
+
 #include "engine/autograd.h"
 #include "engine/kernels.h"
 #include "engine/nvtx.h"
+#include "engine/ops.h"
 
 namespace r1 {
 namespace {
@@ -25,6 +28,11 @@ Tensor fp8_product(const Tensor& a, const Tensor& b, DType out) {
 }
 
 Tensor transposed(const Tensor& t) { return t.transpose(0, 1).contiguous(); }
+
+// t's values rounded to bf16 (RNE), in t's dtype.
+Tensor bf16_round(const Tensor& t) {
+  return t.dtype() == DType::BF16 ? t : t.to(DType::BF16).to(t.dtype());
+}
 
 }  // namespace
 
@@ -51,6 +59,35 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w) {
     Tensor dx, dw;
     if (gx) dx = fp8_product(dy, transposed(w2), dy.dtype()).view(sx);  // dy (w^T)^T = dy w
     if (gw) dw = fp8_product(transposed(dy), transposed(x2), dy.dtype());  // dy^T (x^T)^T
+    return {dx, dw};
+  });
+  return y;
+}
+
+Tensor linear_bf16(const Tensor& x, const Tensor& w) {
+  R1_NVTX_RANGE("linear_bf16");
+  R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),
+           "linear_bf16: x {} and w {} must share dtype and device", x.str(), w.str());
+  R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
+           "linear_bf16: x {}: f32 or bf16", x.str());
+  R1_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1),
+           "linear_bf16: x {} and w {} (want x (..., in), w (out, in))", shape_str(x.shape()),
+           shape_str(w.shape()));
+  if (x.dtype() == DType::BF16) return linear(x, w);
+  const int64_t in = w.size(1), out_f = w.size(0);
+  const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
+  const Tensor x2 = bf16_round(x.detach().contiguous().view({rows, in}));
+  const Tensor w2 = bf16_round(w.detach().contiguous());
+  Shape out_shape = x.shape();
+  out_shape.back() = out_f;
+  Tensor y = bf16_round(linear(x2, w2)).view(out_shape);
+  const bool gx = x.requires_grad(), gw = w.requires_grad();
+  const Shape sx = x.shape();
+  record("linear_bf16", {x, w}, {&y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+    const Tensor dy = bf16_round(g[0].contiguous().view({rows, out_f}));
+    Tensor dx, dw;
+    if (gx) dx = bf16_round(matmul(dy, w2)).view(sx);                  // dy w
+    if (gw) dw = bf16_round(matmul(dy, x2, /*trans_a=*/true));         // dy^T x
     return {dx, dw};
   });
   return y;

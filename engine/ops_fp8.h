@@ -18,4 +18,13 @@ namespace r1 {
 // Differentiable w.r.t. x and w (the gradients are the FP8 GEMMs above, not the exact ones).
 Tensor linear_fp8(const Tensor& x, const Tensor& w);
 
+// The bf16 baseline the FP8 recipe is measured against (DeepSeek-V3 compares FP8 training
+// with BF16 training), for the same layers: every GEMM of the layer (fprop, dgrad, wgrad)
+// takes bf16 operands, accumulates in fp32 and writes a bf16 result, as a bf16 GEMM under
+// mixed precision does (PyTorch autocast: the weight's gradient comes out of the bf16 GEMM
+// too); master weights stay in their own dtype. f32 tensors: each operand and result is
+// rounded to bf16 (RNE) around an f32 GEMM, i.e. a bf16 GEMM with fp32 accumulation emulated
+// exactly up to the accumulation order; bf16 tensors: plain linear.
+Tensor linear_bf16(const Tensor& x, const Tensor& w);
+
 }  // namespace r1

@@ -284,11 +284,12 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   r.read("tie_word_embeddings", c.tie_word_embeddings);
   std::string precision = "default";
   r.read("precision", precision);
-  if (precision != "default" && precision != "fp8")
-    r.fail("precision", "must be \"fp8\" or \"default\" (the parameters' own dtype)");
+  if (precision != "default" && precision != "fp8" && precision != "bf16")
+    r.fail("precision", "must be \"fp8\", \"bf16\" or \"default\" (the parameters' own dtype)");
   c.fp8 = precision == "fp8";
-  if (c.fp8 && !c.is_deepseek())
-    r.fail("precision", "fp8 is implemented for the DeepSeek-V3 model only");
+  c.bf16_linear = precision == "bf16";
+  if ((c.fp8 || c.bf16_linear) && !c.is_deepseek())
+    r.fail("precision", precision + " is implemented for the DeepSeek-V3 model only");
   r.read("hidden_act", c.hidden_act);
   r.read("bos_token_id", c.bos_token_id);
   r.read("eos_token_id", c.eos_token_id);
@@ -361,6 +362,7 @@ std::string model_config_json(const ModelConfig& c) {
   }
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   if (c.fp8) j["precision"] = "fp8";
+  if (c.bf16_linear) j["precision"] = "bf16";
   j["hidden_act"] = c.hidden_act;
   if (c.bos_token_id) j["bos_token_id"] = *c.bos_token_id;
   if (c.eos_token_id) j["eos_token_id"] = *c.eos_token_id;

@@ -51,6 +51,9 @@ struct ModelConfig {
   // (engine/ops_fp8.h, DeepSeek-V3's recipe); the router, the LM head, embeddings, norms and
   // attention itself stay in the parameters' precision, as in the V3 report.
   bool fp8 = false;
+  // "precision": "bf16": the same layers through linear_bf16 (bf16 GEMMs with fp32
+  // accumulation, the baseline FP8 training is compared with); exclusive with fp8.
+  bool bf16_linear = false;
   std::string hidden_act = "silu";
   std::optional<int64_t> bos_token_id, eos_token_id;
   // ---- dense students (Qwen2, Llama) --------------------------------------------------------

@@ -117,7 +117,9 @@ const Tensor& DeepseekV3::p(const std::string& name) const {
 }
 
 Tensor DeepseekV3::proj(const Tensor& x, const std::string& name) const {
-  return cfg_.fp8 ? linear_fp8(x, p(name)) : linear(x, p(name));
+  if (cfg_.fp8) return linear_fp8(x, p(name));
+  if (cfg_.bf16_linear) return linear_bf16(x, p(name));
+  return linear(x, p(name));
 }
 
 Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {

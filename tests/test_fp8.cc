@@ -12,13 +12,17 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/convert.h"
 #include "engine/kernels.h"
 #include "engine/tensor.h"
+#include "kernels/cuda/fp8/gemm_fp8_schedule.h"
 #include "tests/harness.h"
 
 #if defined(R1_HAVE_CUDA)
@@ -381,6 +385,45 @@ TEST(Fp8Cpu, GroupedGemmsRejectBadOffsetsAndCounts) {
                                                   Tensor::from_vector(std::vector<int64_t>{3},
                                                                       {1}), dm),
                Error);  // one count for two groups
+}
+
+// The wgmma kernel's tile schedule (kernels/cuda/fp8/gemm_fp8_schedule.h, the same function
+// the kernel calls): for random groups (empty ones, ones shorter than a tile, long ones) and
+// every tile shape, the tiles 0 .. tiles_m * tiles_n - 1 map one to one onto (group, m tile,
+// n tile), each tile's rows inside its group.
+TEST(Fp8Schedule, EveryTileOfEveryGroupOnce) {
+  namespace fs = cuda::fp8_schedule;
+  std::mt19937_64 rng(case_seed(1900));
+  for (int trial = 0; trial < 200; ++trial) {
+    const int groups = 1 + static_cast<int>(rng() % 40);
+    const int bm = rng() % 2 ? 64 : 128, bn = rng() % 2 ? 64 : 128;
+    const int tiles_n = 1 + static_cast<int>(rng() % 21);
+    auto gs = std::make_unique<fs::Groups>();
+    gs->tile_start[0] = 0;
+    int row = 0;
+    for (int g = 0; g < groups; ++g) {
+      const int rows = rng() % 4 == 0 ? 0 : static_cast<int>(rng() % 400);
+      gs->row_begin[g] = row;
+      gs->row_end[g] = row + rows;
+      gs->tile_start[g + 1] = gs->tile_start[g] + (rows + bm - 1) / bm;
+      row += rows;
+    }
+    const int tiles_m = gs->tile_start[groups];
+    std::set<std::tuple<int, int, int>> seen;
+    for (int t = 0; t < tiles_m * tiles_n; ++t) {
+      const fs::Tile tl = fs::tile_at(t, *gs, groups, tiles_m, tiles_n, bm, bn);
+      ASSERT_TRUE(tl.g >= 0 && tl.g < groups) << "trial " << trial << " tile " << t;
+      ASSERT_GE(tl.row0, gs->row_begin[tl.g]);
+      ASSERT_LT(tl.row0, gs->row_end[tl.g]) << "trial " << trial << " tile " << t;
+      ASSERT_EQ(tl.row_end, gs->row_end[tl.g]);
+      ASSERT_EQ((tl.row0 - gs->row_begin[tl.g]) % bm, 0);
+      ASSERT_TRUE(tl.n0 % bn == 0 && tl.n0 / bn < tiles_n);
+      ASSERT_TRUE(seen.insert({tl.g, tl.row0, tl.n0}).second)
+          << "trial " << trial << ": tile " << t << " repeats (" << tl.g << ", " << tl.row0
+          << ", " << tl.n0 << ")";
+    }
+    EXPECT_EQ(static_cast<int64_t>(seen.size()), int64_t{tiles_m} * tiles_n);
+  }
 }
 
 #if defined(R1_HAVE_CUDA)

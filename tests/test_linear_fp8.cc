@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -89,6 +91,81 @@ TEST(LinearFp8, StaysWithinFp8ErrorOfTheExactLayer) {
                 name, err);
     EXPECT_LT(err, 0.08) << name;  // two quantized operands: ~5% expected
     EXPECT_GT(err, 1e-3) << name << ": no quantization error at all: is FP8 really used?";
+  }
+}
+
+// bf16 RNE of an f32 value, written here from the bit pattern (independent of engine/convert).
+float to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+// a (m, k) b (n, k) -> per element the f64 dot of the bf16-rounded operands and sum |a b|.
+void bf16_dot_ref(const std::vector<float>& a, const std::vector<float>& b, int64_t m, int64_t n,
+                  int64_t k, std::vector<double>* val, std::vector<double>* abs) {
+  val->assign(static_cast<size_t>(m * n), 0.0);
+  abs->assign(val->size(), 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double v = 0, s = 0;
+      for (int64_t l = 0; l < k; ++l) {
+        const double p = double{to_bf16(a[static_cast<size_t>(i * k + l)])} *
+                         to_bf16(b[static_cast<size_t>(j * k + l)]);
+        v += p;
+        s += std::fabs(p);
+      }
+      (*val)[static_cast<size_t>(i * n + j)] = v;
+      (*abs)[static_cast<size_t>(i * n + j)] = s;
+    }
+}
+
+std::vector<float> transpose_of(const std::vector<float>& a, int64_t r, int64_t c) {
+  std::vector<float> t(a.size());
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) t[static_cast<size_t>(j * r + i)] = a[static_cast<size_t>(i * c + j)];
+  return t;
+}
+
+// linear_bf16 on f32 tensors: each GEMM of the layer is a bf16 GEMM with fp32 accumulation
+// and a bf16 result. Against f64 dots of bf16-rounded operands: every output is a bf16 value
+// (low 16 bits zero) within one bf16 rounding (2^-8 relative) plus the fp32 accumulation
+// (k 2^-24 sum |a b|) of the exact dot.
+TEST(LinearBf16, EqualsBf16GemmsWithFp32Accumulation) {
+  const int64_t m = 45, k = 200, n = 70;
+  const Tensor x = Tensor::randn({m, k}, case_seed(30));
+  const Tensor w = Tensor::randn({n, k}, case_seed(31), DType::F32, Device::cpu(), 0.05);
+  const Tensor g = Tensor::randn({m, n}, case_seed(32));
+  Tensor xg = x.clone().set_requires_grad(), wg = w.clone().set_requires_grad();
+  const Tensor y = linear_bf16(xg, wg);
+  backward(sum(mul(y, g)));
+  const std::vector<float> xv = x.to_float_vector(), wv = w.to_float_vector(), gv = g.to_float_vector();
+  struct Case {
+    const char* name;
+    Tensor got;
+    std::vector<float> a, b;
+    int64_t rows, cols, inner;
+  };
+  const Case cases[] = {
+      {"y = x w^T", y.detach(), xv, wv, m, n, k},
+      {"dx = g w", xg.grad(), gv, transpose_of(wv, n, k), m, k, n},
+      {"dw = g^T x", wg.grad(), transpose_of(gv, m, n), transpose_of(xv, m, k), n, k, m}};
+  for (const Case& c : cases) {
+    std::vector<double> ref, abs;
+    bf16_dot_ref(c.a, c.b, c.rows, c.cols, c.inner, &ref, &abs);
+    const std::vector<float> got = c.got.to_float_vector();
+    ASSERT_EQ(got.size(), ref.size()) << c.name;
+    int64_t bad = 0, not_bf16 = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      not_bf16 += to_bf16(got[i]) != got[i];
+      const double tol = 0x1p-8 * std::fabs(ref[i]) + c.inner * 0x1p-24 * abs[i];
+      if (!(std::fabs(got[i] - ref[i]) <= tol) && bad++ < 3)
+        ADD_FAILURE() << c.name << " element " << i << ": " << got[i] << " vs " << ref[i];
+    }
+    EXPECT_EQ(bad, 0) << c.name;
+    EXPECT_EQ(not_bf16, 0) << c.name << ": outputs are not bf16 values";
   }
 }
 

@@ -45,7 +45,7 @@ struct Options {
   std::string tasks = "countdown,ordering,list", difficulty = "1";
   bool single_digits = true;  // the trained tokenizer splits numbers digit by digit
   bool han_chars = false;     // ... and Chinese text character by character
-  std::string precision;      // "fp8" or "default": overrides the model config's
+  std::string precision;      // "fp8", "bf16" or "default": overrides the model config's
   double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3,
          careful_share = 0.0;
 };
@@ -69,9 +69,13 @@ int run(const Options& o) {
   namespace fs = std::filesystem;
   fs::create_directories(o.out);
   ModelConfig cfg = load_model_config(o.config);
-  if (!o.precision.empty()) cfg.fp8 = o.precision == "fp8";
-  if (cfg.fp8 && !cfg.is_deepseek())
-    throw InputError(o.config + ": --precision fp8 is implemented for the DeepSeek-V3 model only");
+  if (!o.precision.empty()) {
+    cfg.fp8 = o.precision == "fp8";
+    cfg.bf16_linear = o.precision == "bf16";
+  }
+  if ((cfg.fp8 || cfg.bf16_linear) && !cfg.is_deepseek())
+    throw InputError(o.config + ": --precision " + o.precision +
+                     " is implemented for the DeepSeek-V3 model only");
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);
 
@@ -253,8 +257,8 @@ int main(int argc, char** argv) {
   app.add_option("--chinese-share", o.chinese_share, "share of Chinese documents")->check(CLI::Range(0.0, 1.0));
   app.add_option("--r1-format-share", o.r1_format_share, "share of task documents as R1-Zero conversations")->check(CLI::Range(0.0, 1.0));
   app.add_option("--wrong-share", o.wrong_share, "share of task documents with a wrong final answer")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--precision", o.precision, "the model's linear layers: fp8 (DeepSeek-V3's block-scaled recipe, engine/ops_fp8.h) or default (the config's)")
-      ->check(CLI::IsMember({"fp8", "default"}));
+  app.add_option("--precision", o.precision, "the model's linear layers: fp8 (DeepSeek-V3's block-scaled recipe, engine/ops_fp8.h), bf16 (bf16 GEMMs, fp32 accumulation: FP8's baseline) or default (the config's)")
+      ->check(CLI::IsMember({"fp8", "bf16", "default"}));
   app.add_option("--careful-share", o.careful_share, "share of task documents with the family's careful (search/check) solution")->check(CLI::Range(0.0, 1.0));
   try {
     app.parse(argc, argv);

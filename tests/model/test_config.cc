@@ -154,7 +154,7 @@ TEST(ModelConfig, BadFieldsNameTheFileAndTheField) {
       {kQwen25, "num_key_value_heads", "3", "field 'num_key_value_heads': 3 does not divide"},
       {kQwen25, "use_sliding_window", "true", "field 'use_sliding_window'"},
       {kQwen25, "n_routed_experts", "4", "field 'n_routed_experts'"},
-      {kDeepseekV3, "precision", "\"fp4\"", "field 'precision': must be \"fp8\" or \"default\""},
+      {kDeepseekV3, "precision", "\"fp4\"", "field 'precision': must be \"fp8\", \"bf16\" or \"default\""},
       {kQwen25, "precision", "\"fp8\"", "field 'precision': fp8 is implemented for the DeepSeek-V3"},
   };
   for (const Case& c : cases) {
@@ -194,6 +194,11 @@ TEST(ModelConfig, SaveLoadRoundTripsAtomically) {
   EXPECT_FALSE(parse_model_config(kDeepseekV3, "in.json").fp8);
   save_model_config(c8, (dir / "config.json").string());
   EXPECT_TRUE(load_model_config((dir / "config.json").string()).fp8);
+  // precision: bf16 likewise (the FP8 recipe's baseline).
+  ModelConfig c16 = parse_model_config(with_field(kDeepseekV3, "precision", "\"bf16\""), "in.json");
+  EXPECT_TRUE(c16.bf16_linear && !c16.fp8);
+  save_model_config(c16, (dir / "config.json").string());
+  EXPECT_TRUE(load_model_config((dir / "config.json").string()).bf16_linear);
   int files = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     (void)e;

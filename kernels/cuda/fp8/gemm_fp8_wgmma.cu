@@ -43,6 +43,7 @@
 #include "engine/log.h"
 #include "kernels/cuda/common/hopper.cuh"
 #include "kernels/cuda/common/tma.h"
+#include "kernels/cuda/fp8/gemm_fp8_schedule.h"
 
 #ifndef R1_TUNED_DIR_DEFAULT
 #define R1_TUNED_DIR_DEFAULT "bench/tuned"
@@ -54,8 +55,10 @@ namespace {
 using namespace hopper;
 
 constexpr int kBK = 128;      // bytes per row of a k-block (kFp8Block e4m3)
-constexpr int kRasterN = 8;   // n tiles per raster band
-constexpr int kMaxGroups = kFp8WgmmaMaxGroups;
+using fp8_schedule::Groups;
+using fp8_schedule::kMaxGroups;
+using fp8_schedule::Tile;
+static_assert(kMaxGroups == kFp8WgmmaMaxGroups, "one group limit");
 static_assert(kBK == kFp8Block, "a stage holds one k-block");
 
 enum Mode : int { kDense = 0, kContiguous = 1, kMasked = 2 };
@@ -87,18 +90,6 @@ struct Cfg {
   static_assert(kStageBytes % 1024 == 0, "every stage's tiles stay 1024-byte aligned");
   static_assert(kSmem <= 227 * 1024, "fits Hopper's shared memory per block");
   static_assert(kFp8Block % kBN == 0, "a tile's columns share one block of b's scales");
-};
-
-struct Tile {
-  int g, row0, row_end, n0;
-};
-
-// The shared-memory group tables: rows [row_begin[g], row_end[g]) of the 2-d view belong to
-// group g; its m tiles are [tile_start[g], tile_start[g + 1]).
-struct Groups {
-  int tile_start[kMaxGroups + 1];
-  int row_begin[kMaxGroups];
-  int row_end[kMaxGroups];
 };
 
 __device__ inline int64_t index_at(const Args& a, int i) {
@@ -154,23 +145,6 @@ __device__ void build_groups(const Args& a, Groups& gs) {
   __syncthreads();
 }
 
-// Tile t of the raster order -> its group, rows and columns.
-template <int kBM, int kBN>
-__device__ inline Tile tile_at(int t, const Args& a, const Groups& gs, int tiles_m) {
-  const int per_band = kRasterN * tiles_m;
-  const int band = t / per_band, first_n = band * kRasterN;
-  const int width = min(kRasterN, a.tiles_n - first_n);
-  const int local = t - band * per_band;
-  const int vm = local / width, tn = first_n + local % width;
-  int lo = 0, hi = a.groups - 1;  // the last group whose first tile is <= vm
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (gs.tile_start[mid] <= vm) lo = mid;
-    else hi = mid - 1;
-  }
-  return Tile{lo, gs.row_begin[lo] + (vm - gs.tile_start[lo]) * kBM, gs.row_end[lo], tn * kBN};
-}
-
 __device__ inline void store2(float* d, int64_t i, float v0, float v1, bool both, bool vec) {
   if (both && vec) {
     *reinterpret_cast<float2*>(d + i) = make_float2(v0, v1);
@@ -221,7 +195,7 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
     if (threadIdx.x == 0) {
       uint32_t it = 0;
       for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
-        const Tile tl = tile_at<kBM, kBN>(t, a, gs, tiles_m);
+        const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kBN);
         const int b_row = tl.g * a.n + tl.n0;
         for (int kb = 0; kb < a.kbs; ++kb, ++it) {
           const uint32_t s = it % kStages, phase = (it / kStages) & 1;
@@ -244,7 +218,7 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
     for (int i = 0; i < C::kAcc; ++i) part[i] = 0.0f;
     uint32_t it = 0;
     for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
-      const Tile tl = tile_at<kBM, kBN>(t, a, gs, tiles_m);
+      const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kBN);
       const int r_lo = tl.row0 + 64 * c + 16 * warp + g8, r_hi = r_lo + 8;
       const float* sa_lo = a.sa + int64_t{min(r_lo, a.rows_total - 1)} * a.kbs;
       const float* sa_hi = a.sa + int64_t{min(r_hi, a.rows_total - 1)} * a.kbs;
