@@ -337,6 +337,18 @@ void BM_QuantizeFp8Rows(benchmark::State& st) {
             [&] { kernels::quantize_fp8_rows()(kGpu, x, q, sc); });
 }
 
+// The wgrad operand dy^T: bf16 dy (M, N) -> e4m3 (N, M) with 1x128 scales along M, without
+// forming dy^T (the transposed quantizer).
+void BM_QuantizeFp8RowsTransposed(benchmark::State& st) {
+  const int64_t M = 16384, N = 7168;
+  const Tensor x = dev_randn({M, N}, DType::BF16, 45);
+  Tensor q = Tensor::empty({N, M}, DType::E4M3, kGpu);
+  Tensor sc = Tensor::empty({N, fp8_blocks(M)}, DType::F32, kGpu);
+  st.SetLabel("bf16 (16384,7168) -> e4m3 (7168,16384), 1x128 scales along M");
+  run_timed(st, M * N * 3.0 + sc.numel() * 4.0, 0,
+            [&] { kernels::quantize_fp8_rows_transposed()(kGpu, x, q, sc); });
+}
+
 // Weights: f32 master (N, K) -> e4m3 (N, K) + f32 scales per 128x128 block.
 void BM_QuantizeFp8Blocks(benchmark::State& st) {
   const int64_t N = 7168, K = 16384;
@@ -410,6 +422,7 @@ void register_all() {
   reg("AdamW", BM_AdamW)->Arg(0)->Arg(1);
   reg("QuantizeFp8Rows", BM_QuantizeFp8Rows);
   reg("QuantizeFp8Blocks", BM_QuantizeFp8Blocks);
+  reg("QuantizeFp8RowsTransposed", BM_QuantizeFp8RowsTransposed);
   auto* g = reg("GemmBf16", BM_GemmBf16);
   for (int64_t m : {64, 128, 4096})
     for (auto [n, k] : {std::pair<int64_t, int64_t>{2112, 7168}, {24576, 1536}, {32768, 512},

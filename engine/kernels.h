@@ -147,6 +147,11 @@ R1_KERNEL(quantize_fp8_rows, void(const Tensor& x, Tensor& q, Tensor& scales))
 // w (N, K) f32 or bf16 -> q (N, K) e4m3, scales (NB, KB) f32; scales[nb, kb] covers the
 // block w[nb*128 : nb*128 + 128, kb*128 : kb*128 + 128] (clipped to the matrix).
 R1_KERNEL(quantize_fp8_blocks, void(const Tensor& w, Tensor& q, Tensor& scales))
+// x (M, K) f32 or bf16 -> quantize_fp8_rows of x^T without forming x^T: q (K, M) e4m3,
+// scales (K, MB = ceil(M / 128)) f32; scales[j, mb] covers x[mb*128 : min(M, mb*128 + 128), j]
+// (1x128 tiles along M: the wgrad GEMM's dy^T operand). Bit-identical to
+// quantize_fp8_rows(x^T) on every backend.
+R1_KERNEL(quantize_fp8_rows_transposed, void(const Tensor& x, Tensor& q, Tensor& scales))
 // a_q (M, K) e4m3, a_scales (M, KB) f32 (quantize_fp8_rows), b_q (N, K) e4m3, b_scales
 // (NB, KB) f32 (quantize_fp8_blocks) -> d (M, N):
 //   d[m, n] = sum_kb (sum_{k in block kb} a_q[m, k] b_q[n, k]) * a_scales[m, kb]
@@ -181,13 +186,17 @@ R1_KERNEL(gemm_fp8_grouped_masked,
           void(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                const Tensor& b_scales, const Tensor& counts, Tensor& d))
 
-// Checks the operands of quantize_fp8_rows (block_rows = 1) or quantize_fp8_blocks
-// (block_rows = 128) against their contract; every backend calls it first.
+// Checks the operands of quantize_fp8_rows (block_rows = 1), quantize_fp8_blocks
+// (block_rows = 128) or quantize_fp8_rows_transposed (transposed: q and scales describe x^T)
+// against their contract; every backend calls it first.
 inline void check_quantize_fp8(const char* what, const Tensor& x, const Tensor& q,
-                               const Tensor& scales, int64_t block_rows) {
-  R1_CHECK(x.dim() == 2 && q.shape() == x.shape() && scales.dim() == 2 &&
-               scales.size(0) == (x.size(0) + block_rows - 1) / block_rows &&
-               scales.size(1) == fp8_blocks(x.size(1)),
+                               const Tensor& scales, int64_t block_rows,
+                               bool transposed = false) {
+  const int64_t r = x.dim() == 2 ? x.size(transposed ? 1 : 0) : -1;
+  const int64_t c = x.dim() == 2 ? x.size(transposed ? 0 : 1) : -1;
+  R1_CHECK(x.dim() == 2 && q.shape() == Shape({r, c}) && scales.dim() == 2 &&
+               scales.size(0) == (r + block_rows - 1) / block_rows &&
+               scales.size(1) == fp8_blocks(c),
            "{}: x {} q {} scales {} do not fit", what, shape_str(x.shape()),
            shape_str(q.shape()), shape_str(scales.shape()));
   R1_CHECK((x.dtype() == DType::F32 || x.dtype() == DType::BF16) && q.dtype() == DType::E4M3 &&

@@ -13,14 +13,17 @@ namespace {
 
 // a (M, K) and b (N, K) of one float dtype -> a b^T (M, N) in `out` dtype, both operands
 // quantized as the recipe says: a per 1x128 tile, b per 128x128 block.
-Tensor fp8_product(const Tensor& a, const Tensor& b, DType out) {
+// a_t: a is given transposed (a_t (K, M)) and quantized from there by
+// quantize_fp8_rows_transposed, the same bits as transposing it first.
+Tensor fp8_product(const Tensor& a, const Tensor& b, DType out, bool a_t = false) {
   const Device dev = a.device();
-  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+  const int64_t m = a.size(a_t ? 1 : 0), k = a.size(a_t ? 0 : 1), n = b.size(0);
   Tensor aq = Tensor::empty({m, k}, DType::E4M3, dev);
   Tensor as = Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev);
   Tensor bq = Tensor::empty({n, k}, DType::E4M3, dev);
   Tensor bs = Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev);
-  kernels::quantize_fp8_rows()(dev, a, aq, as);
+  if (a_t) kernels::quantize_fp8_rows_transposed()(dev, a, aq, as);
+  else kernels::quantize_fp8_rows()(dev, a, aq, as);
   kernels::quantize_fp8_blocks()(dev, b, bq, bs);
   Tensor d = Tensor::empty({m, n}, out, dev);
   kernels::gemm_fp8_blockscaled()(dev, aq, as, bq, bs, d);
@@ -58,7 +61,7 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w) {
     const Tensor dy = g[0].contiguous().view({rows, out_f});
     Tensor dx, dw;
     if (gx) dx = fp8_product(dy, transposed(w2), dy.dtype()).view(sx);  // dy (w^T)^T = dy w
-    if (gw) dw = fp8_product(transposed(dy), transposed(x2), dy.dtype());  // dy^T (x^T)^T
+    if (gw) dw = fp8_product(dy, transposed(x2), dy.dtype(), /*a_t=*/true);  // dy^T (x^T)^T
     return {dx, dw};
   });
   return y;

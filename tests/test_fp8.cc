@@ -228,6 +228,39 @@ std::vector<double> round_to(const std::vector<double>& v, DType dt) {
   return Tensor::from_vector(v, {static_cast<int64_t>(v.size())}).to(dt).to_double_vector();
 }
 
+// quantize_fp8_rows_transposed(x) = quantize_fp8_rows(x^T), bytes and scales, on shapes with
+// partial tiles, zero columns (scale 1) and outliers, f32 and bf16. On `dev` against the CPU
+// rows quantizer of the materialized transpose.
+void expect_transposed_rows_match(Device dev) {
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {5, 129}, {300, 37}, {257, 100}, {128, 64}};
+  int seed = 450;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (auto [m, k] : shapes) {
+      Tensor x = randn_outliers(m, k, case_seed(++seed), dt);
+      if (k > 3) x.narrow(1, 2, 1).fill_(0.0);  // an all-zero column: scale 1
+      const Quantized want = quantize(x.transpose(0, 1).contiguous(), 1, kCpu);
+      Quantized got{test::poisoned({k, m}, DType::E4M3, dev),
+                    test::poisoned({k, fp8_blocks(m)}, DType::F32, dev)};
+      kernels::quantize_fp8_rows_transposed()(dev, x.to(dev), got.q, got.scales);
+      const std::string name = fmt::format("transposed rows {} ({}, {}) on {}", dtype_name(dt), m,
+                                           k, dev.str());
+      EXPECT_TRUE(bytes_of(got.q) == bytes_of(want.q)) << name << ": q bytes differ";
+      EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
+    }
+}
+
+TEST(Fp8Cpu, QuantizeRowsTransposedEqualsRowsOfTheTranspose) {
+  expect_transposed_rows_match(kCpu);
+  // And the rows quantizer itself is right on the transpose (the contract, not just agreement).
+  const Tensor x = randn_outliers(200, 70, case_seed(470), DType::F32);
+  const Tensor xt = x.transpose(0, 1).contiguous();
+  expect_quantized("rows of x^T", xt, quantize(xt, 1, kCpu), 1);
+  Tensor q = Tensor::empty({70, 200}, DType::E4M3), sc = Tensor::empty({70, 2}, DType::F32);
+  Tensor wrong = Tensor::empty({200, 1}, DType::F32);  // scales shaped for x, not x^T
+  EXPECT_THROW(kernels::quantize_fp8_rows_transposed()(kCpu, x, q, wrong), Error);
+  kernels::quantize_fp8_rows_transposed()(kCpu, x, q, sc);
+}
+
 TEST(Fp8Cpu, GemmMatchesTripleLoop) {
   const int64_t shapes[][3] = {{1, 1, 1}, {7, 129, 130}, {33, 200, 300}, {3, 4, 0}, {2, 260, 1}};
   int seed = 200;
@@ -474,6 +507,11 @@ TEST(Fp8Cuda, QuantizeBitIdenticalToCpu) {
         EXPECT_TRUE(bytes_of(got.q) == bytes_of(want.q)) << name << ": q bytes differ";
         EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
       }
+}
+
+TEST(Fp8Cuda, QuantizeRowsTransposedBitIdenticalToCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  expect_transposed_rows_match(kGpu);
 }
 
 // The simple CUDA GEMM against the f64 reference. f32 out: the fp32 error of the V3 schedule

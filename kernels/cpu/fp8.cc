@@ -46,6 +46,29 @@ void quantize_fp8_rows_cpu(const Tensor& x, Tensor& q, Tensor& scales) {
   }
 }
 
+// x (M, K) f32/bf16 -> q (K, M) e4m3, scales (K, MB) f32: quantize_fp8_rows of x^T, reading x
+// in place (the same arithmetic per tile, so the same bits).
+void quantize_fp8_rows_transposed_cpu(const Tensor& x, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_rows_transposed", x, q, scales, 1, /*transposed=*/true);
+  const int64_t m = x.size(0), k = x.size(1), mb_count = fp8_blocks(m);
+  const void* xp = x.data_ptr();
+  const bool bf16 = x.dtype() == DType::BF16;
+  uint8_t* qp = q.data<uint8_t>();
+  float* sp = scales.data<float>();
+#pragma omp parallel for schedule(static) if (worth_parallel(m * k))
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t mb = 0; mb < mb_count; ++mb) {
+      const int64_t r0 = mb * kFp8Block, r1 = std::min(m, r0 + kFp8Block);
+      float amax = 0.0f;
+      for (int64_t r = r0; r < r1; ++r)
+        amax = std::fmax(amax, std::fabs(load_f32(xp, bf16, r * k + j)));
+      const float s = scale_from_amax(amax);
+      sp[j * mb_count + mb] = s;
+      for (int64_t r = r0; r < r1; ++r) qp[j * m + r] = f32_to_e4m3(load_f32(xp, bf16, r * k + j) / s);
+    }
+  }
+}
+
 // w (N, K) f32/bf16 -> q (N, K) e4m3, scales (NB, KB) f32: one scale per 128x128 block.
 void quantize_fp8_blocks_cpu(const Tensor& w, Tensor& q, Tensor& scales) {
   check_quantize_fp8("quantize_fp8_blocks", w, q, scales, kFp8Block);
@@ -171,6 +194,7 @@ R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CPU, gemm_fp8_grouped_contiguous
 R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CPU, gemm_fp8_grouped_masked_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
+R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CPU, quantize_fp8_rows_transposed_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CPU, gemm_fp8_blockscaled_cpu);
 
 }  // namespace r1::cpu

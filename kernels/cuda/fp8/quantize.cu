@@ -136,6 +136,60 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// x (m, k) -> q (k, m), scales (k, mb_count): the rows quantizer on x^T. One block per 128 rows
+// x 32 columns of x (a tile of 32 rows of x^T, one 1x128 tile each): the 128 x 32 values are
+// read coalesced (a warp reads 32 consecutive columns of one row) into shared memory (rows
+// padded to 33 floats: the column-wise reads below hit 32 different banks); warp w takes
+// columns 4w .. 4w + 3, each lane 4 rows of a column, for the amax (a max: any order gives the
+// CPU's bits); then thread t writes 16 consecutive bytes of q's row j0 + t / 8 (one 16-byte
+// store when the row of q allows it).
+constexpr int kTCols = 32;
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_transposed_kernel(const T* x, uint8_t* q, float* scales, int64_t m, int64_t k,
+                                    int64_t mb_count, int64_t col_tiles, bool vec_store) {
+  __shared__ float tile[kFp8Block][kTCols + 1];
+  __shared__ float col_scale[kTCols];
+  const int64_t mb = blockIdx.x / col_tiles, ct = blockIdx.x - mb * col_tiles;
+  const int64_t r0 = mb * kFp8Block, j0 = ct * kTCols;
+  const int rows = static_cast<int>(min64(kFp8Block, m - r0));
+  const int cols = static_cast<int>(min64(kTCols, k - j0));
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  for (int r = warp; r < kFp8Block; r += kWarps)
+    tile[r][lane] = r < rows && lane < cols ? load_f32(x, (r0 + r) * k + j0 + lane) : 0.0f;
+  __syncthreads();
+#pragma unroll
+  for (int cc = 0; cc < kTCols / kWarps; ++cc) {
+    const int c = warp * (kTCols / kWarps) + cc;
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kFp8Block / 32; ++i) amax = fmaxf(amax, fabsf(tile[i * 32 + lane][c]));
+    amax = warp_max(amax);
+    const float s = scale_from_amax(amax);
+    if (lane == 0) {
+      col_scale[c] = s;
+      if (c < cols) scales[(j0 + c) * mb_count + mb] = s;
+    }
+  }
+  __syncthreads();
+  const int c = static_cast<int>(threadIdx.x / 8), b0 = static_cast<int>(threadIdx.x % 8) * 16;
+  if (c >= cols || b0 >= rows) return;
+  const float s = col_scale[c];
+  uint8_t* qr = q + (j0 + c) * m + r0 + b0;
+  if (vec_store && b0 + 16 <= rows) {
+    uint32_t w[4];
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      w[h] = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) w[h] |= uint32_t{f32_to_e4m3(tile[b0 + 4 * h + i][c] / s)} << (8 * i);
+    }
+    *reinterpret_cast<uint4*>(qr) = make_uint4(w[0], w[1], w[2], w[3]);
+  } else {
+    for (int i = 0; i < 16 && b0 + i < rows; ++i) qr[i] = f32_to_e4m3(tile[b0 + i][c] / s);
+  }
+}
+
 // Calls fn(float{}) or fn(uint16_t{}) for an f32 or bf16 x.
 template <class Fn>
 void dispatch_f32_bf16(DType t, Fn&& fn) {
@@ -187,8 +241,30 @@ void quantize_fp8_blocks_cuda(const Tensor& w, Tensor& q, Tensor& scales) {
   });
 }
 
+// x (M, K) f32/bf16 -> q (K, M) e4m3, scales (K, MB) f32.
+void quantize_fp8_rows_transposed_cuda(const Tensor& x, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_rows_transposed", x, q, scales, 1, /*transposed=*/true);
+  const int64_t m = x.size(0), k = x.size(1), mb_count = fp8_blocks(m);
+  const int64_t col_tiles = (k + kTCols - 1) / kTCols, blocks = mb_count * col_tiles;
+  if (blocks == 0) return;
+  R1_CHECK(blocks <= int64_t{0x7fffffff}, "quantize_fp8_rows_transposed: {} blocks exceed the "
+           "grid", blocks);
+  const int dev = x.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  const bool vec_store = m % 16 == 0 && reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0;
+  dispatch_f32_bf16(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    quantize_rows_transposed_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
+        static_cast<const T*>(x.data_ptr()), q.data<uint8_t>(), scales.data<float>(), m, k,
+        mb_count, col_tiles, vec_store);
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
 }  // namespace
 
+R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CUDA, quantize_fp8_rows_transposed_cuda);
 R1_REGISTER_KERNEL(quantize_fp8_rows, CUDA, quantize_fp8_rows_cuda);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CUDA, quantize_fp8_blocks_cuda);
 
