@@ -13,6 +13,7 @@
 //   Fp8CublasLtBlock   cuBLASLt with VEC128 / BLK128x128 scales: the same function, the
 //                      baseline the fast kernel must match or beat.
 //   Fp8CublasLtTensor  cuBLASLt per-tensor FP8: the ceiling without block scaling.
+//   Fp8CublasLtBf16    cuBLASLt bf16 on the unquantized operands: what FP8 must beat.
 //   Fp8Grouped*        MoE expert GEMMs (E experts x m tokens, contiguous layout): r1's
 //                      simple and wgmma grouped kernels in one launch (contiguous; wgmma also
 //                      masked) against loops of dense calls (mma.sync, cuBLASLt
@@ -72,12 +73,15 @@ struct Fp8Problem {
   Tensor a_q, a_scales, b_q, b_scales;  // r1 layouts (engine/kernels.h)
   Tensor a_lt, b_lt;                    // cuBLASLt layouts (gemm_fp8_cublaslt.h)
   Tensor a_scale, b_scale;              // per-tensor: 1 float each
+  Tensor a_bf16, b_bf16;                // the unquantized operands, (1, M, K) and (1, N, K)
 };
 
 Fp8Problem make_problem(int64_t m, int64_t n, int64_t k) {
   Fp8Problem p;
   p.m = m, p.n = n, p.k = k;
   const Tensor a = dev_randn(m, k, 1), b = dev_randn(n, k, 2);
+  p.a_bf16 = a.view({1, m, k});
+  p.b_bf16 = b.view({1, n, k});
   p.a_q = Tensor::empty({m, k}, DType::E4M3, kGpu);
   p.b_q = Tensor::empty({n, k}, DType::E4M3, kGpu);
   p.a_scales = Tensor::empty({m, fp8_blocks(k)}, DType::F32, kGpu);
@@ -154,6 +158,18 @@ void BM_Fp8CublasLtBlock(benchmark::State& st) {
     cuda::cublaslt_gemm_fp8_blockscaled(p.a_q.data_ptr(), p.a_lt.data<float>(), p.b_q.data_ptr(),
                                         p.b_lt.data<float>(), d.data_ptr(), DType::BF16, p.m,
                                         p.n, p.k, cuda::current_stream(0));
+  });
+}
+
+// cuBLASLt bf16 on the same shapes (the unquantized operands): what FP8 is meant to beat.
+void BM_Fp8CublasLtBf16(benchmark::State& st) {
+  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({1, p.m, p.n}, DType::BF16, kGpu);
+  st.SetLabel("cuBLASLt bf16 " + shape_label(p));
+  const double m = static_cast<double>(p.m), n = static_cast<double>(p.n);
+  const double k = static_cast<double>(p.k);
+  bench::run_timed(st, 2.0 * (m * k + n * k + m * n), 2.0 * m * n * k, [&] {
+    kernels::gemm()(kGpu, p.a_bf16, p.b_bf16, d, false, true, 1.0, 0.0);
   });
 }
 
@@ -300,6 +316,7 @@ void register_all() {
   reg("Fp8Wgmma", BM_Fp8Wgmma);
   reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
+  reg("Fp8CublasLtBf16", BM_Fp8CublasLtBf16);
   // Grouped: V3's expert GEMMs (gate+up fused: N 4096, K 7168; down: N 7168, K 2048) for
   // 4-32 experts of 128-8192 tokens each.
   const int64_t grouped[][4] = {{4, 8192, 4096, 7168}, {8, 1024, 4096, 7168},

@@ -228,16 +228,20 @@ def fp8_table(rows):
                f"frac peak: wgmma over the best cuBLASLt per-tensor rate of this run ({peak:.0f}).",
                "",
                "| M | N | K | simple | mma1 | mma2 | wgmma (tile) | cuBLASLt block | "
-               "cuBLASLt per-tensor | wgmma / block | wgmma / per-tensor | frac peak |",
-               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "cuBLASLt per-tensor | cuBLASLt bf16 | wgmma / block | wgmma / per-tensor | "
+               "wgmma / bf16 | frac peak |",
+               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for (m, n, k), v in sorted(dense.items()):
             blk, ten, wg = v.get("CublasLtBlock"), v.get("CublasLtTensor"), v.get("Wgmma")
+            b16 = v.get("CublasLtBf16")
             tile = f" ({labels[(m, n, k)]})" if labels.get((m, n, k)) else ""
             md.append(f"| {m} | {n} | {k} | {fmt(v.get('Simple'), '.1f')} | "
                       f"{fmt(v.get('Mma1'), '.1f')} | {fmt(v.get('Mma2'), '.1f')} | "
                       f"{fmt(wg, '.1f')}{tile if wg else ''} | {fmt(blk, '.1f')} | {fmt(ten, '.1f')} | "
+                      f"{fmt(b16, '.1f')} | "
                       f"{fmt(wg / blk if wg and blk else None, '.2f')} | "
                       f"{fmt(wg / ten if wg and ten else None, '.2f')} | "
+                      f"{fmt(wg / b16 if wg and b16 else None, '.2f')} | "
                       f"{fmt(wg / peak if wg and peak else None, '.2f')} |")
         md.append("")
     if grouped:
