@@ -152,6 +152,12 @@ R1_KERNEL(quantize_fp8_blocks, void(const Tensor& w, Tensor& q, Tensor& scales))
 // (1x128 tiles along M: the wgrad GEMM's dy^T operand). Bit-identical to
 // quantize_fp8_rows(x^T) on every backend.
 R1_KERNEL(quantize_fp8_rows_transposed, void(const Tensor& x, Tensor& q, Tensor& scales))
+// The FP8 recipe's producer fusion for the MLP: gate, up (M, F) f32/bf16 -> out (M, F) =
+// swiglu_forward(gate, up) and q (M, F) e4m3, scales (M, FB) f32 = quantize_fp8_rows(out), in
+// one pass over the data; the same bits as the two kernels run one after the other on the
+// same backend (q is quantized from out as stored, i.e. after its rounding to out's dtype).
+R1_KERNEL(swiglu_quantize_fp8, void(const Tensor& gate, const Tensor& up, Tensor& out,
+                                    Tensor& q, Tensor& scales))
 // a_q (M, K) e4m3, a_scales (M, KB) f32 (quantize_fp8_rows), b_q (N, K) e4m3, b_scales
 // (NB, KB) f32 (quantize_fp8_blocks) -> d (M, N):
 //   d[m, n] = sum_kb (sum_{k in block kb} a_q[m, k] b_q[n, k]) * a_scales[m, kb]

@@ -57,8 +57,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 // x (..., D), w (D) -> (..., D).
 Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps);
-// gate, up (..., F) -> silu(gate) * up.
-Tensor swiglu(const Tensor& gate, const Tensor& up);
+// An activation already quantized as linear_fp8 quantizes its input: q (rows, K) e4m3 with
+// scales (rows, ceil(K / 128)) f32, one per 1x128 tile (engine/ops_fp8.h).
+struct Fp8Rows {
+  Tensor q, scales;
+};
+// gate, up (..., F) -> silu(gate) * up. With `quantized`: also fills it with the output's
+// FP8 quantization (one fused kernel, swiglu_quantize_fp8) for the next linear_fp8.
+Tensor swiglu(const Tensor& gate, const Tensor& up, Fp8Rows* quantized = nullptr);
 // Over the last dim.
 Tensor softmax(const Tensor& x);
 Tensor log_softmax(const Tensor& x);

@@ -14,16 +14,28 @@ namespace {
 // a (M, K) and b (N, K) of one float dtype -> a b^T (M, N) in `out` dtype, both operands
 // quantized as the recipe says: a per 1x128 tile, b per 128x128 block.
 // a_t: a is given transposed (a_t (K, M)) and quantized from there by
-// quantize_fp8_rows_transposed, the same bits as transposing it first.
-Tensor fp8_product(const Tensor& a, const Tensor& b, DType out, bool a_t = false) {
+// quantize_fp8_rows_transposed, the same bits as transposing it first. a_q: a's quantization
+// already made by its producer (then a is only read for its shape).
+Tensor fp8_product(const Tensor& a, const Tensor& b, DType out, bool a_t = false,
+                   const Fp8Rows* a_q = nullptr) {
   const Device dev = a.device();
   const int64_t m = a.size(a_t ? 1 : 0), k = a.size(a_t ? 0 : 1), n = b.size(0);
-  Tensor aq = Tensor::empty({m, k}, DType::E4M3, dev);
-  Tensor as = Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev);
+  Tensor aq, as;
+  if (a_q) {
+    R1_CHECK(!a_t && a_q->q.shape() == Shape({m, k}) && a_q->q.dtype() == DType::E4M3 &&
+                 a_q->scales.shape() == Shape({m, fp8_blocks(k)}) &&
+                 a_q->q.device() == dev && a_q->scales.device() == dev,
+             "linear_fp8: the given quantized input does not fit x ({}, {})", m, k);
+    aq = a_q->q;
+    as = a_q->scales;
+  } else {
+    aq = Tensor::empty({m, k}, DType::E4M3, dev);
+    as = Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev);
+    if (a_t) kernels::quantize_fp8_rows_transposed()(dev, a, aq, as);
+    else kernels::quantize_fp8_rows()(dev, a, aq, as);
+  }
   Tensor bq = Tensor::empty({n, k}, DType::E4M3, dev);
   Tensor bs = Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev);
-  if (a_t) kernels::quantize_fp8_rows_transposed()(dev, a, aq, as);
-  else kernels::quantize_fp8_rows()(dev, a, aq, as);
   kernels::quantize_fp8_blocks()(dev, b, bq, bs);
   Tensor d = Tensor::empty({m, n}, out, dev);
   kernels::gemm_fp8_blockscaled()(dev, aq, as, bq, bs, d);
@@ -39,7 +51,7 @@ Tensor bf16_round(const Tensor& t) {
 
 }  // namespace
 
-Tensor linear_fp8(const Tensor& x, const Tensor& w) {
+Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) {
   R1_NVTX_RANGE("linear_fp8");
   R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),
            "linear_fp8: x {} and w {} must share dtype and device", x.str(), w.str());
@@ -54,7 +66,7 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w) {
   const Tensor w2 = w.detach().contiguous();
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
-  Tensor y = fp8_product(x2, w2, x.dtype()).view(out_shape);
+  Tensor y = fp8_product(x2, w2, x.dtype(), false, x_quantized).view(out_shape);
   const bool gx = x.requires_grad(), gw = w.requires_grad();
   const Shape sx = x.shape();
   record("linear_fp8", {x, w}, {&y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {

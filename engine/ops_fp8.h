@@ -10,13 +10,17 @@
 // the token dim, because the GEMM takes block scales on its B operand; coarser, so no more
 // accurate than V3's, and covered by the same tests.
 #pragma once
+#include "engine/ops.h"
 #include "engine/tensor.h"
 
 namespace r1 {
 
 // x (..., K), w (N, K), both f32 (CPU, CUDA) or bf16 (CUDA) -> (..., N) of x's dtype.
 // Differentiable w.r.t. x and w (the gradients are the FP8 GEMMs above, not the exact ones).
-Tensor linear_fp8(const Tensor& x, const Tensor& w);
+// x_quantized: x's quantization when the producer already made it (swiglu with an Fp8Rows
+// output: the fused kernel), skipping fprop's quantize of x; it must be exactly what
+// quantize_fp8_rows gives for x viewed as (rows, K).
+Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized = nullptr);
 
 // The bf16 baseline the FP8 recipe is measured against (DeepSeek-V3 compares FP8 training
 // with BF16 training), for the same layers: every GEMM of the layer (fprop, dgrad, wgrad)

@@ -159,14 +159,26 @@ std::vector<Tensor> mla_qkv(const Tensor& q, const Tensor& kv, const Tensor& k_r
 }
 
 // gate, up (..., F) -> silu(gate) * up. Saves gate and up.
-Tensor swiglu(const Tensor& gate, const Tensor& up) {
+Tensor swiglu(const Tensor& gate, const Tensor& up, Fp8Rows* quantized) {
   check_float("swiglu", gate);
   check_same("swiglu", gate, up);
   R1_CHECK(gate.shape() == up.shape(), "swiglu: gate {} and up {} differ in shape",
            shape_str(gate.shape()), shape_str(up.shape()));
   const Tensor gc = plain(gate), uc = plain(up);
   Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
-  kernels::swiglu_forward()(gate.device(), gc, uc, out);
+  if (quantized) {
+    R1_CHECK(gate.dim() >= 1 && (gate.dtype() == DType::F32 || gate.dtype() == DType::BF16),
+             "swiglu: FP8 output needs f32 or bf16 (..., F), got {}", gate.str());
+    const int64_t F = gate.size(-1), M = gate.numel() / std::max<int64_t>(F, 1);
+    const Device dev = gate.device();
+    quantized->q = Tensor::empty({M, F}, DType::E4M3, dev);
+    quantized->scales = Tensor::empty({M, fp8_blocks(F)}, DType::F32, dev);
+    Tensor o2 = out.view({M, F});
+    kernels::swiglu_quantize_fp8()(dev, gc.view({M, F}), uc.view({M, F}), o2, quantized->q,
+                                   quantized->scales);
+  } else {
+    kernels::swiglu_forward()(gate.device(), gc, uc, out);
+  }
   record("swiglu", {gate, up}, {&out},
          [gc, uc](const std::vector<Tensor>& g) -> std::vector<Tensor> {
            Tensor dg = Tensor::empty(gc.shape(), gc.dtype(), gc.device());

@@ -125,6 +125,11 @@ Tensor DeepseekV3::proj(const Tensor& x, const std::string& name) const {
 Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
   const Tensor gate = proj(x, pre + "gate_proj.weight");
   const Tensor up = proj(x, pre + "up_proj.weight");
+  if (cfg_.fp8) {  // the down projection's input quantized by the fused swiglu kernel
+    Fp8Rows hq;
+    const Tensor h = swiglu(gate, up, &hq);
+    return linear_fp8(h, p(pre + "down_proj.weight"), &hq);
+  }
   return proj(swiglu(gate, up), pre + "down_proj.weight");
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -175,6 +176,45 @@ TEST(LinearFp8, RejectsMismatchedInputs) {
   EXPECT_THROW(linear_fp8(x, Tensor::randn({5, 8}, case_seed(22), DType::F64)), Error);
   EXPECT_THROW(linear_fp8(x.to(DType::F64), Tensor::randn({5, 8}, case_seed(23), DType::F64)),
                Error);
+}
+
+// The fused producer (swiglu with an Fp8Rows output, kernel swiglu_quantize_fp8) on `dev`:
+// its output and quantization are the bits of swiglu followed by quantize_fp8_rows on the
+// same device, for f32 (and bf16 on a GPU: the CPU kernels compute in f32), F a multiple of 128, of 4 only, and odd (the scalar path);
+// and linear_fp8 fed the fused quantization gives the bits of linear_fp8 quantizing itself.
+void expect_fused_swiglu_matches(Device dev) {
+  const int64_t shapes[][2] = {{7, 256}, {33, 200}, {5, 131}};
+  int seed = 40;
+  const std::vector<DType> dtypes = dev.is_cpu() ? std::vector{DType::F32}
+                                                 : std::vector{DType::F32, DType::BF16};
+  for (DType dt : dtypes)
+    for (const auto& sh : shapes) {
+      const int64_t m = sh[0], f = sh[1];
+      const Tensor gate = Tensor::randn({1, m, f}, case_seed(++seed)).to(dt).to(dev);
+      const Tensor up = Tensor::randn({1, m, f}, case_seed(++seed)).to(dt).to(dev);
+      const std::string name = fmt::format("{} ({}, {}) {}", dtype_name(dt), m, f, dev.str());
+      Fp8Rows fused;
+      const Tensor h = swiglu(gate, up, &fused);
+      const Tensor want_h = swiglu(gate, up);
+      Tensor q = Tensor::empty({m, f}, DType::E4M3, dev);
+      Tensor sc = Tensor::empty({m, fp8_blocks(f)}, DType::F32, dev);
+      kernels::quantize_fp8_rows()(dev, want_h.view({m, f}), q, sc);
+      EXPECT_EQ(h.to_double_vector(), want_h.to_double_vector()) << name << ": swiglu output";
+      EXPECT_EQ(fused.q.to(DType::F32).to_double_vector(), q.to(DType::F32).to_double_vector())
+          << name << ": q";
+      EXPECT_EQ(fused.scales.to_double_vector(), sc.to_double_vector()) << name << ": scales";
+      if (dt != DType::F32) continue;
+      const Tensor w = Tensor::randn({70, f}, case_seed(++seed), DType::F32, Device::cpu(), 0.05).to(dev);
+      EXPECT_EQ(linear_fp8(h, w, &fused).to_double_vector(), linear_fp8(h, w).to_double_vector())
+          << name << ": linear_fp8 on the fused quantization";
+    }
+}
+
+TEST(LinearFp8, FusedSwigluQuantizationEqualsTheTwoSteps) { expect_fused_swiglu_matches(Device::cpu()); }
+
+TEST(LinearFp8Cuda, FusedSwigluQuantizationEqualsTheTwoSteps) {
+  R1_SKIP_WITHOUT_CUDA();
+  expect_fused_swiglu_matches(Device::cuda(0));
 }
 
 TEST(LinearFp8Cuda, MatchesTheCpu) {

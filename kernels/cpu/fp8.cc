@@ -69,6 +69,14 @@ void quantize_fp8_rows_transposed_cpu(const Tensor& x, Tensor& q, Tensor& scales
   }
 }
 
+// swiglu then quantize rows: on the CPU the composition itself (the fusion saves nothing
+// here; the CUDA kernel is one pass and must equal the CUDA composition).
+void swiglu_quantize_fp8_cpu(const Tensor& gate, const Tensor& up, Tensor& out, Tensor& q,
+                             Tensor& scales) {
+  kernels::swiglu_forward()(gate.device(), gate, up, out);
+  quantize_fp8_rows_cpu(out, q, scales);
+}
+
 // w (N, K) f32/bf16 -> q (N, K) e4m3, scales (NB, KB) f32: one scale per 128x128 block.
 void quantize_fp8_blocks_cpu(const Tensor& w, Tensor& q, Tensor& scales) {
   check_quantize_fp8("quantize_fp8_blocks", w, q, scales, kFp8Block);
@@ -195,6 +203,7 @@ R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CPU, gemm_fp8_grouped_masked_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CPU, quantize_fp8_rows_transposed_cpu);
+R1_REGISTER_KERNEL(swiglu_quantize_fp8, CPU, swiglu_quantize_fp8_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CPU, gemm_fp8_blockscaled_cpu);
 
 }  // namespace r1::cpu

@@ -23,6 +23,7 @@
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
 #include "kernels/cuda/common/launch.cuh"
+#include "kernels/cuda/fp8/fp8_common.cuh"
 
 namespace r1::cuda {
 namespace {
@@ -359,6 +360,66 @@ __global__ void swiglu_forward_kernel(const T* gate, const T* up, T* out, int64_
   }
 }
 
+// swiglu_forward fused with quantize_fp8_rows of its output (engine/kernels.h): one warp per
+// 1x128 tile of a row, grid-stride. Each lane computes its elements exactly as
+// swiglu_forward_kernel does (the same expression and sigmoid), stores them in out's dtype,
+// and quantizes the stored values as quantize_rows_kernel does (quantize.cu): the same bits
+// as the two kernels back to back, with gate and up read once and out never re-read.
+// kVector (F a multiple of 4, every pointer 16-byte aligned): 4 consecutive elements per lane,
+// vector loads and stores; else lane l takes elements l, l + 32, l + 64, l + 96 of the tile.
+template <class T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    swiglu_quantize_fp8_kernel(const T* gate, const T* up, T* out, uint8_t* q, float* scales,
+                               int64_t m, int64_t f, int64_t fb) {
+  constexpr int kP = fp8::kPerLane;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t warps = int64_t{gridDim.x} * (kThreads / 32);
+  for (int64_t t = int64_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32; t < m * fb;
+       t += warps) {
+    const int64_t r = t / fb, b = t - r * fb;
+    const int64_t base = r * f + b * kFp8Block;
+    const int64_t len = f - b * kFp8Block < kFp8Block ? f - b * kFp8Block : kFp8Block;
+    const bool vec = kVector && len == kFp8Block;  // uniform over the warp
+    float v[kP];
+    if (vec) {
+      float g[kP], u[kP];
+      fp8::load4(gate, base + kP * lane, g);
+      fp8::load4(up, base + kP * lane, u);
+#pragma unroll
+      for (int k = 0; k < kP; ++k) v[k] = g[k] * sigmoid(g[k]) * u[k];
+      fp8::store4(out, base + kP * lane, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kP; ++i) {
+        const int64_t c = i * 32 + lane;
+        v[i] = 0.0f;
+        if (c < len) {
+          const float g = fp8::load_f32(gate, base + c), u = fp8::load_f32(up, base + c);
+          v[i] = g * sigmoid(g) * u;
+          fp8::store1(out, base + c, v[i]);
+        }
+      }
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kP; ++i) amax = fmaxf(amax, fabsf(v[i]));
+    const float s = fp8::scale_from_amax(fp8::warp_max(amax));
+    if (lane == 0) scales[t] = s;  // t = r * fb + b
+    if (vec) {
+      uint32_t packed = 0;
+#pragma unroll
+      for (int i = 0; i < kP; ++i) packed |= uint32_t{f32_to_e4m3(v[i] / s)} << (8 * i);
+      *reinterpret_cast<uint32_t*>(q + base + kP * lane) = packed;
+    } else {
+#pragma unroll
+      for (int i = 0; i < kP; ++i) {
+        const int64_t c = i * 32 + lane;
+        if (c < len) q[base + c] = f32_to_e4m3(v[i] / s);
+      }
+    }
+  }
+}
+
 // dgate = dout up s (1 + g (1 - s)), dup = dout g s, s = sigmoid(g).
 template <class T>
 __global__ void swiglu_backward_kernel(const T* gate, const T* up, const T* dout, T* dgate,
@@ -400,6 +461,38 @@ void swiglu_forward_cuda(const Tensor& gate, const Tensor& up, Tensor& out) {
         static_cast<const T*>(gate.data_ptr()), static_cast<const T*>(up.data_ptr()),
         static_cast<T*>(out.data_ptr()), n);
     R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+// gate, up (M, F) -> out = swiglu, q, scales = quantize_fp8_rows(out), one pass.
+void swiglu_quantize_fp8_cuda(const Tensor& gate, const Tensor& up, Tensor& out, Tensor& q,
+                              Tensor& scales) {
+  check_same("swiglu_quantize_fp8", gate, up);
+  check_same("swiglu_quantize_fp8", gate, out);
+  R1_CHECK(gate.dtype() == DType::F32 || gate.dtype() == DType::BF16,
+           "swiglu_quantize_fp8: f32 or bf16, got {}", dtype_name(gate.dtype()));
+  check_quantize_fp8("swiglu_quantize_fp8", out, q, scales, 1);
+  const int64_t m = gate.size(0), f = gate.size(1), fb = fp8_blocks(f);
+  if (m * fb == 0) return;
+  const int dev = gate.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  const int64_t want = (m * fb + kThreads / 32 - 1) / (kThreads / 32);
+  const int grid = static_cast<int>(std::clamp<int64_t>(want, 1, int64_t{sm_count(dev)} * 8));
+  auto aligned = [](const void* p, int a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+  dispatch_float(gate.dtype(), "swiglu_quantize_fp8", [&](auto tag) {
+    using T = decltype(tag);
+    const bool vector = f % 4 == 0 && aligned(gate.data_ptr(), 16) && aligned(up.data_ptr(), 16) &&
+                        aligned(out.data_ptr(), 16) && aligned(q.data_ptr(), 4);
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, s>>>(static_cast<const T*>(gate.data_ptr()),
+                                       static_cast<const T*>(up.data_ptr()),
+                                       static_cast<T*>(out.data_ptr()), q.data<uint8_t>(),
+                                       scales.data<float>(), m, f, fb);
+      R1_CUDA_CHECK_LAUNCH();
+    };
+    if (vector) launch(swiglu_quantize_fp8_kernel<T, true>);
+    else launch(swiglu_quantize_fp8_kernel<T, false>);
   });
 }
 
@@ -761,6 +854,7 @@ void mla_qkv_backward_cuda(const Tensor& dqo, const Tensor& dko, const Tensor& d
 R1_REGISTER_KERNEL(rmsnorm_forward, CUDA, rmsnorm_forward_cuda);
 R1_REGISTER_KERNEL(rmsnorm_backward, CUDA, rmsnorm_backward_cuda);
 R1_REGISTER_KERNEL(swiglu_forward, CUDA, swiglu_forward_cuda);
+R1_REGISTER_KERNEL(swiglu_quantize_fp8, CUDA, swiglu_quantize_fp8_cuda);
 R1_REGISTER_KERNEL(swiglu_backward, CUDA, swiglu_backward_cuda);
 R1_REGISTER_KERNEL(rope, CUDA, rope_cuda);
 R1_REGISTER_KERNEL(mla_qkv_forward, CUDA, mla_qkv_forward_cuda);

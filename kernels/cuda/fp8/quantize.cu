@@ -15,44 +15,21 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
+#include "kernels/cuda/fp8/fp8_common.cuh"
 
 namespace r1::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr unsigned kFullMask = 0xffffffffu;
-// A 1x128 tile is 4 elements per lane of one warp.
-constexpr int kPerLane = kFp8Block / 32;
-
 // By value: std::min takes references, an odr-use that namespace constants lack on device.
 __device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-__device__ inline float load_f32(const float* p, int64_t i) { return p[i]; }
-__device__ inline float load_f32(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
-
-// The contract's scale: amax / 448 in f32, 1 for an all-zero tile (as kernels/cpu/fp8.cc).
-__device__ inline float scale_from_amax(float amax) {
-  return amax == 0.0f ? 1.0f : amax / kE4M3Max;
-}
-
-__device__ inline float warp_max(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
-
-// Four consecutive elements of x at i (16 bytes of f32, 8 of bf16), as f32. i is a multiple of
-// 4 and x 16-byte aligned (the caller checks): one vector load.
-__device__ inline void load4(const float* x, int64_t i, float (&v)[4]) {
-  const float4 u = *reinterpret_cast<const float4*>(x + i);
-  v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w;
-}
-__device__ inline void load4(const uint16_t* x, int64_t i, float (&v)[4]) {
-  const uint2 u = *reinterpret_cast<const uint2*>(x + i);
-  v[0] = bf16_to_f32(static_cast<uint16_t>(u.x)), v[1] = bf16_to_f32(static_cast<uint16_t>(u.x >> 16));
-  v[2] = bf16_to_f32(static_cast<uint16_t>(u.y)), v[3] = bf16_to_f32(static_cast<uint16_t>(u.y >> 16));
-}
+using fp8::kPerLane;
+using fp8::load4;
+using fp8::load_f32;
+using fp8::scale_from_amax;
+using fp8::warp_max;
 
 // x (m, k) -> q (m, k), scales (m, kb_count). One warp per 1x128 tile (grid-stride over
 // tiles). kVector (k a multiple of 4, x 16-byte aligned): lane l holds columns 4l..4l+3, one

@@ -1,0 +1,64 @@
+// Device helpers shared by the FP8 quantizers (quantize.cu) and the kernels that quantize
+// their own output (norm_act.cu's swiglu_quantize_fp8): the contract's scale, a warp max, and
+// 4-element vector loads and stores of f32 or bf16 data.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/convert.h"
+#include "engine/kernels.h"
+
+namespace r1::cuda::fp8 {
+
+// A 1x128 tile is 4 elements per lane of one warp.
+inline constexpr int kPerLane = kFp8Block / 32;
+
+// The contract's scale: amax / 448 in f32, 1 for an all-zero tile (as kernels/cpu/fp8.cc).
+__device__ inline float scale_from_amax(float amax) {
+  return amax == 0.0f ? 1.0f : amax / kE4M3Max;
+}
+
+__device__ inline float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+__device__ inline float load_f32(const float* p, int64_t i) { return p[i]; }
+__device__ inline float load_f32(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
+
+// Four consecutive elements of x at i (16 bytes of f32, 8 of bf16), as f32. i is a multiple of
+// 4 and x 16-byte aligned (the caller checks): one vector load.
+__device__ inline void load4(const float* x, int64_t i, float (&v)[4]) {
+  const float4 u = *reinterpret_cast<const float4*>(x + i);
+  v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w;
+}
+__device__ inline void load4(const uint16_t* x, int64_t i, float (&v)[4]) {
+  const uint2 u = *reinterpret_cast<const uint2*>(x + i);
+  v[0] = bf16_to_f32(static_cast<uint16_t>(u.x)), v[1] = bf16_to_f32(static_cast<uint16_t>(u.x >> 16));
+  v[2] = bf16_to_f32(static_cast<uint16_t>(u.y)), v[3] = bf16_to_f32(static_cast<uint16_t>(u.y >> 16));
+}
+
+// Stores v rounded to x's dtype and leaves in v the stored values (what a reader gets back).
+__device__ inline void store4(float* x, int64_t i, float (&v)[4]) {
+  *reinterpret_cast<float4*>(x + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ inline void store4(uint16_t* x, int64_t i, float (&v)[4]) {
+  uint16_t h[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    h[k] = f32_to_bf16(v[k]);
+    v[k] = bf16_to_f32(h[k]);
+  }
+  *reinterpret_cast<uint2*>(x + i) = make_uint2(uint32_t{h[0]} | (uint32_t{h[1]} << 16),
+                                                uint32_t{h[2]} | (uint32_t{h[3]} << 16));
+}
+__device__ inline void store1(float* x, int64_t i, float& v) { x[i] = v; }
+__device__ inline void store1(uint16_t* x, int64_t i, float& v) {
+  const uint16_t h = f32_to_bf16(v);
+  x[i] = h;
+  v = bf16_to_f32(h);
+}
+
+}  // namespace r1::cuda::fp8

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""FP8 vs bf16 vs f32 pretraining runs over several seeds: the table and plot of docs/fp8.md.
+
+  /usr/bin/python3 scripts/precision_runs.py DIR [--window 50] [--out PNG]
+
+DIR holds runs named <precision><suffix> (precision default, bf16, fp8; suffix "" for seed 1,
+"-s2", "-s3", ...), each with metrics.jsonl, made by
+
+  for s in 1 2 3; do for p in default bf16 fp8; do OMP_NUM_THREADS=1 build/bin/r1-pretrain \\
+    --config configs/tiny.json --steps 400 --precision $p --seed $s --out DIR/$p$([ $s = 1 ] || echo -s$s); done; done
+
+Prints, per seed, the mean loss of the last `window` steps of each run and the relative
+differences fp8 vs bf16 (the FP8 issue's comparison), fp8 vs f32 and bf16 vs f32, then their
+mean and spread over the seeds; plots the signed relative difference per step (25-step moving
+average) of fp8 vs bf16 and of bf16 vs f32 for every seed.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+PRECISIONS = ("default", "bf16", "fp8")
+
+
+def load(path):
+    out = {}
+    try:
+        with open(os.path.join(path, "metrics.jsonl"), encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        sys.exit(f"{path}/metrics.jsonl:{n}: bad JSON ({e.msg})")
+                    if "loss" in r and "step" in r:
+                        out[int(r["step"])] = float(r["loss"])
+    except OSError as e:
+        sys.exit(f"{path}/metrics.jsonl: {e.strerror}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--window", type=int, default=50)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    seeds = []
+    for s in range(1, 100):
+        suffix = "" if s == 1 else f"-s{s}"
+        if all(os.path.isdir(os.path.join(a.dir, p + suffix)) for p in PRECISIONS):
+            seeds.append((s, {p: load(os.path.join(a.dir, p + suffix)) for p in PRECISIONS}))
+    if not seeds:
+        sys.exit(f"{a.dir}: no seed has all of {', '.join(PRECISIONS)}")
+    pairs = (("fp8", "bf16"), ("fp8", "default"), ("bf16", "default"))
+    print(f"| seed | f32 | bf16 | fp8 | fp8 vs bf16 | fp8 vs f32 | bf16 vs f32 |  (mean loss of "
+          f"the last {a.window} common steps; signed relative differences)")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    diffs = {p: [] for p in pairs}
+    curves = []
+    for s, runs in seeds:
+        steps = sorted(set.intersection(*(set(r) for r in runs.values())))
+        tail = steps[-a.window:]
+        mean = {p: sum(runs[p][t] for t in tail) / len(tail) for p in PRECISIONS}
+        row = [f"{mean[p]:.4f}" for p in PRECISIONS]
+        for x, y in pairs:
+            d = (mean[x] - mean[y]) / mean[y]
+            diffs[(x, y)].append(d)
+            row.append(f"{100 * d:+.2f}%")
+        print(f"| {s} ({len(steps)} steps) | " + " | ".join(row) + " |")
+        curves.append((s, steps, runs))
+    if len(seeds) > 1:
+        cells = []
+        for p in pairs:
+            m = statistics.mean(diffs[p])
+            sd = statistics.stdev(diffs[p])
+            mabs = statistics.mean(abs(d) for d in diffs[p])
+            cells.append(f"{100 * m:+.2f}% (sd {100 * sd:.2f}%, mean abs {100 * mabs:.2f}%)")
+        print("| mean | | | | " + " | ".join(cells) + " |")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for ax, (x, y) in zip(axes, (("fp8", "bf16"), ("bf16", "default"))):
+        for s, steps, runs in curves:
+            rel = [(runs[x][t] - runs[y][t]) / runs[y][t] for t in steps]
+            k = 25
+            sm = [sum(rel[max(0, i - k + 1):i + 1]) / len(rel[max(0, i - k + 1):i + 1])
+                  for i in range(len(rel))]
+            ax.plot(steps, [100 * v for v in sm], label=f"seed {s}")
+        ax.axhline(0.25, color="gray", ls="--", lw=0.8)
+        ax.axhline(-0.25, color="gray", ls="--", lw=0.8)
+        ax.set_ylabel(f"{x} vs {'f32' if y == 'default' else y} (%)")
+        ax.legend(fontsize=8)
+    axes[0].set_title("signed relative loss difference, 25-step moving average (dashed: +-0.25%)")
+    axes[1].set_xlabel("step")
+    fig.tight_layout()
+    out = a.out or os.path.join(a.dir, "precision_runs.png")
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
