@@ -466,20 +466,25 @@ bool fp8_wgmma_supported(int device) {
 
 Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k) {
   const Table& t = table_for(device);
+  Fp8WgmmaConfig c;
+  std::string from;
   if (const auto it = t.entries.find({n, k}); it != t.entries.end()) {
     const auto& by_m = it->second;
     const auto at = by_m.lower_bound(m);
-    const Fp8WgmmaConfig c = at != by_m.end() ? at->second : by_m.rbegin()->second;
-    log_once("fp8-wgmma-table", fmt::format("gemm_fp8_wgmma: tile shapes from {}", t.path));
-    return c;
+    c = at != by_m.end() ? at->second : by_m.rbegin()->second;
+    from = fmt::format("tuned table {} (entry M {})", t.path,
+                       at != by_m.end() ? at->first : by_m.rbegin()->first);
+  } else {
+    c = default_config(device, m, n);
+    from = t.path.empty() ? fmt::format("default rule: no tuned table for {} (r1-fp8-tune "
+                                        "writes one)", gpu_slug(device))
+                          : fmt::format("default rule: {} has no N {} K {}", t.path, n, k);
   }
-  log_once(fmt::format("fp8-wgmma-default-{}", t.path.empty() ? "none" : "miss"),
-           t.path.empty()
-               ? fmt::format("gemm_fp8_wgmma: no tuned table for {} (r1-fp8-tune writes one); "
-                             "default tile shapes", gpu_slug(device))
-               : fmt::format("gemm_fp8_wgmma: {} has no entry for some shapes (first: N {} K "
-                             "{}); default tile shapes for those", t.path, n, k));
-  return default_config(device, m, n);
+  // Once per shape class (the table's key and the choice): a training run has a handful.
+  log_once(fmt::format("fp8-wgmma-{}-{}-{}", n, k, c.name()),
+           fmt::format("gemm_fp8_wgmma: N {} K {} (M {}) runs {} from the {}", n, k, m, c.name(),
+                       from));
+  return c;
 }
 
 void gemm_fp8_blockscaled_wgmma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
