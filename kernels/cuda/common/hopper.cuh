@@ -28,9 +28,11 @@ __device__ inline uint32_t smem_u32(const void* p) {
 __device__ inline void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
 }
-// Makes the initialized barriers visible to the async proxy (TMA) and the other threads.
+// Makes the initialized barriers visible to the async proxy (the TMA unit completes
+// transactions on them) and, with the barrier that follows, to the other threads.
 __device__ inline void fence_barrier_init() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 __device__ inline void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
