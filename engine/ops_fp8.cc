@@ -51,6 +51,17 @@ Tensor bf16_round(const Tensor& t) {
 
 }  // namespace
 
+Fp8Rows fp8_quantize_rows(const Tensor& x) {
+  R1_CHECK(x.defined() && x.dim() >= 1 && (x.dtype() == DType::F32 || x.dtype() == DType::BF16),
+           "fp8_quantize_rows: x {}: f32 or bf16 (..., K)", x.defined() ? x.str() : "undefined");
+  const Device dev = x.device();
+  const int64_t k = x.size(-1), rows = x.numel() / std::max<int64_t>(k, 1);
+  Fp8Rows r{Tensor::empty({rows, k}, DType::E4M3, dev),
+            Tensor::empty({rows, fp8_blocks(k)}, DType::F32, dev)};
+  kernels::quantize_fp8_rows()(dev, x.detach().contiguous().view({rows, k}), r.q, r.scales);
+  return r;
+}
+
 Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) {
   R1_NVTX_RANGE("linear_fp8");
   R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),

@@ -22,6 +22,10 @@ namespace r1 {
 // quantize_fp8_rows gives for x viewed as (rows, K).
 Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized = nullptr);
 
+// x (..., K) f32 or bf16 -> its 1x128 quantization as linear_fp8 makes it (rows = numel / K),
+// for several linear_fp8 calls that share an input (q_a and kv_a, gate and up): one quantize.
+Fp8Rows fp8_quantize_rows(const Tensor& x);
+
 // The bf16 baseline the FP8 recipe is measured against (DeepSeek-V3 compares FP8 training
 // with BF16 training), for the same layers: every GEMM of the layer (fprop, dgrad, wgrad)
 // takes bf16 operands, accumulates in fp32 and writes a bf16 result, as a bf16 GEMM under

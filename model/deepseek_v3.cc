@@ -116,15 +116,21 @@ const Tensor& DeepseekV3::p(const std::string& name) const {
   return it->second;
 }
 
-Tensor DeepseekV3::proj(const Tensor& x, const std::string& name) const {
-  if (cfg_.fp8) return linear_fp8(x, p(name));
+Tensor DeepseekV3::proj(const Tensor& x, const std::string& name, const Fp8Rows* xq) const {
+  if (cfg_.fp8) return linear_fp8(x, p(name), xq);
   if (cfg_.bf16_linear) return linear_bf16(x, p(name));
   return linear(x, p(name));
 }
 
+std::optional<Fp8Rows> DeepseekV3::shared_fp8_input(const Tensor& x) const {
+  if (!cfg_.fp8) return std::nullopt;
+  return fp8_quantize_rows(x);
+}
+
 Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
-  const Tensor gate = proj(x, pre + "gate_proj.weight");
-  const Tensor up = proj(x, pre + "up_proj.weight");
+  const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // gate and up read the same x
+  const Tensor gate = proj(x, pre + "gate_proj.weight", xq ? &*xq : nullptr);
+  const Tensor up = proj(x, pre + "up_proj.weight", xq ? &*xq : nullptr);
   if (cfg_.fp8) {  // the down projection's input quantized by the fused swiglu kernel
     Fp8Rows hq;
     const Tensor h = swiglu(gate, up, &hq);
@@ -140,17 +146,19 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
   const int64_t nope = cfg_.qk_nope_head_dim, rd = cfg_.qk_rope_head_dim, vd = cfg_.v_head_dim;
   const double eps = cfg_.rms_norm_eps;
   // q: (B, T, H * (nope + rope)), from the q latent when q_lora_rank > 0 (V3) or directly.
+  const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // q and kv projections share x
+  const Fp8Rows* xqp = xq ? &*xq : nullptr;
   Tensor q_flat;
   if (cfg_.q_lora_rank > 0) {
-    const Tensor q_latent = proj(x, pre + "q_a_proj.weight");
+    const Tensor q_latent = proj(x, pre + "q_a_proj.weight", xqp);
     q_flat = proj(rmsnorm(q_latent, p(pre + "q_a_layernorm.weight"), eps),
                   pre + "q_b_proj.weight");
   } else {
-    q_flat = proj(x, pre + "q_proj.weight");
+    q_flat = proj(x, pre + "q_proj.weight", xqp);
   }
   // kv latent c (B, T, kv_lora_rank) and the one RoPE key every head shares (B, T, rope).
   std::vector<Tensor> ckv =
-      split(proj(x, pre + "kv_a_proj_with_mqa.weight"), {cfg_.kv_lora_rank, rd}, -1);
+      split(proj(x, pre + "kv_a_proj_with_mqa.weight", xqp), {cfg_.kv_lora_rank, rd}, -1);
   const Tensor kv = proj(rmsnorm(ckv[0], p(pre + "kv_a_layernorm.weight"), eps),
                          pre + "kv_b_proj.weight")
                         .view({B, T, H, nope + vd});

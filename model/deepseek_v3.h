@@ -12,6 +12,7 @@
 // backward is a gather, never a scatter-add), plus the shared experts unweighted.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "engine/ops.h"
@@ -126,8 +127,11 @@ class DeepseekV3 : public CausalLM {
                 double balance_alpha, const SharedMaps* shared, Output& out);
   // x (..., hidden) -> (..., hidden): down(swiglu(gate(x), up(x)))
   Tensor mlp(const std::string& pre, const Tensor& x) const;
-  // x @ p(name)^T: linear, or linear_fp8 when the config says precision fp8.
-  Tensor proj(const Tensor& x, const std::string& name) const;
+  // x @ p(name)^T: linear, or linear_fp8 / linear_bf16 as the config's precision says. xq:
+  // x's FP8 quantization when several projections share x (made once by the caller; fp8 only).
+  Tensor proj(const Tensor& x, const std::string& name, const Fp8Rows* xq = nullptr) const;
+  // x's FP8 quantization for projections that share it, when the config says fp8.
+  std::optional<Fp8Rows> shared_fp8_input(const Tensor& x) const;
   // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut
   MoeOut moe(const std::string& pre, const Tensor& x, const Tensor& seq_lens,
              double balance_alpha) const;
