@@ -43,10 +43,22 @@ __device__ inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
                "r"(bytes)
                : "memory");
 }
-// Waits until the barrier's phase with parity `parity` has completed.
+__device__ inline uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Waits until the barrier's phase with parity `parity` has completed. A wait longer than
+// kMbarTimeoutNs (a pipeline bug: an arrival or a transaction that never comes) prints which
+// block and thread waited and traps, so the launch fails with an error instead of hanging the
+// GPU check until its timeout kills every later test.
+inline constexpr uint64_t kMbarTimeoutNs = 10'000'000'000ull;
 __device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = smem_u32(bar);
   uint32_t done = 0;
+  uint32_t spins = 0;
+  uint64_t t0 = 0;
   do {
     asm volatile(
         "{\n.reg .pred p;\n"
@@ -55,6 +67,16 @@ __device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
         : "=r"(done)
         : "r"(addr), "r"(parity)
         : "memory");
+    if (!done && (++spins & 0xfffu) == 0) {  // rare: look at the clock every 4096 polls
+      const uint64_t now = global_timer_ns();
+      if (t0 == 0) {
+        t0 = now;
+      } else if (now - t0 > kMbarTimeoutNs) {
+        printf("r1: mbarrier wait timed out (block %d, thread %d, parity %u)\n",
+               static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), parity);
+        __trap();
+      }
+    }
   } while (!done);
 }
 
