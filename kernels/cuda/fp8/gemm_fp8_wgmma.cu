@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -41,6 +40,7 @@
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
 #include "engine/log.h"
+#include "engine/tuned_table.h"
 #include "kernels/cuda/common/hopper.cuh"
 #include "kernels/cuda/common/tma.h"
 #include "kernels/cuda/fp8/gemm_fp8_schedule.h"
@@ -314,59 +314,31 @@ std::string gpu_slug(int device) {
   return s;
 }
 
-struct Table {
-  std::string path;  // empty: none found
-  // (n, k) -> m -> configuration
-  std::map<std::pair<int64_t, int64_t>, std::map<int64_t, Fp8WgmmaConfig>> entries;
-};
-
 std::optional<Fp8WgmmaConfig> parse_config(const std::string& s) {
   Fp8WgmmaConfig c;
   char x1 = 0, x2 = 0;
   std::istringstream in(s);
-  if (!(in >> c.block_m >> x1 >> c.block_n >> x2 >> c.stages) || x1 != 'x' || x2 != 'x')
+  if (!(in >> c.block_m >> x1 >> c.block_n >> x2 >> c.stages) || x1 != 'x' || x2 != 'x' ||
+      !in.eof())
     return std::nullopt;
   const auto& all = fp8_wgmma_configs();
   if (std::find(all.begin(), all.end(), c) == all.end()) return std::nullopt;
   return c;
 }
 
-// The table for `device` (fp8_wgmma_table_path). A line that does not parse makes the whole
-// table ignored (with a warning): a half-read table would silently mix tuned and default
-// choices.
-Table load_table(int device) {
-  Table t;
-  const std::string path = fp8_wgmma_table_path(device);
-  std::ifstream in(path);
-  if (!in) return t;
-  std::string line;
-  int lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (const auto h = line.find('#'); h != std::string::npos) line.resize(h);
-    std::istringstream ls(line);
-    int64_t m = 0, n = 0, k = 0;
-    std::string name;
-    if (!(ls >> m)) continue;  // blank or comment
-    std::optional<Fp8WgmmaConfig> c;
-    if (!(ls >> n >> k >> name) || !(c = parse_config(name))) {
-      log_warn("{}:{}: not 'm n k config' with a compiled config; ignoring the tuned table",
-               path, lineno);
-      t.entries.clear();
-      return t;
-    }
-    t.entries[{n, k}][m] = *c;
-  }
-  t.path = path;
-  return t;
-}
-
-const Table& table_for(int device) {
+// The table for `device` (fp8_wgmma_table_path), read once per process; an empty table when
+// there is none. A malformed table is bad input (InputError naming the file and line).
+const TunedTable& table_for(int device) {
   static std::mutex mu;
-  static std::map<int, Table> tables;
+  static std::map<int, TunedTable> tables;
   std::lock_guard<std::mutex> lock(mu);
   auto it = tables.find(device);
-  if (it == tables.end()) it = tables.emplace(device, load_table(device)).first;
+  if (it == tables.end()) {
+    std::optional<TunedTable> t = load_tuned_table(
+        fp8_wgmma_table_path(device),
+        [](const std::string& name) { return parse_config(name).has_value(); });
+    it = tables.emplace(device, t ? std::move(*t) : TunedTable{}).first;
+  }
   return it->second;
 }
 
@@ -465,15 +437,12 @@ bool fp8_wgmma_supported(int device) {
 }
 
 Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k) {
-  const Table& t = table_for(device);
+  const TunedTable& t = table_for(device);
   Fp8WgmmaConfig c;
   std::string from;
-  if (const auto it = t.entries.find({n, k}); it != t.entries.end()) {
-    const auto& by_m = it->second;
-    const auto at = by_m.lower_bound(m);
-    c = at != by_m.end() ? at->second : by_m.rbegin()->second;
-    from = fmt::format("tuned table {} (entry M {})", t.path,
-                       at != by_m.end() ? at->first : by_m.rbegin()->first);
+  if (const auto e = t.lookup(m, n, k)) {
+    c = *parse_config(e->second);  // checked when the table was read
+    from = fmt::format("tuned table {} (entry M {})", t.path, e->first);
   } else {
     c = default_config(device, m, n);
     from = t.path.empty() ? fmt::format("default rule: no tuned table for {} (r1-fp8-tune "

@@ -32,8 +32,9 @@ Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k);
 
 // Where the tuned table for `device` is read from (and r1-fp8-tune writes it): $R1_FP8_TUNED,
 // else <$R1_TUNED_DIR, default bench/tuned of the source tree>/fp8_gemm-<gpu name slug>.tsv.
-// Lines "m n k config [tflops]" ('#' comments): for (n, k), the entry with the smallest m at
-// or above the call's m (else the largest m) gives the configuration.
+// Format and lookup: engine/tuned_table.h (for (n, k), the entry with the smallest m at or
+// above the call's m, else the largest m); a malformed table throws InputError naming the
+// file and line.
 std::string fp8_wgmma_table_path(int device);
 
 // Operands as gemm_fp8_blockscaled (engine/kernels.h), plus: K a multiple of 16, a_q and b_q
