@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/stream.h"
+#include "bench/cuda_data.h"
 #include "bench/cuda_timing.h"
 #include "kernels/cuda/gemm_bf16_mma.h"
 #endif
@@ -42,23 +43,8 @@ namespace {
 #if defined(R1_HAVE_CUDA)
 
 const Device kGpu = Device::cuda(0);
+using bench::dev_randn;
 using bench::run_timed;
-
-// A device tensor filled with N(0, stddev^2) values: 1M random values made on the host, then
-// tiled on the device (random numbers for a 2 GB tensor on the host would dominate the run).
-Tensor dev_randn(const Shape& shape, DType dt, uint64_t seed, double stddev = 1.0) {
-  Tensor t = Tensor::empty(shape, dt, kGpu);
-  const int64_t n = t.numel();
-  const int64_t chunk = std::min<int64_t>(n, int64_t{1} << 20);
-  const Tensor src = Tensor::randn({chunk}, seed, dt, Device::cpu(), stddev).to(kGpu);
-  const size_t es = dtype_size(dt);
-  for (int64_t off = 0; off < n; off += chunk) {
-    const int64_t len = std::min(chunk, n - off);
-    copy_bytes(static_cast<char*>(t.data_ptr()) + off * es, kGpu, src.data_ptr(), kGpu,
-               static_cast<size_t>(len) * es);
-  }
-  return t;
-}
 
 Tensor dev_randint(const Shape& shape, int64_t lo, int64_t hi, uint64_t seed) {
   return Tensor::randint(shape, seed, lo, hi, DType::I64).to(kGpu);

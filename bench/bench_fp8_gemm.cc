@@ -41,6 +41,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/stream.h"
+#include "bench/cuda_data.h"
 #include "bench/cuda_timing.h"
 #include "kernels/cuda/fp8/gemm_fp8_cublaslt.h"
 #include "kernels/cuda/fp8/gemm_fp8_mma.h"
@@ -55,16 +56,9 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// A device tensor of N(0, 1) values: 1M made on the host, tiled on the device (random
-// numbers for a 117M-element weight on the host would dominate the run).
+// bf16 N(0, 1) operands on the device (bench/cuda_data.h).
 Tensor dev_randn(int64_t rows, int64_t cols, uint64_t seed) {
-  Tensor t = Tensor::empty({rows, cols}, DType::BF16, kGpu);
-  const int64_t n = t.numel(), chunk = std::min<int64_t>(n, int64_t{1} << 20);
-  const Tensor src = Tensor::randn({chunk}, seed, DType::BF16).to(kGpu);
-  for (int64_t off = 0; off < n; off += chunk)
-    copy_bytes(static_cast<uint16_t*>(t.data_ptr()) + off, kGpu, src.data_ptr(), kGpu,
-               static_cast<size_t>(std::min(chunk, n - off)) * 2);
-  return t;
+  return bench::dev_randn({rows, cols}, DType::BF16, seed);
 }
 
 // The quantized operands of one shape, on the device, in r1's and cuBLASLt's scale layouts.

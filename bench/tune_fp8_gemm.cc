@@ -31,6 +31,7 @@
 #if defined(R1_HAVE_CUDA)
 #include <cuda_runtime.h>
 
+#include "bench/cuda_data.h"
 #include "engine/cuda/stream.h"
 #include "kernels/cuda/fp8/gemm_fp8_simple.h"
 #include "kernels/cuda/fp8/gemm_fp8_wgmma.h"
@@ -72,23 +73,12 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// N(0, 1) bf16 on the device, tiled from 1M host values (as bench_fp8_gemm does).
-Tensor dev_randn(int64_t rows, int64_t cols, uint64_t seed) {
-  Tensor t = Tensor::empty({rows, cols}, DType::BF16, kGpu);
-  const int64_t n = t.numel(), chunk = std::min<int64_t>(n, int64_t{1} << 20);
-  const Tensor src = Tensor::randn({chunk}, seed, DType::BF16).to(kGpu);
-  for (int64_t off = 0; off < n; off += chunk)
-    copy_bytes(static_cast<uint16_t*>(t.data_ptr()) + off, kGpu, src.data_ptr(), kGpu,
-               static_cast<size_t>(std::min(chunk, n - off)) * 2);
-  return t;
-}
-
-struct Shape {
+struct GemmShape {
   int64_t m, n, k;
 };
 
 struct Result {
-  Shape s;
+  GemmShape s;
   std::vector<std::pair<cuda::Fp8WgmmaConfig, double>> tflops;  // passing configs
   std::vector<std::string> failed;
 };
@@ -123,9 +113,10 @@ double rel_error(const Tensor& got, const Tensor& want) {
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
-Result tune(const Shape& s) {
+Result tune(const GemmShape& s) {
   Result r{s, {}, {}};
-  const Tensor a = dev_randn(s.m, s.k, 11), b = dev_randn(s.n, s.k, 12);
+  const Tensor a = bench::dev_randn({s.m, s.k}, DType::BF16, 11),
+               b = bench::dev_randn({s.n, s.k}, DType::BF16, 12);
   Tensor aq = Tensor::empty({s.m, s.k}, DType::E4M3, kGpu);
   Tensor as = Tensor::empty({s.m, fp8_blocks(s.k)}, DType::F32, kGpu);
   Tensor bq = Tensor::empty({s.n, s.k}, DType::E4M3, kGpu);
@@ -159,7 +150,7 @@ int run(const std::string& out_flag, const std::vector<int64_t>& ms,
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const std::string out = out_flag.empty() ? cuda::fp8_wgmma_table_path(0) : out_flag;
-  std::vector<Shape> shapes;
+  std::vector<GemmShape> shapes;
   for (auto [n, k] : nks)
     for (int64_t m : ms) shapes.push_back({m, n, k});
   std::string table = fmt::format(

@@ -20,25 +20,24 @@ Tensor fp8_product(const Tensor& a, const Tensor& b, DType out, bool a_t = false
                    const Fp8Rows* a_q = nullptr) {
   const Device dev = a.device();
   const int64_t m = a.size(a_t ? 1 : 0), k = a.size(a_t ? 0 : 1), n = b.size(0);
-  Tensor aq, as;
+  Fp8Rows aq;
   if (a_q) {
     R1_CHECK(!a_t && a_q->q.shape() == Shape({m, k}) && a_q->q.dtype() == DType::E4M3 &&
                  a_q->scales.shape() == Shape({m, fp8_blocks(k)}) &&
                  a_q->q.device() == dev && a_q->scales.device() == dev,
              "linear_fp8: the given quantized input does not fit x ({}, {})", m, k);
-    aq = a_q->q;
-    as = a_q->scales;
+    aq = *a_q;
+  } else if (a_t) {
+    aq = {Tensor::empty({m, k}, DType::E4M3, dev), Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev)};
+    kernels::quantize_fp8_rows_transposed()(dev, a, aq.q, aq.scales);
   } else {
-    aq = Tensor::empty({m, k}, DType::E4M3, dev);
-    as = Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev);
-    if (a_t) kernels::quantize_fp8_rows_transposed()(dev, a, aq, as);
-    else kernels::quantize_fp8_rows()(dev, a, aq, as);
+    aq = fp8_quantize_rows(a);
   }
   Tensor bq = Tensor::empty({n, k}, DType::E4M3, dev);
   Tensor bs = Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev);
   kernels::quantize_fp8_blocks()(dev, b, bq, bs);
   Tensor d = Tensor::empty({m, n}, out, dev);
-  kernels::gemm_fp8_blockscaled()(dev, aq, as, bq, bs, d);
+  kernels::gemm_fp8_blockscaled()(dev, aq.q, aq.scales, bq, bs, d);
   return d;
 }
 

@@ -131,12 +131,9 @@ Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
   const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // gate and up read the same x
   const Tensor gate = proj(x, pre + "gate_proj.weight", xq ? &*xq : nullptr);
   const Tensor up = proj(x, pre + "up_proj.weight", xq ? &*xq : nullptr);
-  if (cfg_.fp8) {  // the down projection's input quantized by the fused swiglu kernel
-    Fp8Rows hq;
-    const Tensor h = swiglu(gate, up, &hq);
-    return linear_fp8(h, p(pre + "down_proj.weight"), &hq);
-  }
-  return proj(swiglu(gate, up), pre + "down_proj.weight");
+  Fp8Rows hq;  // fp8: the down projection's input, quantized by the fused swiglu kernel
+  Fp8Rows* hqp = cfg_.fp8 ? &hq : nullptr;
+  return proj(swiglu(gate, up, hqp), pre + "down_proj.weight", hqp);
 }
 
 Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
@@ -433,18 +430,20 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string pre = fmt::format("model.layers.{}.", i), at = pre + "self_attn.";
     const Tensor x = rmsnorm(h, p(pre + "input_layernorm.weight"), eps);
+    const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // q and kv projections share x
+    const Fp8Rows* xqp = xq ? &*xq : nullptr;
     Tensor q_flat;
     if (cfg_.q_lora_rank > 0) {
-      q_flat = proj(rmsnorm(proj(x, at + "q_a_proj.weight"), p(at + "q_a_layernorm.weight"),
-                            eps),
+      q_flat = proj(rmsnorm(proj(x, at + "q_a_proj.weight", xqp),
+                            p(at + "q_a_layernorm.weight"), eps),
                     at + "q_b_proj.weight");
     } else {
-      q_flat = proj(x, at + "q_proj.weight");
+      q_flat = proj(x, at + "q_proj.weight", xqp);
     }
     std::vector<Tensor> q = split(q_flat.view({1, N, H, nope + rd}), {nope, rd}, -1);
     const Tensor q_pe = rope(q[1], rpos, rope_).view({N, H, rd});
     // This token's latent entry [kv_a_layernorm(c), rope(k_pe)] into the cache.
-    std::vector<Tensor> ckv = split(proj(x, at + "kv_a_proj_with_mqa.weight"), {L, rd}, -1);
+    std::vector<Tensor> ckv = split(proj(x, at + "kv_a_proj_with_mqa.weight", xqp), {L, rd}, -1);
     const Tensor latent = rmsnorm(ckv[0], p(at + "kv_a_layernorm.weight"), eps);
     const Tensor k_pe = rope(ckv[1].reshape({1, N, 1, rd}), rpos, rope_).view({N, rd});
     paged_cache_write(concat({latent, k_pe}, -1), table, seq64, pos64, cache.pool(i));

@@ -353,6 +353,27 @@ Masked to_masked(const GroupedCase& c, int64_t mmax) {
   return m;
 }
 
+// A masked-layout output d (G, Mmax, N) split into the rows below each group's count, in row
+// order (to compare with grouped_reference), and the number of rows past the counts that are
+// no longer the poison (NaN) they were filled with: the kernel wrote where it must not.
+struct MaskedOutput {
+  std::vector<double> rows;
+  int64_t touched = 0;
+};
+MaskedOutput split_masked(const Tensor& d, const std::vector<int64_t>& counts) {
+  const int64_t G = d.size(0), mmax = d.size(1), n = d.size(2);
+  const std::vector<double> dv = d.to_double_vector();
+  MaskedOutput out;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = 0; r < mmax; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const double v = dv[static_cast<size_t>((g * mmax + r) * n + j)];
+        if (r < counts[static_cast<size_t>(g)]) out.rows.push_back(v);
+        else out.touched += !std::isnan(v);
+      }
+  return out;
+}
+
 // The f64 triple loop of every group, concatenated in row order.
 TripleLoop grouped_reference(const GroupedCase& c) {
   TripleLoop r;
@@ -381,18 +402,9 @@ TEST(Fp8Cpu, GroupedGemmsMatchTripleLoops) {
   Tensor d = test::poisoned({static_cast<int64_t>(rows.size()), mmax, c.n}, DType::F64, kCpu);
   kernels::gemm_fp8_grouped_masked()(kCpu, mk.a_q, mk.a_scales, c.b_q, c.b_scales,
                                      Tensor::from_vector(rows, {6}), d);
-  const std::vector<double> dv = d.to_double_vector();
-  std::vector<double> got;
-  int64_t touched = 0;
-  for (size_t g = 0; g < rows.size(); ++g)
-    for (int64_t r = 0; r < mmax; ++r)
-      for (int64_t j = 0; j < c.n; ++j) {
-        const double v = dv[(g * mmax + r) * c.n + j];
-        if (r < rows[g]) got.push_back(v);
-        else touched += !std::isnan(v);
-      }
-  expect_within("cpu grouped masked", got, ref.value, ref.abs, 0.0, 1e-12);
-  EXPECT_EQ(touched, 0) << "rows past the counts were written";
+  const MaskedOutput got = split_masked(d, rows);
+  expect_within("cpu grouped masked", got.rows, ref.value, ref.abs, 0.0, 1e-12);
+  EXPECT_EQ(got.touched, 0) << "rows past the counts were written";
 }
 
 TEST(Fp8Cpu, GroupedGemmsRejectBadOffsetsAndCounts) {
@@ -711,20 +723,11 @@ TEST(Fp8Cuda, GroupedGemmsMatchReference) {
     Tensor d = test::poisoned({G, mmax, c.n}, dt, kGpu);
     cuda::gemm_fp8_grouped_masked_simple(mk.a_q.to(kGpu), mk.a_scales.to(kGpu), bq, bs,
                                          Tensor::from_vector(rows, {G}).to(kGpu), d);
-    const std::vector<double> dv = d.to_double_vector();
-    std::vector<double> got;
-    int64_t touched = 0;
-    for (int64_t g = 0; g < G; ++g)
-      for (int64_t r = 0; r < mmax; ++r)
-        for (int64_t j = 0; j < c.n; ++j) {
-          const double v = dv[static_cast<size_t>((g * mmax + r) * c.n + j)];
-          if (r < rows[static_cast<size_t>(g)]) got.push_back(v);
-          else touched += !std::isnan(v);
-        }
+    const MaskedOutput got = split_masked(d, rows);
     const std::string name = fmt::format("cuda grouped masked {}", dtype_name(dt));
-    if (dt == DType::F32) expect_within(name, got, t.value, t.abs, 0.0, gamma);
-    else expect_within(name, got, t.value, t.abs, 0x1p-8, 2 * gamma);
-    EXPECT_EQ(touched, 0) << name << ": rows past the counts were written";
+    if (dt == DType::F32) expect_within(name, got.rows, t.value, t.abs, 0.0, gamma);
+    else expect_within(name, got.rows, t.value, t.abs, 0x1p-8, 2 * gamma);
+    EXPECT_EQ(got.touched, 0) << name << ": rows past the counts were written";
   }
 }
 
@@ -849,19 +852,10 @@ TEST(Fp8Cuda, WgmmaGroupedGemmsMatchReference) {
       Tensor d = test::poisoned({G, mmax, c.n}, dt, kGpu);
       cuda::gemm_fp8_grouped_masked_wgmma(mq, ms, bq, bs, Tensor::from_vector(rows, {G}).to(kGpu),
                                           d, &cfg);
-      const std::vector<double> dv = d.to_double_vector();
-      std::vector<double> got;
-      int64_t touched = 0;
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t r = 0; r < mmax; ++r)
-          for (int64_t j = 0; j < c.n; ++j) {
-            const double v = dv[static_cast<size_t>((g * mmax + r) * c.n + j)];
-            if (r < rows[static_cast<size_t>(g)]) got.push_back(v);
-            else touched += !std::isnan(v);
-          }
+      const MaskedOutput got = split_masked(d, rows);
       const std::string name = fmt::format("wgmma {} masked {}", cfg.name(), dtype_name(dt));
-      expect_tensor_core_result(name, dt, got, t.value, t.abs);
-      EXPECT_EQ(touched, 0) << name << ": rows past the counts were written";
+      expect_tensor_core_result(name, dt, got.rows, t.value, t.abs);
+      EXPECT_EQ(got.touched, 0) << name << ": rows past the counts were written";
     }
   }
 }

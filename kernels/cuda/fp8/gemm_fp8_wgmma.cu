@@ -27,11 +27,14 @@
 #include <cuda.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -430,29 +433,40 @@ std::string fp8_wgmma_table_path(int device) {
 }
 
 bool fp8_wgmma_supported(int device) {
-  int major = 0, minor = 0;
-  R1_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  R1_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
+  // Per device, asked once: every GEMM call (and the dispatcher before it) checks.
+  static std::array<std::atomic<int>, kMaxDevices> cache{};  // 0 unknown, 1 no, 2 yes
+  std::atomic<int>& c = cache.at(static_cast<size_t>(device));
+  if (c.load(std::memory_order_relaxed) == 0) {
+    int major = 0, minor = 0;
+    R1_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    R1_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    c.store(major == 9 && minor == 0 ? 2 : 1, std::memory_order_relaxed);
+  }
+  return c.load(std::memory_order_relaxed) == 2;
 }
 
 Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k) {
   const TunedTable& t = table_for(device);
-  Fp8WgmmaConfig c;
-  std::string from;
-  if (const auto e = t.lookup(m, n, k)) {
-    c = *parse_config(e->second);  // checked when the table was read
-    from = fmt::format("tuned table {} (entry M {})", t.path, e->first);
-  } else {
-    c = default_config(device, m, n);
-    from = t.path.empty() ? fmt::format("default rule: no tuned table for {} (r1-fp8-tune "
-                                        "writes one)", gpu_slug(device))
-                          : fmt::format("default rule: {} has no N {} K {}", t.path, n, k);
+  const auto entry = t.lookup(m, n, k);
+  const Fp8WgmmaConfig c = entry ? *parse_config(entry->second)  // checked when read
+                                 : default_config(device, m, n);
+  // Logged once per shape class (the table's key and the choice; a training run has a
+  // handful), the message formatted only then: this runs on every GEMM call.
+  static std::mutex mu;
+  static std::set<std::tuple<int, int64_t, int64_t, int, int, int>> logged;
+  bool first;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    first = logged.insert({device, n, k, c.block_m, c.block_n, c.stages}).second;
   }
-  // Once per shape class (the table's key and the choice): a training run has a handful.
-  log_once(fmt::format("fp8-wgmma-{}-{}-{}", n, k, c.name()),
-           fmt::format("gemm_fp8_wgmma: N {} K {} (M {}) runs {} from the {}", n, k, m, c.name(),
-                       from));
+  if (first) {
+    const std::string from =
+        entry ? fmt::format("tuned table {} (entry M {})", t.path, entry->first)
+        : t.path.empty() ? fmt::format("default rule: no tuned table for {} (r1-fp8-tune "
+                                       "writes one)", gpu_slug(device))
+                         : fmt::format("default rule: {} has no N {} K {}", t.path, n, k);
+    log_info("gemm_fp8_wgmma: N {} K {} (M {}) runs {} from the {}", n, k, m, c.name(), from);
+  }
   return c;
 }
 
