@@ -15,10 +15,19 @@
 //     (DeepseekV3::forward_shared, as GrpoTrainer runs); 0: per sample, as the PyTorch twin
 //     (and TRL) do.
 //
-//   ./build/bin/bench_rl [--config configs/tiny.json] [benchmark flags]
+//   Sampling/eager|static|graphs: rl::generate's decode modes (rl/generate.h): the eager step,
+//     the graph-safe step run eagerly (padded batch, every expert on every token), and that
+//     step replayed from CUDA graphs (registered where the device has graphs).
+//
+//   ./build/bin/bench_rl [--config configs/tiny.json] [--device cpu|cuda] [--dtype f32|bf16]
+//                        [benchmark flags]
+//   (on cuda: the sampling rows only; gpu-check runs them in bf16)
 //   scripts/bench-rl.sh      runs this and the PyTorch twin at one thread, prints the ratios
 #include <benchmark/benchmark.h>
 
+#include <fmt/format.h>
+
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -28,6 +37,7 @@
 #include "engine/ops.h"
 #include "engine/ops_grpo.h"
 #include "engine/optim.h"
+#include "engine/step_graph.h"
 #include "model/config.h"
 #include "model/deepseek_v3.h"
 #include "rl/generate.h"
@@ -37,6 +47,8 @@ namespace r1 {
 namespace {
 
 std::string g_config = std::string(R1_SOURCE_DIR) + "/configs/tiny.json";
+Device g_device = Device::cpu();
+DType g_dtype = DType::F32;
 
 // The fixed work (scripts/bench_rl_torch.py has the same numbers).
 constexpr int64_t kQuestions = 16, kSamplesPerQuestion = 8;  // Q, G
@@ -49,9 +61,11 @@ constexpr double kLearningRate = 1e-3, kAdamBeta2 = 0.99, kEpsilon = 0.2;
 // The tiny model, every parameter but the router's selection bias trained (as the trainer).
 DeepseekV3 make_model() {
   const ModelConfig cfg = load_model_config(g_config);
-  ParamMap p = DeepseekV3::init_params(cfg, kInitSeed);
-  for (auto& [name, t] : p)
+  ParamMap p = DeepseekV3::init_params(cfg, kInitSeed, g_dtype);
+  for (auto& [name, t] : p) {
+    if (!g_device.is_cpu()) t = t.to(g_device);
     if (name.find("e_score_correction_bias") == std::string::npos) t.set_requires_grad();
+  }
   return DeepseekV3(cfg, std::move(p), kPromptLen + kNewTokens);
 }
 
@@ -73,6 +87,7 @@ void BM_Sampling(benchmark::State& st) {
   gc.max_new_tokens = kNewTokens;
   gc.sampling.temperature = 1.0f;
   gc.seed = 5;
+  gc.decode = static_cast<rl::DecodeMode>(st.range(0));
   rl::GenerationStats gs;
   rl::generate(model, prompts, kSamplesPerQuestion, gc, 0, &gs);  // warm-up
   double prefill_s = 0, decode_s = 0;
@@ -88,7 +103,9 @@ void BM_Sampling(benchmark::State& st) {
       static_cast<double>(gs.generated_tokens), benchmark::Counter::kIsIterationInvariantRate);
   st.counters["prefill_ms"] = prefill_s / n * 1e3;
   st.counters["decode_ms"] = decode_s / n * 1e3;
-  st.SetLabel("Q=16 G=8 prompt 40 new 64");
+  st.counters["decode_step_us"] = decode_s / n / static_cast<double>(gs.decode_steps) * 1e6;
+  st.SetLabel(fmt::format("Q=16 G=8 prompt 40 new 64, {} {} {}", g_device.str(),
+                          dtype_name(g_dtype), rl::decode_mode_name(gs.decode)));
 }
 
 void BM_GrpoUpdate(benchmark::State& st) {
@@ -140,16 +157,38 @@ void BM_GrpoUpdate(benchmark::State& st) {
 int main(int argc, char** argv) {
   std::vector<char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) r1::g_config = argv[++i];
-    else rest.push_back(argv[i]);
+    if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+      r1::g_config = argv[++i];
+    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+      r1::g_device = r1::Device::parse(argv[++i]);
+    } else if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
+      const std::string d = argv[++i];
+      if (d != "f32" && d != "bf16") {
+        std::fprintf(stderr, "bench_rl: --dtype %s: f32 or bf16\n", d.c_str());
+        return 2;
+      }
+      r1::g_dtype = d == "bf16" ? r1::DType::BF16 : r1::DType::F32;
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (!r1::device_available(r1::g_device.type)) {
+    std::fprintf(stderr, "bench_rl: --device %s: not available here\n", r1::g_device.str().c_str());
+    return 2;
   }
   int n = static_cast<int>(rest.size());
   benchmark::Initialize(&n, rest.data());
   if (benchmark::ReportUnrecognizedArguments(n, rest.data())) return 1;
-  benchmark::RegisterBenchmark("Sampling", r1::BM_Sampling)
-      ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
-  benchmark::RegisterBenchmark("GrpoUpdate", r1::BM_GrpoUpdate)
-      ->Args({1, 1})->Args({1, 0})->Args({0, 1})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
+  using r1::rl::DecodeMode;
+  for (DecodeMode m : {DecodeMode::kEager, DecodeMode::kStatic, DecodeMode::kGraphs}) {
+    if (m == DecodeMode::kGraphs && !r1::StepGraph::supported(r1::g_device)) continue;
+    const std::string name = std::string("Sampling/") + r1::rl::decode_mode_name(m);
+    benchmark::RegisterBenchmark(name.c_str(), r1::BM_Sampling)
+        ->Arg(static_cast<int64_t>(m))->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
+  }
+  if (r1::g_device.is_cpu())
+    benchmark::RegisterBenchmark("GrpoUpdate", r1::BM_GrpoUpdate)
+        ->Args({1, 1})->Args({1, 0})->Args({0, 1})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(3.0);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -25,7 +25,9 @@ int cpu_count() { return 1; }
 
 DeviceRuntime* runtimes() {
   static DeviceRuntime rts[kNumDeviceTypes] = {
-      {cpu_allocate, cpu_deallocate, cpu_copy, cpu_synchronize, cpu_count}, {}};
+      {cpu_allocate, cpu_deallocate, cpu_copy, cpu_synchronize, cpu_count, nullptr, nullptr,
+       nullptr},
+      {}};
   return rts;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -55,6 +56,12 @@ struct DeviceRuntime {
   void (*copy)(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) = nullptr;
   void (*synchronize)(Device d) = nullptr;
   int (*device_count)() = nullptr;
+  // Graphs (engine/step_graph.h; null where the backend has none): capture records fn's
+  // device work into a replayable graph (fn runs once, its kernels do not); replay runs it
+  // after the current stream's queued work; destroy frees it and its memory pool.
+  void* (*graph_capture)(Device d, const std::function<void()>& fn) = nullptr;
+  void (*graph_replay)(void* graph) = nullptr;
+  void (*graph_destroy)(void* graph) = nullptr;
 };
 
 void register_device_runtime(DeviceType t, const DeviceRuntime& rt);

@@ -58,7 +58,9 @@ R1_KERNEL(moe_update_bias, void(Tensor& bias, const Tensor& load, double gamma))
 
 // The weighted sum of the routed experts' outputs (engine/ops_moe.h moe_combine). ys: the
 // experts' outputs, each (n_j, D) contiguous, float; w (P) float (P = N * K pairs, token-major);
-// part, row (P) i64: pair p reads ys[part[p]][row[p]] -> y (N, D):
+// part, row (P) i64: pair p reads ys[part[p]][row[p]] (row undefined: row p / K, the pair's own
+// token's, as when every expert ran on every token; part is then not checked on the device,
+// where checking needs a host read) -> y (N, D):
 //   y[t, d] = w[t K] * ys[..][d] + w[t K + 1] * ys[..][d] + ...   (each product rounded, then
 //   added left to right from k = 0: no FMA), so a row depends on its own K pairs only.
 R1_KERNEL(moe_combine_forward, void(const std::vector<Tensor>& ys, const Tensor& w,

@@ -191,6 +191,36 @@ Tensor moe_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor&
   return y;
 }
 
+Tensor moe_combine_all(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& indices) {
+  R1_NVTX_RANGE("moe_combine_all");
+  R1_CHECK(!ys.empty() && w.defined() && dtype_is_floating(w.dtype()) && w.dim() == 2 &&
+               w.numel() > 0,
+           "moe_combine_all: needs expert outputs and (N, K) float weights, got {} outputs, w {}",
+           ys.size(), w.defined() ? w.str() : "undefined");
+  const Device dev = w.device();
+  const int64_t N = w.size(0), K = w.size(1), E = static_cast<int64_t>(ys.size());
+  const int64_t D = ys[0].dim() == 2 ? ys[0].size(1) : -1;
+  R1_CHECK(is_int(indices) && indices.shape() == w.shape() && indices.device() == dev,
+           "moe_combine_all: indices {} must be int like w {} on {}",
+           indices.defined() ? indices.str() : "undefined", w.str(), dev.str());
+  R1_CHECK(K <= E, "moe_combine_all: {} choices per token among {} expert outputs", K, E);
+  std::vector<Tensor> inputs = ys;
+  inputs.push_back(w);
+  R1_CHECK(!needs_grad(inputs), "moe_combine_all: forward only (use moe_combine to train)");
+  std::vector<Tensor> yc;
+  for (const Tensor& y : ys) {
+    R1_CHECK(y.defined() && y.dim() == 2 && y.size(0) == N && y.size(1) == D &&
+                 y.dtype() == w.dtype() && y.device() == dev,
+             "moe_combine_all: expert output {} must be ({}, {}) {} on {}",
+             y.defined() ? y.str() : "undefined", N, D, dtype_name(w.dtype()), dev.str());
+    yc.push_back(plain(y));
+  }
+  Tensor y = Tensor::empty({N, D}, w.dtype(), dev);
+  kernels::moe_combine_forward()(dev, yc, plain(w).view({N * K}),
+                                 plain(indices).to(DType::I64).view({N * K}), Tensor(), y);
+  return y;
+}
+
 void moe_update_bias(Tensor& bias, const Tensor& load, double gamma) {
   R1_CHECK(bias.defined() && dtype_is_floating(bias.dtype()) && bias.dim() == 1 &&
                bias.is_contiguous(),

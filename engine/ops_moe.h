@@ -69,6 +69,14 @@ Tensor moe_balance_loss(const Tensor& logits, const Tensor& indices, const Tenso
 Tensor moe_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
                    const Tensor& row);
 bool moe_combine_available(Device dev);
+// The combine when every expert ran on every token (the decode step under CUDA graphs,
+// model/deepseek_v3.cc): ys are all E experts' outputs, each (N, D), and indices (N, K) int on
+// w's device are the router's choices -> y (N, D), y[t] = sum over k of w[t, k] *
+// ys[indices[t, k]][t], the same arithmetic as moe_combine (so, with batch-invariant products,
+// the same bits as the routed path). Nothing is read back to the host: the indices are
+// trusted (the CPU kernel checks them; the CUDA one cannot). Forward only: an error if w or
+// any ys needs a gradient.
+Tensor moe_combine_all(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& indices);
 // Auxiliary-loss-free balancing (paper sec. 2.1.2): after each step,
 //   bias_i += gamma * sign(mean(load) - load_i)
 // in place, not recorded. bias (E) float, load (E) int (moe_route's load, summed over the

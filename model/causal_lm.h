@@ -9,6 +9,18 @@
 
 namespace r1 {
 
+// How forward_cached may run. The defaults check everything; a captured decode step
+// (rl/generate.cc under CUDA graphs, engine/step_graph.h) needs a forward that never reads
+// device data on the host.
+struct CachedForwardOptions {
+  // The caller has checked 0 <= pos[n] < max_positions() on the host: no read-back.
+  bool trusted_positions = false;
+  // MoE layers run every routed expert on every token and combine by the router's choices on
+  // the device (moe_combine_all): no host read of the routing, E / K times the experts' FLOPs.
+  // Under BatchInvariantScope the same bits as the routed path.
+  bool device_routing = false;
+};
+
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
@@ -16,7 +28,11 @@ class CausalLM {
   // cache.extend()); writes every layer's entries, attends each token to positions
   // 0..pos[n] of its sequence -> hidden (N, hidden) after the final norm. Forward only.
   virtual Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
-                                PagedKvCache& cache) = 0;
+                                PagedKvCache& cache, const CachedForwardOptions& opt) = 0;
+  Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
+                        PagedKvCache& cache) {
+    return forward_cached(ids, seq, pos, cache, CachedForwardOptions{});
+  }
   virtual PagedKvCache make_cache(int64_t num_blocks) const = 0;
   virtual const Tensor& lm_head() const = 0;  // (V, hidden)
   virtual int64_t max_positions() const = 0;

@@ -180,7 +180,8 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
 }
 
 DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
-                                   const Tensor& seq_lens, double balance_alpha) const {
+                                   const Tensor& seq_lens, double balance_alpha,
+                                   bool device_routing) const {
   const int64_t N = x.size(0), D = x.size(1), E = cfg_.n_routed_experts;
   const int64_t K = cfg_.num_experts_per_tok;
   const Tensor logits = linear(x, p(pre + "gate.weight"));  // (N, E)
@@ -203,6 +204,17 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     w = w.to(x.dtype());
   }
   const Tensor w_flat = w.view({N * K});
+
+  if (device_routing) {
+    // Every expert on every row: each row's product is the routed path's (batch invariance),
+    // and moe_combine_all adds them in the same order, so the bits are the routed path's.
+    R1_CHECK(balance_alpha == 0.0, "DeepseekV3: device routing is forward only");
+    std::vector<Tensor> ys;
+    for (int64_t e = 0; e < E; ++e) ys.push_back(mlp(fmt::format("{}experts.{}.", pre, e), x));
+    Tensor y = moe_combine_all(ys, w, r.indices);
+    if (cfg_.n_shared_experts > 0) y = add(y, mlp(pre + "shared_experts.", x));
+    return MoeOut{y, r.indices, r.load, Tensor()};
+  }
 
   // Group the (token, slot) pairs by expert, in token order within an expert.
   const std::vector<int64_t> idx = r.indices.to_int_vector();
@@ -402,7 +414,7 @@ const Tensor& DeepseekV3::lm_head() const {
 }
 
 Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
-                                  PagedKvCache& cache) {
+                                  PagedKvCache& cache, const CachedForwardOptions& opt) {
   R1_CHECK(ids.defined() && ids.dim() == 1 && seq.defined() && pos.defined() &&
                seq.shape() == ids.shape() && pos.shape() == ids.shape(),
            "DeepseekV3::forward_cached: ids, seq, pos must be (N), got {} {} {}",
@@ -416,10 +428,11 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
   const int64_t nope = cfg_.qk_nope_head_dim, vd = cfg_.v_head_dim;
   const Device dev = p("model.embed_tokens.weight").device();
   const Tensor pos64 = pos.to(DType::I64).to(dev), seq64 = seq.to(DType::I64).to(dev);
-  for (int64_t v : pos64.to_int_vector())
-    R1_CHECK(v >= 0 && v < max_positions_,
-             "DeepseekV3::forward_cached: position {} outside [0, max_positions = {})", v,
-             max_positions_);
+  if (!opt.trusted_positions)
+    for (int64_t v : pos64.to_int_vector())
+      R1_CHECK(v >= 0 && v < max_positions_,
+               "DeepseekV3::forward_cached: position {} outside [0, max_positions = {})", v,
+               max_positions_);
   const Tensor rpos = pos64.view({1, N});
   const Tensor& table = cache.block_table();
   const double eps = cfg_.rms_norm_eps;
@@ -464,7 +477,7 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
     if (!cfg_.is_moe_layer(i)) {
       h = add(h, mlp(pre + "mlp.", xn));
     } else {
-      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0).y);
+      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0, opt.device_routing).y);
     }
   }
   return rmsnorm(h, p("model.norm.weight"), eps);

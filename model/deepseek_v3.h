@@ -90,7 +90,8 @@ class DeepseekV3 : public CausalLM {
   // row's result does not depend on the other rows of the call. Forward only (run it under
   // NoGrad). The cache is the one make_cache() builds.
   Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
-                        PagedKvCache& cache) override;
+                        PagedKvCache& cache, const CachedForwardOptions& opt) override;
+  using CausalLM::forward_cached;
   // A cache for this model: one latent entry (kv_lora_rank + qk_rope_head_dim) per token and
   // layer, num_blocks blocks of PagedKvCache::kBlockSize tokens.
   PagedKvCache make_cache(int64_t num_blocks) const override;
@@ -132,9 +133,10 @@ class DeepseekV3 : public CausalLM {
   Tensor proj(const Tensor& x, const std::string& name, const Fp8Rows* xq = nullptr) const;
   // x's FP8 quantization for projections that share it, when the config says fp8.
   std::optional<Fp8Rows> shared_fp8_input(const Tensor& x) const;
-  // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut
+  // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut. device_routing: every
+  // expert on every row, combined on the device (CachedForwardOptions; forward only).
   MoeOut moe(const std::string& pre, const Tensor& x, const Tensor& seq_lens,
-             double balance_alpha) const;
+             double balance_alpha, bool device_routing = false) const;
 
   ModelConfig cfg_;
   ParamMap params_;

@@ -188,7 +188,7 @@ const Tensor& DenseModel::lm_head() const {
 }
 
 Tensor DenseModel::forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
-                                  PagedKvCache& cache) {
+                                  PagedKvCache& cache, const CachedForwardOptions& opt) {
   R1_CHECK(ids.defined() && ids.dim() == 1 && seq.defined() && pos.defined() &&
                seq.shape() == ids.shape() && pos.shape() == ids.shape(),
            "DenseModel::forward_cached: ids, seq, pos must be (N)");
@@ -199,10 +199,11 @@ Tensor DenseModel::forward_cached(const Tensor& ids, const Tensor& seq, const Te
            cache.layers(), cache.entry_width(), cfg_.num_hidden_layers, 2 * Hk * hd);
   const Device dev = param("model.embed_tokens.weight").device();
   const Tensor pos64 = pos.to(DType::I64).to(dev), seq64 = seq.to(DType::I64).to(dev);
-  for (int64_t v : pos64.to_int_vector())
-    R1_CHECK(v >= 0 && v < max_positions_,
-             "DenseModel::forward_cached: position {} outside [0, max_positions = {})", v,
-             max_positions_);
+  if (!opt.trusted_positions)  // device_routing: no MoE here
+    for (int64_t v : pos64.to_int_vector())
+      R1_CHECK(v >= 0 && v < max_positions_,
+               "DenseModel::forward_cached: position {} outside [0, max_positions = {})", v,
+               max_positions_);
   const Tensor rpos = pos64.view({1, N});
   const Tensor& table = cache.block_table();
   const PagedLayout layout{Hk, hd, hd, Hk * hd};

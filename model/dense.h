@@ -49,7 +49,8 @@ class DenseModel : public CausalLM {
   // engine/ops_paged.h's with Hk kv heads (v_offset = Hk * head_dim). Prefill and decode are
   // the same call; forward only.
   Tensor forward_cached(const Tensor& ids, const Tensor& seq, const Tensor& pos,
-                        PagedKvCache& cache) override;
+                        PagedKvCache& cache, const CachedForwardOptions& opt) override;
+  using CausalLM::forward_cached;
   PagedKvCache make_cache(int64_t num_blocks) const override;
   const Tensor& lm_head() const override;
   int64_t max_positions() const override { return max_positions_; }

@@ -34,6 +34,9 @@ int32_t PagedKvCache::take_block() {
 }
 
 int64_t PagedKvCache::add_sequence() {
+  R1_CHECK(fixed_seqs_ == 0 || static_cast<int64_t>(blocks_.size()) < fixed_seqs_,
+           "PagedKvCache: sequence {} beyond the fixed block table's {} rows", blocks_.size(),
+           fixed_seqs_);
   blocks_.emplace_back();
   len_.push_back(0);
   dirty_ = true;
@@ -73,6 +76,9 @@ int64_t PagedKvCache::extend(int64_t seq, int64_t n) {
   const int64_t start = len_[seq], end = start + n;
   std::vector<int32_t>& blocks = blocks_[seq];
   // A shared partial block is never written: fork copies it, so the last block is owned.
+  R1_CHECK(fixed_blocks_ == 0 || end <= fixed_blocks_ * kBlockSize,
+           "PagedKvCache::extend: {} tokens for sequence {} exceed the fixed block table's {} "
+           "blocks of {}", end, seq, fixed_blocks_, kBlockSize);
   while (static_cast<int64_t>(blocks.size()) * kBlockSize < end) {
     blocks.push_back(take_block());
     dirty_ = true;
@@ -86,8 +92,34 @@ int64_t PagedKvCache::length(int64_t seq) const {
   return len_[seq];
 }
 
+void PagedKvCache::fix_table(int64_t max_seqs, int64_t max_blocks) {
+  R1_CHECK(max_seqs >= 1 && max_blocks >= 1 && max_seqs * max_blocks < (int64_t{1} << 31),
+           "PagedKvCache::fix_table: {} x {} entries", max_seqs, max_blocks);
+  R1_CHECK(static_cast<int64_t>(blocks_.size()) <= max_seqs,
+           "PagedKvCache::fix_table: {} sequences already, {} rows asked", blocks_.size(),
+           max_seqs);
+  for (const auto& b : blocks_)
+    R1_CHECK(static_cast<int64_t>(b.size()) <= max_blocks,
+             "PagedKvCache::fix_table: a sequence holds {} blocks, {} asked", b.size(),
+             max_blocks);
+  fixed_seqs_ = max_seqs;
+  fixed_blocks_ = max_blocks;
+  table_ = Tensor::empty({max_seqs, max_blocks}, DType::I32, pools_.front().device());
+  dirty_ = true;
+}
+
 const Tensor& PagedKvCache::block_table() {
   if (!dirty_) return table_;
+  if (fixed_seqs_ > 0) {
+    std::vector<int32_t> t(static_cast<size_t>(fixed_seqs_ * fixed_blocks_), -1);
+    for (size_t s = 0; s < blocks_.size(); ++s)
+      std::copy(blocks_[s].begin(), blocks_[s].end(),
+                t.begin() + static_cast<int64_t>(s) * fixed_blocks_);
+    copy_bytes(table_.data_ptr(), table_.device(), t.data(), Device::cpu(),
+               t.size() * sizeof(int32_t));
+    dirty_ = false;
+    return table_;
+  }
   size_t width = 1;
   for (const auto& b : blocks_) width = std::max(width, b.size());
   std::vector<int32_t> t(blocks_.size() * width, -1);

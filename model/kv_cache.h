@@ -32,8 +32,14 @@ class PagedKvCache {
   int64_t extend(int64_t seq, int64_t n);
   int64_t length(int64_t seq) const;
 
-  // (sequences, max blocks) i32 on the cache's device: unused entries -1.
+  // (sequences, max blocks) i32 on the cache's device: unused entries -1. After fix_table,
+  // always the same (max_seqs, max_blocks) tensor, rewritten in place when the cache changed.
   const Tensor& block_table();
+  // From now on the block table keeps one shape and one address (a captured decode step,
+  // engine/step_graph.h, reads it there): rows for sequence ids below max_seqs, max_blocks
+  // blocks each. Adding a sequence or a block beyond that throws r1::Error.
+  void fix_table(int64_t max_seqs, int64_t max_blocks);
+  bool table_dirty() const { return dirty_; }
   Tensor& pool(int64_t layer) { return pools_[static_cast<size_t>(layer)]; }
   int64_t layers() const { return static_cast<int64_t>(pools_.size()); }
   int64_t entry_width() const { return width_; }
@@ -52,6 +58,7 @@ class PagedKvCache {
   std::vector<int64_t> len_;       // per sequence; -1 = released
   Tensor table_;
   bool dirty_ = true;
+  int64_t fixed_seqs_ = 0, fixed_blocks_ = 0;  // fix_table's shape; 0: the table grows
 };
 
 }  // namespace r1

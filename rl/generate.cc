@@ -1,13 +1,18 @@
 // Batched KV-cached generation (rl/generate.h).
 #include "rl/generate.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <optional>
 
 #include "engine/autograd.h"
 #include "engine/determinism.h"
 #include "engine/nvtx.h"
 #include "engine/ops.h"
+#include "engine/step_graph.h"
 
 namespace r1::rl {
 namespace {
@@ -34,7 +39,118 @@ void sample_rows(CausalLM& model, const Tensor& hidden, const std::vector<int64_
   logprobs->assign(d, d + n);
 }
 
+// Rows of the decode step in a graph-safe form (DecodeMode kStatic / kGraphs): every step
+// reads its rows from one persistent device buffer, padded to a power of two; padding rows
+// decode `scratch`, a sequence of one block at position 0 that nobody reads. A batch size's
+// graph is captured after its first (eager) step and replayed from then on.
+class StaticDecode {
+ public:
+  StaticDecode(CausalLM& model, PagedKvCache& cache, const GenerationConfig& cfg, Device dev,
+               int64_t max_rows, int64_t scratch, bool graphs)
+      : model_(model), cache_(cache), cfg_(cfg), dev_(dev), scratch_(scratch), graphs_(graphs) {
+    cap_ = 1;
+    while (cap_ < max_rows) cap_ *= 2;
+    in_ = Tensor::empty({kFields, cap_}, DType::I64, dev);
+    host_.assign(static_cast<size_t>(kFields * cap_), 0);
+  }
+
+  // Row r: token ids[r] of cache sequence seq[r] at position pos[r] (reserved), then the next
+  // token sampled with stream streams[r] at position pos[r] + 1.
+  void run(const std::vector<int64_t>& ids, const std::vector<int64_t>& seq,
+           const std::vector<int64_t>& pos, const std::vector<int64_t>& streams,
+           std::vector<int64_t>* tokens, std::vector<double>* logprobs) {
+    const int64_t n = static_cast<int64_t>(ids.size());
+    R1_CHECK(n >= 1 && n <= cap_, "generate: {} decode rows for a capacity of {}", n, cap_);
+    int64_t b = 1;
+    while (b < n) b *= 2;
+    for (int64_t r = 0; r < cap_; ++r) {
+      const bool live = r < n;
+      host_[0 * cap_ + r] = live ? ids[r] : 0;
+      host_[1 * cap_ + r] = live ? seq[r] : scratch_;
+      host_[2 * cap_ + r] = live ? pos[r] : 0;
+      host_[3 * cap_ + r] = live ? streams[r] : 0;
+      host_[4 * cap_ + r] = live ? pos[r] + 1 : 1;
+    }
+    copy_bytes(in_.data_ptr(), dev_, host_.data(), Device::cpu(),
+               host_.size() * sizeof(int64_t));
+    cache_.block_table();  // rewritten in place here: never inside a capture
+    Bucket& bk = buckets_[b];
+    if (bk.graph.captured()) {
+      bk.graph.replay();
+    } else {
+      step(b, &bk.tok, &bk.lp);
+      if (graphs_) {
+        // The next step of this size replays what this one ran; the capture records, it does
+        // not run (the cache entries just written would be written again with the same bits).
+        bk.graph.capture(dev_, [&] { step(b, &bk.tok, &bk.lp); });
+        ++captured_;
+      }
+    }
+    const std::vector<int64_t> t = bk.tok.to_int_vector();
+    tokens->assign(t.begin(), t.begin() + n);
+    const Tensor lp64 = bk.lp.to(DType::F64).to(Device::cpu());
+    const double* d = static_cast<const double*>(lp64.data_ptr());
+    logprobs->assign(d, d + n);
+  }
+
+  int64_t captured() const { return captured_; }
+
+ private:
+  static constexpr int64_t kFields = 5;  // ids, seq, pos, sampling stream, sampling position
+  struct Bucket {
+    StepGraph graph;
+    Tensor tok, lp;
+  };
+
+  Tensor field(int64_t f, int64_t b) const { return in_.narrow(0, f, 1).view({cap_}).narrow(0, 0, b); }
+
+  // The step a graph holds: every input read from in_, nothing read back.
+  void step(int64_t b, Tensor* tok, Tensor* lp) {
+    CachedForwardOptions opt;
+    opt.trusted_positions = true;  // generate checked prompt + max_new_tokens on the host
+    opt.device_routing = true;
+    const Tensor hidden = model_.forward_cached(field(0, b), field(1, b), field(2, b), cache_, opt);
+    const Tensor logits = linear(hidden, model_.lm_head()).contiguous();
+    *tok = Tensor::empty({b}, DType::I64, dev_);
+    *lp = Tensor::empty({b}, stat_dtype(logits.dtype()), dev_);
+    kernels::sample_tokens()(dev_, logits, field(3, b), field(4, b), cfg_.seed, cfg_.sampling,
+                             *tok, *lp);
+  }
+
+  CausalLM& model_;
+  PagedKvCache& cache_;
+  const GenerationConfig& cfg_;
+  Device dev_;
+  int64_t scratch_, cap_ = 1, captured_ = 0;
+  bool graphs_;
+  Tensor in_;
+  std::vector<int64_t> host_;
+  std::map<int64_t, Bucket> buckets_;
+};
+
 }  // namespace
+
+// kAuto picks CUDA graphs only once they have passed on a GPU (DecodeGraphsCuda.MatchEager,
+// CudaGraph.* in tests/test_cuda_runtime.cc): until then a GPU run decodes eagerly unless
+// asked for kGraphs. Written without a GPU; flip after the first GPU check passes.
+constexpr bool kDecodeGraphsValidated = false;
+
+const char* decode_mode_name(DecodeMode m) {
+  switch (m) {
+    case DecodeMode::kAuto: return "auto";
+    case DecodeMode::kEager: return "eager";
+    case DecodeMode::kStatic: return "static";
+    case DecodeMode::kGraphs: return "graphs";
+  }
+  return "?";
+}
+
+DecodeMode decode_mode_from_name(const std::string& name, const std::string& where) {
+  for (DecodeMode m : {DecodeMode::kAuto, DecodeMode::kEager, DecodeMode::kStatic,
+                       DecodeMode::kGraphs})
+    if (name == decode_mode_name(m)) return m;
+  throw InputError(fmt::format("{}: decode mode '{}': auto, eager, static or graphs", where, name));
+}
 
 std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int32_t>>& prompts,
                              int64_t samples_per_prompt, const GenerationConfig& cfg,
@@ -58,7 +174,24 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     prompt_tokens += len;
     blocks += (len + bs - 1) / bs + G * ((len + cfg.max_new_tokens + bs - 1) / bs);
   }
-  PagedKvCache cache = model.make_cache(std::max<int64_t>(blocks, 1));
+  const Device dev = model.lm_head().device();
+  DecodeMode mode = cfg.decode;
+  if (mode == DecodeMode::kAuto)
+    mode = kDecodeGraphsValidated && StepGraph::supported(dev) ? DecodeMode::kGraphs
+                                                               : DecodeMode::kEager;
+  R1_INPUT_CHECK(mode != DecodeMode::kGraphs || StepGraph::supported(dev),
+                 "generate: decode mode graphs on {}, which has none (or R1_CUDA_GRAPHS=0)",
+                 dev.str());
+  const bool fixed = mode != DecodeMode::kEager;
+  // fixed: one more block and sequence, the padding rows' scratch.
+  PagedKvCache cache = model.make_cache(std::max<int64_t>(blocks + (fixed ? 1 : 0), 1));
+  if (fixed) {
+    int64_t max_blocks = 1;
+    for (const auto& p : prompts)
+      max_blocks = std::max(max_blocks, (static_cast<int64_t>(p.size()) + cfg.max_new_tokens +
+                                         bs - 1) / bs);
+    cache.fix_table(P + P * G + 1, max_blocks);
+  }
 
   // Prefill: every prompt token in one call; the last row of each prompt gives its logits.
   std::vector<int64_t> ids, seq, pos, last_rows, parents;
@@ -78,7 +211,6 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
   Tensor hidden = model.forward_cached(Tensor::from_vector(ids, {n_ids}),
                                        Tensor::from_vector(seq, {n_ids}),
                                        Tensor::from_vector(pos, {n_ids}), cache);
-  const Device dev = hidden.device();
 
   // Fork each prompt into its G samples; the first token of sample (i, g) comes from prompt
   // i's last row.
@@ -98,12 +230,18 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     cache.release(parents[i]);
   }
   hidden = index_select(hidden, 0, Tensor::from_vector(rows, {static_cast<int64_t>(rows.size())}).to(dev));
+  std::optional<StaticDecode> fixed_step;
+  if (fixed) {
+    const int64_t scratch = cache.add_sequence();
+    cache.extend(scratch, 1);
+    fixed_step.emplace(model, cache, cfg, dev, P * G, scratch, mode == DecodeMode::kGraphs);
+  }
   const double prefill_s = seconds_since(t0);
   int64_t steps = 0, generated = 0, peak = cache.blocks_in_use();
   std::vector<int64_t> tok;
   std::vector<double> lp;
+  sample_rows(model, hidden, streams, positions, cfg, &tok, &lp);  // the first tokens
   while (true) {
-    sample_rows(model, hidden, streams, positions, cfg, &tok, &lp);
     std::vector<int64_t> next_live, next_ids, next_seq, next_pos, next_streams;
     for (size_t r = 0; r < live.size(); ++r) {
       Sample& s = out[live[r]];
@@ -133,13 +271,17 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     if (next_live.empty()) break;
     peak = std::max(peak, cache.blocks_in_use());
     const int64_t n = static_cast<int64_t>(next_live.size());
-    hidden = model.forward_cached(Tensor::from_vector(next_ids, {n}),
-                                  Tensor::from_vector(next_seq, {n}),
-                                  Tensor::from_vector(next_pos, {n}), cache);
+    if (fixed_step) {
+      fixed_step->run(next_ids, next_seq, next_pos, next_streams, &tok, &lp);
+    } else {
+      hidden = model.forward_cached(Tensor::from_vector(next_ids, {n}),
+                                    Tensor::from_vector(next_seq, {n}),
+                                    Tensor::from_vector(next_pos, {n}), cache);
+      positions.resize(static_cast<size_t>(n));
+      for (int64_t r = 0; r < n; ++r) positions[r] = next_pos[r] + 1;
+      sample_rows(model, hidden, next_streams, positions, cfg, &tok, &lp);
+    }
     live = std::move(next_live);
-    streams = std::move(next_streams);
-    positions.resize(static_cast<size_t>(n));
-    for (int64_t r = 0; r < n; ++r) positions[r] = next_pos[r] + 1;
     ++steps;
   }
   if (stats) {
@@ -149,6 +291,8 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     stats->peak_blocks = peak;
     stats->prefill_s = prefill_s;
     stats->decode_s = seconds_since(t0) - prefill_s;
+    stats->decode = mode;
+    stats->graphs_captured = fixed_step ? fixed_step->captured() : 0;
   }
   return out;
 }

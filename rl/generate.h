@@ -7,6 +7,7 @@
 // other samples share its batch.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/kernels.h"
@@ -14,8 +15,24 @@
 
 namespace r1::rl {
 
+// How the decode steps run (docs/cuda.md "Decode"):
+//  kEager:  one forward_cached per step over the live samples, the MoE routed on the host.
+//  kStatic: the step a CUDA graph can hold, run eagerly: the batch padded to a power of two
+//           (padding rows decode a scratch sequence), the block table at a fixed address,
+//           MoE routed on the device (CachedForwardOptions), no host reads inside the step.
+//           The same samples as kEager, bit for bit (tests/rl/test_generate.cc).
+//  kGraphs: kStatic's step recorded once per batch size (engine/step_graph.h) and replayed.
+//  kAuto:   kGraphs where the model's device has graphs (CUDA, R1_CUDA_GRAPHS not 0) and
+//           they have been validated on a GPU (kDecodeGraphsValidated in generate.cc; not yet),
+//           else kEager.
+enum class DecodeMode { kAuto, kEager, kStatic, kGraphs };
+const char* decode_mode_name(DecodeMode m);
+// "auto", "eager", "static", "graphs"; InputError naming `where` otherwise.
+DecodeMode decode_mode_from_name(const std::string& name, const std::string& where);
+
 struct GenerationConfig {
   int64_t max_new_tokens = 128;
+  DecodeMode decode = DecodeMode::kAuto;
   SamplingParams sampling;           // temperature 0 = greedy
   std::vector<int32_t> stop_tokens;  // a sampled stop token ends its sample (and is kept)
   uint64_t seed = 0;
@@ -32,6 +49,8 @@ struct Sample {
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0, decode_steps = 0, peak_blocks = 0;
   double prefill_s = 0, decode_s = 0;
+  DecodeMode decode = DecodeMode::kEager;  // the mode that ran (kAuto resolved)
+  int64_t graphs_captured = 0;             // kGraphs: one per batch size used
 };
 
 // prompts: token ids (each non-empty, prompt + max_new_tokens within the model's positions);

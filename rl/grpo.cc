@@ -51,7 +51,7 @@ GrpoConfig GrpoConfig::from_json(const json& j, const std::string& where) {
   R1_INPUT_CHECK(j.is_object(), "{}: expected a JSON object", where);
   static const std::set<std::string> known = {
       "max_steps", "questions_per_step", "num_generations", "max_completion_length",
-      "temperature", "top_p", "top_k", "learning_rate", "weight_decay", "max_grad_norm",
+      "temperature", "top_p", "top_k", "decode", "learning_rate", "weight_decay", "max_grad_norm",
       "adam_beta2", "warmup_steps", "beta", "epsilon", "epsilon_high", "num_iterations",
       "ref_model_sync_steps", "scale_rewards", "loss_type", "importance_sampling_level",
       "mask_truncated_completions", "drop_zero_variance_groups", "micro_batch_sequences",
@@ -68,6 +68,7 @@ GrpoConfig GrpoConfig::from_json(const json& j, const std::string& where) {
   read_key(j, "temperature", &c.temperature, where);
   read_key(j, "top_p", &c.top_p, where);
   read_key(j, "top_k", &c.top_k, where);
+  read_key(j, "decode", &c.decode, where);
   read_key(j, "learning_rate", &c.learning_rate, where);
   read_key(j, "weight_decay", &c.weight_decay, where);
   read_key(j, "max_grad_norm", &c.max_grad_norm, where);
@@ -107,7 +108,7 @@ json GrpoConfig::to_json() const {
   return {{"max_steps", max_steps}, {"questions_per_step", questions_per_step},
           {"num_generations", num_generations}, {"max_completion_length", max_completion_length},
           {"temperature", temperature}, {"top_p", top_p}, {"top_k", top_k},
-          {"learning_rate", learning_rate}, {"weight_decay", weight_decay},
+          {"decode", decode}, {"learning_rate", learning_rate}, {"weight_decay", weight_decay},
           {"max_grad_norm", max_grad_norm}, {"adam_beta2", adam_beta2},
           {"warmup_steps", warmup_steps}, {"beta", beta}, {"epsilon", epsilon},
           {"epsilon_high", epsilon_high}, {"num_iterations", num_iterations},
@@ -137,6 +138,7 @@ void GrpoConfig::validate(const std::string& where) const {
   R1_INPUT_CHECK(temperature > 0 && std::isfinite(temperature), "{}: temperature must be > 0", where);
   R1_INPUT_CHECK(top_p > 0 && top_p <= 1, "{}: top_p must be in (0, 1]", where);
   R1_INPUT_CHECK(top_k >= 0, "{}: top_k must be >= 0", where);
+  decode_mode_from_name(decode, where);
   R1_INPUT_CHECK(learning_rate > 0 && std::isfinite(learning_rate), "{}: learning_rate must be > 0", where);
   R1_INPUT_CHECK(beta >= 0 && std::isfinite(beta), "{}: beta must be >= 0", where);
   R1_INPUT_CHECK(epsilon >= 0 && epsilon <= 1, "{}: epsilon must be in [0, 1]", where);
@@ -273,6 +275,7 @@ json GrpoTrainer::step(int64_t step) {
   gc.sampling.temperature = static_cast<float>(cfg_.temperature);
   gc.sampling.top_p = static_cast<float>(cfg_.top_p);
   gc.sampling.top_k = cfg_.top_k;
+  gc.decode = decode_mode_from_name(cfg_.decode, "grpo config");
   gc.stop_tokens = {eos_};
   gc.seed = mix(cfg_.seed, static_cast<uint64_t>(step));
   GenerationStats gs;

@@ -39,6 +39,7 @@ struct GrpoConfig {
   int64_t max_completion_length = 96;
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
+  std::string decode = "auto";           // rollouts' decode mode (rl/generate.h DecodeMode)
   double learning_rate = 1e-3, weight_decay = 0.0, max_grad_norm = 1.0, adam_beta2 = 0.99;
   int64_t warmup_steps = 0;
   double beta = 0.0;                     // k3 KL coefficient; 0 keeps no reference model

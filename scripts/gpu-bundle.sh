@@ -36,6 +36,7 @@ mapfile -t targets < <({
   grep -l R1_SKIP_WITHOUT_CUDA tests/test_*.cc tests/*/test_*.cc 2>/dev/null |
     xargs -n1 basename | sed 's/\.cc$//'
   echo bench_cuda_kernels; echo bench_fp8_gemm; echo r1-fp8-tune; echo r1-toy-lm; echo r1-grpo
+  echo bench_rl
 } | sort -u)
 ((${#targets[@]})) || { echo "gpu-bundle: no CUDA targets found in $build_dir" >&2; exit 1; }
 echo "gpu-bundle: building ${targets[*]}"

@@ -2,7 +2,9 @@
 # The one-command GPU check. On a machine with an NVIDIA GPU (sm_90a: H100/H200/H800):
 #   1. every CUDA test (R1_REQUIRE_CUDA=1: a test that cannot see the GPU fails, never skips),
 #   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first;
-#      r1-fp8-tune, the FP8 GEMM's tile-shape sweep, then bench_fp8_gemm with its table), r1-toy-lm trained on the GPU beside the same run on the CPU, and
+#      r1-fp8-tune, the FP8 GEMM's tile-shape sweep, then bench_fp8_gemm with its table),
+#      the decode step eager / graph-safe / from CUDA graphs (bench_rl --device cuda),
+#      r1-toy-lm trained on the GPU beside the same run on the CPU, and
 #      R1_GPU_GRPO_STEPS (default 60) GRPO steps of the tiny R1-Zero config from the bundled
 #      base on the GPU and on the CPU (the reward curves and the speed-up),
 #   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
@@ -27,7 +29,7 @@
 #                   step with under 10 s left is recorded as "not run (budget)". GPU time is
 #                   lent by the minute; a hang in one kernel must not cost the rest of the table.
 # Environment, for a rerun that needs only part of it (GPU time is lent by the minute):
-#   R1_GPU_SKIP="bench_cuda_kernels r1-fp8-tune bench_fp8_gemm variants r1-toy-lm r1-grpo"
+#   R1_GPU_SKIP="bench_cuda_kernels r1-fp8-tune bench_fp8_gemm bench_rl variants r1-toy-lm r1-grpo"
 #                                  steps left out
 #   R1_GPU_TESTS="test_a test_b"   only these test binaries
 #   R1_GPU_BENCH_FILTER=REGEX      only these bench_cuda_kernels rows
@@ -235,6 +237,20 @@ if [[ -n ${R1_GPU_PROFILE:-} ]]; then
   done
 fi
 echo "gpu-check: benchmarks done at $(elapsed)"
+
+# ---- 2a. the decode step: eager, graph-safe, replayed from CUDA graphs (bench_rl) ----------
+# The tiny model in bf16, 128 samples x 64 tokens: the step is launch-bound, what graphs fix.
+lim=$(cap 90)
+off bench_rl && lim=0
+if ((lim == 0)); then
+  skip bench_rl
+elif [[ -x "$bundle/bin/bench_rl" ]]; then
+  timeout "$lim" "$bundle/bin/bench_rl" --config configs/tiny.json --device cuda --dtype bf16 \
+    --benchmark_filter=Sampling --benchmark_out="$out/bench_decode.json" \
+    --benchmark_out_format=json >"$out/bench_decode.log" 2>&1 ||
+    { echo "gpu-check: bench_rl --device cuda failed (rc $?), tail:"; tail -20 "$out/bench_decode.log"; status=1; }
+fi
+echo "gpu-check: decode benchmark done at $(elapsed)"
 
 # ---- 2b. end to end: the toy LM trained on the GPU and on this machine's CPU ---------------
 # Same seed, same initial weights (drawn on the CPU): the loss curves must agree to within the

@@ -271,6 +271,54 @@ def fmt(v, spec):
     return "" if v is None else format(v, spec)
 
 
+def decode(out):
+    """bench_rl's Sampling rows on the GPU: tokens/s and the time of a decode step per mode."""
+    text = read(os.path.join(out, "bench_decode.json"))
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = salvage_bench_json(text)
+    rows = []
+    for b in data.get("benchmarks", []):
+        if b.get("run_type") == "aggregate":
+            continue
+        name = re.sub(r"/[0-9]+$", "", re.sub(r"/min_time:[0-9.]+|/real_time", "", b["name"]))
+        if b.get("error_occurred"):
+            rows.append({"name": name, "error": b.get("error_message", "error")})
+            continue
+        rows.append({"name": name, "label": b.get("label", ""),
+                     "tokens_per_s": b.get("generated_tokens/s"),
+                     "decode_step_us": b.get("decode_step_us"),
+                     "prefill_ms": b.get("prefill_ms"), "decode_ms": b.get("decode_ms")})
+    return rows
+
+
+def decode_table(rows):
+    if not rows:
+        return ["## Decode step (bench_rl --device cuda --dtype bf16)", "",
+                "- not run or failed (see bench_decode.log)", ""]
+    md = ["## Decode step (bench_rl --device cuda --dtype bf16)", "",
+          "The tiny model, 16 prompts x 8 samples x 64 new tokens per call; eager: the step "
+          "launched kernel by kernel; static: the graph-safe step run eagerly (padded batch, "
+          "every expert on every token); graphs: that step replayed from CUDA graphs (captures "
+          "included in the time).", "",
+          "| mode | tokens/s | decode step (us) | prefill (ms) | decode (ms) | vs eager |",
+          "|---|---:|---:|---:|---:|---:|"]
+    eager = next((r for r in rows if r["name"].endswith("/eager") and "error" not in r), None)
+    for r in rows:
+        if "error" in r:
+            md.append(f"| {r['name']} | FAILED: {r['error']} | | | | |")
+            continue
+        ratio = (eager["decode_step_us"] / r["decode_step_us"]
+                 if eager and r.get("decode_step_us") else None)
+        md.append(f"| {r['name'].split('/')[-1]} | {fmt(r['tokens_per_s'], '.0f')} | "
+                  f"{fmt(r['decode_step_us'], '.0f')} | {fmt(r['prefill_ms'], '.1f')} | "
+                  f"{fmt(r['decode_ms'], '.1f')} | {fmt(ratio, '.2f')}x |")
+    return md + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -352,6 +400,8 @@ def main():
     for name, text in tuned:
         md += [f"## Tuned FP8 tile shapes ({name}, from r1-fp8-tune; copy to bench/tuned/)", "",
                "```", text.rstrip(), "```", ""]
+    dec = decode(a.out)
+    md += decode_table(dec)
     md += ["## End to end: r1-toy-lm, CUDA against the CPU", ""]
     if e2e:
         md += [f"- {e2e['steps']} steps from the same f32 weights: loss {e2e['first_loss']:.4f} -> "
@@ -392,7 +442,7 @@ def main():
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"gpu": gpu, "commit": commit, "date": date, "context": ctx, "tests": ts,
                    "benchmarks": rows, "fp8_gemm": fp8_rows, "sanitizer": san,
-                   "toy_lm": e2e, "grpo": rl}, f, indent=1)
+                   "toy_lm": e2e, "grpo": rl, "decode": dec}, f, indent=1)
     print(f"gpu_results: wrote {stem}.md and .json")
     return 0
 

@@ -4,12 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "engine/autograd.h"
 #include "engine/kernels.h"
+#include "engine/ops.h"
+#include "engine/step_graph.h"
 #include "engine/tensor.h"
 #include "tests/harness.h"
 
@@ -217,6 +221,71 @@ TEST(CudaStream, CurrentStreamIsPerThreadAndTensorsUseIt) {
     EXPECT_EQ(w.data_ptr(), old);
   }
   EXPECT_EQ(cuda::current_stream(0), cudaStreamLegacy);
+}
+
+// A captured step replays with whatever its input tensors hold at the time; what it allocated
+// comes from its own pool, which nothing else is handed while the graph lives and which is
+// freed with it.
+TEST(CudaGraph, ReplaysWithNewInputsAndKeepsItsMemory) {
+  R1_SKIP_WITHOUT_CUDA();
+  ASSERT_TRUE(StepGraph::supported(kGpu) || std::getenv("R1_CUDA_GRAPHS"));
+  NoGrad ng;
+  auto& a = CachingAllocator::instance();
+  const size_t pool0 = a.graph_pool_bytes(0);
+  const int64_t n = 300001;  // not a multiple of any block size
+  Tensor x = Tensor::empty({n}, DType::F32, kGpu);
+  Tensor y;
+  {
+    StepGraph g;
+    g.capture(kGpu, [&] { y = add(mul(x, x), x); });
+    ASSERT_TRUE(g.captured());
+    ASSERT_TRUE(y.defined());
+    EXPECT_GT(a.graph_pool_bytes(0), pool0);
+    // Fresh allocations of y's size never alias the graph's memory.
+    std::vector<Tensor> others;
+    for (int i = 0; i < 8; ++i) {
+      others.push_back(Tensor::empty({n}, DType::F32, kGpu));
+      EXPECT_NE(others.back().data_ptr(), y.data_ptr());
+    }
+    for (int round = 0; round < 3; ++round) {
+      const Tensor xh = Tensor::randn({n}, case_seed(900 + round));
+      x.copy_(xh);
+      for (Tensor& o : others) o.fill_(round + 1.0);  // other work between replays
+      g.replay();
+      const std::vector<float> xv = xh.to_float_vector(), got = y.to_float_vector();
+      int64_t bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const volatile float sq = xv[i] * xv[i];
+        bad += got[i] != sq + xv[i];
+      }
+      EXPECT_EQ(bad, 0) << "round " << round << " [seed " << test::run_seed() << "]";
+    }
+  }
+  y = Tensor();
+  EXPECT_EQ(a.graph_pool_bytes(0), pool0) << "the pool goes with its graph";
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// A host read inside a captured step is refused with an error; nothing is left captured and
+// the device keeps working.
+TEST(CudaGraph, HostReadInsideCaptureIsAnError) {
+  R1_SKIP_WITHOUT_CUDA();
+  NoGrad ng;
+  auto& a = CachingAllocator::instance();
+  const size_t pool0 = a.graph_pool_bytes(0);
+  const Tensor x = Tensor::randn({1000}, case_seed(950)).to(kGpu);
+  StepGraph g;
+  try {
+    g.capture(kGpu, [&] { (void)add(x, x).to_float_vector(); });
+    ADD_FAILURE() << "a host read inside a capture was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("capture"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(g.captured());
+  EXPECT_EQ(a.graph_pool_bytes(0), pool0);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  const std::vector<float> xv = x.to_float_vector(), two = add(x, x).to_float_vector();
+  for (size_t i = 0; i < xv.size(); ++i) ASSERT_EQ(two[i], xv[i] + xv[i]);
 }
 #endif  // R1_HAVE_CUDA
 

@@ -86,7 +86,21 @@ void* CachingAllocator::allocate(size_t nbytes, int device, cudaStream_t stream)
   std::lock_guard<std::mutex> lock(mu_);
   DevicePool& dp = pool(device);
   Block b;
-  if (take_cached(dp, size, stream, &b)) {
+  GraphPool* gp = nullptr;
+  if (dp.capture_pool != 0 && stream == dp.capture_stream) gp = &graph_pools_.at(dp.capture_pool);
+  if (gp) {
+    // A graph pool: best fit within the waste bound, no events (one stream, in order).
+    FreeList& fl = gp->free;
+    if (auto it = fl.lower_bound(size); it != fl.end() && it->first <= size + size / kMaxWasteDivisor) {
+      b = std::move(it->second);
+      fl.erase(it);
+      ++dp.stats.num_cache_hits;
+      dp.stats.cached_bytes -= b.size;
+    }
+  }
+  if (b.ptr) {
+    // taken from the graph pool above
+  } else if (!gp && take_cached(dp, size, stream, &b)) {
     ++dp.stats.num_cache_hits;
     dp.stats.cached_bytes -= b.size;
     release_events(dp, b);
@@ -117,6 +131,8 @@ void* CachingAllocator::allocate(size_t nbytes, int device, cudaStream_t stream)
   }
   b.stream = stream;
   b.used_on.clear();
+  b.graph_pool = gp ? dp.capture_pool : 0;
+  if (gp) gp->held_bytes += b.size;
   dp.stats.allocated_bytes += b.size;
   dp.stats.peak_allocated_bytes =
       std::max(dp.stats.peak_allocated_bytes, dp.stats.allocated_bytes);
@@ -134,6 +150,33 @@ void CachingAllocator::deallocate(void* p) {
   active_.erase(it);
   DevicePool& dp = pool(b.device);
   dp.stats.allocated_bytes -= b.size;
+
+  if (b.graph_pool != 0) {
+    auto gp = graph_pools_.find(b.graph_pool);
+    if (gp == graph_pools_.end()) {
+      // Its graph is gone and its stream may be too: no cache to return it to.
+      const cudaError_t e = cudaFree(b.ptr);
+      if (!is_shutdown(e)) R1_CUDA_CHECK(e);
+      return;
+    }
+    gp->second.held_bytes -= b.size;
+    dp.stats.cached_bytes += b.size;
+    const size_t size = b.size;
+    gp->second.free.emplace(size, std::move(b));
+    return;
+  }
+  if (dp.capture_pool != 0) {
+    // Freed while a graph is being captured: the graph may have used it, so it must not
+    // serve anyone else while the graph lives. The pool adopts it.
+    GraphPool& gp = graph_pools_.at(dp.capture_pool);
+    release_events(dp, b);
+    b.graph_pool = dp.capture_pool;
+    b.stream = dp.capture_stream;
+    dp.stats.cached_bytes += b.size;
+    const size_t size = b.size;
+    gp.free.emplace(size, std::move(b));
+    return;
+  }
 
   // One event per stream that used the block, recorded now: "the work queued so far".
   std::vector<cudaStream_t> streams = b.used_on;
@@ -183,6 +226,59 @@ void CachingAllocator::free_cached(DevicePool& dp, int device) {
     }
   }
   dp.free.clear();
+}
+
+int64_t CachingAllocator::begin_graph_pool(int device, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  DevicePool& dp = pool(device);
+  R1_CHECK(dp.capture_pool == 0, "CachingAllocator: a graph is already being captured on "
+           "cuda:{}", device);
+  R1_CHECK(stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread,
+           "CachingAllocator: graph pools need an owned stream (the legacy and per-thread "
+           "default streams cannot be captured)");
+  const int64_t id = next_graph_pool_++;
+  graph_pools_[id].device = device;
+  dp.capture_pool = id;
+  dp.capture_stream = stream;
+  return id;
+}
+
+void CachingAllocator::end_graph_pool(int device) {
+  std::lock_guard<std::mutex> lock(mu_);
+  DevicePool& dp = pool(device);
+  dp.capture_pool = 0;
+  dp.capture_stream = nullptr;
+}
+
+void CachingAllocator::release_graph_pool(int64_t id, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graph_pools_.find(id);
+  if (it == graph_pools_.end()) return;
+  GraphPool& gp = it->second;
+  DevicePool& dp = pool(gp.device);
+  R1_CHECK(dp.capture_pool != id, "CachingAllocator: graph pool {} released during its capture",
+           id);
+  DeviceGuard g(gp.device);
+  cudaError_t e = stream ? cudaStreamSynchronize(stream) : cudaSuccess;
+  for (auto& [size, b] : gp.free) {
+    if (e != cudaSuccess) break;
+    release_events(dp, b);
+    e = cudaFree(b.ptr);
+    dp.stats.cached_bytes -= size;
+  }
+  graph_pools_.erase(it);
+  if (!is_shutdown(e)) R1_CUDA_CHECK(e);
+}
+
+size_t CachingAllocator::graph_pool_bytes(int device) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t n = 0;
+  for (const auto& [id, gp] : graph_pools_) {
+    if (gp.device != device) continue;
+    n += gp.held_bytes;
+    for (const auto& [size, b] : gp.free) n += size;
+  }
+  return n;
 }
 
 AllocatorStats CachingAllocator::stats(int device) const {

@@ -16,6 +16,13 @@
 //  - cudaMalloc only on a miss. If it fails with cudaErrorMemoryAllocation, every cached
 //    block of that device is freed and the cudaMalloc retried once; a second failure throws
 //    r1::Error with the allocator's statistics.
+//  - Graph pools (CUDA graphs, engine/cuda/graph.h): between begin_graph_pool and
+//    end_graph_pool, every allocation on the capturing stream comes from a private pool, and
+//    blocks of that pool freed go back to it (no events: capture is one stream, in order).
+//    The captured graph replays with those addresses, so none of them may serve anyone else
+//    while the graph lives; release_graph_pool (when the graph is destroyed) synchronizes
+//    the stream and frees the pool's cached blocks, and a pool block freed after its
+//    release is freed outright (its stream may be gone).
 // Thread-safe (one mutex). The instance lives for the whole process and is never destroyed,
 // so tensors freed during static destruction do not touch a dead allocator.
 #pragma once
@@ -61,6 +68,16 @@ class CachingAllocator {
   // Frees every cached block on every device (cudaFree waits for the device to go idle).
   void empty_cache();
 
+  // Routes allocations on (device, stream) to a new private pool until end_graph_pool;
+  // returns the pool's id (> 0). One capture per device at a time.
+  int64_t begin_graph_pool(int device, cudaStream_t stream);
+  void end_graph_pool(int device);
+  // The graph that used pool `id` is gone: its cached blocks are freed (after `stream`, the
+  // capture stream, finishes its work); blocks still held are freed when they are.
+  void release_graph_pool(int64_t id, cudaStream_t stream);
+  // Blocks handed out from graph pools and not freed, and those cached in live graph pools.
+  size_t graph_pool_bytes(int device) const;
+
  private:
   struct PendingEvent {
     cudaStream_t stream;
@@ -73,12 +90,20 @@ class CachingAllocator {
     cudaStream_t stream = nullptr;           // the owning stream
     std::vector<cudaStream_t> used_on;       // record_stream's extra streams
     std::vector<PendingEvent> events;        // recorded at free time
+    int64_t graph_pool = 0;                  // 0: the shared cache; else a graph pool's id
   };
   using FreeList = std::multimap<size_t, Block>;  // by size, for best fit
   struct DevicePool {
     std::map<cudaStream_t, FreeList> free;  // per owning stream
     std::vector<cudaEvent_t> spare_events;
     AllocatorStats stats;
+    cudaStream_t capture_stream = nullptr;  // while a graph pool is being filled
+    int64_t capture_pool = 0;
+  };
+  struct GraphPool {
+    int device = 0;
+    FreeList free;
+    size_t held_bytes = 0;  // handed out and not freed
   };
 
   CachingAllocator() = default;
@@ -90,6 +115,8 @@ class CachingAllocator {
 
   mutable std::mutex mu_;
   std::unordered_map<void*, Block> active_;
+  std::map<int64_t, GraphPool> graph_pools_;  // live pools by id
+  int64_t next_graph_pool_ = 1;
   std::vector<DevicePool> pools_;
 };
 

@@ -261,10 +261,12 @@ void moe_update_bias_cpu(Tensor& bias, const Tensor& load, double gamma) {
 // over the threads, a row's sum always in k order, products and sums rounded apart.
 void check_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
                    const Tensor& row, int64_t N, int64_t D, const char* op) {
+  // row undefined (forward only): pair p reads row p / K, its own token's.
   R1_CHECK(!ys.empty() && w.dim() == 1 && w.is_contiguous() && part.dtype() == DType::I64 &&
-               row.dtype() == DType::I64 && part.is_contiguous() && row.is_contiguous() &&
-               part.numel() == w.numel() && row.numel() == w.numel() && N > 0 &&
-               w.numel() % N == 0,
+               part.is_contiguous() && part.numel() == w.numel() &&
+               (!row.defined() || (row.dtype() == DType::I64 && row.is_contiguous() &&
+                                   row.numel() == w.numel())) &&
+               N > 0 && w.numel() % N == 0,
            "{}: w {}, part {}, row {} for {} tokens", op, w.str(), part.str(), row.str(), N);
   for (const Tensor& y : ys)
     R1_CHECK(y.dim() == 2 && y.size(1) == D && y.is_contiguous() && y.dtype() == w.dtype(),
@@ -282,7 +284,12 @@ void moe_combine_forward_cpu(const std::vector<Tensor>& ys, const Tensor& w, con
     for (size_t j = 0; j < ys.size(); ++j) base[j] = ys[j].template data<T>();
     const T* pw = w.data<T>();
     const int64_t* pp = part.data<int64_t>();
-    const int64_t* pr = row.data<int64_t>();
+    const int64_t* pr = row.defined() ? row.data<int64_t>() : nullptr;
+    const int64_t E = static_cast<int64_t>(ys.size());
+    for (int64_t p = 0; p < P; ++p)
+      R1_CHECK(pp[p] >= 0 && pp[p] < E && (pr ? pr[p] : p / K) < ys[pp[p]].size(0),
+               "moe_combine: pair {} reads row {} of expert output {} (of {})", p,
+               pr ? pr[p] : p / K, pp[p], E);
     T* out = y.data<T>();
 #pragma omp parallel for schedule(static) if (N * D * K >= (1 << 16))
     for (int64_t t = 0; t < N; ++t) {
@@ -290,7 +297,7 @@ void moe_combine_forward_cpu(const std::vector<Tensor>& ys, const Tensor& w, con
       for (int64_t k = 0; k < K; ++k) {
         const int64_t p = t * K + k;
         const T wk = pw[p];
-        const T* src = base[pp[p]] + pr[p] * D;
+        const T* src = base[pp[p]] + (pr ? pr[p] : t) * D;
         if (k == 0) {
           for (int64_t d = 0; d < D; ++d) o[d] = wk * src[d];
         } else {
@@ -309,6 +316,7 @@ void moe_combine_backward_cpu(const std::vector<Tensor>& ys, const Tensor& w, co
                               Tensor& dw) {
   const int64_t N = dy.size(0), D = dy.size(1), P = w.numel(), K = P / N;
   check_combine(ys, w, part, row, N, D, "moe_combine backward");
+  R1_CHECK(row.defined(), "moe_combine backward: needs the rows of the pairs");
   R1_CHECK(dy.is_contiguous() && dys.size() == ys.size(),
            "moe_combine backward: dy {} and {} grads for {} experts", dy.str(), dys.size(),
            ys.size());

@@ -26,7 +26,7 @@ using namespace r1;
 using nlohmann::json;
 
 struct Options {
-  std::string checkpoint, prompts, out, templ = "r1_zero_short", device = "cpu";
+  std::string checkpoint, prompts, out, templ = "r1_zero_short", device = "cpu", decode = "auto";
   int64_t samples = 1, max_new_tokens = 128, top_k = 0;
   double temperature = 0.6, top_p = 0.95;
   uint64_t seed = 1;
@@ -65,6 +65,7 @@ int run(const Options& o) {
   gc.sampling.temperature = static_cast<float>(o.temperature);
   gc.sampling.top_p = static_cast<float>(o.top_p);
   gc.sampling.top_k = o.top_k;
+  gc.decode = rl::decode_mode_from_name(o.decode, "--decode");
   gc.stop_tokens = {*tok.token_to_id(data::kEos)};
   gc.seed = o.seed;
   rl::GenerationStats st;
@@ -83,9 +84,10 @@ int run(const Options& o) {
     }
   }
   if (!o.out.empty()) data::write_jsonl(o.out, rows);
-  std::fprintf(stderr, "r1-sample: %lld prompts x %lld samples, %lld tokens (prefill %.2fs, decode %.2fs: %.0f tok/s)\n",
+  std::fprintf(stderr, "r1-sample: %lld prompts x %lld samples, %lld tokens (prefill %.2fs, decode %.2fs %s: %.0f tok/s)\n",
                static_cast<long long>(prompts.size()), static_cast<long long>(o.samples),
                static_cast<long long>(st.generated_tokens), st.prefill_s, st.decode_s,
+               rl::decode_mode_name(st.decode),
                static_cast<double>(st.generated_tokens) / std::max(1e-9, st.prefill_s + st.decode_s));
   return 0;
 }
@@ -106,6 +108,7 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", o.top_k, "0 = off")->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.seed, "sampling seed");
   app.add_option("--device", o.device, "cpu or cuda[:i]");
+  app.add_option("--decode", o.decode, "auto, eager, static or graphs (CUDA graphs; rl/generate.h)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -191,5 +191,134 @@ TEST(Generate, LogprobsMatchFullForward) {
   }
 }
 
+// The fixed table keeps one address and holds what the growing one holds; sequences and
+// blocks beyond it are refused.
+TEST(PagedKvCache, FixedTableKeepsItsAddress) {
+  PagedKvCache grow(1, 4, 32, DType::F32, Device::cpu()), fix(1, 4, 32, DType::F32, Device::cpu());
+  fix.fix_table(4, 3);
+  const void* addr = fix.block_table().data_ptr();
+  for (PagedKvCache* c : {&grow, &fix}) {
+    const int64_t a = c->add_sequence();
+    c->extend(a, 70);
+    const int64_t b = c->fork(a);
+    c->extend(b, 100);
+    c->release(a);
+  }
+  const Tensor tf = fix.block_table();
+  EXPECT_EQ(tf.data_ptr(), addr);
+  EXPECT_EQ(tf.shape(), (Shape{4, 3}));
+  const Tensor tg = grow.block_table();
+  const std::vector<int64_t> vf = tf.to_int_vector(), vg = tg.to_int_vector();
+  for (int64_t s = 0; s < 2; ++s)
+    for (int64_t j = 0; j < 3; ++j)
+      EXPECT_EQ(vf[s * 3 + j], j < tg.size(1) ? vg[s * tg.size(1) + j] : -1) << s << " " << j;
+  EXPECT_EQ(vf[1 * 3 + 2], vg[1 * tg.size(1) + 2]);  // sequence 1's third block
+  EXPECT_NE(vf[1 * 3 + 2], -1);
+  EXPECT_THROW(fix.extend(1, 100), Error);  // 270 tokens > 3 blocks of 64
+  fix.add_sequence();
+  fix.add_sequence();
+  EXPECT_THROW(fix.add_sequence(), Error);  // a fifth row
+}
+
+// Generation with the given decode mode: prompts of three lengths, 3 samples each, stop
+// tokens common enough that samples end at different steps (the batch shrinks through
+// several padded sizes).
+std::vector<rl::Sample> run_mode(CausalLM& model, int64_t vocab, uint64_t seed,
+                                 rl::DecodeMode mode, rl::GenerationStats* st = nullptr) {
+  rl::GenerationConfig g;
+  g.max_new_tokens = 24;
+  g.sampling.temperature = 1.0f;
+  g.sampling.top_p = 0.9f;
+  for (int32_t t = 2; t < 2 + vocab / 12; ++t) g.stop_tokens.push_back(t);
+  g.seed = seed;
+  g.decode = mode;
+  const std::vector<std::vector<int32_t>> prompts = {random_tokens(seed + 1, 37, vocab),
+                                                     random_tokens(seed + 2, 70, vocab),
+                                                     random_tokens(seed + 3, 5, vocab)};
+  return rl::generate(model, prompts, 3, g, 0, st);
+}
+
+void expect_same_samples(const std::vector<rl::Sample>& a, const std::vector<rl::Sample>& b,
+                         const char* what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  std::vector<size_t> lengths;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << what << ": sample " << i;
+    EXPECT_EQ(a[i].logprobs, b[i].logprobs) << what << ": sample " << i;
+    EXPECT_EQ(a[i].truncated, b[i].truncated) << what << ": sample " << i;
+    lengths.push_back(a[i].tokens.size());
+  }
+  // The batch shrank: samples of different lengths, so several padded batch sizes ran.
+  std::sort(lengths.begin(), lengths.end());
+  EXPECT_LT(lengths.front(), lengths.back()) << what;
+}
+
+class StaticDecode : public ::testing::TestWithParam<std::string> {};
+
+// The graph-safe step (padded batch, fixed block table, MoE routed on the device, no host
+// reads) gives the eager path's samples bit for bit: what a CUDA graph replays is this step.
+// f32, f64, and f32 parameters with the FP8 projections.
+TEST_P(StaticDecode, MatchesEagerDeepseekV3) {
+  const uint64_t seed = test::case_seed(4);
+  ModelConfig cfg = tiny_config();
+  cfg.fp8 = GetParam() == "fp8";
+  const DType dt = GetParam() == "f64" ? DType::F64 : DType::F32;
+  DeepseekV3 model(cfg, DeepseekV3::init_params(cfg, seed, dt), 256);
+  rl::GenerationStats st;
+  const auto eager = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kEager);
+  const auto fixed = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kStatic, &st);
+  EXPECT_EQ(st.decode, rl::DecodeMode::kStatic);
+  EXPECT_EQ(st.graphs_captured, 0);
+  expect_same_samples(eager, fixed, "deepseek-v3");
+  // kAuto is eager on the CPU.
+  run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kAuto, &st);
+  EXPECT_EQ(st.decode, rl::DecodeMode::kEager);
+  // Graphs on a device without them: an error, not a silent fallback.
+  EXPECT_THROW(run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kGraphs), Error);
+}
+INSTANTIATE_TEST_SUITE_P(Precisions, StaticDecode, ::testing::Values("f32", "f64", "fp8"),
+                         [](const auto& info) { return info.param; });
+
+TEST(StaticDecodeDense, MatchesEager) {
+  const uint64_t seed = test::case_seed(5);
+  const ModelConfig cfg = load_model_config(R1_SOURCE_DIR "/configs/tiny-dense.json");
+  DenseModel model(cfg, DenseModel::init_params(cfg, seed), 256);
+  const auto eager = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kEager);
+  const auto fixed = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kStatic);
+  expect_same_samples(eager, fixed, "dense");
+}
+
+ParamMap to_cuda(const ParamMap& params) {
+  ParamMap out;
+  for (const auto& [name, t] : params) out[name] = t.to(Device::cuda());
+  return out;
+}
+
+// On a GPU: the decode step captured in CUDA graphs (one per padded batch size) and replayed
+// gives the eager path's samples bit for bit, in bf16 and f32, MoE and dense.
+TEST(DecodeGraphsCuda, MatchEager) {
+  R1_SKIP_WITHOUT_CUDA();
+  const uint64_t seed = test::case_seed(6);
+  const ModelConfig cfg = tiny_config();
+  for (const char* prec : {"f32", "bf16", "fp8"}) {
+    ModelConfig c = cfg;
+    c.fp8 = std::string(prec) == "fp8";
+    const DType dt = std::string(prec) == "bf16" ? DType::BF16 : DType::F32;
+    DeepseekV3 model(c, to_cuda(DeepseekV3::init_params(c, seed, dt)), 256);
+    rl::GenerationStats st;
+    const auto eager = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kEager);
+    const auto graphs = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kGraphs, &st);
+    EXPECT_EQ(st.decode, rl::DecodeMode::kGraphs);
+    EXPECT_GE(st.graphs_captured, 2) << "the batch shrank through several padded sizes";
+    expect_same_samples(eager, graphs, prec);
+    // The CPU gives the same tokens up to the devices' rounding; not compared bitwise here.
+  }
+  const ModelConfig dcfg = load_model_config(R1_SOURCE_DIR "/configs/tiny-dense.json");
+  DenseModel dense(dcfg, to_cuda(DenseModel::init_params(dcfg, seed)), 256);
+  expect_same_samples(run_mode(dense, dcfg.vocab_size, seed, rl::DecodeMode::kEager),
+                      run_mode(dense, dcfg.vocab_size, seed, rl::DecodeMode::kGraphs),
+                      "dense cuda");
+}
+
 }  // namespace
 }  // namespace r1

@@ -275,9 +275,12 @@ TEST(GrpoConfig, BadFieldsAreNamed) {
   }
   EXPECT_THROW(rl::GrpoConfig::from_json(json{{"top_p", 0}}, "g.json"), InputError);
   EXPECT_THROW(rl::GrpoConfig::from_json(json{{"tasks", {"nope"}}}, "g.json"), InputError);
+  EXPECT_THROW(rl::GrpoConfig::from_json(json{{"decode", "cuda"}}, "g.json"), InputError);
   const rl::GrpoConfig c = rl::GrpoConfig::from_json(
-      json::parse(R"({"learning_rate": 3e-6, "beta": 0.001, "num_generations": 16})"), "g.json");
+      json::parse(R"({"learning_rate": 3e-6, "beta": 0.001, "num_generations": 16,
+                      "decode": "static"})"), "g.json");
   EXPECT_EQ(c.num_generations, 16);
+  EXPECT_EQ(c.decode, "static");
   EXPECT_EQ(rl::GrpoConfig::from_json(c.to_json(), "round trip").to_json(), c.to_json());
 }
 

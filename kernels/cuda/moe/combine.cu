@@ -36,7 +36,8 @@ __global__ void moe_combine_forward_kernel(Parts<const T> ys, const T* w, const 
     float acc = 0.0f;
     for (int64_t k = 0; k < K; ++k) {
       const int64_t p = t * K + k;
-      const float prod = __fmul_rn(to_f32(w[p]), to_f32(ys.p[part[p]][row[p] * D + d]));
+      const int64_t r = row ? row[p] : t;
+      const float prod = __fmul_rn(to_f32(w[p]), to_f32(ys.p[part[p]][r * D + d]));
       acc = k == 0 ? prod : __fadd_rn(acc, prod);
     }
     y[i] = from_f32<T>(acc);
@@ -72,10 +73,13 @@ __global__ void moe_combine_backward_w_kernel(Parts<const T> ys, const int64_t* 
 
 void check_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
                    const Tensor& row, int64_t N, int64_t D, const char* op) {
+  // row undefined (forward only): pair p reads row p / K, its own token's.
   R1_CHECK(!ys.empty() && static_cast<int64_t>(ys.size()) <= kMoeMaxExpertsCuda && w.dim() == 1 &&
-               w.is_contiguous() && part.dtype() == DType::I64 && row.dtype() == DType::I64 &&
-               part.is_contiguous() && row.is_contiguous() && part.numel() == w.numel() &&
-               row.numel() == w.numel() && N > 0 && w.numel() % N == 0,
+               w.is_contiguous() && part.dtype() == DType::I64 && part.is_contiguous() &&
+               part.numel() == w.numel() &&
+               (!row.defined() || (row.dtype() == DType::I64 && row.is_contiguous() &&
+                                   row.numel() == w.numel())) &&
+               N > 0 && w.numel() % N == 0,
            "{}: {} expert outputs (at most {}), w {}, part {}, row {} for {} tokens", op,
            ys.size(), kMoeMaxExpertsCuda, w.str(), part.str(), row.str(), N);
   for (const Tensor& y : ys)
@@ -104,7 +108,8 @@ void moe_combine_forward_cuda(const std::vector<Tensor>& ys, const Tensor& w, co
     for (size_t j = 0; j < ys.size(); ++j) parts.p[j] = static_cast<const T*>(ys[j].data_ptr());
     moe_combine_forward_kernel<T><<<blocks_for(N * D), kThreads, 0, s>>>(
         parts, static_cast<const T*>(w.data_ptr()), static_cast<const int64_t*>(part.data_ptr()),
-        static_cast<const int64_t*>(row.data_ptr()), static_cast<T*>(y.data_ptr()), N, P / N, D);
+        row.defined() ? static_cast<const int64_t*>(row.data_ptr()) : nullptr,
+        static_cast<T*>(y.data_ptr()), N, P / N, D);
     R1_CUDA_CHECK_LAUNCH();
   });
 }
@@ -114,6 +119,7 @@ void moe_combine_backward_cuda(const std::vector<Tensor>& ys, const Tensor& w, c
                                Tensor& dw) {
   const int64_t N = dy.size(0), D = dy.size(1), P = w.numel();
   check_combine(ys, w, part, row, N, D, "moe_combine backward");
+  R1_CHECK(row.defined(), "moe_combine backward: needs the rows of the pairs");
   R1_CHECK(dy.is_contiguous() && dy.dtype() == w.dtype() && dys.size() == ys.size(),
            "moe_combine backward: dy {} and {} grads for {} experts", dy.str(), dys.size(),
            ys.size());

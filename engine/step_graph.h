@@ -1,0 +1,47 @@
+// A step of device work recorded once and replayed with one launch (CUDA graphs). The
+// decode step of generation is hundreds of small kernels for a few tokens; launched one by
+// one, the host's launch rate, not the GPU, sets its speed (docs/cuda.md "Decode").
+//
+// capture(d, fn) runs fn once with the device's work recorded instead of executed: every
+// kernel fn queues on the current stream, with the pointers it had then. So fn must
+//  - never read device data on the host (no to_int_vector, item, host copies: the capture
+//    fails with an error naming it),
+//  - read its inputs from, and write its outputs to, tensors that outlive the graph; a
+//    replay sees whatever those hold at the time (update them in place between replays).
+// Tensors fn allocates come from a memory pool private to the graph: they keep their
+// addresses for every replay and serve nothing else until the graph is destroyed.
+// Backends without graphs (the CPU) report supported() false; callers then run fn eagerly.
+#pragma once
+#include <functional>
+
+#include "engine/device.h"
+
+namespace r1 {
+
+class StepGraph {
+ public:
+  // The backend of d can capture, and R1_CUDA_GRAPHS is not 0.
+  static bool supported(Device d);
+
+  StepGraph() = default;
+  ~StepGraph();
+  StepGraph(StepGraph&& o) noexcept : dev_(o.dev_), handle_(o.handle_) { o.handle_ = nullptr; }
+  StepGraph& operator=(StepGraph&& o) noexcept;
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+
+  // Records fn (see above). Throws r1::Error when d's backend has no graphs or the capture
+  // fails; the graph then stays empty.
+  void capture(Device d, const std::function<void()>& fn);
+  // Runs the recorded work after everything queued on d's current stream so far; work queued
+  // there later runs after it.
+  void replay();
+  bool captured() const { return handle_ != nullptr; }
+
+ private:
+  void reset();
+  Device dev_;
+  void* handle_ = nullptr;
+};
+
+}  // namespace r1
