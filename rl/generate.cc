@@ -41,15 +41,30 @@ void sample_rows(CausalLM& model, const Tensor& hidden, const std::vector<int64_
 
 // Rows of the decode step in a graph-safe form (DecodeMode kStatic / kGraphs): every step
 // reads its rows from one persistent device buffer, padded to a power of two; padding rows
-// decode `scratch`, a sequence of one block at position 0 that nobody reads. A batch size's
+// decode scratch sequences nobody reads, padding row r at position r % L of scratch sequence
+// r / L (L = scratch_len(): one block or fewer), so no two rows write one cache slot (the
+// CUDA cache write refuses that). A batch size's
 // graph is captured after its first (eager) step and replayed from then on.
 class StaticDecode {
  public:
+  // The padded capacity for max_rows live rows, and the scratch sequences it needs.
+  static int64_t capacity(int64_t max_rows) {
+    int64_t cap = 1;
+    while (cap < max_rows) cap *= 2;
+    return cap;
+  }
+  static int64_t scratch_len(const CausalLM& model) {
+    return std::min(PagedKvCache::kBlockSize, model.max_positions());
+  }
+  static int64_t scratch_sequences(const CausalLM& model, int64_t max_rows) {
+    return (capacity(max_rows) + scratch_len(model) - 1) / scratch_len(model);
+  }
+
+  // scratch: scratch_sequences() sequences of scratch_len() tokens each, reserved.
   StaticDecode(CausalLM& model, PagedKvCache& cache, const GenerationConfig& cfg, Device dev,
-               int64_t max_rows, int64_t scratch, bool graphs)
-      : model_(model), cache_(cache), cfg_(cfg), dev_(dev), scratch_(scratch), graphs_(graphs) {
-    cap_ = 1;
-    while (cap_ < max_rows) cap_ *= 2;
+               int64_t max_rows, std::vector<int64_t> scratch, bool graphs)
+      : model_(model), cache_(cache), cfg_(cfg), dev_(dev), cap_(capacity(max_rows)),
+        scratch_len_(scratch_len(model)), scratch_(std::move(scratch)), graphs_(graphs) {
     in_ = Tensor::empty({kFields, cap_}, DType::I64, dev);
     host_.assign(static_cast<size_t>(kFields * cap_), 0);
   }
@@ -66,29 +81,32 @@ class StaticDecode {
     for (int64_t r = 0; r < cap_; ++r) {
       const bool live = r < n;
       host_[0 * cap_ + r] = live ? ids[r] : 0;
-      host_[1 * cap_ + r] = live ? seq[r] : scratch_;
-      host_[2 * cap_ + r] = live ? pos[r] : 0;
+      host_[1 * cap_ + r] = live ? seq[r] : scratch_[r / scratch_len_];
+      host_[2 * cap_ + r] = live ? pos[r] : r % scratch_len_;
       host_[3 * cap_ + r] = live ? streams[r] : 0;
-      host_[4 * cap_ + r] = live ? pos[r] + 1 : 1;
+      host_[4 * cap_ + r] = live ? pos[r] + 1 : r % scratch_len_ + 1;
     }
     copy_bytes(in_.data_ptr(), dev_, host_.data(), Device::cpu(),
                host_.size() * sizeof(int64_t));
     cache_.block_table();  // rewritten in place here: never inside a capture
     Bucket& bk = buckets_[b];
+    Tensor tok, lp;
     if (bk.graph.captured()) {
       bk.graph.replay();
+      tok = bk.tok;
+      lp = bk.lp;
     } else {
-      step(b, &bk.tok, &bk.lp);
+      step(b, &tok, &lp);  // this step's results, eagerly
       if (graphs_) {
-        // The next step of this size replays what this one ran; the capture records, it does
-        // not run (the cache entries just written would be written again with the same bits).
+        // The next step of this size replays what this one ran. The capture records, it does
+        // not run: bk.tok and bk.lp hold nothing until the first replay.
         bk.graph.capture(dev_, [&] { step(b, &bk.tok, &bk.lp); });
         ++captured_;
       }
     }
-    const std::vector<int64_t> t = bk.tok.to_int_vector();
+    const std::vector<int64_t> t = tok.to_int_vector();
     tokens->assign(t.begin(), t.begin() + n);
-    const Tensor lp64 = bk.lp.to(DType::F64).to(Device::cpu());
+    const Tensor lp64 = lp.to(DType::F64).to(Device::cpu());
     const double* d = static_cast<const double*>(lp64.data_ptr());
     logprobs->assign(d, d + n);
   }
@@ -121,7 +139,8 @@ class StaticDecode {
   PagedKvCache& cache_;
   const GenerationConfig& cfg_;
   Device dev_;
-  int64_t scratch_, cap_ = 1, captured_ = 0;
+  int64_t cap_, scratch_len_, captured_ = 0;
+  std::vector<int64_t> scratch_;
   bool graphs_;
   Tensor in_;
   std::vector<int64_t> host_;
@@ -183,14 +202,15 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
                  "generate: decode mode graphs on {}, which has none (or R1_CUDA_GRAPHS=0)",
                  dev.str());
   const bool fixed = mode != DecodeMode::kEager;
-  // fixed: one more block and sequence, the padding rows' scratch.
-  PagedKvCache cache = model.make_cache(std::max<int64_t>(blocks + (fixed ? 1 : 0), 1));
+  // fixed: the padding rows' scratch sequences, one block each.
+  const int64_t n_scratch = fixed ? StaticDecode::scratch_sequences(model, P * G) : 0;
+  PagedKvCache cache = model.make_cache(std::max<int64_t>(blocks + n_scratch, 1));
   if (fixed) {
     int64_t max_blocks = 1;
     for (const auto& p : prompts)
       max_blocks = std::max(max_blocks, (static_cast<int64_t>(p.size()) + cfg.max_new_tokens +
                                          bs - 1) / bs);
-    cache.fix_table(P + P * G + 1, max_blocks);
+    cache.fix_table(P + P * G + n_scratch, max_blocks);
   }
 
   // Prefill: every prompt token in one call; the last row of each prompt gives its logits.
@@ -232,9 +252,13 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
   hidden = index_select(hidden, 0, Tensor::from_vector(rows, {static_cast<int64_t>(rows.size())}).to(dev));
   std::optional<StaticDecode> fixed_step;
   if (fixed) {
-    const int64_t scratch = cache.add_sequence();
-    cache.extend(scratch, 1);
-    fixed_step.emplace(model, cache, cfg, dev, P * G, scratch, mode == DecodeMode::kGraphs);
+    std::vector<int64_t> scratch;
+    for (int64_t k = 0; k < n_scratch; ++k) {
+      scratch.push_back(cache.add_sequence());
+      cache.extend(scratch.back(), StaticDecode::scratch_len(model));
+    }
+    fixed_step.emplace(model, cache, cfg, dev, P * G, std::move(scratch),
+                       mode == DecodeMode::kGraphs);
   }
   const double prefill_s = seconds_since(t0);
   int64_t steps = 0, generated = 0, peak = cache.blocks_in_use();

@@ -28,14 +28,10 @@ void cuda_copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_
   const int dev = dst_dev.is_cuda() ? dst_dev.index : src_dev.index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
-  if (s != cudaStreamLegacy) {
-    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    R1_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
-    R1_CHECK(st == cudaStreamCaptureStatusNone,
-             "a {}-byte copy between host and cuda:{} inside a CUDA graph capture: a captured "
-             "step must not read device data on the host nor upload host data "
-             "(engine/step_graph.h)", n, dev);
-  }
+  R1_CHECK(!capturing(s),
+           "a {}-byte copy between host and cuda:{} inside a CUDA graph capture: a captured "
+           "step must not read device data on the host nor upload host data "
+           "(engine/step_graph.h)", n, dev);
   R1_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, s));
   R1_CUDA_CHECK(cudaStreamSynchronize(s));
 }

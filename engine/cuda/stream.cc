@@ -123,4 +123,11 @@ int sm_count(int device) {
   return n;
 }
 
+bool capturing(cudaStream_t s) {
+  if (s == cudaStreamLegacy) return false;  // never captured (and the query would sync)
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  R1_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
+  return st != cudaStreamCaptureStatusNone;
+}
+
 }  // namespace r1::cuda

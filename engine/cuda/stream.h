@@ -90,6 +90,11 @@ class StreamGuard {
   cudaStream_t prev_;
 };
 
+// True while `s` is being captured into a CUDA graph (engine/step_graph.h). Kernels whose
+// host wrappers read indices back to check them skip that check then (a capture cannot read
+// device data); the step's eager run before its capture checked the same shapes.
+bool capturing(cudaStream_t s);
+
 // Streaming multiprocessors of `device` (cached): sizes grid-stride launches.
 int sm_count(int device);
 

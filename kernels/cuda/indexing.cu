@@ -64,14 +64,16 @@ void dispatch_word(size_t bytes, Fn&& fn) {
 class BadIndexFlag {
  public:
   BadIndexFlag(int dev, cudaStream_t s)
-      : flag_(Tensor::empty({1}, DType::I64, Device::cuda(dev))) {
+      : flag_(Tensor::empty({1}, DType::I64, Device::cuda(dev))), s_(s) {
     R1_CUDA_CHECK(cudaMemsetAsync(flag_.data_ptr(), 0xFF, sizeof(int64_t), s));
   }
   unsigned long long* get() const { return static_cast<unsigned long long*>(flag_.data_ptr()); }
 
   // Reads the flag back (synchronizes the current stream) and throws naming the op, the
   // first bad index and its position.
+  // Not while a graph is being captured (nothing can be read back then; capturing()).
   void check(const Tensor& index, int64_t bound, const char* op) const {
+    if (capturing(s_)) return;
     const int64_t pos = flag_.to_int_vector()[0];
     if (pos < 0) return;  // all ones
     const int64_t id = index.view({-1}).narrow(0, pos, 1).to_int_vector()[0];
@@ -81,6 +83,7 @@ class BadIndexFlag {
 
  private:
   Tensor flag_;
+  cudaStream_t s_;
 };
 
 // True when id is in [0, bound); else records position pos in the flag.

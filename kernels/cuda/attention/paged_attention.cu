@@ -4,10 +4,11 @@
 // dot product over d in ascending order), the block reduces the max and the sum in a fixed
 // tree order, then thread d owns output column d and sums P_j value_j over j ascending. Every
 // output depends on its own row and cache only: deterministic and batch invariant. Scores
-// live in shared memory (4 bytes per position: up to 12288 positions at 48 KB). The host reads
-// seq, pos and the block table back to check every index and size the shared memory (a sync
-// per call; a graph-captured decode step will want a device-side check instead).
-// Not yet validated on a GPU.
+// live in shared memory (4 bytes per position: up to 12288 positions at 48 KB). Eagerly, the
+// host reads seq, pos and the block table back to check every index and size the shared
+// memory (a sync per call); under a CUDA graph capture (capturing(), engine/step_graph.h) it
+// cannot: no check, and the shared memory sized for the table's capacity (its width times the
+// block size), which a replay's positions cannot exceed.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -113,17 +114,20 @@ void paged_cache_write_cuda(const Tensor& entries, const Tensor& block_table, co
                             const Tensor& pos, Tensor& pool) {
   check_paged("paged_cache_write", entries, Tensor(), pool, block_table, seq, pos, nullptr,
               Tensor());
-  std::vector<int64_t> slots;
-  check_indices(block_table, seq, pos, pool.size(0), pool.size(1), "paged_cache_write", &slots);
-  std::vector<int64_t> sorted = slots;
-  std::sort(sorted.begin(), sorted.end());
-  R1_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
-           "paged_cache_write: two rows name one slot (the CUDA kernel writes rows in no "
-           "order)");
-  const int64_t N = entries.size(0);
-  if (N == 0) return;
   const int dev = pool.device().index;
   DeviceGuard guard(dev);
+  if (!capturing(current_stream(dev))) {
+    std::vector<int64_t> slots;
+    check_indices(block_table, seq, pos, pool.size(0), pool.size(1), "paged_cache_write",
+                  &slots);
+    std::vector<int64_t> sorted = slots;
+    std::sort(sorted.begin(), sorted.end());
+    R1_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
+             "paged_cache_write: two rows name one slot (the CUDA kernel writes rows in no "
+             "order)");
+  }
+  const int64_t N = entries.size(0);
+  if (N == 0) return;
   dispatch_float(pool.dtype(), "paged_cache_write", [&](auto tag) {
     using T = decltype(tag);
     cache_write_kernel<T><<<static_cast<unsigned>(N), 128, 0, current_stream(dev)>>>(
@@ -139,14 +143,17 @@ void paged_attention_cuda(const Tensor& q, const Tensor& pool, const Tensor& blo
                           const Tensor& seq, const Tensor& pos, const PagedLayout& layout,
                           double scale, Tensor& out) {
   check_paged("paged_attention", Tensor(), q, pool, block_table, seq, pos, &layout, out);
-  const int64_t longest = check_indices(block_table, seq, pos, pool.size(0), pool.size(1),
-                                        "paged_attention", nullptr);
+  const int dev = pool.device().index;
+  DeviceGuard guard(dev);
+  const int64_t longest =
+      capturing(current_stream(dev))
+          ? block_table.size(1) * pool.size(1)
+          : check_indices(block_table, seq, pos, pool.size(0), pool.size(1), "paged_attention",
+                          nullptr);
   R1_CHECK(longest <= kMaxPositions, "paged_attention: {} positions exceed the simple CUDA "
            "kernel's {}", longest, kMaxPositions);
   const int64_t N = q.size(0), H = q.size(1);
   if (N == 0) return;
-  const int dev = pool.device().index;
-  DeviceGuard guard(dev);
   const size_t bytes = sizeof(float) * static_cast<size_t>(kThreadsPerRow + longest);
   dispatch_float(q.dtype(), "paged_attention", [&](auto tag) {
     using T = decltype(tag);
