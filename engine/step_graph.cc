@@ -7,6 +7,14 @@
 
 namespace r1 {
 
+namespace {
+thread_local int g_no_host_reads = 0;
+}  // namespace
+
+NoHostReads::NoHostReads() { ++g_no_host_reads; }
+NoHostReads::~NoHostReads() { --g_no_host_reads; }
+bool host_reads_forbidden() { return g_no_host_reads > 0; }
+
 bool StepGraph::supported(Device d) {
   if (!device_available(d.type) || device_runtime(d.type).graph_capture == nullptr) return false;
   const char* env = std::getenv("R1_CUDA_GRAPHS");
@@ -34,7 +42,10 @@ void StepGraph::capture(Device d, const std::function<void()>& fn) {
   reset();
   const DeviceRuntime& rt = device_runtime(d.type);
   R1_CHECK(rt.graph_capture != nullptr, "StepGraph: {} has no graphs", d.str());
-  handle_ = rt.graph_capture(d, fn);
+  handle_ = rt.graph_capture(d, [&fn] {
+    NoHostReads no_reads;
+    fn();
+  });
   dev_ = d;
 }
 

@@ -18,6 +18,20 @@
 
 namespace r1 {
 
+// While one is alive on this thread, reading tensor data to the host (Tensor::to_int_vector,
+// to_float_vector, to_double_vector, item) throws r1::Error naming the read. StepGraph::capture
+// holds one around fn, so a read is refused where it happens rather than when the stream
+// notices; on the CPU, which has no graphs, running a step under it proves the step would
+// capture (rl/generate.cc runs its graph-safe step under it on every device).
+class NoHostReads {
+ public:
+  NoHostReads();
+  ~NoHostReads();
+  NoHostReads(const NoHostReads&) = delete;
+  NoHostReads& operator=(const NoHostReads&) = delete;
+};
+bool host_reads_forbidden();
+
 class StepGraph {
  public:
   // The backend of d can capture, and R1_CUDA_GRAPHS is not 0.

@@ -9,6 +9,7 @@
 #include "engine/convert.h"
 #include "engine/kernels.h"
 #include "engine/rng.h"
+#include "engine/step_graph.h"
 
 namespace r1 {
 
@@ -393,7 +394,14 @@ void Tensor::fill_(double value) {
   }
 }
 
+void Tensor::check_host_read(const char* what) const {
+  R1_CHECK(!host_reads_forbidden(), "{}() of {} inside a step that must not read device data "
+           "on the host (a CUDA graph capture or its CPU proof, engine/step_graph.h)", what,
+           str());
+}
+
 std::vector<double> Tensor::to_double_vector() const {
+  check_host_read("to_double_vector");
   const Tensor host = to(Device::cpu()).contiguous().detach();
   std::vector<double> v(static_cast<size_t>(numel()));
   convert_buffer(host.data_ptr(), dtype_, v.data(), DType::F64, v.size());
@@ -401,6 +409,7 @@ std::vector<double> Tensor::to_double_vector() const {
 }
 
 std::vector<float> Tensor::to_float_vector() const {
+  check_host_read("to_float_vector");
   const Tensor host = to(Device::cpu()).contiguous().detach();
   std::vector<float> v(static_cast<size_t>(numel()));
   convert_buffer(host.data_ptr(), dtype_, v.data(), DType::F32, v.size());
@@ -408,6 +417,7 @@ std::vector<float> Tensor::to_float_vector() const {
 }
 
 std::vector<int64_t> Tensor::to_int_vector() const {
+  check_host_read("to_int_vector");
   const Tensor host = to(Device::cpu()).contiguous().detach();
   std::vector<int64_t> v(static_cast<size_t>(numel()));
   convert_buffer(host.data_ptr(), dtype_, v.data(), DType::I64, v.size());

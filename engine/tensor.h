@@ -119,6 +119,8 @@ class Tensor {
                           const Shape& strides, int64_t offset, DType dtype);
 
  private:
+  // Throws inside a NoHostReads scope (engine/step_graph.h).
+  void check_host_read(const char* what) const;
   Tensor view_unrecorded(const Shape& shape, const Shape& strides, int64_t offset) const;
 
   std::shared_ptr<Storage> storage_;

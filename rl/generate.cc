@@ -124,6 +124,7 @@ class StaticDecode {
 
   // The step a graph holds: every input read from in_, nothing read back.
   void step(int64_t b, Tensor* tok, Tensor* lp) {
+    NoHostReads no_reads;  // on the CPU too: what passes here would capture on a GPU
     CachedForwardOptions opt;
     opt.trusted_positions = true;  // generate checked prompt + max_new_tokens on the host
     opt.device_routing = true;

@@ -10,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/determinism.h"
 #include "engine/ops.h"
+#include "engine/step_graph.h"
 #include "model/config.h"
 #include "model/deepseek_v3.h"
 #include "model/dense.h"
@@ -278,6 +279,33 @@ TEST_P(StaticDecode, MatchesEagerDeepseekV3) {
 }
 INSTANTIATE_TEST_SUITE_P(Precisions, StaticDecode, ::testing::Values("f32", "f64", "fp8"),
                          [](const auto& info) { return info.param; });
+
+// NoHostReads (what the graph-safe step runs under, on every device) refuses host reads, and
+// the eager forward's read-backs (positions, MoE routing) trip it: the static step's passing
+// under it is a real proof.
+TEST(StaticDecodeProof, HostReadsAreRefusedInsideTheStep) {
+  const uint64_t seed = test::case_seed(7);
+  const ModelConfig cfg = tiny_config();
+  DeepseekV3 model(cfg, DeepseekV3::init_params(cfg, seed), 256);
+  NoGrad ng;
+  BatchInvariantScope inv;
+  PagedKvCache cache = model.make_cache(2);
+  const int64_t s = cache.add_sequence();
+  cache.extend(s, 3);
+  const Tensor ids = Tensor::from_vector(random_tokens(seed, 3, cfg.vocab_size), {3});
+  const Tensor seq = Tensor::from_vector(std::vector<int64_t>{s, s, s}, {3});
+  const Tensor pos = Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {3});
+  CachedForwardOptions trusted;
+  trusted.trusted_positions = true;
+  CachedForwardOptions safe = trusted;
+  safe.device_routing = true;
+  NoHostReads no_reads;
+  EXPECT_THROW((void)ids.to_int_vector(), Error);
+  EXPECT_THROW((void)ids.to_float_vector(), Error);
+  EXPECT_THROW(model.forward_cached(ids, seq, pos, cache), Error);           // positions
+  EXPECT_THROW(model.forward_cached(ids, seq, pos, cache, trusted), Error);  // MoE routing
+  EXPECT_NO_THROW(model.forward_cached(ids, seq, pos, cache, safe));
+}
 
 TEST(StaticDecodeDense, MatchesEager) {
   const uint64_t seed = test::case_seed(5);
