@@ -57,9 +57,10 @@ struct DeviceRuntime {
   void (*synchronize)(Device d) = nullptr;
   int (*device_count)() = nullptr;
   // Graphs (engine/step_graph.h; null where the backend has none): capture records fn's
-  // device work into a replayable graph (fn runs once, its kernels do not); replay runs it
-  // after the current stream's queued work; destroy frees it and its memory pool.
-  void* (*graph_capture)(Device d, const std::function<void()>& fn) = nullptr;
+  // device work into a replayable graph (fn runs once, its kernels do not), its memory from
+  // the pool of graph `share` when not null, else a new pool; replay runs it after the
+  // current stream's queued work; destroy frees it (and the pool with its last graph).
+  void* (*graph_capture)(Device d, const std::function<void()>& fn, void* share) = nullptr;
   void (*graph_replay)(void* graph) = nullptr;
   void (*graph_destroy)(void* graph) = nullptr;
 };

@@ -38,14 +38,19 @@ void StepGraph::reset() {
   handle_ = nullptr;
 }
 
-void StepGraph::capture(Device d, const std::function<void()>& fn) {
+void StepGraph::capture(Device d, const std::function<void()>& fn, const StepGraph* share_pool) {
   reset();
   const DeviceRuntime& rt = device_runtime(d.type);
   R1_CHECK(rt.graph_capture != nullptr, "StepGraph: {} has no graphs", d.str());
-  handle_ = rt.graph_capture(d, [&fn] {
-    NoHostReads no_reads;
-    fn();
-  });
+  R1_CHECK(share_pool == nullptr || (share_pool->captured() && share_pool->dev_ == d),
+           "StepGraph::capture: the graph to share a pool with is not captured on {}", d.str());
+  handle_ = rt.graph_capture(
+      d,
+      [&fn] {
+        NoHostReads no_reads;
+        fn();
+      },
+      share_pool ? share_pool->handle_ : nullptr);
   dev_ = d;
 }
 

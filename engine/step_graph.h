@@ -45,8 +45,12 @@ class StepGraph {
   StepGraph& operator=(const StepGraph&) = delete;
 
   // Records fn (see above). Throws r1::Error when d's backend has no graphs or the capture
-  // fails; the graph then stays empty.
-  void capture(Device d, const std::function<void()>& fn);
+  // fails; the graph then stays empty. share_pool: a captured graph on d whose memory pool
+  // this one shares (its intermediates may reuse the other's freed ones): for graphs that
+  // are only ever replayed one at a time, like one decode step per batch size. Neither may
+  // then read the other's intermediates; outputs that a caller holds are never shared.
+  void capture(Device d, const std::function<void()>& fn,
+               const StepGraph* share_pool = nullptr);
   // Runs the recorded work after everything queued on d's current stream so far; work queued
   // there later runs after it.
   void replay();

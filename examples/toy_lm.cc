@@ -31,7 +31,9 @@ struct Options {
   uint64_t seed = 1;
   std::string out = "runs/toy-lm";
   std::string device = "cpu";  // "cpu" or "cuda[:i]": the same code on either backend
-  std::string precision = "f32";  // "f32", or "fp8": linear layers run FP8 GEMMs (ops_fp8.h)
+  // "f32"; "bf16": linear layers run bf16 GEMMs with fp32 accumulation (linear_bf16, FP8's
+  // baseline); "fp8": FP8 GEMMs (linear_fp8). engine/ops_fp8.h.
+  std::string precision = "f32";
 };
 
 // A stream of "a+b=c\n" lines keyed by (seed, line number): deterministic, resumable.
@@ -86,9 +88,11 @@ Model init_model(const Options& o, r1::Device dev) {
 // ids (B, T+W-1) i64 -> logits (B*T, 256)
 r1::Tensor forward(const Model& m, const Options& o, const r1::Tensor& ids) {
   const int64_t T = o.seq;
-  // Every linear layer in FP8 (fprop, dgrad, wgrad) when asked; the rest stays f32.
-  auto linear = [fp8 = o.precision == "fp8"](const r1::Tensor& x, const r1::Tensor& w) {
-    return fp8 ? r1::linear_fp8(x, w) : r1::linear(x, w);
+  // Every linear layer in FP8 or bf16 (fprop, dgrad, wgrad) when asked; the rest stays f32.
+  auto linear = [&p = o.precision](const r1::Tensor& x, const r1::Tensor& w) {
+    if (p == "fp8") return r1::linear_fp8(x, w);
+    if (p == "bf16") return r1::linear_bf16(x, w);
+    return r1::linear(x, w);
   };
   const r1::Tensor e = r1::embedding(ids, m.emb);  // (B, T+W-1, D)
   std::vector<r1::Tensor> windows;
@@ -166,8 +170,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "data and init seed");
   app.add_option("--out", o.out, "run directory (metrics.jsonl)");
   app.add_option("--device", o.device, "cpu or cuda[:index]");
-  app.add_option("--precision", o.precision, "f32, or fp8 (linear layers in FP8)")
-      ->check(CLI::IsMember({"f32", "fp8"}));
+  app.add_option("--precision", o.precision, "f32, bf16 (bf16 linear layers) or fp8 (FP8 linear layers)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -100,7 +100,9 @@ class StaticDecode {
       if (graphs_) {
         // The next step of this size replays what this one ran. The capture records, it does
         // not run: bk.tok and bk.lp hold nothing until the first replay.
-        bk.graph.capture(dev_, [&] { step(b, &bk.tok, &bk.lp); });
+        // The graphs run one at a time: they share one memory pool (the first graph's).
+        bk.graph.capture(dev_, [&] { step(b, &bk.tok, &bk.lp); }, first_graph_);
+        if (!first_graph_) first_graph_ = &bk.graph;
         ++captured_;
       }
     }
@@ -146,6 +148,7 @@ class StaticDecode {
   Tensor in_;
   std::vector<int64_t> host_;
   std::map<int64_t, Bucket> buckets_;
+  const StepGraph* first_graph_ = nullptr;  // in buckets_ (std::map: a stable address)
 };
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <thread>
 #include <vector>
@@ -264,6 +265,42 @@ TEST(CudaGraph, ReplaysWithNewInputsAndKeepsItsMemory) {
   y = Tensor();
   EXPECT_EQ(a.graph_pool_bytes(0), pool0) << "the pool goes with its graph";
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// Two graphs on one pool (StepGraph::capture's share_pool): each replays its own result, the
+// pool lives until the last of them goes.
+TEST(CudaGraph, SharedPoolServesBothAndGoesWithTheLast) {
+  R1_SKIP_WITHOUT_CUDA();
+  NoGrad ng;
+  auto& a = CachingAllocator::instance();
+  const size_t pool0 = a.graph_pool_bytes(0);
+  const int64_t n = 70001;
+  Tensor x = Tensor::empty({n}, DType::F32, kGpu), y, z;
+  auto first = std::make_unique<StepGraph>();
+  first->capture(kGpu, [&] { y = add(mul(x, x), x); });
+  StepGraph second;
+  second.capture(kGpu, [&] { z = mul(add(x, x), x); }, first.get());
+  const Tensor xh = Tensor::randn({n}, case_seed(960));
+  x.copy_(xh);
+  second.replay();
+  first->replay();
+  const std::vector<float> xv = xh.to_float_vector(), yv = y.to_float_vector(),
+                           zv = z.to_float_vector();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const volatile float sq = xv[i] * xv[i], tw = xv[i] + xv[i];
+    bad += yv[i] != sq + xv[i];
+    bad += zv[i] != tw * xv[i];
+  }
+  EXPECT_EQ(bad, 0) << "[seed " << test::run_seed() << "]";
+  first.reset();
+  y = Tensor();
+  EXPECT_GT(a.graph_pool_bytes(0), pool0) << "the second graph still uses the pool";
+  second.replay();
+  EXPECT_EQ(z.to_float_vector(), zv);
+  second = StepGraph();
+  z = Tensor();
+  EXPECT_EQ(a.graph_pool_bytes(0), pool0);
 }
 
 // A host read inside a captured step is refused with an error; nothing is left captured and

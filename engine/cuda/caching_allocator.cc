@@ -228,7 +228,7 @@ void CachingAllocator::free_cached(DevicePool& dp, int device) {
   dp.free.clear();
 }
 
-int64_t CachingAllocator::begin_graph_pool(int device, cudaStream_t stream) {
+int64_t CachingAllocator::begin_graph_pool(int device, cudaStream_t stream, int64_t share) {
   std::lock_guard<std::mutex> lock(mu_);
   DevicePool& dp = pool(device);
   R1_CHECK(dp.capture_pool == 0, "CachingAllocator: a graph is already being captured on "
@@ -236,8 +236,16 @@ int64_t CachingAllocator::begin_graph_pool(int device, cudaStream_t stream) {
   R1_CHECK(stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread,
            "CachingAllocator: graph pools need an owned stream (the legacy and per-thread "
            "default streams cannot be captured)");
-  const int64_t id = next_graph_pool_++;
-  graph_pools_[id].device = device;
+  int64_t id = share;
+  if (share != 0) {
+    auto it = graph_pools_.find(share);
+    R1_CHECK(it != graph_pools_.end() && it->second.device == device,
+             "CachingAllocator: no graph pool {} on cuda:{} to share", share, device);
+  } else {
+    id = next_graph_pool_++;
+    graph_pools_[id].device = device;
+  }
+  ++graph_pools_[id].refs;
   dp.capture_pool = id;
   dp.capture_stream = stream;
   return id;
@@ -258,6 +266,7 @@ void CachingAllocator::release_graph_pool(int64_t id, cudaStream_t stream) {
   DevicePool& dp = pool(gp.device);
   R1_CHECK(dp.capture_pool != id, "CachingAllocator: graph pool {} released during its capture",
            id);
+  if (--gp.refs > 0) return;
   DeviceGuard g(gp.device);
   cudaError_t e = stream ? cudaStreamSynchronize(stream) : cudaSuccess;
   for (auto& [size, b] : gp.free) {

@@ -68,12 +68,16 @@ class CachingAllocator {
   // Frees every cached block on every device (cudaFree waits for the device to go idle).
   void empty_cache();
 
-  // Routes allocations on (device, stream) to a new private pool until end_graph_pool;
-  // returns the pool's id (> 0). One capture per device at a time.
-  int64_t begin_graph_pool(int device, cudaStream_t stream);
+  // Routes allocations on (device, stream) to a graph pool until end_graph_pool: a new one
+  // (share = 0), or pool `share` of an earlier capture, whose freed blocks this capture may
+  // reuse (safe when the graphs never run at the same time: StepGraph replays are ordered on
+  // the caller's stream). Returns the pool's id (> 0), one reference to it held by the
+  // caller. One capture per device at a time.
+  int64_t begin_graph_pool(int device, cudaStream_t stream, int64_t share = 0);
   void end_graph_pool(int device);
-  // The graph that used pool `id` is gone: its cached blocks are freed (after `stream`, the
-  // capture stream, finishes its work); blocks still held are freed when they are.
+  // Drops a reference to pool `id`; at the last one its cached blocks are freed (after
+  // `stream`, a stream that ran the graphs, finishes its work) and blocks still held are
+  // freed when they are.
   void release_graph_pool(int64_t id, cudaStream_t stream);
   // Blocks handed out from graph pools and not freed, and those cached in live graph pools.
   size_t graph_pool_bytes(int device) const;
@@ -104,6 +108,7 @@ class CachingAllocator {
     int device = 0;
     FreeList free;
     size_t held_bytes = 0;  // handed out and not freed
+    int refs = 0;           // the graphs using it
   };
 
   CachingAllocator() = default;

@@ -62,7 +62,7 @@ struct CudaStepGraph {
   int64_t pool = 0;
 };
 
-void* cuda_graph_capture(Device d, const std::function<void()>& fn) {
+void* cuda_graph_capture(Device d, const std::function<void()>& fn, void* share) {
   DeviceGuard dg(d.index);
   auto g = std::make_unique<CudaStepGraph>(d.index);
   const cudaStream_t s = g->stream.handle();
@@ -71,7 +71,8 @@ void* cuda_graph_capture(Device d, const std::function<void()>& fn) {
   g->before.record(current_stream(d.index));
   g->before.block(s);
   CachingAllocator& alloc = CachingAllocator::instance();
-  g->pool = alloc.begin_graph_pool(d.index, s);
+  g->pool = alloc.begin_graph_pool(d.index, s,
+                                   share ? static_cast<CudaStepGraph*>(share)->pool : 0);
   cudaGraph_t graph = nullptr;
   auto abandon = [&] {
     alloc.end_graph_pool(d.index);
