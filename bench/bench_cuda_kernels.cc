@@ -323,6 +323,21 @@ void BM_QuantizeFp8Rows(benchmark::State& st) {
             [&] { kernels::quantize_fp8_rows()(kGpu, x, q, sc); });
 }
 
+// The fused producer of the attention projections' FP8 input: RMSNorm writing y and its
+// 1x128 quantization in one pass (against RmsNormForward + QuantizeFp8Rows: x read once, y
+// never re-read).
+void BM_RmsNormQuantizeFp8(benchmark::State& st) {
+  const DType dt = dtype_arg(st.range(0));
+  const int64_t N = 16384, D = 7168;
+  const Tensor x = dev_randn({N, D}, dt, 18), w = dev_randn({D}, dt, 19);
+  Tensor y = Tensor::empty({N, D}, dt, kGpu), rstd = Tensor::empty({N}, stat_dtype(dt), kGpu);
+  Tensor q = Tensor::empty({N, D}, DType::E4M3, kGpu);
+  Tensor sc = Tensor::empty({N, fp8_blocks(D)}, DType::F32, kGpu);
+  st.SetLabel(dtype_label(dt) + " N=16384 D=7168 -> y + e4m3, 1x128 scales");
+  run_timed(st, N * D * (2.0 * esize(dt) + 1.0) + sc.numel() * 4.0, 0,
+            [&] { kernels::rmsnorm_quantize_fp8()(kGpu, x, w, 1e-6, y, rstd, q, sc); });
+}
+
 // The wgrad operand dy^T: bf16 dy (M, N) -> e4m3 (N, M) with 1x128 scales along M, without
 // forming dy^T (the transposed quantizer).
 void BM_QuantizeFp8RowsTransposed(benchmark::State& st) {
@@ -407,6 +422,7 @@ void register_all() {
   reg("CrossEntropyBackward", BM_CrossEntropyBackward)->Arg(0)->Arg(1);
   reg("AdamW", BM_AdamW)->Arg(0)->Arg(1);
   reg("QuantizeFp8Rows", BM_QuantizeFp8Rows);
+  reg("RmsNormQuantizeFp8", BM_RmsNormQuantizeFp8)->Arg(0)->Arg(1);
   reg("QuantizeFp8Blocks", BM_QuantizeFp8Blocks);
   reg("QuantizeFp8RowsTransposed", BM_QuantizeFp8RowsTransposed);
   auto* g = reg("GemmBf16", BM_GemmBf16);

@@ -158,6 +158,11 @@ R1_KERNEL(quantize_fp8_rows_transposed, void(const Tensor& x, Tensor& q, Tensor&
 // same backend (q is quantized from out as stored, i.e. after its rounding to out's dtype).
 R1_KERNEL(swiglu_quantize_fp8, void(const Tensor& gate, const Tensor& up, Tensor& out,
                                     Tensor& q, Tensor& scales))
+// The same for RMSNorm (the attention projections' and dense MLPs' input): x (N, D), w (D)
+// f32/bf16 -> y, rstd = rmsnorm_forward(x, w, eps) and q (N, D) e4m3, scales (N, DB) f32 =
+// quantize_fp8_rows(y) as stored; the same bits as the two kernels on the same backend.
+R1_KERNEL(rmsnorm_quantize_fp8, void(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                                     Tensor& rstd, Tensor& q, Tensor& scales))
 // a_q (M, K) e4m3, a_scales (M, KB) f32 (quantize_fp8_rows), b_q (N, K) e4m3, b_scales
 // (NB, KB) f32 (quantize_fp8_blocks) -> d (M, N):
 //   d[m, n] = sum_kb (sum_{k in block kb} a_q[m, k] b_q[n, k]) * a_scales[m, kb]

@@ -55,13 +55,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
 // ---- model ops -------------------------------------------------------------------------
 // ids (...) int, table (V, D) -> (..., D).
 Tensor embedding(const Tensor& ids, const Tensor& table);
-// x (..., D), w (D) -> (..., D).
-Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps);
 // An activation already quantized as linear_fp8 quantizes its input: q (rows, K) e4m3 with
 // scales (rows, ceil(K / 128)) f32, one per 1x128 tile (engine/ops_fp8.h).
 struct Fp8Rows {
   Tensor q, scales;
 };
+// x (..., D), w (D) -> (..., D). With `quantized` (f32/bf16 x): also fills it with the
+// output's FP8 quantization (one fused kernel, rmsnorm_quantize_fp8) for the next linear_fp8.
+Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps, Fp8Rows* quantized = nullptr);
 // gate, up (..., F) -> silu(gate) * up. With `quantized`: also fills it with the output's
 // FP8 quantization (one fused kernel, swiglu_quantize_fp8) for the next linear_fp8.
 Tensor swiglu(const Tensor& gate, const Tensor& up, Fp8Rows* quantized = nullptr);

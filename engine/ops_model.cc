@@ -54,7 +54,7 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
 }
 
 // x (..., D), w (D) -> (..., D). Saves x, w and rstd (N).
-Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
+Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps, Fp8Rows* quantized) {
   check_float("rmsnorm", x);
   check_same("rmsnorm", x, w);
   R1_CHECK(x.dim() >= 1 && w.dim() == 1 && w.size(0) == x.size(-1),
@@ -65,7 +65,16 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
   const Tensor x2 = plain(x).view({N, D}), wc = plain(w);
   Tensor y = Tensor::empty({N, D}, x.dtype(), x.device());
   Tensor rstd = Tensor::empty({N}, stat_dtype(x.dtype()), x.device());
-  kernels::rmsnorm_forward()(x.device(), x2, wc, eps, y, rstd);
+  if (quantized) {
+    R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
+             "rmsnorm: FP8 output needs f32 or bf16, got {}", x.str());
+    quantized->q = Tensor::empty({N, D}, DType::E4M3, x.device());
+    quantized->scales = Tensor::empty({N, fp8_blocks(D)}, DType::F32, x.device());
+    kernels::rmsnorm_quantize_fp8()(x.device(), x2, wc, eps, y, rstd, quantized->q,
+                                    quantized->scales);
+  } else {
+    kernels::rmsnorm_forward()(x.device(), x2, wc, eps, y, rstd);
+  }
   y = y.view(x.shape());
   const Shape xs = x.shape();
   record("rmsnorm", {x, w}, {&y},

@@ -127,10 +127,21 @@ std::optional<Fp8Rows> DeepseekV3::shared_fp8_input(const Tensor& x) const {
   return fp8_quantize_rows(x);
 }
 
-Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
-  const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // gate and up read the same x
-  const Tensor gate = proj(x, pre + "gate_proj.weight", xq ? &*xq : nullptr);
-  const Tensor up = proj(x, pre + "up_proj.weight", xq ? &*xq : nullptr);
+Tensor DeepseekV3::norm(const Tensor& x, const std::string& name,
+                        std::optional<Fp8Rows>* xq) const {
+  if (!xq || !cfg_.fp8) return rmsnorm(x, p(name), cfg_.rms_norm_eps);
+  Fp8Rows q;
+  Tensor y = rmsnorm(x, p(name), cfg_.rms_norm_eps, &q);
+  *xq = std::move(q);
+  return y;
+}
+
+Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x, const Fp8Rows* xq_in) const {
+  // gate and up read the same x: one quantization (the caller's, or made here)
+  const std::optional<Fp8Rows> own = xq_in ? std::nullopt : shared_fp8_input(x);
+  const Fp8Rows* xq = xq_in ? xq_in : (own ? &*own : nullptr);
+  const Tensor gate = proj(x, pre + "gate_proj.weight", xq);
+  const Tensor up = proj(x, pre + "up_proj.weight", xq);
   Fp8Rows hq;  // fp8: the down projection's input, quantized by the fused swiglu kernel
   Fp8Rows* hqp = cfg_.fp8 ? &hq : nullptr;
   return proj(swiglu(gate, up, hqp), pre + "down_proj.weight", hqp);
@@ -138,26 +149,28 @@ Tensor DeepseekV3::mlp(const std::string& pre, const Tensor& x) const {
 
 Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
                                    const Tensor& positions, const Tensor& segments,
-                                   const SharedMaps* shared) const {
+                                   const SharedMaps* shared, const Fp8Rows* xq_in) const {
   const int64_t B = x.size(0), T = x.size(1), H = cfg_.num_attention_heads;
   const int64_t nope = cfg_.qk_nope_head_dim, rd = cfg_.qk_rope_head_dim, vd = cfg_.v_head_dim;
-  const double eps = cfg_.rms_norm_eps;
   // q: (B, T, H * (nope + rope)), from the q latent when q_lora_rank > 0 (V3) or directly.
-  const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // q and kv projections share x
-  const Fp8Rows* xqp = xq ? &*xq : nullptr;
+  // q and kv projections share x's quantization (the caller's, or made here)
+  const std::optional<Fp8Rows> xq = xq_in ? std::nullopt : shared_fp8_input(x);
+  const Fp8Rows* xqp = xq_in ? xq_in : (xq ? &*xq : nullptr);
   Tensor q_flat;
   if (cfg_.q_lora_rank > 0) {
     const Tensor q_latent = proj(x, pre + "q_a_proj.weight", xqp);
-    q_flat = proj(rmsnorm(q_latent, p(pre + "q_a_layernorm.weight"), eps),
-                  pre + "q_b_proj.weight");
+    std::optional<Fp8Rows> qq;
+    const Tensor qn = norm(q_latent, pre + "q_a_layernorm.weight", &qq);
+    q_flat = proj(qn, pre + "q_b_proj.weight", qq ? &*qq : nullptr);
   } else {
     q_flat = proj(x, pre + "q_proj.weight", xqp);
   }
   // kv latent c (B, T, kv_lora_rank) and the one RoPE key every head shares (B, T, rope).
   std::vector<Tensor> ckv =
       split(proj(x, pre + "kv_a_proj_with_mqa.weight", xqp), {cfg_.kv_lora_rank, rd}, -1);
-  const Tensor kv = proj(rmsnorm(ckv[0], p(pre + "kv_a_layernorm.weight"), eps),
-                         pre + "kv_b_proj.weight")
+  std::optional<Fp8Rows> cq;
+  const Tensor cn = norm(ckv[0], pre + "kv_a_layernorm.weight", &cq);
+  const Tensor kv = proj(cn, pre + "kv_b_proj.weight", cq ? &*cq : nullptr)
                         .view({B, T, H, nope + vd});
   // Per-head q = [q_nope, rope(q_pe)], k = [k_nope, rope(k_pe)] (k_pe broadcast to the heads,
   // its gradient summed over them), v: one fused op instead of split + rope + concat.
@@ -324,12 +337,13 @@ Tensor DeepseekV3::layers(Tensor h, const Tensor& pos, const Tensor& seg, const 
   const double eps = cfg_.rms_norm_eps;
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string pre = fmt::format("model.layers.{}.", i);
-    h = add(h, attention_block(pre + "self_attn.",
-                               rmsnorm(h, p(pre + "input_layernorm.weight"), eps), pos, seg,
-                               shared));
-    const Tensor xn = rmsnorm(h, p(pre + "post_attention_layernorm.weight"), eps);
-    if (!cfg_.is_moe_layer(i)) {
-      h = add(h, mlp(pre + "mlp.", xn));
+    std::optional<Fp8Rows> aq, mq;  // fp8: the norms' outputs quantized by the norm kernel
+    const Tensor xa = norm(h, pre + "input_layernorm.weight", &aq);
+    h = add(h, attention_block(pre + "self_attn.", xa, pos, seg, shared, aq ? &*aq : nullptr));
+    const bool moe_layer = cfg_.is_moe_layer(i);  // the router and experts read xn unquantized
+    const Tensor xn = norm(h, pre + "post_attention_layernorm.weight", moe_layer ? nullptr : &mq);
+    if (!moe_layer) {
+      h = add(h, mlp(pre + "mlp.", xn, mq ? &*mq : nullptr));
       continue;
     }
     MoeOut m = moe(pre + "mlp.", xn.view({B * T, D}), seq_lens, balance_alpha);
@@ -442,14 +456,14 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
   Tensor h = embedding(ids.to(dev), p("model.embed_tokens.weight"));  // (N, D)
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string pre = fmt::format("model.layers.{}.", i), at = pre + "self_attn.";
-    const Tensor x = rmsnorm(h, p(pre + "input_layernorm.weight"), eps);
-    const std::optional<Fp8Rows> xq = shared_fp8_input(x);  // q and kv projections share x
+    std::optional<Fp8Rows> xq;  // fp8: q and kv projections share x's quantization
+    const Tensor x = norm(h, pre + "input_layernorm.weight", &xq);
     const Fp8Rows* xqp = xq ? &*xq : nullptr;
     Tensor q_flat;
     if (cfg_.q_lora_rank > 0) {
-      q_flat = proj(rmsnorm(proj(x, at + "q_a_proj.weight", xqp),
-                            p(at + "q_a_layernorm.weight"), eps),
-                    at + "q_b_proj.weight");
+      std::optional<Fp8Rows> qq;
+      const Tensor qn = norm(proj(x, at + "q_a_proj.weight", xqp), at + "q_a_layernorm.weight", &qq);
+      q_flat = proj(qn, at + "q_b_proj.weight", qq ? &*qq : nullptr);
     } else {
       q_flat = proj(x, at + "q_proj.weight", xqp);
     }
@@ -473,9 +487,11 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
                          .permute({1, 0, 2})
                          .reshape({N, H * vd});
     h = add(h, proj(o, at + "o_proj.weight"));
-    const Tensor xn = rmsnorm(h, p(pre + "post_attention_layernorm.weight"), eps);
-    if (!cfg_.is_moe_layer(i)) {
-      h = add(h, mlp(pre + "mlp.", xn));
+    std::optional<Fp8Rows> mq;
+    const bool moe_layer = cfg_.is_moe_layer(i);
+    const Tensor xn = norm(h, pre + "post_attention_layernorm.weight", moe_layer ? nullptr : &mq);
+    if (!moe_layer) {
+      h = add(h, mlp(pre + "mlp.", xn, mq ? &*mq : nullptr));
     } else {
       h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0, opt.device_routing).y);
     }

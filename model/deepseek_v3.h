@@ -120,14 +120,19 @@ class DeepseekV3 : public CausalLM {
   // x (B, T, hidden), positions (B, T) i64, segments (B, T) or undefined -> (B, T, hidden).
   // With `shared`, x and positions are the compact layout (1, N, ...) and attention runs on
   // the padded one.
+  // xq: x's FP8 quantization when the caller made it (fused into the norm); else made here.
   Tensor attention_block(const std::string& pre, const Tensor& x, const Tensor& positions,
-                         const Tensor& segments, const SharedMaps* shared = nullptr) const;
+                         const Tensor& segments, const SharedMaps* shared = nullptr,
+                         const Fp8Rows* xq = nullptr) const;
   // The decoder layers and the final norm over h (B, T, hidden): fills out's expert_load,
   // routing and balance_loss, returns the normed hidden states.
   Tensor layers(Tensor h, const Tensor& pos, const Tensor& seg, const Tensor& seq_lens,
                 double balance_alpha, const SharedMaps* shared, Output& out);
-  // x (..., hidden) -> (..., hidden): down(swiglu(gate(x), up(x)))
-  Tensor mlp(const std::string& pre, const Tensor& x) const;
+  // x (..., hidden) -> (..., hidden): down(swiglu(gate(x), up(x))); xq as attention_block's.
+  Tensor mlp(const std::string& pre, const Tensor& x, const Fp8Rows* xq = nullptr) const;
+  // rmsnorm(x) by the parameter `name`; with xq and the config's fp8, also the output's FP8
+  // quantization in the same kernel (rmsnorm_quantize_fp8) for the projections reading it.
+  Tensor norm(const Tensor& x, const std::string& name, std::optional<Fp8Rows>* xq) const;
   // x @ p(name)^T: linear, or linear_fp8 / linear_bf16 as the config's precision says. xq:
   // x's FP8 quantization when several projections share x (made once by the caller; fp8 only).
   Tensor proj(const Tensor& x, const std::string& name, const Fp8Rows* xq = nullptr) const;

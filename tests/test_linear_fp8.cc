@@ -210,6 +210,44 @@ void expect_fused_swiglu_matches(Device dev) {
     }
 }
 
+// The same for rmsnorm with an Fp8Rows output (kernel rmsnorm_quantize_fp8): y, the
+// quantization and rstd's effect (y) are the bits of rmsnorm then quantize_fp8_rows on the
+// same device. Row lengths: a multiple of 128, a partial last tile, shorter than a tile, an
+// odd one (scalar loads), and 7168 (V3's hidden size: several steps of a row walk on a GPU).
+void expect_fused_rmsnorm_matches(Device dev) {
+  const int64_t shapes[][2] = {{7, 256}, {33, 200}, {5, 100}, {9, 131}, {3, 7168}};
+  int seed = 60;
+  const std::vector<DType> dtypes = dev.is_cpu() ? std::vector{DType::F32}
+                                                 : std::vector{DType::F32, DType::BF16};
+  for (DType dt : dtypes)
+    for (const auto& sh : shapes) {
+      const int64_t m = sh[0], d = sh[1];
+      const Tensor x = Tensor::randn({1, m, d}, case_seed(++seed), DType::F32, Device::cpu(), 3.0)
+                           .to(dt).to(dev);
+      const Tensor w = Tensor::rand({d}, case_seed(++seed), 0.5, 1.5).to(dt).to(dev);
+      const std::string name = fmt::format("{} ({}, {}) {}", dtype_name(dt), m, d, dev.str());
+      Fp8Rows fused;
+      const Tensor y = rmsnorm(x, w, 1e-6, &fused);
+      const Tensor want_y = rmsnorm(x, w, 1e-6);
+      Tensor q = Tensor::empty({m, d}, DType::E4M3, dev);
+      Tensor sc = Tensor::empty({m, fp8_blocks(d)}, DType::F32, dev);
+      kernels::quantize_fp8_rows()(dev, want_y.view({m, d}), q, sc);
+      EXPECT_EQ(y.to_double_vector(), want_y.to_double_vector()) << name << ": rmsnorm output";
+      EXPECT_EQ(fused.q.to(DType::F32).to_double_vector(), q.to(DType::F32).to_double_vector())
+          << name << ": q";
+      EXPECT_EQ(fused.scales.to_double_vector(), sc.to_double_vector()) << name << ": scales";
+    }
+}
+
+TEST(LinearFp8, FusedRmsNormQuantizationEqualsTheTwoSteps) {
+  expect_fused_rmsnorm_matches(Device::cpu());
+}
+
+TEST(LinearFp8Cuda, FusedRmsNormQuantizationEqualsTheTwoSteps) {
+  R1_SKIP_WITHOUT_CUDA();
+  expect_fused_rmsnorm_matches(Device::cuda(0));
+}
+
 TEST(LinearFp8, FusedSwigluQuantizationEqualsTheTwoSteps) { expect_fused_swiglu_matches(Device::cpu()); }
 
 TEST(LinearFp8Cuda, FusedSwigluQuantizationEqualsTheTwoSteps) {

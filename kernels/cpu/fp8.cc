@@ -77,6 +77,13 @@ void swiglu_quantize_fp8_cpu(const Tensor& gate, const Tensor& up, Tensor& out, 
   quantize_fp8_rows_cpu(out, q, scales);
 }
 
+// rmsnorm then quantize rows: the composition, as for swiglu above.
+void rmsnorm_quantize_fp8_cpu(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                              Tensor& rstd, Tensor& q, Tensor& scales) {
+  kernels::rmsnorm_forward()(x.device(), x, w, eps, y, rstd);
+  quantize_fp8_rows_cpu(y, q, scales);
+}
+
 // w (N, K) f32/bf16 -> q (N, K) e4m3, scales (NB, KB) f32: one scale per 128x128 block.
 void quantize_fp8_blocks_cpu(const Tensor& w, Tensor& q, Tensor& scales) {
   check_quantize_fp8("quantize_fp8_blocks", w, q, scales, kFp8Block);
@@ -204,6 +211,7 @@ R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CPU, quantize_fp8_rows_transposed_cpu);
 R1_REGISTER_KERNEL(swiglu_quantize_fp8, CPU, swiglu_quantize_fp8_cpu);
+R1_REGISTER_KERNEL(rmsnorm_quantize_fp8, CPU, rmsnorm_quantize_fp8_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CPU, gemm_fp8_blockscaled_cpu);
 
 }  // namespace r1::cpu

@@ -85,6 +85,78 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
   }
 }
 
+// rmsnorm_forward_kernel fused with quantize_fp8_rows of y as stored (rmsnorm_quantize_fp8):
+// the same row walk, sums and launch shape, so the same y and rstd bits; a separate kernel so
+// that the plain one keeps its registers (the fused pass 2 below, folded into it, cost the
+// bf16 default shape 56 more bytes of spills). A step's chunk slabs start at multiples of
+// tpr * kV (a multiple of 128), so a 1x128 tile is the chunks of 128 / kV consecutive lanes of
+// one warp: its amax is a shuffle max over them, and the quantization is
+// quantize_rows_kernel's (the same scale and division). Every lane walks the same steps (the
+// shuffles need the whole warp), its chunks past the row's end zeros.
+template <class T, int C, int MinBlocks>
+__global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
+    rmsnorm_quantize_fp8_kernel(const T* x, const T* w, T* y, float* rstd, uint8_t* q,
+                                float* scales, int64_t N, int64_t D, float eps, int tpr) {
+  constexpr int kV = kVec<T>;
+  constexpr int kTileLanes = kFp8Block / kV;  // 32 (f32) or 16 (bf16)
+  __shared__ float smem[kMaxRowThreads / 32];
+  const int lane = threadIdx.x % tpr;
+  const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
+  const bool live = n < N;
+  const T* xr = x + (live ? n : 0) * D;
+  const int64_t base = int64_t{lane} * kV, step = int64_t{tpr} * C * kV;
+  const bool cached = D <= step;
+  RowChunks<T, C> c;
+#pragma unroll
+  for (int u = 0; u < C; ++u) {  // lanes past the row's end never load: zeros
+    c.raw[u] = make_uint4(0, 0, 0, 0);
+    c.cnt[u] = 0;
+  }
+  float ss = 0;
+  for (int64_t b0 = base; live && b0 < D; b0 += step) {  // as rmsnorm_forward_kernel
+    load_row_chunks(xr, b0, D, tpr, c);
+#pragma unroll
+    for (int u = 0; u < C; ++u)
+#pragma unroll
+      for (int k = 0; k < kV; ++k)
+        if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
+  }
+  ss = group_reduce(ss, Add{}, smem, tpr);
+  if (!live) return;  // whole row groups (tpr >= 32): whole warps
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+  if (lane == 0) rstd[n] = r;
+  T* yr = y + n * D;
+  uint8_t* qr = q + n * D;
+  float* sr = scales + n * ((D + kFp8Block - 1) / kFp8Block);
+  for (int64_t s0 = 0; s0 < D; s0 += step) {  // uniform over the warp
+    const int64_t b0 = s0 + base;
+    if (!cached) load_row_chunks(xr, b0, D, tpr, c);
+#pragma unroll
+    for (int u = 0; u < C; ++u) {
+      const int64_t i0 = b0 + int64_t{u} * tpr * kV;
+      float wf[kV];
+      load_chunk(w, i0, D, wf);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) wf[k] = c.at(u, k) * r * wf[k];
+      store_chunk(yr, i0, D, wf);
+      float amax = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        wf[k] = i0 + k < D ? to_f32(from_f32<T>(wf[k])) : 0.0f;  // as stored
+        amax = fmaxf(amax, fabsf(wf[k]));
+      }
+#pragma unroll
+      for (int off = kTileLanes / 2; off > 0; off /= 2)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+      const float sc = fp8::scale_from_amax(amax);
+      if (i0 < D && lane % kTileLanes == 0) sr[i0 / kFp8Block] = sc;
+#pragma unroll
+      for (int k = 0; k < kV; ++k)
+        if (i0 + k < D) qr[i0 + k] = f32_to_e4m3(wf[k] / sc);
+    }
+  }
+}
+
 // The block's dw partial in shared memory: chunk c's h-th float4 at acc[h * nch + c], so a
 // warp's float4 accesses are consecutive (conflict-free) for bf16's two float4 per chunk too.
 __device__ inline void zero_partial(float4* acc, int64_t nch, int kV, int lane, int tpr) {
@@ -270,6 +342,37 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
           static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
           static_cast<T*>(y.data_ptr()), rstd.data<float>(), N, D, static_cast<float>(eps),
           tpr);
+      R1_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+// rmsnorm_forward and quantize_fp8_rows of y in one kernel (rmsnorm_quantize_fp8_kernel): the
+// same launch shape as rmsnorm_forward_cuda, so the same y and rstd bits.
+void rmsnorm_quantize_fp8_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                               Tensor& rstd, Tensor& q, Tensor& scales) {
+  check_rmsnorm("rmsnorm_quantize_fp8", x, w, rstd);
+  R1_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype(),
+           "rmsnorm_quantize_fp8: y {} for x {}", y.str(), x.str());
+  R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
+           "rmsnorm_quantize_fp8: f32 or bf16, got {}", dtype_name(x.dtype()));
+  check_quantize_fp8("rmsnorm_quantize_fp8", y, q, scales, 1);
+  const int64_t N = x.size(0), D = x.size(1);
+  if (N == 0) return;
+  const int dev = x.device().index;
+  DeviceGuard g(dev);
+  const cudaStream_t s = current_stream(dev);
+  dispatch_float(x.dtype(), "rmsnorm_quantize_fp8", [&](auto tag) {
+    using T = decltype(tag);
+    constexpr RowKernel kKernel = RowKernel::RmsNormForward;
+    dispatch_row_variant<T>(kKernel, [&]<int C, int MinBlocks>(int max_tpr) {
+      const int tpr = row_threads_capped((D + kVec<T> - 1) / kVec<T>, C, max_tpr);
+      const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
+      const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
+      rmsnorm_quantize_fp8_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
+          static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
+          static_cast<T*>(y.data_ptr()), rstd.data<float>(), q.data<uint8_t>(),
+          scales.data<float>(), N, D, static_cast<float>(eps), tpr);
       R1_CUDA_CHECK_LAUNCH();
     });
   });
@@ -855,6 +958,7 @@ R1_REGISTER_KERNEL(rmsnorm_forward, CUDA, rmsnorm_forward_cuda);
 R1_REGISTER_KERNEL(rmsnorm_backward, CUDA, rmsnorm_backward_cuda);
 R1_REGISTER_KERNEL(swiglu_forward, CUDA, swiglu_forward_cuda);
 R1_REGISTER_KERNEL(swiglu_quantize_fp8, CUDA, swiglu_quantize_fp8_cuda);
+R1_REGISTER_KERNEL(rmsnorm_quantize_fp8, CUDA, rmsnorm_quantize_fp8_cuda);
 R1_REGISTER_KERNEL(swiglu_backward, CUDA, swiglu_backward_cuda);
 R1_REGISTER_KERNEL(rope, CUDA, rope_cuda);
 R1_REGISTER_KERNEL(mla_qkv_forward, CUDA, mla_qkv_forward_cuda);
