@@ -69,7 +69,8 @@ fi
   echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release; echo "$PRETTY_NAME")"
   echo "nvcc $(/usr/local/cuda/bin/nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
-  (cd "$bundle.tmp" && find bin lib base -type f 2>/dev/null | sort | xargs sha256sum)
+  # (base/ only when there is one: find's error on a missing folder would end the script)
+  (cd "$bundle.tmp" && find bin lib $([[ -d base ]] && echo base) -type f | sort | xargs sha256sum)
 } >"$bundle.tmp/MANIFEST"
 rm -rf "$bundle"
 mv "$bundle.tmp" "$bundle"
