@@ -53,7 +53,7 @@ def torch_rates(part, key):
     rs = [r[part] for r in torch_runs]
     return max(r[key] * r["ms"] / r["cpu_ms"] for r in rs), max(r[key] for r in rs)
 
-rows = [("sampling", "generated", r1_rates("Sampling/eager", "generated_tokens/s"),
+rows = [("sampling", "generated", r1_rates("Sampling/eager/1", "generated_tokens/s"),
          torch_rates("sampling", "generated_tokens_per_s"))]
 CASES = [("GrpoUpdate/1/1", "batch invariant, prompt shared"),
          ("GrpoUpdate/1/0", "batch invariant, prompt per sample"),
@@ -73,7 +73,7 @@ def ms_list(xs):
     return ", ".join(f"{x:.0f}" for x in xs)
 
 load = open("/proc/loadavg").read().split()[:3]
-s = r1["Sampling/eager"]
+s = r1["Sampling/eager/1"]  # (the arg: DecodeMode::kEager)
 md = [f"# r1 vs PyTorch eager, RL sampling and GRPO update, {os.path.basename(out)[7:-3]}",
       "",
       f"- CPU: {cpu} ({os.cpu_count()} logical CPUs; load average {' '.join(load)} after the "
