@@ -222,10 +222,14 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     // Every expert on every row: each row's product is the routed path's (batch invariance),
     // and moe_combine_all adds them in the same order, so the bits are the routed path's.
     R1_CHECK(balance_alpha == 0.0, "DeepseekV3: device routing is forward only");
+    // Every expert (and the shared ones) reads all of x: one FP8 quantization for all.
+    const std::optional<Fp8Rows> xq = shared_fp8_input(x);
+    const Fp8Rows* xqp = xq ? &*xq : nullptr;
     std::vector<Tensor> ys;
-    for (int64_t e = 0; e < E; ++e) ys.push_back(mlp(fmt::format("{}experts.{}.", pre, e), x));
+    for (int64_t e = 0; e < E; ++e)
+      ys.push_back(mlp(fmt::format("{}experts.{}.", pre, e), x, xqp));
     Tensor y = moe_combine_all(ys, w, r.indices);
-    if (cfg_.n_shared_experts > 0) y = add(y, mlp(pre + "shared_experts.", x));
+    if (cfg_.n_shared_experts > 0) y = add(y, mlp(pre + "shared_experts.", x, xqp));
     return MoeOut{y, r.indices, r.load, Tensor()};
   }
 
