@@ -48,6 +48,18 @@ Tensor bf16_round(const Tensor& t) {
   return t.dtype() == DType::BF16 ? t : t.to(DType::BF16).to(t.dtype());
 }
 
+// linear_fp8's and linear_bf16's operands: x (..., in) and w (out, in), f32 or bf16, one
+// dtype and device.
+void check_linear_operands(const char* op, const Tensor& x, const Tensor& w) {
+  R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),
+           "{}: x {} and w {} must share dtype and device", op, x.str(), w.str());
+  R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16, "{}: x {}: f32 or bf16", op,
+           x.str());
+  R1_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1),
+           "{}: x {} and w {} (want x (..., in), w (out, in))", op, shape_str(x.shape()),
+           shape_str(w.shape()));
+}
+
 }  // namespace
 
 Fp8Rows fp8_quantize_rows(const Tensor& x) {
@@ -63,13 +75,7 @@ Fp8Rows fp8_quantize_rows(const Tensor& x) {
 
 Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) {
   R1_NVTX_RANGE("linear_fp8");
-  R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),
-           "linear_fp8: x {} and w {} must share dtype and device", x.str(), w.str());
-  R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
-           "linear_fp8: x {}: f32 or bf16", x.str());
-  R1_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1),
-           "linear_fp8: x {} and w {} (want x (..., in), w (out, in))", shape_str(x.shape()),
-           shape_str(w.shape()));
+  check_linear_operands("linear_fp8", x, w);
   const int64_t in = w.size(1), out_f = w.size(0);
   const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
   const Tensor x2 = x.detach().contiguous().view({rows, in});
@@ -91,13 +97,7 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) 
 
 Tensor linear_bf16(const Tensor& x, const Tensor& w) {
   R1_NVTX_RANGE("linear_bf16");
-  R1_CHECK(x.defined() && w.defined() && x.dtype() == w.dtype() && x.device() == w.device(),
-           "linear_bf16: x {} and w {} must share dtype and device", x.str(), w.str());
-  R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
-           "linear_bf16: x {}: f32 or bf16", x.str());
-  R1_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1),
-           "linear_bf16: x {} and w {} (want x (..., in), w (out, in))", shape_str(x.shape()),
-           shape_str(w.shape()));
+  check_linear_operands("linear_bf16", x, w);
   if (x.dtype() == DType::BF16) return linear(x, w);
   const int64_t in = w.size(1), out_f = w.size(0);
   const int64_t rows = x.numel() / std::max<int64_t>(in, 1);

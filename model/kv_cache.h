@@ -39,7 +39,6 @@ class PagedKvCache {
   // engine/step_graph.h, reads it there): rows for sequence ids below max_seqs, max_blocks
   // blocks each. Adding a sequence or a block beyond that throws r1::Error.
   void fix_table(int64_t max_seqs, int64_t max_blocks);
-  bool table_dirty() const { return dirty_; }
   Tensor& pool(int64_t layer) { return pools_[static_cast<size_t>(layer)]; }
   int64_t layers() const { return static_cast<int64_t>(pools_.size()); }
   int64_t entry_width() const { return width_; }

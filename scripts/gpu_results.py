@@ -88,14 +88,22 @@ def salvage_bench_json(text):
     return data
 
 
-def bench(out, name="bench.json"):
+def bench_json(out, name):
+    """A Google Benchmark JSON output of the run (what survives of it if the binary stopped
+    mid-run), or None when there is none."""
     text = read(os.path.join(out, name))
     if not text:
-        return {}, []
+        return None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError:
-        data = salvage_bench_json(text)
+        return salvage_bench_json(text)
+
+
+def bench(out, name="bench.json"):
+    data = bench_json(out, name)
+    if data is None:
+        return {}, []
     rows = []
     for b in data.get("benchmarks", []):
         if b.get("run_type") == "aggregate" or b.get("error_occurred"):
@@ -273,13 +281,9 @@ def fmt(v, spec):
 
 def decode(out):
     """bench_rl's Sampling rows on the GPU: tokens/s and the time of a decode step per mode."""
-    text = read(os.path.join(out, "bench_decode.json"))
-    if not text:
+    data = bench_json(out, "bench_decode.json")
+    if data is None:
         return []
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = salvage_bench_json(text)
     rows = []
     for b in data.get("benchmarks", []):
         if b.get("run_type") == "aggregate":

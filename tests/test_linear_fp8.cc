@@ -178,6 +178,18 @@ TEST(LinearFp8, RejectsMismatchedInputs) {
                Error);
 }
 
+// A fused producer's quantization is quantize_fp8_rows of its output x (M, K) on x's device,
+// bit for bit (codes and scales).
+void expect_quantization_of(const Tensor& x, const Fp8Rows& fused, const std::string& name) {
+  const Device dev = x.device();
+  Tensor q = Tensor::empty(x.shape(), DType::E4M3, dev);
+  Tensor sc = Tensor::empty({x.size(0), fp8_blocks(x.size(1))}, DType::F32, dev);
+  kernels::quantize_fp8_rows()(dev, x, q, sc);
+  EXPECT_EQ(fused.q.to(DType::F32).to_double_vector(), q.to(DType::F32).to_double_vector())
+      << name << ": q";
+  EXPECT_EQ(fused.scales.to_double_vector(), sc.to_double_vector()) << name << ": scales";
+}
+
 // The fused producer (swiglu with an Fp8Rows output, kernel swiglu_quantize_fp8) on `dev`:
 // its output and quantization are the bits of swiglu followed by quantize_fp8_rows on the
 // same device, for f32 (and bf16 on a GPU: the CPU kernels compute in f32), F a multiple of 128, of 4 only, and odd (the scalar path);
@@ -196,13 +208,8 @@ void expect_fused_swiglu_matches(Device dev) {
       Fp8Rows fused;
       const Tensor h = swiglu(gate, up, &fused);
       const Tensor want_h = swiglu(gate, up);
-      Tensor q = Tensor::empty({m, f}, DType::E4M3, dev);
-      Tensor sc = Tensor::empty({m, fp8_blocks(f)}, DType::F32, dev);
-      kernels::quantize_fp8_rows()(dev, want_h.view({m, f}), q, sc);
       EXPECT_EQ(h.to_double_vector(), want_h.to_double_vector()) << name << ": swiglu output";
-      EXPECT_EQ(fused.q.to(DType::F32).to_double_vector(), q.to(DType::F32).to_double_vector())
-          << name << ": q";
-      EXPECT_EQ(fused.scales.to_double_vector(), sc.to_double_vector()) << name << ": scales";
+      expect_quantization_of(want_h.view({m, f}), fused, name);
       if (dt != DType::F32) continue;
       const Tensor w = Tensor::randn({70, f}, case_seed(++seed), DType::F32, Device::cpu(), 0.05).to(dev);
       EXPECT_EQ(linear_fp8(h, w, &fused).to_double_vector(), linear_fp8(h, w).to_double_vector())
@@ -229,13 +236,8 @@ void expect_fused_rmsnorm_matches(Device dev) {
       Fp8Rows fused;
       const Tensor y = rmsnorm(x, w, 1e-6, &fused);
       const Tensor want_y = rmsnorm(x, w, 1e-6);
-      Tensor q = Tensor::empty({m, d}, DType::E4M3, dev);
-      Tensor sc = Tensor::empty({m, fp8_blocks(d)}, DType::F32, dev);
-      kernels::quantize_fp8_rows()(dev, want_y.view({m, d}), q, sc);
       EXPECT_EQ(y.to_double_vector(), want_y.to_double_vector()) << name << ": rmsnorm output";
-      EXPECT_EQ(fused.q.to(DType::F32).to_double_vector(), q.to(DType::F32).to_double_vector())
-          << name << ": q";
-      EXPECT_EQ(fused.scales.to_double_vector(), sc.to_double_vector()) << name << ": scales";
+      expect_quantization_of(want_y.view({m, d}), fused, name);
     }
 }
 

@@ -255,6 +255,25 @@ TEST(MoeBalanceLoss, ValueAndGradcheck) {
       {x}, case_seed(301));
 }
 
+// y (N, D) against the combine's loop: y[t, d] = w[t, 0] * src(t K)[d] + w[t, 1] *
+// src(t K + 1)[d] + ..., each product rounded, then added in k order (the kernel contract:
+// these bits exactly). src(p): the D values pair p reads.
+void expect_combine_loop(const Tensor& y, const Tensor& w, int64_t K, int64_t D,
+                         const std::function<const float*(int64_t)>& src) {
+  const std::vector<float> got = y.to_float_vector(), wv = w.to_float_vector();
+  const int64_t N = y.size(0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      float acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = t * K + k;
+        const volatile float prod = wv[p] * src(p)[d];
+        acc = k == 0 ? prod : acc + prod;
+      }
+      EXPECT_EQ(got[t * D + d], acc) << "t " << t << " d " << d;
+    }
+}
+
 // moe_combine: y[t] = sum_k w[t, k] * ys[part][row], against a loop (the kernel rounds each
 // product, then adds in k order: the same bits as this loop), a gradcheck in f64 of the
 // outputs and the weights, and the checks on a row read twice or not at all.
@@ -269,18 +288,10 @@ TEST(MoeCombine, ValueGradcheckAndChecks) {
                             Tensor::randn({3, D}, case_seed(401), DType::F32),
                             Tensor::randn({3, D}, case_seed(402), DType::F32)};
   const Tensor w = Tensor::randn({N, K}, case_seed(403), DType::F32);
-  const std::vector<float> got = moe_combine(ys, w, pt, rt).to_float_vector();
-  const std::vector<float> wv = w.to_float_vector();
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      float acc = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t p = t * K + k;
-        const volatile float prod = wv[p] * ys[part[p]].to_float_vector()[row[p] * D + d];
-        acc = k == 0 ? prod : acc + prod;
-      }
-      EXPECT_EQ(got[t * D + d], acc) << "t " << t << " d " << d;
-    }
+  std::vector<std::vector<float>> yv;
+  for (const Tensor& y : ys) yv.push_back(y.to_float_vector());
+  expect_combine_loop(moe_combine(ys, w, pt, rt), w, K, D,
+                      [&](int64_t p) { return &yv[part[p]][row[p] * D]; });
   std::vector<Tensor> in;
   for (const Tensor& y : ys) in.push_back(y.to(DType::F64).set_requires_grad());
   in.push_back(w.to(DType::F64).set_requires_grad());
@@ -296,6 +307,48 @@ TEST(MoeCombine, ValueGradcheckAndChecks) {
   std::vector<int64_t> out_of_range = row;
   out_of_range[0] = 4;
   EXPECT_THROW(moe_combine(ys, w, pt, Tensor::from_vector(out_of_range, {N * K})), Error);
+}
+
+// moe_combine_all (every expert on every token): y[t] = sum_k w[t, k] * ys[idx[t, k]][t],
+// against the same loop, and the bits of moe_combine over the routed rows (the decode step
+// under CUDA graphs relies on it); forward only; an expert index out of range is refused.
+TEST(MoeCombineAll, EqualsRoutedCombine) {
+  const int64_t N = 7, K = 3, D = 5, E = 6;
+  const std::vector<int64_t> idx =  // K distinct experts per token
+      {0, 3, 5, 2, 1, 4, 5, 0, 3, 1, 2, 0, 4, 5, 2, 3, 0, 1, 5, 4, 3};
+  std::vector<Tensor> all;
+  for (int64_t e = 0; e < E; ++e) all.push_back(Tensor::randn({N, D}, case_seed(410 + e)));
+  const Tensor w = Tensor::randn({N, K}, case_seed(420));
+  const Tensor it = Tensor::from_vector(idx, {N, K});
+  std::vector<std::vector<float>> av;
+  for (const Tensor& y : all) av.push_back(y.to_float_vector());
+  expect_combine_loop(moe_combine_all(all, w, it), w, K, D,
+                      [&](int64_t p) { return &av[idx[p]][p / K * D]; });
+  // The routed form: each expert's rows gathered (token order), then moe_combine.
+  std::vector<Tensor> routed;
+  std::vector<int64_t> part(N * K), row(N * K), rows_of(E, 0);
+  std::vector<std::vector<int64_t>> toks(E);
+  for (int64_t p = 0; p < N * K; ++p) {
+    part[p] = idx[p];
+    row[p] = rows_of[idx[p]]++;
+    toks[idx[p]].push_back(p / K);
+  }
+  std::vector<int64_t> renum(E, -1);  // experts chosen at least once, renumbered
+  for (int64_t e = 0; e < E; ++e)
+    if (!toks[e].empty()) {
+      renum[e] = static_cast<int64_t>(routed.size());
+      routed.push_back(index_select(all[e], 0, Tensor::from_vector(toks[e], {rows_of[e]})));
+    }
+  for (int64_t p = 0; p < N * K; ++p) part[p] = renum[part[p]];
+  const Tensor y_routed = moe_combine(routed, w, Tensor::from_vector(part, {N * K}),
+                                      Tensor::from_vector(row, {N * K}));
+  test::expect_close("moe_combine_all vs moe_combine (bits)", moe_combine_all(all, w, it),
+                     y_routed, 0, 0);
+  std::vector<int64_t> bad = idx;
+  bad[4] = E;
+  EXPECT_THROW(moe_combine_all(all, w, Tensor::from_vector(bad, {N, K})), Error);
+  Tensor wg = w.clone().set_requires_grad();
+  EXPECT_THROW(moe_combine_all(all, wg, it), Error);
 }
 
 TEST(MoeUpdateBias, SignOfMeanMinusLoad) {
@@ -397,88 +450,9 @@ TEST(CudaMoeRoute, SameExpertsAsCpu) {
     }
 }
 
-// Logits on a coarse grid and no bias: many exact ties between experts and between group
-// scores, which both backends break by the lower index.
 // moe_combine on the GPU against the CPU kernel on the dtype-rounded inputs: a random
 // permutation of pairs onto expert rows (every row read once), outputs poisoned; in f32 the
 // forward has the CPU's bits (products rounded, then added in k order).
-// moe_combine_all (every expert on every token): y[t] = sum_k w[t, k] * ys[idx[t, k]][t],
-// against the same loop, and the bits of moe_combine over the routed rows (the decode step
-// under CUDA graphs relies on it); forward only; an expert index out of range is refused.
-TEST(MoeCombineAll, EqualsRoutedCombine) {
-  const int64_t N = 7, K = 3, D = 5, E = 6;
-  const std::vector<int64_t> idx =  // K distinct experts per token
-      {0, 3, 5, 2, 1, 4, 5, 0, 3, 1, 2, 0, 4, 5, 2, 3, 0, 1, 5, 4, 3};
-  std::vector<Tensor> all;
-  for (int64_t e = 0; e < E; ++e) all.push_back(Tensor::randn({N, D}, case_seed(410 + e)));
-  const Tensor w = Tensor::randn({N, K}, case_seed(420));
-  const Tensor it = Tensor::from_vector(idx, {N, K});
-  const std::vector<float> got = moe_combine_all(all, w, it).to_float_vector();
-  const std::vector<float> wv = w.to_float_vector();
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      float acc = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t p = t * K + k;
-        const volatile float prod = wv[p] * all[idx[p]].to_float_vector()[t * D + d];
-        acc = k == 0 ? prod : acc + prod;
-      }
-      EXPECT_EQ(got[t * D + d], acc) << "t " << t << " d " << d;
-    }
-  // The routed form: each expert's rows gathered (token order), then moe_combine.
-  std::vector<Tensor> routed;
-  std::vector<int64_t> part(N * K), row(N * K), rows_of(E, 0);
-  std::vector<std::vector<int64_t>> toks(E);
-  for (int64_t p = 0; p < N * K; ++p) {
-    part[p] = idx[p];
-    row[p] = rows_of[idx[p]]++;
-    toks[idx[p]].push_back(p / K);
-  }
-  std::vector<int64_t> renum(E, -1);  // experts chosen at least once, renumbered
-  for (int64_t e = 0; e < E; ++e)
-    if (!toks[e].empty()) {
-      renum[e] = static_cast<int64_t>(routed.size());
-      routed.push_back(index_select(all[e], 0, Tensor::from_vector(toks[e], {rows_of[e]})));
-    }
-  for (int64_t p = 0; p < N * K; ++p) part[p] = renum[part[p]];
-  const Tensor y_routed = moe_combine(routed, w, Tensor::from_vector(part, {N * K}),
-                                      Tensor::from_vector(row, {N * K}));
-  test::expect_close("moe_combine_all vs moe_combine (bits)", moe_combine_all(all, w, it),
-                     y_routed, 0, 0);
-  std::vector<int64_t> bad = idx;
-  bad[4] = E;
-  EXPECT_THROW(moe_combine_all(all, w, Tensor::from_vector(bad, {N, K})), Error);
-  Tensor wg = w.clone().set_requires_grad();
-  EXPECT_THROW(moe_combine_all(all, wg, it), Error);
-}
-
-TEST(CudaMoeCombineAll, MatchesCpu) {
-  R1_SKIP_WITHOUT_CUDA();
-  const int64_t N = 300, K = 4, D = 129, E = 16;
-  // K distinct experts per token: a random rotation of 0..E-1 per token, its first K.
-  std::vector<int64_t> idx(N * K);
-  const std::vector<int64_t> shift = Tensor::randint({N}, case_seed(430), 0, E).to_int_vector();
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < K; ++k) idx[t * K + k] = (shift[t] + 3 * k) % E;
-  for (DType dt : {DType::F32, DType::BF16}) {
-    std::vector<Tensor> cpu, gpu;  // the CPU computes in f32 from the dt-rounded values
-    for (int64_t e = 0; e < E; ++e) {
-      const Tensor y = Tensor::randn({N, D}, case_seed(431 + e));
-      cpu.push_back(rounded_f32(y, dt));
-      gpu.push_back(y.to(dt).to(kGpu));
-    }
-    const Tensor w = Tensor::rand({N, K}, case_seed(450), 0.1, 1.0);
-    const Tensor it = Tensor::from_vector(idx, {N, K});
-    const Tensor want = moe_combine_all(cpu, rounded_f32(w, dt), it);
-    const Tensor got = moe_combine_all(gpu, w.to(dt).to(kGpu), it.to(kGpu));
-    const std::string name = fmt::format("moe_combine_all {} [seed {}]", dtype_name(dt), kRunSeed);
-    if (dt == DType::F32)  // the same rounded products added in the same order
-      test::expect_close(name + " (bits)", got.to(kCpu), want, 0, 0);
-    else  // f32 math, one bf16 rounding of the result
-      expect_gpu_close(name, got, want, dt);
-  }
-}
-
 TEST(CudaMoeCombine, MatchesCpu) {
   R1_SKIP_WITHOUT_CUDA();
   const struct {
@@ -533,6 +507,35 @@ TEST(CudaMoeCombine, MatchesCpu) {
     }
 }
 
+TEST(CudaMoeCombineAll, MatchesCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  const int64_t N = 300, K = 4, D = 129, E = 16;
+  // K distinct experts per token: a random rotation of 0..E-1 per token, its first K.
+  std::vector<int64_t> idx(N * K);
+  const std::vector<int64_t> shift = Tensor::randint({N}, case_seed(430), 0, E).to_int_vector();
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < K; ++k) idx[t * K + k] = (shift[t] + 3 * k) % E;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    std::vector<Tensor> cpu, gpu;  // the CPU computes in f32 from the dt-rounded values
+    for (int64_t e = 0; e < E; ++e) {
+      const Tensor y = Tensor::randn({N, D}, case_seed(431 + e));
+      cpu.push_back(rounded_f32(y, dt));
+      gpu.push_back(y.to(dt).to(kGpu));
+    }
+    const Tensor w = Tensor::rand({N, K}, case_seed(450), 0.1, 1.0);
+    const Tensor it = Tensor::from_vector(idx, {N, K});
+    const Tensor want = moe_combine_all(cpu, rounded_f32(w, dt), it);
+    const Tensor got = moe_combine_all(gpu, w.to(dt).to(kGpu), it.to(kGpu));
+    const std::string name = fmt::format("moe_combine_all {} [seed {}]", dtype_name(dt), kRunSeed);
+    if (dt == DType::F32)  // the same rounded products added in the same order
+      test::expect_close(name + " (bits)", got.to(kCpu), want, 0, 0);
+    else  // f32 math, one bf16 rounding of the result
+      expect_gpu_close(name, got, want, dt);
+  }
+}
+
+// Logits on a coarse grid and no bias: many exact ties between experts and between group
+// scores, which both backends break by the lower index.
 TEST(CudaMoeRoute, TiesBrokenAsOnCpu) {
   R1_SKIP_WITHOUT_CUDA();
   const int64_t N = 512, E = 256;

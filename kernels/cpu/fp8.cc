@@ -23,50 +23,43 @@ inline float load_f32(const void* p, bool bf16, int64_t i) {
 // The contract's scale of a tile whose largest |x| is amax, in f32 as every backend does it.
 inline float scale_from_amax(float amax) { return amax == 0.0f ? 1.0f : amax / kE4M3Max; }
 
-// x (M, K) f32/bf16 -> q (M, K) e4m3, scales (M, KB) f32: one scale per 1x128 tile.
-void quantize_fp8_rows_cpu(const Tensor& x, Tensor& q, Tensor& scales) {
-  check_quantize_fp8("quantize_fp8_rows", x, q, scales, 1);
-  const int64_t m = x.size(0), k = x.size(1), kb_count = fp8_blocks(k);
+// 1x128 tiles along `lines` lines of `len` elements each: element e of line l is x[l * lstep
+// + e * estep]; its code goes to q[l * len + e] and tile b's scale to scales[l * nb + b]. Rows
+// (lstep = K, estep = 1) and x^T read in place (lstep = 1, estep = K) are the same loop, so
+// the transposed quantizer gives quantize_fp8_rows(x^T)'s bits by construction.
+void quantize_lines(const Tensor& x, int64_t lines, int64_t len, int64_t lstep, int64_t estep,
+                    Tensor& q, Tensor& scales) {
+  const int64_t nb = fp8_blocks(len);
   const void* xp = x.data_ptr();
   const bool bf16 = x.dtype() == DType::BF16;
   uint8_t* qp = q.data<uint8_t>();
   float* sp = scales.data<float>();
-#pragma omp parallel for schedule(static) if (worth_parallel(m * k))
-  for (int64_t r = 0; r < m; ++r) {
-    for (int64_t kb = 0; kb < kb_count; ++kb) {
-      const int64_t k0 = kb * kFp8Block, k1 = std::min(k, k0 + kFp8Block);
+#pragma omp parallel for schedule(static) if (worth_parallel(lines * len))
+  for (int64_t l = 0; l < lines; ++l) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t e0 = b * kFp8Block, e1 = std::min(len, e0 + kFp8Block);
       float amax = 0.0f;
-      for (int64_t c = k0; c < k1; ++c)
-        amax = std::fmax(amax, std::fabs(load_f32(xp, bf16, r * k + c)));
+      for (int64_t e = e0; e < e1; ++e)
+        amax = std::fmax(amax, std::fabs(load_f32(xp, bf16, l * lstep + e * estep)));
       const float s = scale_from_amax(amax);
-      sp[r * kb_count + kb] = s;
-      for (int64_t c = k0; c < k1; ++c)
-        qp[r * k + c] = f32_to_e4m3(load_f32(xp, bf16, r * k + c) / s);
+      sp[l * nb + b] = s;
+      for (int64_t e = e0; e < e1; ++e)
+        qp[l * len + e] = f32_to_e4m3(load_f32(xp, bf16, l * lstep + e * estep) / s);
     }
   }
 }
 
+// x (M, K) f32/bf16 -> q (M, K) e4m3, scales (M, KB) f32: one scale per 1x128 tile.
+void quantize_fp8_rows_cpu(const Tensor& x, Tensor& q, Tensor& scales) {
+  check_quantize_fp8("quantize_fp8_rows", x, q, scales, 1);
+  quantize_lines(x, x.size(0), x.size(1), x.size(1), 1, q, scales);
+}
+
 // x (M, K) f32/bf16 -> q (K, M) e4m3, scales (K, MB) f32: quantize_fp8_rows of x^T, reading x
-// in place (the same arithmetic per tile, so the same bits).
+// in place.
 void quantize_fp8_rows_transposed_cpu(const Tensor& x, Tensor& q, Tensor& scales) {
   check_quantize_fp8("quantize_fp8_rows_transposed", x, q, scales, 1, /*transposed=*/true);
-  const int64_t m = x.size(0), k = x.size(1), mb_count = fp8_blocks(m);
-  const void* xp = x.data_ptr();
-  const bool bf16 = x.dtype() == DType::BF16;
-  uint8_t* qp = q.data<uint8_t>();
-  float* sp = scales.data<float>();
-#pragma omp parallel for schedule(static) if (worth_parallel(m * k))
-  for (int64_t j = 0; j < k; ++j) {
-    for (int64_t mb = 0; mb < mb_count; ++mb) {
-      const int64_t r0 = mb * kFp8Block, r1 = std::min(m, r0 + kFp8Block);
-      float amax = 0.0f;
-      for (int64_t r = r0; r < r1; ++r)
-        amax = std::fmax(amax, std::fabs(load_f32(xp, bf16, r * k + j)));
-      const float s = scale_from_amax(amax);
-      sp[j * mb_count + mb] = s;
-      for (int64_t r = r0; r < r1; ++r) qp[j * m + r] = f32_to_e4m3(load_f32(xp, bf16, r * k + j) / s);
-    }
-  }
+  quantize_lines(x, x.size(1), x.size(0), 1, x.size(1), q, scales);
 }
 
 // swiglu then quantize rows: on the CPU the composition itself (the fusion saves nothing

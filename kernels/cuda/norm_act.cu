@@ -34,6 +34,38 @@ constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes
 
 // ---- rmsnorm -----------------------------------------------------------------------------
 
+// Pass 1 of both RMSNorm forward kernels: the row's sum of squares in steps of C chunks (C
+// loads in flight), each thread's chunks in row order, then the row group's fixed tree. Leaves
+// the last step's chunks in c (the whole row when it fits in one step). Dead rows (!live) load
+// nothing but join the block's syncs.
+template <class T, int C>
+__device__ __forceinline__ float row_sum_squares(const T* xr, bool live, int64_t D, int64_t base,
+                                                 int64_t step, int tpr, RowChunks<T, C>& c,
+                                                 float* smem) {
+  float ss = 0;
+  for (int64_t b0 = base; live && b0 < D; b0 += step) {
+    load_row_chunks(xr, b0, D, tpr, c);
+#pragma unroll
+    for (int u = 0; u < C; ++u)
+#pragma unroll
+      for (int k = 0; k < kVec<T>; ++k)
+        if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
+  }
+  return group_reduce(ss, Add{}, smem, tpr);
+}
+
+// Pass 2's chunk of both: wf := x chunk u of c * r * w at i0, stored to yr (wf keeps the
+// values before their rounding to T).
+template <class T, int C>
+__device__ __forceinline__ void normalize_chunk(const RowChunks<T, C>& c, int u, const T* w,
+                                                int64_t i0, int64_t D, float r, T* yr,
+                                                float (&wf)[kVec<T>]) {
+  load_chunk(w, i0, D, wf);
+#pragma unroll
+  for (int k = 0; k < kVec<T>; ++k) wf[k] = c.at(u, k) * r * wf[k];
+  store_chunk(yr, i0, D, wf);
+}
+
 // x (N, D), w (D) -> y (N, D), rstd (N) f32. A group of tpr threads per row, 256 / tpr rows
 // per block when tpr < 256. The row is walked in steps of C chunks per thread (RowChunks,
 // launch.cuh, raw: 4 registers per chunk): pass 1 sums x^2, pass 2 writes y from the step
@@ -54,17 +86,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
   const int64_t base = int64_t{lane} * kV, step = int64_t{tpr} * C * kV;
   const bool cached = D <= step;  // the row in one step: kept in registers; uniform
   RowChunks<T, C> c;
-  float ss = 0;
-  // Pass 1 in steps of C chunks (C loads in flight), each thread's chunks in row order.
-  for (int64_t b0 = base; live && b0 < D; b0 += step) {
-    load_row_chunks(xr, b0, D, tpr, c);
-#pragma unroll
-    for (int u = 0; u < C; ++u)
-#pragma unroll
-      for (int k = 0; k < kV; ++k)
-        if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
-  }
-  ss = group_reduce(ss, Add{}, smem, tpr);
+  const float ss = row_sum_squares(xr, live, D, base, step, tpr, c, smem);
   if (!live) return;
   const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
   if (lane == 0) rstd[n] = r;
@@ -77,10 +99,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
       if (c.cnt[u] == 0) continue;
       const int64_t i0 = b0 + int64_t{u} * tpr * kV;
       float wf[kV];
-      load_chunk(w, i0, D, wf);
-#pragma unroll
-      for (int k = 0; k < kV; ++k) wf[k] = c.at(u, k) * r * wf[k];
-      store_chunk(yr, i0, D, wf);
+      normalize_chunk(c, u, w, i0, D, r, yr, wf);
     }
   }
 }
@@ -112,16 +131,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     c.raw[u] = make_uint4(0, 0, 0, 0);
     c.cnt[u] = 0;
   }
-  float ss = 0;
-  for (int64_t b0 = base; live && b0 < D; b0 += step) {  // as rmsnorm_forward_kernel
-    load_row_chunks(xr, b0, D, tpr, c);
-#pragma unroll
-    for (int u = 0; u < C; ++u)
-#pragma unroll
-      for (int k = 0; k < kV; ++k)
-        if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
-  }
-  ss = group_reduce(ss, Add{}, smem, tpr);
+  const float ss = row_sum_squares(xr, live, D, base, step, tpr, c, smem);
   if (!live) return;  // whole row groups (tpr >= 32): whole warps
   const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
   if (lane == 0) rstd[n] = r;
@@ -135,10 +145,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     for (int u = 0; u < C; ++u) {
       const int64_t i0 = b0 + int64_t{u} * tpr * kV;
       float wf[kV];
-      load_chunk(w, i0, D, wf);
-#pragma unroll
-      for (int k = 0; k < kV; ++k) wf[k] = c.at(u, k) * r * wf[k];
-      store_chunk(yr, i0, D, wf);
+      normalize_chunk(c, u, w, i0, D, r, yr, wf);
       float amax = 0.0f;
 #pragma unroll
       for (int k = 0; k < kV; ++k) {
@@ -320,12 +327,10 @@ void check_rmsnorm(const char* op, const Tensor& x, const Tensor& w, const Tenso
            dtype_name(stat_dtype(x.dtype())));
 }
 
-// x (N, D), w (D) -> y (N, D), rstd (N) f32.
-void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& y,
-                          Tensor& rstd) {
-  check_rmsnorm("rmsnorm_forward", x, w, rstd);
-  R1_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype(), "rmsnorm_forward: y {} for x {}",
-           y.str(), x.str());
+// Both RMSNorm forward kernels at one launch shape (the tuned row variant), so the fused
+// kernel's y and rstd are the plain kernel's bits. q, scales: null for the plain kernel.
+void launch_rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                            Tensor& rstd, Tensor* q, Tensor* scales) {
   const int64_t N = x.size(0), D = x.size(1);
   if (N == 0) return;
   const int dev = x.device().index;
@@ -338,17 +343,31 @@ void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& 
       const int tpr = row_threads_capped((D + kVec<T> - 1) / kVec<T>, C, max_tpr);
       const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
       const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
-      rmsnorm_forward_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
-          static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
-          static_cast<T*>(y.data_ptr()), rstd.data<float>(), N, D, static_cast<float>(eps),
-          tpr);
+      const auto* xp = static_cast<const T*>(x.data_ptr());
+      const auto* wp = static_cast<const T*>(w.data_ptr());
+      auto* yp = static_cast<T*>(y.data_ptr());
+      if (q)
+        rmsnorm_quantize_fp8_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
+            xp, wp, yp, rstd.data<float>(), q->data<uint8_t>(), scales->data<float>(), N, D,
+            static_cast<float>(eps), tpr);
+      else
+        rmsnorm_forward_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
+            xp, wp, yp, rstd.data<float>(), N, D, static_cast<float>(eps), tpr);
       R1_CUDA_CHECK_LAUNCH();
     });
   });
 }
 
-// rmsnorm_forward and quantize_fp8_rows of y in one kernel (rmsnorm_quantize_fp8_kernel): the
-// same launch shape as rmsnorm_forward_cuda, so the same y and rstd bits.
+// x (N, D), w (D) -> y (N, D), rstd (N) f32.
+void rmsnorm_forward_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                          Tensor& rstd) {
+  check_rmsnorm("rmsnorm_forward", x, w, rstd);
+  R1_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype(), "rmsnorm_forward: y {} for x {}",
+           y.str(), x.str());
+  launch_rmsnorm_forward(x, w, eps, y, rstd, nullptr, nullptr);
+}
+
+// rmsnorm_forward and quantize_fp8_rows of y in one kernel (rmsnorm_quantize_fp8_kernel).
 void rmsnorm_quantize_fp8_cuda(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                                Tensor& rstd, Tensor& q, Tensor& scales) {
   check_rmsnorm("rmsnorm_quantize_fp8", x, w, rstd);
@@ -357,25 +376,7 @@ void rmsnorm_quantize_fp8_cuda(const Tensor& x, const Tensor& w, double eps, Ten
   R1_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
            "rmsnorm_quantize_fp8: f32 or bf16, got {}", dtype_name(x.dtype()));
   check_quantize_fp8("rmsnorm_quantize_fp8", y, q, scales, 1);
-  const int64_t N = x.size(0), D = x.size(1);
-  if (N == 0) return;
-  const int dev = x.device().index;
-  DeviceGuard g(dev);
-  const cudaStream_t s = current_stream(dev);
-  dispatch_float(x.dtype(), "rmsnorm_quantize_fp8", [&](auto tag) {
-    using T = decltype(tag);
-    constexpr RowKernel kKernel = RowKernel::RmsNormForward;
-    dispatch_row_variant<T>(kKernel, [&]<int C, int MinBlocks>(int max_tpr) {
-      const int tpr = row_threads_capped((D + kVec<T> - 1) / kVec<T>, C, max_tpr);
-      const int rows = tpr >= kThreads ? 1 : kThreads / tpr;
-      const auto blocks = static_cast<unsigned>((N + rows - 1) / rows);
-      rmsnorm_quantize_fp8_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
-          static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
-          static_cast<T*>(y.data_ptr()), rstd.data<float>(), q.data<uint8_t>(),
-          scales.data<float>(), N, D, static_cast<float>(eps), tpr);
-      R1_CUDA_CHECK_LAUNCH();
-    });
-  });
+  launch_rmsnorm_forward(x, w, eps, y, rstd, &q, &scales);
 }
 
 // R1_RMSNORM_BWD=smem forces the two-read kernel where the register one would run (for the
@@ -503,23 +504,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kP; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    const float s = fp8::scale_from_amax(fp8::warp_max(amax));
-    if (lane == 0) scales[t] = s;  // t = r * fb + b
-    if (vec) {
-      uint32_t packed = 0;
-#pragma unroll
-      for (int i = 0; i < kP; ++i) packed |= uint32_t{f32_to_e4m3(v[i] / s)} << (8 * i);
-      *reinterpret_cast<uint32_t*>(q + base + kP * lane) = packed;
-    } else {
-#pragma unroll
-      for (int i = 0; i < kP; ++i) {
-        const int64_t c = i * 32 + lane;
-        if (c < len) q[base + c] = f32_to_e4m3(v[i] / s);
-      }
-    }
+    fp8::quantize_tile(v, vec, len, lane, q + base, scales + t);  // t = r * fb + b
   }
 }
 
@@ -580,8 +565,7 @@ void swiglu_quantize_fp8_cuda(const Tensor& gate, const Tensor& up, Tensor& out,
   const int dev = gate.device().index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
-  const int64_t want = (m * fb + kThreads / 32 - 1) / (kThreads / 32);
-  const int grid = static_cast<int>(std::clamp<int64_t>(want, 1, int64_t{sm_count(dev)} * 8));
+  const int grid = fp8::warp_per_tile_grid(m * fb, kThreads, dev);
   auto aligned = [](const void* p, int a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
   dispatch_float(gate.dtype(), "swiglu_quantize_fp8", [&](auto tag) {
     using T = decltype(tag);

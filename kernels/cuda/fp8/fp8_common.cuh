@@ -4,15 +4,24 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "engine/convert.h"
+#include "engine/cuda/stream.h"
 #include "engine/kernels.h"
 
 namespace r1::cuda::fp8 {
 
 // A 1x128 tile is 4 elements per lane of one warp.
 inline constexpr int kPerLane = kFp8Block / 32;
+
+// The grid of a kernel with one warp per 1x128 tile in blocks of `threads` that walks the tiles
+// grid-stride: 8 resident blocks per SM fill Hopper's 2048 threads.
+inline int warp_per_tile_grid(int64_t tiles, int threads, int device) {
+  const int64_t warps = threads / 32, want = (tiles + warps - 1) / warps;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, int64_t{sm_count(device)} * 8));
+}
 
 // The contract's scale: amax / 448 in f32, 1 for an all-zero tile (as kernels/cpu/fp8.cc).
 __device__ inline float scale_from_amax(float amax) {
@@ -23,6 +32,32 @@ __device__ inline float warp_max(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
   return v;
+}
+
+// A 1x128 tile held by one warp quantized: v are the lane's values (vec: elements
+// kPerLane * lane ..; else lane, lane + 32, ...; zeros past len), q the tile's first code,
+// scale its entry. The amax over the warp, the scale (lane 0 writes it), the codes (one 4-byte
+// store per lane when vec). quantize_rows_kernel and the kernels that quantize their own
+// output call it, so their bits agree by construction.
+__device__ __forceinline__ void quantize_tile(const float (&v)[kPerLane], bool vec, int64_t len,
+                                              int lane, uint8_t* q, float* scale) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) amax = fmaxf(amax, fabsf(v[i]));
+  const float s = scale_from_amax(warp_max(amax));
+  if (lane == 0) *scale = s;
+  if (vec) {
+    uint32_t packed = 0;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) packed |= uint32_t{f32_to_e4m3(v[i] / s)} << (8 * i);
+    *reinterpret_cast<uint32_t*>(q + kPerLane * lane) = packed;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int c = i * 32 + lane;
+      if (c < len) q[c] = f32_to_e4m3(v[i] / s);
+    }
+  }
 }
 
 __device__ inline float load_f32(const float* p, int64_t i) { return p[i]; }

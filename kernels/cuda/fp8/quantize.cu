@@ -58,23 +58,7 @@ __global__ void __launch_bounds__(kThreads)
         v[i] = c < len ? load_f32(x, base + c) : 0.0f;
       }
     }
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    const float s = scale_from_amax(warp_max(amax));
-    if (lane == 0) scales[t] = s;  // t = r * kb_count + kb
-    if (vec) {
-      uint32_t packed = 0;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) packed |= uint32_t{f32_to_e4m3(v[i] / s)} << (8 * i);
-      *reinterpret_cast<uint32_t*>(q + base + 4 * lane) = packed;
-    } else {
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int c = i * 32 + lane;
-        if (c < len) q[base + c] = f32_to_e4m3(v[i] / s);
-      }
-    }
+    fp8::quantize_tile(v, vec, len, lane, q + base, scales + t);  // t = r * kb_count + kb
   }
 }
 
@@ -182,9 +166,7 @@ void quantize_fp8_rows_cuda(const Tensor& x, Tensor& q, Tensor& scales) {
   const int dev = x.device().index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
-  // 8 resident blocks per SM fill Hopper's 2048 threads; the grid-stride loop does the rest.
-  const int64_t want = (m * kb_count + kWarps - 1) / kWarps;
-  const int grid = static_cast<int>(std::clamp<int64_t>(want, 1, int64_t{sm_count(dev)} * 8));
+  const int grid = fp8::warp_per_tile_grid(m * kb_count, kThreads, dev);
   dispatch_f32_bf16(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const bool vector = k % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
