@@ -14,6 +14,10 @@
 //                      baseline the fast kernel must match or beat.
 //   Fp8CublasLtTensor  cuBLASLt per-tensor FP8: the ceiling without block scaling.
 //   Fp8CublasLtBf16    cuBLASLt bf16 on the unquantized operands: what FP8 must beat.
+//   Fp8Wgrad*          the weight-gradient GEMM of the same layers (M = out, N = in, K =
+//                      4096 tokens), 1D1D (row scales on both operands, as linear_fp8 runs
+//                      it) on the mma kernel and on cuBLASLt (VEC128 x VEC128), and the mma
+//                      kernel with 128x128 scales on b for the epilogue's cost.
 //   Fp8Grouped*        MoE expert GEMMs (E experts x m tokens, contiguous layout): r1's
 //                      simple and wgmma grouped kernels in one launch (contiguous; wgmma also
 //                      masked) against loops of dense calls (mma.sync, cuBLASLt
@@ -178,6 +182,60 @@ void BM_Fp8CublasLtTensor(benchmark::State& st) {
   });
 }
 
+// ---- wgrad (1D1D): dw (M = out, N = in) = dy^T (M, K = tokens) x^T (N, K)^T ----------------
+// Both operands are activations quantized per 1x128 tile along the tokens (engine/ops_fp8.h),
+// so b's scales are per row (N, KB). The 2D rows are the same GEMM with 128x128 block scales
+// on b (the form linear_fp8 used before): the price of a per-column scale in the epilogue.
+
+Fp8Problem make_wgrad_problem(int64_t m, int64_t n, int64_t k) {
+  Fp8Problem p;
+  p.m = m, p.n = n, p.k = k;
+  const Tensor a = dev_randn(m, k, 3), b = dev_randn(n, k, 4);
+  p.a_q = Tensor::empty({m, k}, DType::E4M3, kGpu);
+  p.b_q = Tensor::empty({n, k}, DType::E4M3, kGpu);
+  p.a_scales = Tensor::empty({m, fp8_blocks(k)}, DType::F32, kGpu);
+  p.b_scales = Tensor::empty({n, fp8_blocks(k)}, DType::F32, kGpu);
+  kernels::quantize_fp8_rows()(kGpu, a, p.a_q, p.a_scales);
+  kernels::quantize_fp8_rows()(kGpu, b, p.b_q, p.b_scales);
+  p.a_lt = Tensor::empty({cuda::cublaslt_vec128_scales_size(m, k)}, DType::F32, kGpu);
+  p.b_lt = Tensor::empty({cuda::cublaslt_vec128_scales_size(n, k)}, DType::F32, kGpu);
+  const cudaStream_t s = cuda::current_stream(0);
+  cuda::cublaslt_vec128_scales_from_r1(p.a_scales.data<float>(), p.a_lt.data<float>(), m, k, s);
+  cuda::cublaslt_vec128_scales_from_r1(p.b_scales.data<float>(), p.b_lt.data<float>(), n, k, s);
+  synchronize(kGpu);
+  return p;
+}
+
+void BM_Fp8Wgrad1D1DMma(benchmark::State& st) {
+  const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
+  st.SetLabel("mma.sync 1D1D stages=2 " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, 2);
+  });
+}
+
+void BM_Fp8Wgrad2DMma(benchmark::State& st) {
+  Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
+  p.b_scales = Tensor::full({fp8_blocks(p.n), fp8_blocks(p.k)}, 1.0 / 448, DType::F32, kGpu);
+  Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
+  st.SetLabel("mma.sync 2D (128x128 b scales) stages=2 " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, 2);
+  });
+}
+
+void BM_Fp8Wgrad1D1DCublasLt(benchmark::State& st) {
+  const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
+  Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
+  st.SetLabel("cuBLASLt VEC128xVEC128 " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::cublaslt_gemm_fp8_1d1d(p.a_q.data_ptr(), p.a_lt.data<float>(), p.b_q.data_ptr(),
+                                 p.b_lt.data<float>(), d.data_ptr(), DType::F32, p.m, p.n, p.k,
+                                 cuda::current_stream(0));
+  });
+}
+
 // ---- grouped (MoE experts): E experts x m tokens each, N x K per expert ---------------------
 
 // The contiguous layout's operands: A (E m, K) rows by expert, B (E, N, K) (N a multiple of
@@ -311,6 +369,14 @@ void register_all() {
   reg("Fp8CublasLtBlock", BM_Fp8CublasLtBlock);
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
   reg("Fp8CublasLtBf16", BM_Fp8CublasLtBf16);
+  // wgrad of the same layers: M = out features, N = in features, K = 4096 tokens; f32 dw.
+  for (auto [name, fn] : {std::pair{"Fp8Wgrad1D1DMma", BM_Fp8Wgrad1D1DMma},
+                          std::pair{"Fp8Wgrad2DMma", BM_Fp8Wgrad2DMma},
+                          std::pair{"Fp8Wgrad1D1DCublasLt", BM_Fp8Wgrad1D1DCublasLt}}) {
+    auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(
+        benchmark::kMicrosecond)->Iterations(3);
+    for (auto [n, k] : nk) b->Args({n, k, 4096});
+  }
   // Grouped: V3's expert GEMMs (gate+up fused: N 4096, K 7168; down: N 7168, K 2048) for
   // 4-32 experts of 128-8192 tokens each.
   const int64_t grouped[][4] = {{4, 8192, 4096, 7168}, {8, 1024, 4096, 7168},

@@ -140,6 +140,12 @@ R1_KERNEL(adamw_step, void(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, dou
 // Shapes: KB = fp8_blocks(K) = ceil(K / 128), NB = fp8_blocks(N).
 inline constexpr int64_t kFp8Block = 128;
 inline int64_t fp8_blocks(int64_t n) { return (n + kFp8Block - 1) / kFp8Block; }
+// Whether gemm_fp8_blockscaled's b_scales are per 1x128 row tile (N, KB) rather than per
+// 128x128 block (NB, KB); N = 1 counts as blocks (the same numbers either way).
+inline bool fp8_b_row_scales(const Tensor& b_q, const Tensor& b_scales) {
+  return b_q.dim() == 2 && b_scales.dim() == 2 && b_q.size(0) > 1 &&
+         b_scales.size(0) == b_q.size(0);
+}
 
 // x (M, K) f32 or bf16 -> q (M, K) e4m3, scales (M, KB) f32; scales[m, kb] covers
 // x[m, kb*128 : min(K, kb*128 + 128)].
@@ -167,7 +173,11 @@ R1_KERNEL(rmsnorm_quantize_fp8, void(const Tensor& x, const Tensor& w, double ep
 // (NB, KB) f32 (quantize_fp8_blocks) -> d (M, N):
 //   d[m, n] = sum_kb (sum_{k in block kb} a_q[m, k] b_q[n, k]) * a_scales[m, kb]
 //                                                        * b_scales[n / 128, kb],
-// i.e. D = A B^T of the dequantized operands (x @ w^T of a linear layer). CUDA: d f32 or
+// i.e. D = A B^T of the dequantized operands (x @ w^T of a linear layer). b_scales may
+// instead be (N, KB), one scale per 1x128 tile of b's rows (quantize_fp8_rows): then the
+// factor is b_scales[n, kb] ("1D1D", DeepGEMM's form for wgrad, where both operands are
+// activations, dy^T and x^T, quantized along the tokens); the two shapes differ unless
+// N = 1, where they mean the same. The grouped forms below take block scales only. CUDA: d f32 or
 // bf16; each k-block's partial sum is formed in fp32 (the products of two e4m3 are exact),
 // scaled, and added to an fp32 accumulator. CPU (the reference): d f64, f32 or bf16; the
 // partial sums are exact in f64 (128 products of e4m3 values, multiples of 2^-18 below
@@ -233,7 +243,8 @@ inline void check_gemm_fp8_blockscaled(const Tensor& a_q, const Tensor& a_scales
   const int64_t m = a_q.size(0), k = a_q.size(1), n = b_q.size(0);
   R1_CHECK(b_q.size(1) == k && d.size(0) == m && d.size(1) == n &&
                a_scales.shape() == Shape({m, fp8_blocks(k)}) &&
-               b_scales.shape() == Shape({fp8_blocks(n), fp8_blocks(k)}),
+               (b_scales.shape() == Shape({fp8_blocks(n), fp8_blocks(k)}) ||
+                b_scales.shape() == Shape({n, fp8_blocks(k)})),
            "gemm_fp8_blockscaled: a_q {} a_scales {} b_q {} b_scales {} d {} do not fit",
            shape_str(a_q.shape()), shape_str(a_scales.shape()), shape_str(b_q.shape()),
            shape_str(b_scales.shape()), shape_str(d.shape()));

@@ -11,37 +11,53 @@
 namespace r1 {
 namespace {
 
-// a (M, K) and b (N, K) of one float dtype -> a b^T (M, N) in `out` dtype, both operands
-// quantized as the recipe says: a per 1x128 tile, b per 128x128 block.
-// a_t: a is given transposed (a_t (K, M)) and quantized from there by
-// quantize_fp8_rows_transposed, the same bits as transposing it first. a_q: a's quantization
-// already made by its producer (then a is only read for its shape).
-Tensor fp8_product(const Tensor& a, const Tensor& b, DType out, bool a_t = false,
-                   const Fp8Rows* a_q = nullptr) {
-  const Device dev = a.device();
-  const int64_t m = a.size(a_t ? 1 : 0), k = a.size(a_t ? 0 : 1), n = b.size(0);
-  Fp8Rows aq;
-  if (a_q) {
-    R1_CHECK(!a_t && a_q->q.shape() == Shape({m, k}) && a_q->q.dtype() == DType::E4M3 &&
-                 a_q->scales.shape() == Shape({m, fp8_blocks(k)}) &&
-                 a_q->q.device() == dev && a_q->scales.device() == dev,
-             "linear_fp8: the given quantized input does not fit x ({}, {})", m, k);
-    aq = *a_q;
-  } else if (a_t) {
-    aq = {Tensor::empty({m, k}, DType::E4M3, dev), Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev)};
-    kernels::quantize_fp8_rows_transposed()(dev, a, aq.q, aq.scales);
-  } else {
-    aq = fp8_quantize_rows(a);
-  }
-  Tensor bq = Tensor::empty({n, k}, DType::E4M3, dev);
-  Tensor bs = Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev);
-  kernels::quantize_fp8_blocks()(dev, b, bq, bs);
-  Tensor d = Tensor::empty({m, n}, out, dev);
-  kernels::gemm_fp8_blockscaled()(dev, aq.q, aq.scales, bq, bs, d);
+// A block-quantized operand (quantize_fp8_blocks): q (N, K) e4m3, scales (NB, KB).
+struct Fp8Blocks {
+  Tensor q, scales;
+};
+
+Fp8Blocks quantize_blocks(const Tensor& b) {
+  const Device dev = b.device();
+  const int64_t n = b.size(0), k = b.size(1);
+  Fp8Blocks r{Tensor::empty({n, k}, DType::E4M3, dev),
+              Tensor::empty({fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev)};
+  kernels::quantize_fp8_blocks()(dev, b, r.q, r.scales);
+  return r;
+}
+
+// t (K, M) f32/bf16 -> the 1x128 row quantization of t^T (M, K), read in place
+// (quantize_fp8_rows_transposed: the same bits as transposing first).
+Fp8Rows quantize_rows_of_transpose(const Tensor& t) {
+  const Device dev = t.device();
+  const int64_t m = t.size(1), k = t.size(0);
+  Fp8Rows r{Tensor::empty({m, k}, DType::E4M3, dev),
+            Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev)};
+  kernels::quantize_fp8_rows_transposed()(dev, t, r.q, r.scales);
+  return r;
+}
+
+// The quantization of b^T from b's (blocks of 128x128 are the same sets of elements in b and
+// in b^T, so their amax, scales and codes are too): the same bits as quantize_blocks(b^T).
+Fp8Blocks transposed_blocks(const Fp8Blocks& b) {
+  return {b.q.transpose(0, 1).contiguous(), b.scales.transpose(0, 1).contiguous()};
+}
+
+// a (M, K) quantized per 1x128 tile times b (N, K) quantized per 128x128 block (or, with
+// Fp8Rows, per 1x128 tile: 1D1D) -> a b^T (M, N) in `out` dtype.
+Tensor fp8_gemm(const Fp8Rows& a, const Tensor& b_q, const Tensor& b_scales, DType out) {
+  Tensor d = Tensor::empty({a.q.size(0), b_q.size(0)}, out, a.q.device());
+  kernels::gemm_fp8_blockscaled()(a.q.device(), a.q, a.scales, b_q, b_scales, d);
   return d;
 }
 
-Tensor transposed(const Tensor& t) { return t.transpose(0, 1).contiguous(); }
+// A producer's quantization of x (M, K), checked against x's shape.
+const Fp8Rows& checked_input(const Fp8Rows& q, int64_t m, int64_t k, Device dev) {
+  R1_CHECK(q.q.shape() == Shape({m, k}) && q.q.dtype() == DType::E4M3 &&
+               q.scales.shape() == Shape({m, fp8_blocks(k)}) && q.q.device() == dev &&
+               q.scales.device() == dev,
+           "linear_fp8: the given quantized input does not fit x ({}, {})", m, k);
+  return q;
+}
 
 // t's values rounded to bf16 (RNE), in t's dtype.
 Tensor bf16_round(const Tensor& t) {
@@ -82,14 +98,25 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) 
   const Tensor w2 = w.detach().contiguous();
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
-  Tensor y = fp8_product(x2, w2, x.dtype(), false, x_quantized).view(out_shape);
+  const Fp8Blocks wq = quantize_blocks(w2);
+  const Fp8Rows xq = x_quantized ? checked_input(*x_quantized, rows, in, x.device())
+                                 : fp8_quantize_rows(x2);
+  Tensor y = fp8_gemm(xq, wq.q, wq.scales, x.dtype()).view(out_shape);
   const bool gx = x.requires_grad(), gw = w.requires_grad();
   const Shape sx = x.shape();
+  // The backward keeps fprop's e4m3 weight (1 byte per weight) rather than w2 for dgrad.
+  const Fp8Blocks wq_saved = gx ? wq : Fp8Blocks{};
   record("linear_fp8", {x, w}, {&y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
     const Tensor dy = g[0].contiguous().view({rows, out_f});
     Tensor dx, dw;
-    if (gx) dx = fp8_product(dy, transposed(w2), dy.dtype()).view(sx);  // dy (w^T)^T = dy w
-    if (gw) dw = fp8_product(dy, transposed(x2), dy.dtype(), /*a_t=*/true);  // dy^T (x^T)^T
+    if (gx) {  // dx = dy w = dy (w^T)^T: dy per 1x128 tile, w^T per 128x128 block
+      const Fp8Blocks wt = transposed_blocks(wq_saved);
+      dx = fp8_gemm(fp8_quantize_rows(dy), wt.q, wt.scales, dy.dtype()).view(sx);
+    }
+    if (gw) {  // dw = dy^T x = dy^T (x^T)^T: both 1x128 tiles along the tokens (1D1D)
+      const Fp8Rows xt = quantize_rows_of_transpose(x2);
+      dw = fp8_gemm(quantize_rows_of_transpose(dy), xt.q, xt.scales, dy.dtype());
+    }
     return {dx, dw};
   });
   return y;

@@ -3,12 +3,15 @@
 // master weights and every other op stay in the caller's precision.
 //
 //   fprop  y  = x w^T     : x quantized per 1x128 tile (rows, along K), w per 128x128 block
-//   dgrad  dx = dy w      : dy per 1x128 tile (along N), w^T (K, N) per 128x128 block
-//   wgrad  dw = dy^T x    : dy^T per 1x128 tile (along M), x^T (K, M) per 128x128 block
-// Each GEMM's fp32 partial sums are promoted every 128 of its K. One deviation from the
-// paper: wgrad's activation operand x^T uses 128x128 blocks where V3 uses 1x128 tiles along
-// the token dim, because the GEMM takes block scales on its B operand; coarser, so no more
-// accurate than V3's, and covered by the same tests.
+//   dgrad  dx = dy w      : dy per 1x128 tile (along N), w^T (K, N) per 128x128 block (fprop's
+//                           quantized w, transposed: the same blocks, so the same bits)
+//   wgrad  dw = dy^T x    : dy^T and x^T both per 1x128 tile along the tokens (M), read in
+//                           place (quantize_fp8_rows_transposed), the 1D1D GEMM
+// Each GEMM's fp32 partial sums are promoted every 128 of its K (for wgrad, every 128 tokens).
+// This is the paper's tiling for all three (sec. 3.3: activations and gradients in 1x128
+// tiles, weights in 128x128 blocks; the activations the backward reads are "converted from a
+// 1x128 quantization tile to a 128x1 tile", i.e. x^T along the tokens). Until 2026-11-30 wgrad's x^T took 128x128 blocks
+// (coarser); docs/fp8.md gives what the change measured.
 #pragma once
 #include "engine/ops.h"
 #include "engine/tensor.h"

@@ -212,14 +212,17 @@ def fp8_table(rows):
     wgmma kernel against cuBLASLt block-scaled and per-tensor, its fraction of the measured
     FP8 peak (the best cuBLASLt per-tensor rate of the run); grouped kernels against loops of
     dense calls."""
-    dense, grouped, labels = {}, {}, {}
+    dense, grouped, wgrad, labels = {}, {}, {}, {}
     for r in rows:
         name = r.get("name", "")
         g = re.match(r"Fp8Grouped(\w+)/(\d+)/(\d+)/(\d+)/(\d+)", name)
+        w = re.match(r"Fp8Wgrad(\w+)/(\d+)/(\d+)/(\d+)$", name)
         m = re.match(r"Fp8(\w+)/(\d+)/(\d+)/(\d+)$", name)
         if r.get("TFLOP/s") is None:
             continue
-        if g:
+        if w:
+            wgrad.setdefault(tuple(int(x) for x in w.group(2, 3, 4)), {})[w.group(1)] = r["TFLOP/s"]
+        elif g:
             grouped.setdefault(tuple(int(x) for x in g.group(2, 3, 4, 5)), {})[g.group(1)] = r["TFLOP/s"]
         elif m:
             key = tuple(int(x) for x in m.group(2, 3, 4))
@@ -251,6 +254,19 @@ def fp8_table(rows):
                       f"{fmt(wg / ten if wg and ten else None, '.2f')} | "
                       f"{fmt(wg / b16 if wg and b16 else None, '.2f')} | "
                       f"{fmt(wg / peak if wg and peak else None, '.2f')} |")
+        md.append("")
+    if wgrad:
+        md += ["## FP8 wgrad GEMM, 1D1D (TFLOP/s, f32 out)", "",
+               "dw (M = out, N = in) = dy^T x over K = 4096 tokens, both operands with 1x128 "
+               "scales along the tokens (as linear_fp8 runs it); 2D: the same GEMM with 128x128 "
+               "scales on b (the epilogue's cost of a per-column scale).", "",
+               "| M | N | K | mma 1D1D | mma 2D | cuBLASLt 1D1D | mma 1D1D / 2D | "
+               "mma 1D1D / cuBLASLt |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (m, n, k), v in sorted(wgrad.items()):
+            a, b, c = v.get("1D1DMma"), v.get("2DMma"), v.get("1D1DCublasLt")
+            md.append(f"| {m} | {n} | {k} | {fmt(a, '.1f')} | {fmt(b, '.1f')} | {fmt(c, '.1f')} | "
+                      f"{fmt(a / b if a and b else None, '.2f')} | "
+                      f"{fmt(a / c if a and c else None, '.2f')} |")
         md.append("")
     if grouped:
         md += ["## Grouped FP8 GEMM, MoE experts (TFLOP/s, bf16 out)", "",

@@ -45,6 +45,9 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--window", type=int, default=50)
     ap.add_argument("--out")
+    ap.add_argument("--early", type=int, default=0,
+                    help="also print the mean per-step signed difference over steps 1..N "
+                         "(before the runs drift apart)")
     a = ap.parse_args()
     seeds = []
     for s in range(1, 100):
@@ -78,6 +81,23 @@ def main():
             mabs = statistics.mean(abs(d) for d in diffs[p])
             cells.append(f"{100 * m:+.2f}% (sd {100 * sd:.2f}%, mean abs {100 * mabs:.2f}%)")
         print("| mean | | | | " + " | ".join(cells) + " |")
+
+    if a.early:
+        print(f"\nmean per-step signed difference, steps 1..{a.early}:")
+        print("| seed | fp8 vs bf16 | fp8 vs f32 | bf16 vs f32 |")
+        print("|---:|---:|---:|---:|")
+        early = {p: [] for p in pairs}
+        for s, steps, runs in curves:
+            first = [t for t in steps if t <= a.early]
+            row = []
+            for x, y in pairs:
+                d = statistics.mean((runs[x][t] - runs[y][t]) / runs[y][t] for t in first)
+                early[(x, y)].append(d)
+                row.append(f"{100 * d:+.3f}%")
+            print(f"| {s} | " + " | ".join(row) + " |")
+        if len(curves) > 1:
+            print("| mean | " + " | ".join(f"{100 * statistics.mean(early[p]):+.3f}%"
+                                          for p in pairs) + " |")
 
     import matplotlib
     matplotlib.use("Agg")

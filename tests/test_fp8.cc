@@ -140,15 +140,19 @@ TEST(Fp8Cpu, QuantizeBlocksRoundTrip) {
     }
 }
 
-// A GEMM problem's quantized operands (CPU): a (M, K) with 1x128 scales, b (N, K) 128x128.
+// A GEMM problem's quantized operands (CPU): a (M, K) with 1x128 scales, b (N, K) with
+// 128x128 scales (b_block_rows = 128) or 1x128 ones (1: the 1D1D form of wgrad).
 struct GemmCase {
   int64_t m, n, k;
   Quantized a, b;
+  int64_t b_block_rows = kFp8Block;
 };
 
-GemmCase make_case(int64_t m, int64_t n, int64_t k, uint64_t seed) {
+GemmCase make_case(int64_t m, int64_t n, int64_t k, uint64_t seed,
+                   int64_t b_block_rows = kFp8Block) {
   return {m, n, k, quantize(randn_outliers(m, k, seed, DType::F32), 1, kCpu),
-          quantize(randn_outliers(n, k, seed + 1, DType::F32), kFp8Block, kCpu)};
+          quantize(randn_outliers(n, k, seed + 1, DType::F32), b_block_rows, kCpu),
+          b_block_rows};
 }
 
 // The exact values the GEMM multiplies: e4m3(q) * scale of its tile, in f64.
@@ -171,7 +175,7 @@ struct TripleLoop {
   std::vector<double> value, abs;
 };
 TripleLoop triple_loop(const GemmCase& c) {
-  const std::vector<double> a = dequantize(c.a, 1), b = dequantize(c.b, kFp8Block);
+  const std::vector<double> a = dequantize(c.a, 1), b = dequantize(c.b, c.b_block_rows);
   TripleLoop r{std::vector<double>(static_cast<size_t>(c.m * c.n)),
                std::vector<double>(static_cast<size_t>(c.m * c.n))};
   for (int64_t i = 0; i < c.m; ++i)
@@ -264,9 +268,11 @@ TEST(Fp8Cpu, QuantizeRowsTransposedEqualsRowsOfTheTranspose) {
 TEST(Fp8Cpu, GemmMatchesTripleLoop) {
   const int64_t shapes[][3] = {{1, 1, 1}, {7, 129, 130}, {33, 200, 300}, {3, 4, 0}, {2, 260, 1}};
   int seed = 200;
+  for (int64_t b_rows : {kFp8Block, int64_t{1}})  // b per 128x128 block, or per row (1D1D)
   for (const auto& s : shapes) {
-    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
-    const std::string name = fmt::format("cpu gemm ({}, {}, {})", c.m, c.n, c.k);
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2), b_rows);
+    const std::string name =
+        fmt::format("cpu gemm ({}, {}, {}) b {}x128", c.m, c.n, c.k, c.b_block_rows);
     const TripleLoop ref = triple_loop(c);
     const std::vector<double> d64 = run_gemm(c, kCpu, DType::F64);
     expect_within(name, d64, ref.value, ref.abs, 0.0, 1e-12);
@@ -281,6 +287,11 @@ TEST(Fp8Cpu, GemmRejectsMismatchedScales) {
   Tensor d = Tensor::empty({4, 8}, DType::F64);
   const Tensor wrong = Tensor::ones({4, 1});
   EXPECT_THROW(kernels::gemm_fp8_blockscaled()(kCpu, c.a.q, wrong, c.b.q, c.b.scales, d), Error);
+  // b's scales are (NB, KB) = (1, 2) or (N, KB) = (8, 2); any other row count is refused.
+  const Tensor b_wrong = Tensor::ones({3, 2});
+  EXPECT_THROW(kernels::gemm_fp8_blockscaled()(kCpu, c.a.q, c.a.scales, c.b.q, b_wrong, d),
+               Error);
+  kernels::gemm_fp8_blockscaled()(kCpu, c.a.q, c.a.scales, c.b.q, Tensor::ones({8, 2}), d);
 }
 
 // ---- grouped (MoE experts) ----------------------------------------------------------------
@@ -536,12 +547,14 @@ TEST(Fp8Cuda, SimpleGemmMatchesReference) {
   const int64_t shapes[][3] = {{1, 1, 1},       {7, 129, 130},   {200, 300, 257},
                                {128, 256, 512}, {65, 200, 0},    {256, 1100, 1536}};
   int seed = 500;
+  for (int64_t b_rows : {kFp8Block, int64_t{1}})  // b per 128x128 block, or per row (1D1D)
   for (const auto& s : shapes) {
-    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2), b_rows);
     const TripleLoop t = triple_loop(c);
     const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
     const double gamma = (kFp8Block + fp8_blocks(c.k) + 4) * kU32;
-    const std::string name = fmt::format("simple ({}, {}, {})", c.m, c.n, c.k);
+    const std::string name =
+        fmt::format("simple ({}, {}, {}) b {}x128", c.m, c.n, c.k, c.b_block_rows);
     const std::vector<double> d32 = run_gemm(c, kGpu, DType::F32, cuda::gemm_fp8_blockscaled_simple);
     expect_within(name + " f32", d32, ref, t.abs, 0.0, gamma);
     EXPECT_LT(rel_error(d32, ref, ref), 1e-3) << name << " f32";
@@ -593,11 +606,26 @@ TEST(Fp8Cuda, MmaGemmMatchesReference) {
                                {128, 256, 512}, {65, 200, 0},    {130, 136, 1040},
                                {256, 384, 1024}};
   int seed = 900;
+  for (int64_t b_rows : {kFp8Block, int64_t{1}})  // b per 128x128 block, or per row (1D1D)
   for (const auto& s : shapes) {
-    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2));
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2), b_rows);
     const TripleLoop t = triple_loop(c);
     const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
-    const std::string name = fmt::format("mma ({}, {}, {})", c.m, c.n, c.k);
+    const std::string name =
+        fmt::format("mma ({}, {}, {}) b {}x128", c.m, c.n, c.k, c.b_block_rows);
+    if (b_rows == 1) {
+      // The registered kernel takes 1D1D products to the mma kernel (never the wgmma one,
+      // which refuses them): the same bound.
+      const std::vector<double> got = run_gemm(c, kGpu, DType::F32);
+      expect_within(name + " registered", got, ref, t.abs, 0.0, 0x1p-10);
+      EXPECT_LT(rel_error(got, ref, ref), 1e-3) << name << " registered";
+      if (c.k > 0) {
+        Tensor d = Tensor::empty({c.m, c.n}, DType::F32, kGpu);
+        EXPECT_THROW(cuda::gemm_fp8_blockscaled_wgmma(c.a.q.to(kGpu), c.a.scales.to(kGpu),
+                                                      c.b.q.to(kGpu), c.b.scales.to(kGpu), d),
+                     Error) << name;
+      }
+    }
     for (int stages : {1, 2})
     for (DType dt : {DType::F32, DType::BF16}) {
       Tensor d = test::poisoned({c.m, c.n}, dt, kGpu);

@@ -114,7 +114,8 @@ std::vector<double> decode_e4m3(const Tensor& q) {
   return out;
 }
 
-// a_q (M, K) e4m3, a_scales (M, KB), b_q (N, K) e4m3, b_scales (NB, KB) -> d (M, N) f64,
+// a_q (M, K) e4m3, a_scales (M, KB), b_q (N, K) e4m3, b_scales (NB, KB) or (N, KB) (1D1D)
+// -> d (M, N) f64,
 // f32 or bf16. Each k-block's sum is exact in f64 (an e4m3 value is a multiple of 2^-9
 // below 2^9, so a product is a multiple of 2^-18 below 2^18 and a sum of 128 of them a
 // multiple of 2^-18 below 2^25: 43 bits), then scaled and
@@ -130,6 +131,7 @@ void gemm_fp8_blockscaled_cpu(const Tensor& a_q, const Tensor& a_scales, const T
   const std::vector<double> a = decode_e4m3(a_q), b = decode_e4m3(b_q);
   const float* sa = a_scales.data<float>();
   const float* sb = b_scales.data<float>();
+  const int64_t b_rows_per_scale = fp8_b_row_scales(b_q, b_scales) ? 1 : kFp8Block;
   // Each k-block's (M, N) partial products through OpenBLAS's dgemm: exact in any summation
   // order (see above), so the same bits as the plain loop, at BLAS speed (the plain loop made
   // FP8 training of the toy LM 2 s a step).
@@ -143,7 +145,7 @@ void gemm_fp8_blockscaled_cpu(const Tensor& a_q, const Tensor& a_scales, const T
       const double s_a = static_cast<double>(sa[r * kb_count + kb]);
       for (int64_t c = 0; c < n; ++c) {
         const size_t i = static_cast<size_t>(r * n + c);
-        acc[i] += part[i] * s_a * static_cast<double>(sb[(c / kFp8Block) * kb_count + kb]);
+        acc[i] += part[i] * s_a * static_cast<double>(sb[(c / b_rows_per_scale) * kb_count + kb]);
       }
     }
   }

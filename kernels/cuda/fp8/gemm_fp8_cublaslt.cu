@@ -44,7 +44,9 @@ uint32_t alignment(const void* p) {
   return static_cast<uint32_t>(std::min<uintptr_t>(kMaxAlignment, v & (~v + 1)));
 }
 
-enum class Scaling : int { Block, Tensor };
+// Block: VEC128 x BLK128x128 (fprop, dgrad); Vec1D1D: VEC128 on both (wgrad); Tensor: one
+// scale per operand.
+enum class Scaling : int { Block, Vec1D1D, Tensor };
 
 // What a plan (descriptors + algorithm) depends on. Scale pointers are set per call.
 struct PlanKey {
@@ -92,7 +94,9 @@ void set_scale_pointers(cublasLtMatmulDesc_t desc, const float* a_scale, const f
 }
 
 const char* scaling_name(Scaling s) {
-  return s == Scaling::Block ? "block-scaled (VEC128 x BLK128x128)" : "per-tensor";
+  return s == Scaling::Block     ? "block-scaled (VEC128 x BLK128x128)"
+         : s == Scaling::Vec1D1D ? "block-scaled 1D1D (VEC128 x VEC128)"
+                                 : "per-tensor";
 }
 
 std::unique_ptr<Plan> make_plan(cublasLtHandle_t h, const PlanKey& key, const float* a_scale,
@@ -103,9 +107,11 @@ std::unique_ptr<Plan> make_plan(cublasLtHandle_t h, const PlanKey& key, const fl
   p->desc.reset(desc);
   set_desc(desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T);
   set_desc(desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N);
-  if (key.scaling == Scaling::Block) {
+  if (key.scaling != Scaling::Tensor) {
     set_desc(desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-             static_cast<int32_t>(CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F));
+             static_cast<int32_t>(key.scaling == Scaling::Block
+                                      ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F
+                                      : CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F));
     set_desc(desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
              static_cast<int32_t>(CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F));
   }
@@ -267,6 +273,23 @@ void cublaslt_gemm_fp8_blockscaled(const void* a_q, const float* a_scales_lt, co
                                    const float* b_scales_lt, void* d, DType out, int64_t m,
                                    int64_t n, int64_t k, cudaStream_t stream) {
   run_fp8(Scaling::Block, a_q, a_scales_lt, b_q, b_scales_lt, d, out, m, n, k, stream);
+}
+
+void cublaslt_vec128_scales_from_r1(const float* scales, float* lt, int64_t rows, int64_t k,
+                                    cudaStream_t stream) {
+  const int64_t kb = ceil_div(k, kBlock), total = rows * kb;
+  if (total == 0) return;
+  constexpr int kThreads = 256;
+  const int grid = static_cast<int>(std::min<int64_t>(ceil_div(total, kThreads), 4096));
+  scales_to_lt_kernel<<<grid, kThreads, 0, stream>>>(scales, nullptr, lt, nullptr, rows, 0, kb,
+                                                     round_up(kb, 4));
+  R1_CUDA_CHECK_LAUNCH();
+}
+
+void cublaslt_gemm_fp8_1d1d(const void* a_q, const float* a_scales_lt, const void* b_q,
+                            const float* b_scales_lt, void* d, DType out, int64_t m, int64_t n,
+                            int64_t k, cudaStream_t stream) {
+  run_fp8(Scaling::Vec1D1D, a_q, a_scales_lt, b_q, b_scales_lt, d, out, m, n, k, stream);
 }
 
 void cublaslt_gemm_fp8_tensorwise(const void* a_q, const float* a_scale, const void* b_q,

@@ -48,6 +48,17 @@ void cublaslt_gemm_fp8_blockscaled(const void* a_q, const float* a_scales_lt, co
                                    const float* b_scales_lt, void* d, DType out, int64_t m,
                                    int64_t n, int64_t k, cudaStream_t stream);
 
+// The 1D1D form (engine/kernels.h: b with 1x128 row scales, wgrad's product): both operands'
+// scales in the VEC128 layout. scales (rows, KB) r1 layout -> lt (cublaslt_vec128_scales_size
+// (rows, k) floats), on `stream`; then d := the product with VEC128 scales on both sides.
+// Whether cuBLASLt has an algorithm for VEC128 x VEC128 is its own business: when it has
+// none, the call throws naming the shape (the benchmark row says so).
+void cublaslt_vec128_scales_from_r1(const float* scales, float* lt, int64_t rows, int64_t k,
+                                    cudaStream_t stream);
+void cublaslt_gemm_fp8_1d1d(const void* a_q, const float* a_scales_lt, const void* b_q,
+                            const float* b_scales_lt, void* d, DType out, int64_t m, int64_t n,
+                            int64_t k, cudaStream_t stream);
+
 // d (M, N) `out` (BF16 or F32) := a_scale * b_scale * (a_q @ b_q^T): one fp32 scale per
 // tensor (device pointers to one float each). Same pointer and shape rules as above.
 void cublaslt_gemm_fp8_tensorwise(const void* a_q, const float* a_scale, const void* b_q,

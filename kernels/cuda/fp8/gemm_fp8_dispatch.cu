@@ -62,10 +62,12 @@ bool use_wgmma(const Tensor& a_q, const Tensor& b_q, int64_t k, int64_t groups) 
   return ok;
 }
 
+// 1D1D products (b with row scales: wgrad) run the mma kernel: the wgmma kernel's epilogue
+// takes one b scale per tile and k-block.
 void gemm_dense(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                 const Tensor& b_scales, Tensor& d) {
   const int64_t k = a_q.dim() == 2 ? a_q.size(1) : 0;
-  if (use_wgmma(a_q, b_q, k, 1))
+  if (!fp8_b_row_scales(b_q, b_scales) && use_wgmma(a_q, b_q, k, 1))
     return gemm_fp8_blockscaled_wgmma(a_q, a_scales, b_q, b_scales, d);
   const Fp8Kernel r = requested();
   if ((r == Fp8Kernel::kAuto || r == Fp8Kernel::kMma || r == Fp8Kernel::kWgmma) &&

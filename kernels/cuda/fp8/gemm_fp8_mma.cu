@@ -6,7 +6,9 @@
 //     each warp (4 x 4 warps; a warp owns 32 rows x 32 columns = 2 x 4 mma tiles of 16x8):
 //       part = sum of 4 mma.m16n8k32 steps over the block         (fp32, on tensor cores)
 //       acc += part * a_scales[row, kb] * b_scales[n0 / 128, kb]  (fp32, CUDA cores)
-// A 128-column tile is one 128-row block of b, so b's scale is one number per k-block.
+// A 128-column tile is one 128-row block of b, so b's scale is one number per k-block; with
+// 1x128 row scales on b (1D1D, wgrad) each column has its own, read per k-block for the
+// thread's 2 x kFragsN columns.
 // Tile shapes, shared-memory layout and fragment layouts: kernels/cuda/common/mma.cuh.
 //
 // Two variants: one shared-memory stage (load, sync, compute) and two (cp.async copies k-block
@@ -28,12 +30,13 @@ using namespace mma;  // the tile shape and helpers shared with the bf16 mma GEM
 static_assert(kTileN == kFp8Block && kTileKBytes == kFp8Block,
               "a tile's columns are one block of b's scales, a k-tile one k-block");
 
-// a (m, k), sa (m, kbs), b (n, k), sb (ceil(n/128), kbs) -> d (m, n). Per k-block: the
-// tensor cores' fp32 partial (4 mma steps), then the promotion into the accumulator.
+// a (m, k), sa (m, kbs), b (n, k), sb (ceil(n/128), kbs) or (n, kbs) (b_rows) -> d (m, n).
+// Per k-block: the tensor cores' fp32 partial (4 mma steps), then the promotion into the
+// accumulator.
 template <class OutT, int kStages>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     gemm_fp8_mma_kernel(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
-                        OutT* d, int64_t m, int64_t n, int64_t k, int64_t kbs) {
+                        OutT* d, int64_t m, int64_t n, int64_t k, int64_t kbs, bool b_rows) {
   extern __shared__ __align__(16) uint8_t smem[];
   const WarpPos p = warp_pos();
   const int64_t m0 = int64_t{blockIdx.y} * kTileM, n0 = int64_t{blockIdx.x} * kTileN;
@@ -51,18 +54,42 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         for (int j = 0; j < kFragsN; ++j) mma_e4m3(part[i][j], f.a[i], f.b[j]);
     }
     // Promotion: this k-block's partial sums, scaled, into the fp32 accumulator.
-    const float sbv = sb[(n0 / kFp8Block) * kbs + kb];
+    if (!b_rows) {
+      const float sbv = sb[(n0 / kFp8Block) * kbs + kb];
 #pragma unroll
-    for (int i = 0; i < kFragsM; ++i) {
-      const int64_t r_lo = m0 + p.wm * kWarpRows + i * kMmaM + p.g, r_hi = r_lo + 8;
-      const float s_lo = r_lo < m ? sa[r_lo * kbs + kb] * sbv : 0.0f;
-      const float s_hi = r_hi < m ? sa[r_hi * kbs + kb] * sbv : 0.0f;
+      for (int i = 0; i < kFragsM; ++i) {
+        const int64_t r_lo = m0 + p.wm * kWarpRows + i * kMmaM + p.g, r_hi = r_lo + 8;
+        const float s_lo = r_lo < m ? sa[r_lo * kbs + kb] * sbv : 0.0f;
+        const float s_hi = r_hi < m ? sa[r_hi * kbs + kb] * sbv : 0.0f;
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) {
+          acc[i][j][0] = fmaf(part[i][j][0], s_lo, acc[i][j][0]);
+          acc[i][j][1] = fmaf(part[i][j][1], s_lo, acc[i][j][1]);
+          acc[i][j][2] = fmaf(part[i][j][2], s_hi, acc[i][j][2]);
+          acc[i][j][3] = fmaf(part[i][j][3], s_hi, acc[i][j][3]);
+        }
+      }
+    } else {
+      // 1D1D: column c of fragment j's pair (c, c + 1) has its own scale (store_tile's map).
+      float sbc[kFragsN][2];
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j) {
-        acc[i][j][0] = fmaf(part[i][j][0], s_lo, acc[i][j][0]);
-        acc[i][j][1] = fmaf(part[i][j][1], s_lo, acc[i][j][1]);
-        acc[i][j][2] = fmaf(part[i][j][2], s_hi, acc[i][j][2]);
-        acc[i][j][3] = fmaf(part[i][j][3], s_hi, acc[i][j][3]);
+        const int64_t c = n0 + p.wn * kWarpCols + j * kMmaN + 2 * p.t;
+        sbc[j][0] = c < n ? sb[c * kbs + kb] : 0.0f;
+        sbc[j][1] = c + 1 < n ? sb[(c + 1) * kbs + kb] : 0.0f;
+      }
+#pragma unroll
+      for (int i = 0; i < kFragsM; ++i) {
+        const int64_t r_lo = m0 + p.wm * kWarpRows + i * kMmaM + p.g, r_hi = r_lo + 8;
+        const float s_lo = r_lo < m ? sa[r_lo * kbs + kb] : 0.0f;
+        const float s_hi = r_hi < m ? sa[r_hi * kbs + kb] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) {
+          acc[i][j][0] = fmaf(part[i][j][0], s_lo * sbc[j][0], acc[i][j][0]);
+          acc[i][j][1] = fmaf(part[i][j][1], s_lo * sbc[j][1], acc[i][j][1]);
+          acc[i][j][2] = fmaf(part[i][j][2], s_hi * sbc[j][0], acc[i][j][2]);
+          acc[i][j][3] = fmaf(part[i][j][3], s_hi * sbc[j][1], acc[i][j][3]);
+        }
       }
     }
   });
@@ -72,14 +99,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 // One launch of the kernel for d's dtype and the stage count, with its dynamic shared memory.
 template <class OutT, int kStages>
 void launch_mma(dim3 grid, cudaStream_t s, const uint8_t* ap, const float* sap,
-                const uint8_t* bp, const float* sbp, OutT* dp, int64_t m, int64_t n, int64_t k) {
+                const uint8_t* bp, const float* sbp, OutT* dp, int64_t m, int64_t n, int64_t k,
+                bool b_rows) {
   constexpr int kSmem = kStages * kStageBytes;
   if constexpr (kSmem > 48 * 1024) {  // above the default per-block limit: opt in (idempotent)
     R1_CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<OutT, kStages>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   }
-  gemm_fp8_mma_kernel<OutT, kStages><<<grid, kBlockThreads, kSmem, s>>>(ap, sap, bp, sbp, dp, m,
-                                                                         n, k, fp8_blocks(k));
+  gemm_fp8_mma_kernel<OutT, kStages><<<grid, kBlockThreads, kSmem, s>>>(
+      ap, sap, bp, sbp, dp, m, n, k, fp8_blocks(k), b_rows);
   R1_CUDA_CHECK_LAUNCH();
 }
 
@@ -107,10 +135,11 @@ void gemm_fp8_blockscaled_mma(const Tensor& a_q, const Tensor& a_scales, const T
   const auto* bp = b_q.data<uint8_t>();
   const float* sap = a_scales.data<float>();
   const float* sbp = b_scales.data<float>();
+  const bool b_rows = fp8_b_row_scales(b_q, b_scales);
   auto run = [&](auto out_tag, auto* dp) {
     using OutT = decltype(out_tag);
-    if (stages == 1) launch_mma<OutT, 1>(grid, s, ap, sap, bp, sbp, dp, m, n, k);
-    else launch_mma<OutT, 2>(grid, s, ap, sap, bp, sbp, dp, m, n, k);
+    if (stages == 1) launch_mma<OutT, 1>(grid, s, ap, sap, bp, sbp, dp, m, n, k, b_rows);
+    else launch_mma<OutT, 2>(grid, s, ap, sap, bp, sbp, dp, m, n, k, b_rows);
   };
   if (d.dtype() == DType::F32) run(float{}, d.data<float>());
   else run(uint16_t{}, d.data<uint16_t>());

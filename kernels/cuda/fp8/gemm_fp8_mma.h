@@ -10,8 +10,8 @@
 
 namespace r1::cuda {
 
-// a_q (M, K) e4m3, a_scales (M, KB) f32, b_q (N, K) e4m3, b_scales (NB, KB) f32 -> d (M, N)
-// f32 or bf16, on the current stream. K must be a multiple of 16 (16-byte rows); any M, N.
+// a_q (M, K) e4m3, a_scales (M, KB) f32, b_q (N, K) e4m3, b_scales (NB, KB) f32 or (N, KB)
+// (1D1D, see engine/kernels.h) -> d (M, N) f32 or bf16, on the current stream. K must be a multiple of 16 (16-byte rows); any M, N.
 // stages: 1 (load then compute) or 2 (cp.async double buffering); the same result.
 void gemm_fp8_blockscaled_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                               const Tensor& b_scales, Tensor& d, int stages = 2);

@@ -6,6 +6,7 @@
 //   for each 128-wide k-block kb:
 //     part = sum over the block of a_q[m, k] * b_q[n, k]     (fp32; each product is exact)
 //     acc += part * (a_scales[m, kb] * b_scales[n / 128, kb])  (fp32)
+// (b_scales[n, kb] when b has 1x128 row scales: the 1D1D form, per output column.)
 // A 256-thread block owns a 64x64 tile of d, each thread a 4x4 sub-tile. The k-block is
 // staged through shared memory 32 columns at a time, decoded from e4m3 to f32 on the way.
 // Out-of-range rows and columns (M, N, K tails) load as zero; only in-range outputs are
@@ -39,11 +40,12 @@ __device__ inline void store_out(float* d, int64_t i, float v) { d[i] = v; }
 __device__ inline void store_out(uint16_t* d, int64_t i, float v) { d[i] = f32_to_bf16(v); }
 
 // The 64x64 tile at (m0, n0) of d = a b^T: a (m, k) e4m3, sa (m, kb_count), b (n, k) e4m3,
-// sb (ceil(n/128), kb_count) -> d (m, n). Every thread of the block calls it.
+// sb (ceil(n/128), kb_count), or (n, kb_count) when b_rows -> d (m, n). Every thread of the
+// block calls it.
 template <class OutT>
 __device__ void simple_tile(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
                             OutT* d, int64_t m, int64_t n, int64_t k, int64_t kb_count,
-                            int64_t m0, int64_t n0) {
+                            int64_t m0, int64_t n0, bool b_rows) {
   // Transposed ([k][row]) so a thread's 4 rows (or columns) of one k are adjacent.
   __shared__ float as[kChunk][kTile];
   __shared__ float bs[kChunk][kTile];
@@ -83,14 +85,26 @@ __device__ void simple_tile(const uint8_t* a, const float* sa, const uint8_t* b,
       }
       __syncthreads();
     }
-    // Promotion: the block's partial sums, scaled, into the fp32 accumulator.
-    const float sbv = sb[b_block * kb_count + kb];
+    // Promotion: the block's partial sums, scaled, into the fp32 accumulator. b's scale is
+    // the tile's block's, or each column's own (b_rows).
+    float sbc[kSub];
+    if (b_rows) {
+#pragma unroll
+      for (int j = 0; j < kSub; ++j) {
+        const int64_t c = n0 + tx * kSub + j;
+        sbc[j] = c < n ? sb[c * kb_count + kb] : 0.0f;
+      }
+    } else {
+      const float sbv = sb[b_block * kb_count + kb];
+#pragma unroll
+      for (int j = 0; j < kSub; ++j) sbc[j] = sbv;
+    }
 #pragma unroll
     for (int i = 0; i < kSub; ++i) {
       const int64_t r = m0 + ty * kSub + i;
-      const float s = r < m ? sa[r * kb_count + kb] * sbv : 0.0f;
+      const float s = r < m ? sa[r * kb_count + kb] : 0.0f;
 #pragma unroll
-      for (int j = 0; j < kSub; ++j) acc[i][j] = fmaf(part[i][j], s, acc[i][j]);
+      for (int j = 0; j < kSub; ++j) acc[i][j] = fmaf(part[i][j], s * sbc[j], acc[i][j]);
     }
   }
 #pragma unroll
@@ -104,13 +118,15 @@ __device__ void simple_tile(const uint8_t* a, const float* sa, const uint8_t* b,
   }
 }
 
-// a (m, k) e4m3, sa (m, kb_count), b (n, k) e4m3, sb (ceil(n/128), kb_count) -> d (m, n).
+// a (m, k) e4m3, sa (m, kb_count), b (n, k) e4m3, sb (ceil(n/128), kb_count) or (n, kb_count)
+// (b_rows) -> d (m, n).
 template <class OutT>
 __global__ void __launch_bounds__(kThreads)
     gemm_fp8_simple_kernel(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
-                           OutT* d, int64_t m, int64_t n, int64_t k, int64_t kb_count) {
+                           OutT* d, int64_t m, int64_t n, int64_t k, int64_t kb_count,
+                           bool b_rows) {
   simple_tile(a, sa, b, sb, d, m, n, k, kb_count, int64_t{blockIdx.y} * kTile,
-              int64_t{blockIdx.x} * kTile);
+              int64_t{blockIdx.x} * kTile, b_rows);
 }
 
 // Grouped, contiguous layout (engine/kernels.h): blockIdx.y enumerates the groups' row tiles
@@ -133,7 +149,8 @@ __global__ void __launch_bounds__(kThreads)
   if (g == groups) return;  // uniform over the block
   const int64_t nb = (n + kFp8Block - 1) / kFp8Block;
   simple_tile(a + begin * k, sa + begin * kb_count, b + g * n * k, sb + g * nb * kb_count,
-              d + begin * n, rows, n, k, kb_count, t * kTile, int64_t{blockIdx.x} * kTile);
+              d + begin * n, rows, n, k, kb_count, t * kTile, int64_t{blockIdx.x} * kTile,
+              /*b_rows=*/false);
 }
 
 // Grouped, masked layout: blockIdx.z is the group, rows at or past counts[g] are not touched.
@@ -148,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nb = (n + kFp8Block - 1) / kFp8Block;
   simple_tile(a + g * mmax * k, sa + g * mmax * kb_count, b + g * n * k,
               sb + g * nb * kb_count, d + g * mmax * n, rows, n, k, kb_count, m0,
-              int64_t{blockIdx.x} * kTile);
+              int64_t{blockIdx.x} * kTile, /*b_rows=*/false);
 }
 
 template <class Fn>
@@ -180,12 +197,13 @@ void gemm_fp8_blockscaled_simple(const Tensor& a_q, const Tensor& a_scales, cons
   const auto* bp = b_q.data<uint8_t>();
   const float* sap = a_scales.data<float>();
   const float* sbp = b_scales.data<float>();
+  const bool b_rows = fp8_b_row_scales(b_q, b_scales);
   if (d.dtype() == DType::F32)
     gemm_fp8_simple_kernel<float><<<grid, kThreads, 0, s>>>(ap, sap, bp, sbp, d.data<float>(),
-                                                            m, n, k, fp8_blocks(k));
+                                                            m, n, k, fp8_blocks(k), b_rows);
   else
     gemm_fp8_simple_kernel<uint16_t><<<grid, kThreads, 0, s>>>(
-        ap, sap, bp, sbp, d.data<uint16_t>(), m, n, k, fp8_blocks(k));
+        ap, sap, bp, sbp, d.data<uint16_t>(), m, n, k, fp8_blocks(k), b_rows);
   R1_CUDA_CHECK_LAUNCH();
 }
 

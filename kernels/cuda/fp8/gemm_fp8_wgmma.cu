@@ -474,6 +474,9 @@ void gemm_fp8_blockscaled_wgmma(const Tensor& a_q, const Tensor& a_scales, const
                                 const Tensor& b_scales, Tensor& d, const Fp8WgmmaConfig* config) {
   check_gemm_fp8_blockscaled(a_q, a_scales, b_q, b_scales, d,
                              d.dtype() == DType::F32 || d.dtype() == DType::BF16);
+  R1_CHECK(!fp8_b_row_scales(b_q, b_scales), "gemm_fp8_blockscaled_wgmma: b_scales {} are per "
+           "row (1D1D); this kernel takes 128x128 block scales (the mma kernel takes both)",
+           shape_str(b_scales.shape()));
   const int64_t m = a_q.size(0), k = a_q.size(1), n = b_q.size(0);
   if (m == 0 || n == 0) return;
   run(a_q, a_scales, b_q, b_scales, d, kDense, nullptr, m, 0, 1, n, k, m,
