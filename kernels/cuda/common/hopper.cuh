@@ -50,9 +50,12 @@ __device__ inline uint64_t global_timer_ns() {
 }
 
 // Waits until the barrier's phase with parity `parity` has completed. A wait longer than
-// kMbarTimeoutNs (a pipeline bug: an arrival or a transaction that never comes) prints which
-// block and thread waited and traps, so the launch fails with an error instead of hanging the
-// GPU check until its timeout kills every later test.
+// kMbarTimeoutNs (a pipeline bug: an arrival or a transaction that never comes) traps, so the
+// launch fails with an error instead of hanging the GPU check until its timeout kills every
+// later test. Built with -DR1_MBAR_DEBUG=1 it first prints which block and thread waited; not
+// by default: printf is a function call, and a call anywhere in a kernel makes ptxas serialize
+// every wgmma in it ("wgmma pipeline crossing function boundary", ptxas info C7510), which
+// the FP8 wgmma kernel's build printed until 2026-11-30.
 inline constexpr uint64_t kMbarTimeoutNs = 10'000'000'000ull;
 __device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = smem_u32(bar);
@@ -72,8 +75,10 @@ __device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
       if (t0 == 0) {
         t0 = now;
       } else if (now - t0 > kMbarTimeoutNs) {
+#if defined(R1_MBAR_DEBUG) && R1_MBAR_DEBUG
         printf("r1: mbarrier wait timed out (block %d, thread %d, parity %u)\n",
                static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), parity);
+#endif
         __trap();
       }
     }
