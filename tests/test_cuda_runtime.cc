@@ -408,6 +408,50 @@ TEST(CudaKernels, CopyStridedEightDimsAndOffsets) {
   EXPECT_THROW(kernels::copy_strided()(kGpu, nine, nine_dst), Error);
 }
 
+// Transposes of the two innermost dims (with and without outer batch dims, partial 32x32
+// tiles, an offset source, more tiles than the grid) take copy_strided's tiled kernel: the
+// CPU's bytes for same-dtype and converting copies, nothing written outside the output.
+TEST(CudaKernels, CopyStridedTransposesMatchCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  const std::pair<DType, DType> pairs[] = {{DType::BF16, DType::BF16}, {DType::F32, DType::BF16},
+                                           {DType::E4M3, DType::E4M3}, {DType::F32, DType::F32},
+                                           {DType::I64, DType::I64},   {DType::F64, DType::F32}};
+  uint64_t k = 300;
+  for (auto [st, dt] : pairs) {
+    // (base shape, permutation, narrow of dim 0 to [1, size - 1) first)
+    struct Case {
+      Shape base;
+      std::vector<int64_t> perm;
+      bool narrow;
+    };
+    const Case cases[] = {{{70, 33}, {1, 0}, false},
+                          {{3, 65, 40}, {0, 2, 1}, false},
+                          {{2, 3, 37, 50}, {0, 1, 3, 2}, false},
+                          {{80, 50}, {1, 0}, true},
+                          {{64, 200, 150}, {0, 2, 1}, false}};
+    for (const Case& c : cases) {
+      const Tensor base = random_values(c.base, st, st, case_seed(++k));
+      auto view = [&](const Tensor& t) {
+        const Tensor v = c.narrow ? t.narrow(0, 1, t.size(0) - 2).narrow(1, 3, t.size(1) - 5) : t;
+        return v.permute(c.perm);
+      };
+      const Tensor src_cpu = view(base);
+      Tensor dst_cpu = Tensor::empty(src_cpu.shape(), dt);
+      kernels::copy_strided()(Device::cpu(), src_cpu, dst_cpu);
+      const Tensor src_gpu = view(base.to(kGpu));
+      Tensor dst_base = Tensor::empty({dst_cpu.numel() + 1}, dt, kGpu);
+      poison(dst_base);
+      Tensor dst_gpu = dst_base.narrow(0, 0, dst_cpu.numel()).view(src_cpu.shape());
+      kernels::copy_strided()(kGpu, src_gpu, dst_gpu);
+      const std::string name = fmt::format("{} -> {} {}", dtype_name(st), dtype_name(dt),
+                                           shape_str(src_cpu.shape()));
+      EXPECT_EQ(host_bytes(dst_gpu), host_bytes(dst_cpu)) << name;
+      EXPECT_EQ(host_bytes(dst_base.narrow(0, dst_cpu.numel(), 1)),
+                std::vector<unsigned char>(dtype_size(dt), 0xFF)) << name << ": wrote past the end";
+    }
+  }
+}
+
 // The CPU reference for a bf16 input computes in f32 on the widened values, then rounds.
 Tensor to_f32_cpu(const Tensor& t) { return t.to(Device::cpu()).contiguous().to(DType::F32); }
 
