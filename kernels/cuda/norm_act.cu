@@ -28,7 +28,8 @@
 namespace r1::cuda {
 namespace {
 
-// rmsnorm_backward: rows per block, each block keeps one dw partial (D f32) in shared memory.
+// rmsnorm_backward: rows per block (default; R1_RMSNORM_BWD_ROWS overrides it, see
+// rmsnorm_backward_rows), each block keeps one dw partial (D f32) in shared memory.
 constexpr int64_t kRmsRowBlock = 32;
 constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes per column
 
@@ -208,7 +209,7 @@ __device__ inline void write_partial(const float4* acc, float* pr, int64_t D, in
 template <class T, int C, int MinBlocks>
 __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_backward_reg_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
-                                float* partial, int64_t N, int64_t D) {
+                                float* partial, int64_t N, int64_t D, int64_t rows) {
   constexpr int kV = kVec<T>, kC = C;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
@@ -216,8 +217,8 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
   const int64_t base = int64_t{lane} * kV, nch = (D + kV - 1) / kV;
   zero_partial(acc, nch, kV, lane, tpr);
   RowChunks<T, kC> xc, gc;
-  const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
-  const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
+  const int64_t r0 = int64_t{blockIdx.x} * rows;
+  const int64_t r1 = r0 + rows < N ? r0 + rows : N;
 #pragma unroll 1
   for (int64_t n = r0; n < r1; ++n) {
     load_row_chunks(x + n * D, base, D, tpr, xc);
@@ -254,7 +255,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
 }
 
 // Rows too long for registers (D > kMaxRowThreads * C * kVec): one block of tpr
-// threads walks rows [b * kRmsRowBlock, ...) in order, reading each row twice (the dot, then
+// threads walks rows [b * rows, ...) in order, reading each row twice (the dot, then
 // dx): dx per row, and this block's dw partial (sum over its rows of dy x rstd) kept in shared
 // memory, each thread owning its own chunks (no races, no syncs). The partial goes to
 // partial[b, :] at the end (zero_partial, add_partial, write_partial above).
@@ -262,15 +263,15 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
-                            float* partial, int64_t N, int64_t D) {
+                            float* partial, int64_t N, int64_t D, int64_t rows) {
   constexpr int kV = kVec<T>;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
   const int tpr = blockDim.x, lane = threadIdx.x;
   const int64_t nch = (D + kV - 1) / kV, step = int64_t{tpr} * kV;
   zero_partial(acc, nch, kV, lane, tpr);
-  const int64_t r0 = int64_t{blockIdx.x} * kRmsRowBlock;
-  const int64_t r1 = r0 + kRmsRowBlock < N ? r0 + kRmsRowBlock : N;
+  const int64_t r0 = int64_t{blockIdx.x} * rows;
+  const int64_t r1 = r0 + rows < N ? r0 + rows : N;
   for (int64_t n = r0; n < r1; ++n) {
     const T* xr = x + n * D;
     const T* gr = dy + n * D;
@@ -389,8 +390,23 @@ int rmsnorm_backward_variant() {
   return v;
 }
 
+// R1_RMSNORM_BWD_ROWS=n: rows per backward block (1..1024; default kRmsRowBlock), read once.
+// Fewer rows per block put more blocks (and more rows' loads) in flight and write more dw
+// partials; the H200 sweep (scripts/gpu-check.sh variants) decides the default.
+int64_t rmsnorm_backward_rows() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("R1_RMSNORM_BWD_ROWS");
+    if (!e || !*e) return kRmsRowBlock;
+    char* end = nullptr;
+    const long r = std::strtol(e, &end, 10);
+    R1_CHECK(*end == 0 && r >= 1 && r <= 1024, "R1_RMSNORM_BWD_ROWS={}: want 1..1024", e);
+    return static_cast<int64_t>(r);
+  }();
+  return v;
+}
+
 // x, dy (N, D), w (D), rstd (N) f32 -> dx (N, D), dw (D). dw through an f32 (G, D) partial
-// per block of kRmsRowBlock rows and a fixed-order column sum: deterministic, no atomics.
+// per block of rmsnorm_backward_rows() rows and a fixed-order column sum: deterministic, no atomics.
 void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
                            const Tensor& dy, Tensor& dx, Tensor& dw) {
   check_rmsnorm("rmsnorm_backward", x, w, rstd);
@@ -407,7 +423,8 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
   const int dev = x.device().index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
-  const int64_t G = (N + kRmsRowBlock - 1) / kRmsRowBlock;
+  const int64_t rows = rmsnorm_backward_rows();
+  const int64_t G = (N + rows - 1) / rows;
   Tensor partial = Tensor::empty({G, D}, DType::F32, x.device());
   dispatch_float(x.dtype(), "rmsnorm_backward", [&](auto tag) {
     using T = decltype(tag);
@@ -423,7 +440,7 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
     R1_CHECK(smem + sizeof(float) * kMaxRowThreads / 32 <= static_cast<size_t>(optin),
              "rmsnorm_backward: D {} needs {} bytes of shared memory for dw; the device has {}",
              D, smem, optin);
-    // max_tpr applies to the forward kernels only: a backward block walks kRmsRowBlock rows
+    // max_tpr applies to the forward kernels only: a backward block walks `rows` rows
     // one after another, and a warp per block would leave most of the GPU idle.
     dispatch_row_variant<T>(RowKernel::RmsNormBackward, [&]<int C, int MinBlocks>(int) {
       const int tpr_reg = row_threads(nch, C);
@@ -435,7 +452,7 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
                                            static_cast<int>(smem)));
       }
       kernel<<<static_cast<unsigned>(G), reg ? tpr_reg : row_threads_for<T>(nch), smem, s>>>(
-          px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D);
+          px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D, rows);
       R1_CUDA_CHECK_LAUNCH();
     });
     column_sum_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, kColLanes), 0, s>>>(
