@@ -370,9 +370,12 @@ void register_all() {
   reg("Fp8CublasLtTensor", BM_Fp8CublasLtTensor);
   reg("Fp8CublasLtBf16", BM_Fp8CublasLtBf16);
   // wgrad of the same layers: M = out features, N = in features, K = 4096 tokens; f32 dw.
-  for (auto [name, fn] : {std::pair{"Fp8Wgrad1D1DMma", BM_Fp8Wgrad1D1DMma},
-                          std::pair{"Fp8Wgrad2DMma", BM_Fp8Wgrad2DMma},
-                          std::pair{"Fp8Wgrad1D1DCublasLt", BM_Fp8Wgrad1D1DCublasLt}}) {
+  using Fn = void (*)(benchmark::State&);
+  const std::pair<const char*, Fn> wgrad_cases[] = {
+      {"Fp8Wgrad1D1DMma", BM_Fp8Wgrad1D1DMma},
+      {"Fp8Wgrad2DMma", BM_Fp8Wgrad2DMma},
+      {"Fp8Wgrad1D1DCublasLt", BM_Fp8Wgrad1D1DCublasLt}};
+  for (auto [name, fn] : wgrad_cases) {
     auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(
         benchmark::kMicrosecond)->Iterations(3);
     for (auto [n, k] : nk) b->Args({n, k, 4096});
@@ -382,7 +385,6 @@ void register_all() {
   const int64_t grouped[][4] = {{4, 8192, 4096, 7168}, {8, 1024, 4096, 7168},
                                 {32, 128, 4096, 7168}, {8, 1024, 7168, 2048},
                                 {32, 256, 7168, 2048}};
-  using Fn = void (*)(benchmark::State&);
   const std::pair<const char*, Fn> grouped_cases[] = {
       {"Fp8GroupedSimple", BM_Fp8GroupedSimple},
       {"Fp8GroupedWgmma", BM_Fp8GroupedWgmma},
