@@ -73,6 +73,22 @@ R1_KERNEL(moe_combine_backward, void(const std::vector<Tensor>& ys, const Tensor
                                      const Tensor& part, const Tensor& row, const Tensor& dy,
                                      std::vector<Tensor>& dys, Tensor& dw))
 
+// The masked layout of the routed pairs (decode under CUDA graphs: the grouped FP8 GEMM's
+// masked form, engine/kernels.h gemm_fp8_grouped_masked, takes an expert's rows from fixed
+// slots and its row count from the device). indices (P) i64: the expert of pair p (token-major,
+// K pairs per token, distinct within a token, in [0, E)); cap: slots per expert ->
+// dest (P) i64 = e * cap + (the pairs before p that chose the same e), counts (E) i64 = the
+// pairs that chose e. An expert's slots hold its tokens in token order, as the routed path
+// gathers them. The caller promises counts[e] <= cap (cap >= N with distinct choices per
+// token): the CPU kernel checks the indices and counts; the CUDA one cannot without a host
+// read and trusts them.
+R1_KERNEL(moe_masked_slots, void(const Tensor& indices, int64_t cap, Tensor& dest,
+                                 Tensor& counts))
+// src (N, C) of any dtype, contiguous; dest (P) i64, P a multiple of N (K = P / N) -> dst (R,
+// C), src's dtype, contiguous: dst[dest[p]] := src[p / K] (the bytes); the other rows of dst
+// are not written. dest distinct and in [0, R): checked on the CPU, trusted on CUDA.
+R1_KERNEL(moe_scatter_rows, void(const Tensor& src, const Tensor& dest, Tensor& dst))
+
 inline constexpr int64_t kMoeMaxExpertsCuda = 256;
 
 namespace moe_detail {
@@ -145,6 +161,34 @@ inline void check_moe_balance_loss(const char* what, const Tensor& logits,
                            logits.device());
   moe_detail::check_tensor(what, "f", f, {offsets.size(0) - 1, logits.size(1)},
                            stat_dtype(logits.dtype()), logits.device());
+}
+
+inline void check_moe_masked_slots(const Tensor& indices, int64_t cap, const Tensor& dest,
+                                   const Tensor& counts) {
+  const char* what = "moe_masked_slots";
+  R1_CHECK(indices.defined() && indices.dim() == 1 && counts.defined() && counts.dim() == 1 &&
+               counts.size(0) >= 1 && cap >= 0,
+           "{}: indices (P), counts (E >= 1), cap >= 0; got indices {}, counts {}, cap {}", what,
+           indices.defined() ? indices.str() : "undefined",
+           counts.defined() ? counts.str() : "undefined", cap);
+  const Device dev = indices.device();
+  moe_detail::check_tensor(what, "indices", indices, indices.shape(), DType::I64, dev);
+  moe_detail::check_tensor(what, "dest", dest, indices.shape(), DType::I64, dev);
+  moe_detail::check_tensor(what, "counts", counts, counts.shape(), DType::I64, dev);
+}
+
+inline void check_moe_scatter_rows(const Tensor& src, const Tensor& dest, const Tensor& dst) {
+  const char* what = "moe_scatter_rows";
+  R1_CHECK(src.defined() && src.dim() == 2 && dst.defined() && dst.dim() == 2 &&
+               dst.size(1) == src.size(1) && dst.dtype() == src.dtype() && dest.defined() &&
+               dest.dim() == 1 && (src.size(0) == 0 ? dest.size(0) == 0
+                                                     : dest.size(0) % src.size(0) == 0),
+           "{}: src (N, C), dest (K N), dst (R, C) of src's dtype; got src {}, dest {}, dst {}",
+           what, src.defined() ? src.str() : "undefined",
+           dest.defined() ? dest.str() : "undefined", dst.defined() ? dst.str() : "undefined");
+  moe_detail::check_tensor(what, "src", src, src.shape(), src.dtype(), src.device());
+  moe_detail::check_tensor(what, "dest", dest, dest.shape(), DType::I64, src.device());
+  moe_detail::check_tensor(what, "dst", dst, dst.shape(), src.dtype(), src.device());
 }
 
 inline void check_moe_update_bias(const Tensor& bias, const Tensor& load, bool float_ok) {

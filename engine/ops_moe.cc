@@ -221,6 +221,52 @@ Tensor moe_combine_all(const std::vector<Tensor>& ys, const Tensor& w, const Ten
   return y;
 }
 
+MoeMaskedSlots moe_masked_slots(const Tensor& indices, int64_t num_experts, int64_t cap) {
+  R1_NVTX_RANGE("moe_masked_slots");
+  R1_CHECK(is_int(indices) && indices.dim() == 2 && num_experts >= 1 &&
+               cap >= indices.size(0),
+           "moe_masked_slots: indices {} must be (N, K) int, experts {} >= 1, cap {} >= N",
+           indices.defined() ? indices.str() : "undefined", num_experts, cap);
+  const Device dev = indices.device();
+  MoeMaskedSlots r{Tensor::empty({indices.numel()}, DType::I64, dev),
+                   Tensor::empty({num_experts}, DType::I64, dev)};
+  kernels::moe_masked_slots()(dev, plain(indices).to(DType::I64).view({indices.numel()}), cap,
+                              r.dest, r.counts);
+  return r;
+}
+
+Tensor moe_scatter_rows(const Tensor& src, const Tensor& dest, int64_t rows) {
+  R1_NVTX_RANGE("moe_scatter_rows");
+  R1_CHECK(src.defined() && src.dim() == 2 && rows >= 0,
+           "moe_scatter_rows: src {} must be (N, C), rows {} >= 0",
+           src.defined() ? src.str() : "undefined", rows);
+  R1_CHECK(!needs_grad({src}), "moe_scatter_rows: forward only");
+  Tensor out = Tensor::zeros({rows, src.size(1)}, src.dtype(), src.device());
+  kernels::moe_scatter_rows()(src.device(), plain(src), plain(dest), out);
+  return out;
+}
+
+Tensor moe_combine_rows(const Tensor& y_rows, const Tensor& w, const Tensor& dest) {
+  R1_NVTX_RANGE("moe_combine_rows");
+  R1_CHECK(y_rows.defined() && y_rows.dim() == 2 && w.defined() && w.dim() == 2 &&
+               w.dtype() == y_rows.dtype() && w.device() == y_rows.device() &&
+               dtype_is_floating(w.dtype()) && dest.defined() && dest.dtype() == DType::I64 &&
+               dest.numel() == w.numel() && dest.device() == w.device(),
+           "moe_combine_rows: y_rows {} (R, D), w {} (N, K) of its dtype and dest {} (N K) i64 "
+           "on one device",
+           y_rows.defined() ? y_rows.str() : "undefined", w.defined() ? w.str() : "undefined",
+           dest.defined() ? dest.str() : "undefined");
+  R1_CHECK(!needs_grad({y_rows, w}), "moe_combine_rows: forward only");
+  const int64_t N = w.size(0), D = y_rows.size(1);
+  Tensor y = Tensor::empty({N, D}, w.dtype(), w.device());
+  if (N == 0) return y;
+  const Tensor part = Tensor::zeros({w.numel()}, DType::I64, w.device());
+  const std::vector<Tensor> ys{plain(y_rows)};
+  kernels::moe_combine_forward()(w.device(), ys, plain(w).view({w.numel()}), part, plain(dest),
+                                 y);
+  return y;
+}
+
 void moe_update_bias(Tensor& bias, const Tensor& load, double gamma) {
   R1_CHECK(bias.defined() && dtype_is_floating(bias.dtype()) && bias.dim() == 1 &&
                bias.is_contiguous(),

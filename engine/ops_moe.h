@@ -77,6 +77,24 @@ bool moe_combine_available(Device dev);
 // trusted (the CPU kernel checks them; the CUDA one cannot). Forward only: an error if w or
 // any ys needs a gradient.
 Tensor moe_combine_all(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& indices);
+// The masked layout of a MoE layer's routed pairs, for the decode step under CUDA graphs (the
+// grouped FP8 GEMM's masked form runs each expert on its slots only, reading the row counts
+// on the device). indices (N, K) int on any device (the router's: distinct experts per token,
+// in [0, E)) -> dest (N K) i64 = e * cap + slot (an expert's slots hold its tokens in token
+// order) and counts (E) i64, on indices' device; cap >= N (then no expert overflows). No
+// host read of the indices (the CPU kernel checks them; CUDA trusts them). Forward only.
+struct MoeMaskedSlots {
+  Tensor dest, counts;
+};
+MoeMaskedSlots moe_masked_slots(const Tensor& indices, int64_t num_experts, int64_t cap);
+// src (N, C) any dtype -> (rows, C) of src's dtype: row dest[p] := src[p / K] (K = P / N),
+// every other row zero. Forward only.
+Tensor moe_scatter_rows(const Tensor& src, const Tensor& dest, int64_t rows);
+// The combine from the masked layout: y_rows (R, D) float (each expert's outputs in its
+// slots), w (N, K) float like y_rows, dest (N K) i64 -> y (N, D), y[t] = sum over k of
+// w[t, k] * y_rows[dest[t K + k]], moe_combine's arithmetic (products rounded, added in k
+// order), so the same bits as the routed path for the same rows. Forward only.
+Tensor moe_combine_rows(const Tensor& y_rows, const Tensor& w, const Tensor& dest);
 // Auxiliary-loss-free balancing (paper sec. 2.1.2): after each step,
 //   bias_i += gamma * sign(mean(load) - load_i)
 // in place, not recorded. bias (E) float, load (E) int (moe_route's load, summed over the

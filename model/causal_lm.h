@@ -3,11 +3,20 @@
 // and the dense students (a GQA cache of keys and values) implement it.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "engine/tensor.h"
 #include "model/kv_cache.h"
 
 namespace r1 {
+
+// What a model prepares once for a run of static decode steps (rl/generate.cc), while its
+// weights stay as they are: opaque to the caller, who keeps it alive while the steps (and
+// the CUDA graphs holding its tensors' addresses) run. DeepSeek-V3 in fp8: its experts'
+// weights stacked and quantized for the grouped GEMM's masked layout.
+struct DecodePrep {
+  virtual ~DecodePrep() = default;
+};
 
 // How forward_cached may run. The defaults check everything; a captured decode step
 // (rl/generate.cc under CUDA graphs, engine/step_graph.h) needs a forward that never reads
@@ -17,8 +26,12 @@ struct CachedForwardOptions {
   bool trusted_positions = false;
   // MoE layers run every routed expert on every token and combine by the router's choices on
   // the device (moe_combine_all): no host read of the routing, E / K times the experts' FLOPs.
-  // Under BatchInvariantScope the same bits as the routed path.
+  // Under BatchInvariantScope the same bits as the routed path. With `prep` from this
+  // model's prepare_decode() (DeepSeek-V3 in fp8), each expert runs on its own tokens only,
+  // from the masked layout (moe_masked_slots; gemm_fp8_grouped_masked): the routed path's
+  // FLOPs, still without a host read.
   bool device_routing = false;
+  const DecodePrep* prep = nullptr;
 };
 
 class CausalLM {
@@ -36,6 +49,9 @@ class CausalLM {
   virtual PagedKvCache make_cache(int64_t num_blocks) const = 0;
   virtual const Tensor& lm_head() const = 0;  // (V, hidden)
   virtual int64_t max_positions() const = 0;
+  // See DecodePrep; nullptr when the model has nothing to prepare. Valid until the weights
+  // change (an optimizer step): a generate call makes its own.
+  virtual std::shared_ptr<const DecodePrep> prepare_decode() const { return nullptr; }
 };
 
 }  // namespace r1

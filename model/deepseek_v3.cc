@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <utility>
 
 #include "engine/autograd.h"
@@ -13,6 +14,7 @@
 #include "engine/ops_fp8.h"
 #include "engine/ops_moe.h"
 #include "engine/ops_paged.h"
+#include "engine/nvtx.h"
 
 namespace r1 {
 namespace {
@@ -192,9 +194,53 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
   return proj(o.view({B, T, H * vd}), pre + "o_proj.weight");
 }
 
+// One MoE layer's experts for the masked layout: per projection, the E experts' weights
+// stacked and block-quantized (q (E, rows, cols) e4m3, s (E, RB, CB) f32).
+struct DeepseekV3::MaskedExperts {
+  Tensor gate_q, gate_s, up_q, up_s, down_q, down_s;
+};
+
+namespace {
+
+struct V3DecodePrep : DecodePrep {
+  std::map<int64_t, DeepseekV3::MaskedExperts> layers;  // by layer index
+};
+
+}  // namespace
+
+std::shared_ptr<const DecodePrep> DeepseekV3::prepare_decode() const {
+  if (!cfg_.fp8 || cfg_.n_routed_experts == 0) return nullptr;
+  R1_NVTX_RANGE("DeepseekV3::prepare_decode");
+  auto prep = std::make_shared<V3DecodePrep>();
+  const int64_t E = cfg_.n_routed_experts;
+  // Each expert's weight quantized as linear_fp8 quantizes it, into its slice of the stack.
+  auto stack = [&](const std::string& pre, const char* proj, Tensor* q, Tensor* s) {
+    const Tensor& w0 = p(fmt::format("{}experts.0.{}.weight", pre, proj));
+    const Device dev = w0.device();
+    const int64_t rows = w0.size(0), cols = w0.size(1);
+    *q = Tensor::empty({E, rows, cols}, DType::E4M3, dev);
+    *s = Tensor::empty({E, fp8_blocks(rows), fp8_blocks(cols)}, DType::F32, dev);
+    for (int64_t e = 0; e < E; ++e) {
+      Tensor qe = q->select(0, e), se = s->select(0, e);
+      kernels::quantize_fp8_blocks()(
+          dev, p(fmt::format("{}experts.{}.{}.weight", pre, e, proj)).detach().contiguous(), qe,
+          se);
+    }
+  };
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    if (!cfg_.is_moe_layer(i)) continue;
+    const std::string pre = fmt::format("model.layers.{}.mlp.", i);
+    MaskedExperts& m = prep->layers[i];
+    stack(pre, "gate_proj", &m.gate_q, &m.gate_s);
+    stack(pre, "up_proj", &m.up_q, &m.up_s);
+    stack(pre, "down_proj", &m.down_q, &m.down_s);
+  }
+  return prep;
+}
+
 DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
                                    const Tensor& seq_lens, double balance_alpha,
-                                   bool device_routing) const {
+                                   bool device_routing, const MaskedExperts* masked) const {
   const int64_t N = x.size(0), D = x.size(1), E = cfg_.n_routed_experts;
   const int64_t K = cfg_.num_experts_per_tok;
   const Tensor logits = linear(x, p(pre + "gate.weight"));  // (N, E)
@@ -225,10 +271,37 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     // Every expert (and the shared ones) reads all of x: one FP8 quantization for all.
     const std::optional<Fp8Rows> xq = shared_fp8_input(x);
     const Fp8Rows* xqp = xq ? &*xq : nullptr;
-    std::vector<Tensor> ys;
-    for (int64_t e = 0; e < E; ++e)
-      ys.push_back(mlp(fmt::format("{}experts.{}.", pre, e), x, xqp));
-    Tensor y = moe_combine_all(ys, w, r.indices);
+    Tensor y;
+    if (masked) {
+      // The masked layout: each expert's tokens (in token order) in its slots, the grouped
+      // GEMMs skip the empty ones, the combine reads the slots. Per row the same products,
+      // quantizations and combine as the routed path.
+      R1_CHECK(xq.has_value(), "DeepseekV3: the masked expert layout needs fp8");
+      const Device dev = x.device();
+      const int64_t I = cfg_.moe_intermediate_size, R = E * N;
+      const MoeMaskedSlots sl = moe_masked_slots(r.indices, E, N);
+      const Tensor aq = moe_scatter_rows(xq->q, sl.dest, R).view({E, N, D});
+      const Tensor as = moe_scatter_rows(xq->scales, sl.dest, R).view({E, N, fp8_blocks(D)});
+      // Zeros, not garbage, in the slots nobody fills (swiglu reads every row).
+      Tensor gate = Tensor::zeros({E, N, I}, x.dtype(), dev);
+      Tensor up = Tensor::zeros({E, N, I}, x.dtype(), dev);
+      kernels::gemm_fp8_grouped_masked()(dev, aq, as, masked->gate_q, masked->gate_s,
+                                         sl.counts, gate);
+      kernels::gemm_fp8_grouped_masked()(dev, aq, as, masked->up_q, masked->up_s, sl.counts,
+                                         up);
+      Fp8Rows hq;
+      swiglu(gate.view({R, I}), up.view({R, I}), &hq);
+      Tensor down = Tensor::empty({E, N, D}, x.dtype(), dev);
+      kernels::gemm_fp8_grouped_masked()(dev, hq.q.view({E, N, I}),
+                                         hq.scales.view({E, N, fp8_blocks(I)}), masked->down_q,
+                                         masked->down_s, sl.counts, down);
+      y = moe_combine_rows(down.view({R, D}), w, sl.dest);
+    } else {
+      std::vector<Tensor> ys;
+      for (int64_t e = 0; e < E; ++e)
+        ys.push_back(mlp(fmt::format("{}experts.{}.", pre, e), x, xqp));
+      y = moe_combine_all(ys, w, r.indices);
+    }
     if (cfg_.n_shared_experts > 0) y = add(y, mlp(pre + "shared_experts.", x, xqp));
     return MoeOut{y, r.indices, r.load, Tensor()};
   }
@@ -497,7 +570,14 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
     if (!moe_layer) {
       h = add(h, mlp(pre + "mlp.", xn, mq ? &*mq : nullptr));
     } else {
-      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0, opt.device_routing).y);
+      const MaskedExperts* masked = nullptr;
+      if (opt.device_routing && opt.prep) {
+        const auto* v3 = dynamic_cast<const V3DecodePrep*>(opt.prep);
+        R1_CHECK(v3, "DeepseekV3::forward_cached: the decode preparation is another model's");
+        const auto it = v3->layers.find(i);
+        if (it != v3->layers.end()) masked = &it->second;
+      }
+      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0, opt.device_routing, masked).y);
     }
   }
   return rmsnorm(h, p("model.norm.weight"), eps);

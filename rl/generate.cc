@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "engine/autograd.h"
@@ -67,6 +68,7 @@ class StaticDecode {
         scratch_len_(scratch_len(model)), scratch_(std::move(scratch)), graphs_(graphs) {
     in_ = Tensor::empty({kFields, cap_}, DType::I64, dev);
     host_.assign(static_cast<size_t>(kFields * cap_), 0);
+    prep_ = model.prepare_decode();  // the weights stay as they are for this call
   }
 
   // Row r: token ids[r] of cache sequence seq[r] at position pos[r] (reserved), then the next
@@ -130,6 +132,7 @@ class StaticDecode {
     CachedForwardOptions opt;
     opt.trusted_positions = true;  // generate checked prompt + max_new_tokens on the host
     opt.device_routing = true;
+    opt.prep = prep_.get();
     const Tensor hidden = model_.forward_cached(field(0, b), field(1, b), field(2, b), cache_, opt);
     const Tensor logits = linear(hidden, model_.lm_head()).contiguous();
     *tok = Tensor::empty({b}, DType::I64, dev_);
@@ -147,6 +150,8 @@ class StaticDecode {
   bool graphs_;
   Tensor in_;
   std::vector<int64_t> host_;
+  // Its tensors' addresses are in the graphs: declared before buckets_, destroyed after.
+  std::shared_ptr<const DecodePrep> prep_;
   std::map<int64_t, Bucket> buckets_;
   const StepGraph* first_graph_ = nullptr;  // in buckets_ (std::map: a stable address)
 };

@@ -351,6 +351,63 @@ TEST(MoeCombineAll, EqualsRoutedCombine) {
   EXPECT_THROW(moe_combine_all(all, wg, it), Error);
 }
 
+// K distinct experts per token from E: a random start per token, then steps of `stride`
+// (coprime with E), so some experts get many tokens and some none.
+std::vector<int64_t> distinct_choices(int64_t N, int64_t K, int64_t E, int64_t stride,
+                                      uint64_t seed) {
+  std::vector<int64_t> idx(static_cast<size_t>(N * K));
+  const std::vector<int64_t> start = Tensor::randint({N}, seed, 0, E).to_int_vector();
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < K; ++k) idx[static_cast<size_t>(t * K + k)] = (start[t] + stride * k) % E;
+  return idx;
+}
+
+// The masked layout (decode under CUDA graphs): slots by an independent loop, the rows
+// scattered there (zeros elsewhere), and its combine equal to moe_combine_all's bits.
+TEST(MoeMaskedSlots, SlotsRowsAndCombine) {
+  const int64_t N = 13, K = 3, D = 6, E = 8;
+  const std::vector<int64_t> idx = distinct_choices(N, K, E, 3, case_seed(460));
+  const Tensor it = Tensor::from_vector(idx, {N, K});
+  const MoeMaskedSlots sl = moe_masked_slots(it, E, N);
+  std::vector<int64_t> want_dest(N * K), want_counts(E, 0);
+  for (int64_t p = 0; p < N * K; ++p) want_dest[p] = idx[p] * N + want_counts[idx[p]]++;
+  EXPECT_EQ(sl.dest.to_int_vector(), want_dest);
+  EXPECT_EQ(sl.counts.to_int_vector(), want_counts);
+  // Rows: f32 and one-byte rows (e4m3 codes) land in their slots; the rest is zero.
+  for (DType dt : {DType::F32, DType::U8}) {
+    const Tensor src = dt == DType::U8 ? Tensor::randint({N, D}, case_seed(461), 1, 255).to(dt)
+                                       : Tensor::randn({N, D}, case_seed(461));
+    const Tensor out = moe_scatter_rows(src, sl.dest, E * N);
+    const std::vector<double> o = out.to_double_vector(), sv = src.to_double_vector();
+    std::vector<double> want(static_cast<size_t>(E * N * D), 0.0);
+    for (int64_t p = 0; p < N * K; ++p)
+      for (int64_t d = 0; d < D; ++d) want[want_dest[p] * D + d] = sv[(p / K) * D + d];
+    EXPECT_EQ(o, want) << dtype_name(dt);
+  }
+  // Each expert's outputs in its slots, combined: moe_combine_all's bits.
+  std::vector<Tensor> all;
+  for (int64_t e = 0; e < E; ++e) all.push_back(Tensor::randn({N, D}, case_seed(470 + e)));
+  Tensor rows = Tensor::zeros({E * N, D});
+  for (int64_t p = 0; p < N * K; ++p) rows.select(0, want_dest[p]).copy_(all[idx[p]].select(0, p / K));
+  const Tensor w = Tensor::randn({N, K}, case_seed(480));
+  test::expect_close("moe_combine_rows vs moe_combine_all (bits)", moe_combine_rows(rows, w, sl.dest),
+                     moe_combine_all(all, w, it), 0, 0);
+  // The CPU checks what CUDA trusts: an expert index out of range, more pairs than slots,
+  // a row written twice.
+  std::vector<int64_t> bad = idx;
+  bad[5] = E;
+  EXPECT_THROW(moe_masked_slots(Tensor::from_vector(bad, {N, K}), E, N), Error);
+  EXPECT_THROW(moe_masked_slots(it, E, N - 1), Error);  // cap < N
+  const Tensor same = Tensor::zeros({4, 3}, DType::I64);  // expert 0 thrice per token
+  Tensor dest = Tensor::empty({12}, DType::I64), counts = Tensor::empty({2}, DType::I64);
+  EXPECT_THROW(kernels::moe_masked_slots()(kCpu, same.view({12}), 4, dest, counts), Error);
+  Tensor dst = Tensor::zeros({4, 2});
+  EXPECT_THROW(kernels::moe_scatter_rows()(kCpu, Tensor::ones({2, 2}),
+                                           Tensor::from_vector(std::vector<int64_t>{1, 1}, {2}),
+                                           dst),
+               Error);
+}
+
 TEST(MoeUpdateBias, SignOfMeanMinusLoad) {
   Tensor bias = Tensor::from_vector(std::vector<float>{0.5f, -0.25f, 0.0f, 1.0f}, {4});
   // mean 3: above it down, below it up, at it unchanged.
@@ -532,6 +589,33 @@ TEST(CudaMoeCombineAll, MatchesCpu) {
     else  // f32 math, one bf16 rounding of the result
       expect_gpu_close(name, got, want, dt);
   }
+}
+
+// The masked layout's kernels on the GPU: slots and counts equal the CPU's (more pairs than
+// a block's 256 threads, experts with no pairs), the scattered rows' bytes (4-byte words and
+// single bytes), and the combine from the slots.
+TEST(CudaMoeMaskedSlots, MatchesCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  const int64_t N = 300, K = 4, E = 16;
+  const std::vector<int64_t> idx = distinct_choices(N, K, E, 5, case_seed(490));
+  const Tensor it = Tensor::from_vector(idx, {N, K});
+  const MoeMaskedSlots want = moe_masked_slots(it, E, N);
+  const MoeMaskedSlots got = moe_masked_slots(it.to(kGpu), E, N);
+  EXPECT_EQ(got.dest.to_int_vector(), want.dest.to_int_vector());
+  EXPECT_EQ(got.counts.to_int_vector(), want.counts.to_int_vector());
+  for (auto [dt, D] : {std::pair{DType::F32, int64_t{129}}, std::pair{DType::E4M3, int64_t{7}},
+                       std::pair{DType::BF16, int64_t{64}}}) {
+    const Tensor src = Tensor::randn({N, D}, case_seed(491)).to(dt);
+    const Tensor a = moe_scatter_rows(src, want.dest, E * N);
+    const Tensor b = moe_scatter_rows(src.to(kGpu), got.dest, E * N);
+    EXPECT_EQ(b.to(DType::F64).to_double_vector(), a.to(DType::F64).to_double_vector())
+        << dtype_name(dt);
+  }
+  const Tensor rows = Tensor::randn({E * N, 33}, case_seed(492));
+  const Tensor w = Tensor::rand({N, K}, case_seed(493), 0.1, 1.0);
+  test::expect_close("moe_combine_rows f32 (bits)",
+                     moe_combine_rows(rows.to(kGpu), w.to(kGpu), got.dest).to(kCpu),
+                     moe_combine_rows(rows, w, want.dest), 0, 0);
 }
 
 // Logits on a coarse grid and no bias: many exact ties between experts and between group

@@ -156,6 +156,17 @@ void gemm_fp8_blockscaled_cpu(const Tensor& a_q, const Tensor& a_scales, const T
                    static_cast<size_t>(n));
 }
 
+// A CPU index tensor's values (i32 or i64), read in place: not through to_int_vector, which
+// a static decode step refuses (NoHostReads, engine/step_graph.h) because on a device it
+// would be a read-back; here the kernel reads its own operand, as the CUDA kernel does on the
+// device.
+std::vector<int64_t> index_values(const Tensor& t) {
+  std::vector<int64_t> v(static_cast<size_t>(t.numel()));
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = t.dtype() == DType::I32 ? t.data<int32_t>()[i] : t.data<int64_t>()[i];
+  return v;
+}
+
 // The grouped GEMMs: each group's rows through the dense reference above (row ranges of
 // contiguous tensors are contiguous views), after checking offsets / counts.
 void gemm_fp8_grouped_contiguous_cpu(const Tensor& a_q, const Tensor& a_scales,
@@ -165,7 +176,7 @@ void gemm_fp8_grouped_contiguous_cpu(const Tensor& a_q, const Tensor& a_scales,
   check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, offsets, d, /*masked=*/false,
                          dt == DType::F64 || dt == DType::F32 || dt == DType::BF16);
   const int64_t m = a_q.size(0), groups = b_q.size(0);
-  const std::vector<int64_t> off = offsets.to_int_vector();
+  const std::vector<int64_t> off = index_values(offsets);
   R1_CHECK(off[0] == 0 && off[groups] == m,
            "gemm_fp8_grouped_contiguous: offsets run from {} to {}, not 0 to M = {}", off[0],
            off[groups], m);
@@ -186,7 +197,7 @@ void gemm_fp8_grouped_masked_cpu(const Tensor& a_q, const Tensor& a_scales, cons
   check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, counts, d, /*masked=*/true,
                          dt == DType::F64 || dt == DType::F32 || dt == DType::BF16);
   const int64_t groups = a_q.size(0), mmax = a_q.size(1);
-  const std::vector<int64_t> cnt = counts.to_int_vector();
+  const std::vector<int64_t> cnt = index_values(counts);
   for (int64_t g = 0; g < groups; ++g) {
     R1_CHECK(cnt[g] >= 0 && cnt[g] <= mmax, "gemm_fp8_grouped_masked: counts[{}] = {} outside "
              "[0, Mmax = {}]", g, cnt[g], mmax);

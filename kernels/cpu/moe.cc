@@ -3,6 +3,7 @@
 // formed in f64 and rounded once so that every backend chooses the same experts.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -241,6 +242,41 @@ void moe_balance_loss_backward_cpu(const Tensor& logits, const Tensor& offsets, 
 }
 
 // bias (E) += gamma * sign(sum(load) - E * load_i).
+void moe_masked_slots_cpu(const Tensor& indices, int64_t cap, Tensor& dest, Tensor& counts) {
+  check_moe_masked_slots(indices, cap, dest, counts);
+  const int64_t P = indices.numel(), E = counts.numel();
+  const int64_t* idx = indices.data<int64_t>();
+  int64_t* out = dest.data<int64_t>();
+  int64_t* cnt = counts.data<int64_t>();
+  std::fill(cnt, cnt + E, int64_t{0});
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t e = idx[p];
+    R1_CHECK(e >= 0 && e < E, "moe_masked_slots: pair {} chose expert {} of {}", p, e, E);
+    R1_CHECK(cnt[e] < cap, "moe_masked_slots: expert {} gets more than cap = {} pairs", e, cap);
+    out[p] = e * cap + cnt[e]++;
+  }
+}
+
+void moe_scatter_rows_cpu(const Tensor& src, const Tensor& dest, Tensor& dst) {
+  check_moe_scatter_rows(src, dest, dst);
+  const int64_t N = src.size(0), P = dest.numel(), R = dst.size(0);
+  if (P == 0) return;
+  const int64_t K = P / N;
+  const size_t row_bytes = static_cast<size_t>(src.size(1)) * dtype_size(src.dtype());
+  const int64_t* d = dest.data<int64_t>();
+  std::vector<char> seen(static_cast<size_t>(R), 0);
+  for (int64_t p = 0; p < P; ++p) {
+    R1_CHECK(d[p] >= 0 && d[p] < R && !seen[static_cast<size_t>(d[p])],
+             "moe_scatter_rows: pair {} goes to row {} (of {}, each at most once)", p, d[p], R);
+    seen[static_cast<size_t>(d[p])] = 1;
+  }
+  const char* s = static_cast<const char*>(src.data_ptr());
+  char* o = static_cast<char*>(dst.data_ptr());
+  for (int64_t p = 0; p < P; ++p)
+    std::memcpy(o + static_cast<size_t>(d[p]) * row_bytes,
+                s + static_cast<size_t>(p / K) * row_bytes, row_bytes);
+}
+
 void moe_update_bias_cpu(Tensor& bias, const Tensor& load, double gamma) {
   check_moe_update_bias(bias, load, cpu_float(bias.dtype()));
   const int64_t E = bias.size(0);
@@ -365,5 +401,7 @@ R1_REGISTER_KERNEL(moe_route_backward, CPU, moe_route_backward_cpu);
 R1_REGISTER_KERNEL(moe_balance_loss_forward, CPU, moe_balance_loss_forward_cpu);
 R1_REGISTER_KERNEL(moe_balance_loss_backward, CPU, moe_balance_loss_backward_cpu);
 R1_REGISTER_KERNEL(moe_update_bias, CPU, moe_update_bias_cpu);
+R1_REGISTER_KERNEL(moe_masked_slots, CPU, moe_masked_slots_cpu);
+R1_REGISTER_KERNEL(moe_scatter_rows, CPU, moe_scatter_rows_cpu);
 
 }  // namespace r1::cpu
