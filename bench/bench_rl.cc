@@ -20,7 +20,9 @@
 //     step replayed from CUDA graphs (registered where the device has graphs).
 //
 //   ./build/bin/bench_rl [--config configs/tiny.json] [--device cpu|cuda] [--dtype f32|bf16]
-//                        [benchmark flags]
+//                        [--precision default|fp8] [benchmark flags]
+//   (fp8: every projection in FP8; the static and graphs steps then run the experts in the
+//   masked layout, docs/cuda.md)
 //   (on cuda: the sampling rows only; gpu-check runs them in bf16)
 //   scripts/bench-rl.sh      runs this and the PyTorch twin at one thread, prints the ratios
 #include <benchmark/benchmark.h>
@@ -49,6 +51,7 @@ namespace {
 std::string g_config = std::string(R1_SOURCE_DIR) + "/configs/tiny.json";
 Device g_device = Device::cpu();
 DType g_dtype = DType::F32;
+bool g_fp8 = false;  // --precision fp8: the config's linear layers in FP8 (linear_fp8)
 
 // The fixed work (scripts/bench_rl_torch.py has the same numbers).
 constexpr int64_t kQuestions = 16, kSamplesPerQuestion = 8;  // Q, G
@@ -60,7 +63,8 @@ constexpr double kLearningRate = 1e-3, kAdamBeta2 = 0.99, kEpsilon = 0.2;
 
 // The tiny model, every parameter but the router's selection bias trained (as the trainer).
 DeepseekV3 make_model() {
-  const ModelConfig cfg = load_model_config(g_config);
+  ModelConfig cfg = load_model_config(g_config);
+  if (g_fp8) cfg.fp8 = true;
   ParamMap p = DeepseekV3::init_params(cfg, kInitSeed, g_dtype);
   for (auto& [name, t] : p) {
     if (!g_device.is_cpu()) t = t.to(g_device);
@@ -104,8 +108,9 @@ void BM_Sampling(benchmark::State& st) {
   st.counters["prefill_ms"] = prefill_s / n * 1e3;
   st.counters["decode_ms"] = decode_s / n * 1e3;
   st.counters["decode_step_us"] = decode_s / n / static_cast<double>(gs.decode_steps) * 1e6;
-  st.SetLabel(fmt::format("Q=16 G=8 prompt 40 new 64, {} {} {}", g_device.str(),
-                          dtype_name(g_dtype), rl::decode_mode_name(gs.decode)));
+  st.SetLabel(fmt::format("Q=16 G=8 prompt 40 new 64, {} {}{} {}", g_device.str(),
+                          dtype_name(g_dtype), g_fp8 ? " fp8" : "",
+                          rl::decode_mode_name(gs.decode)));
 }
 
 void BM_GrpoUpdate(benchmark::State& st) {
@@ -168,6 +173,13 @@ int main(int argc, char** argv) {
         return 2;
       }
       r1::g_dtype = d == "bf16" ? r1::DType::BF16 : r1::DType::F32;
+    } else if (std::strcmp(argv[i], "--precision") == 0 && i + 1 < argc) {
+      const std::string pr = argv[++i];
+      if (pr != "fp8" && pr != "default") {
+        std::fprintf(stderr, "bench_rl: --precision %s: default or fp8\n", pr.c_str());
+        return 2;
+      }
+      r1::g_fp8 = pr == "fp8";
     } else {
       rest.push_back(argv[i]);
     }

@@ -251,6 +251,17 @@ elif [[ -x "$bundle/bin/bench_rl" ]]; then
     --benchmark_filter=Sampling --benchmark_out="$out/bench_decode.json" \
     --benchmark_out_format=json >"$out/bench_decode.log" 2>&1 ||
     { echo "gpu-check: bench_rl --device cuda failed (rc $?), tail:"; tail -20 "$out/bench_decode.log"; status=1; }
+  # The same with FP8 projections: the static and graphs steps run the experts in the grouped
+  # GEMM's masked layout (the routed cost) instead of every expert on every token.
+  lim=$(cap 90)
+  if ((lim == 0)); then
+    skip "bench_rl fp8"
+  else
+    timeout "$lim" "$bundle/bin/bench_rl" --config configs/tiny.json --device cuda --dtype bf16 \
+      --precision fp8 --benchmark_filter=Sampling --benchmark_out="$out/bench_decode_fp8.json" \
+      --benchmark_out_format=json >"$out/bench_decode_fp8.log" 2>&1 ||
+      { echo "gpu-check: bench_rl --precision fp8 failed (rc $?), tail:"; tail -20 "$out/bench_decode_fp8.log"; status=1; }
+  fi
 fi
 echo "gpu-check: decode benchmark done at $(elapsed)"
 

@@ -297,21 +297,22 @@ def fmt(v, spec):
 
 def decode(out):
     """bench_rl's Sampling rows on the GPU: tokens/s and the time of a decode step per mode."""
-    data = bench_json(out, "bench_decode.json")
-    if data is None:
-        return []
     rows = []
-    for b in data.get("benchmarks", []):
-        if b.get("run_type") == "aggregate":
+    for prec, f in (("bf16", "bench_decode.json"), ("bf16, fp8 projections", "bench_decode_fp8.json")):
+        data = bench_json(out, f)
+        if data is None:
             continue
-        name = re.sub(r"/[0-9]+$", "", re.sub(r"/min_time:[0-9.]+|/real_time", "", b["name"]))
-        if b.get("error_occurred"):
-            rows.append({"name": name, "error": b.get("error_message", "error")})
-            continue
-        rows.append({"name": name, "label": b.get("label", ""),
-                     "tokens_per_s": b.get("generated_tokens/s"),
-                     "decode_step_us": b.get("decode_step_us"),
-                     "prefill_ms": b.get("prefill_ms"), "decode_ms": b.get("decode_ms")})
+        for b in data.get("benchmarks", []):
+            if b.get("run_type") == "aggregate":
+                continue
+            name = re.sub(r"/[0-9]+$", "", re.sub(r"/min_time:[0-9.]+|/real_time", "", b["name"]))
+            if b.get("error_occurred"):
+                rows.append({"name": name, "prec": prec, "error": b.get("error_message", "error")})
+                continue
+            rows.append({"name": name, "prec": prec, "label": b.get("label", ""),
+                         "tokens_per_s": b.get("generated_tokens/s"),
+                         "decode_step_us": b.get("decode_step_us"),
+                         "prefill_ms": b.get("prefill_ms"), "decode_ms": b.get("decode_ms")})
     return rows
 
 
@@ -321,21 +322,24 @@ def decode_table(rows):
                 "- not run or failed (see bench_decode.log)", ""]
     md = ["## Decode step (bench_rl --device cuda --dtype bf16)", "",
           "The tiny model, 16 prompts x 8 samples x 64 new tokens per call; eager: the step "
-          "launched kernel by kernel; static: the graph-safe step run eagerly (padded batch, "
-          "every expert on every token); graphs: that step replayed from CUDA graphs (captures "
-          "included in the time).", "",
-          "| mode | tokens/s | decode step (us) | prefill (ms) | decode (ms) | vs eager |",
-          "|---|---:|---:|---:|---:|---:|"]
-    eager = next((r for r in rows if r["name"].endswith("/eager") and "error" not in r), None)
-    for r in rows:
-        if "error" in r:
-            md.append(f"| {r['name']} | FAILED: {r['error']} | | | | |")
-            continue
-        ratio = (eager["decode_step_us"] / r["decode_step_us"]
-                 if eager and r.get("decode_step_us") else None)
-        md.append(f"| {r['name'].split('/')[-1]} | {fmt(r['tokens_per_s'], '.0f')} | "
-                  f"{fmt(r['decode_step_us'], '.0f')} | {fmt(r['prefill_ms'], '.1f')} | "
-                  f"{fmt(r['decode_ms'], '.1f')} | {fmt(ratio, '.2f')}x |")
+          "launched kernel by kernel; static: the graph-safe step run eagerly (padded batch; "
+          "every expert on every token in bf16, the masked expert layout with fp8 "
+          "projections); graphs: that step replayed from CUDA graphs (captures included in "
+          "the time).", "",
+          "| precision | mode | tokens/s | decode step (us) | prefill (ms) | decode (ms) | vs eager |",
+          "|---|---|---:|---:|---:|---:|---:|"]
+    for prec in dict.fromkeys(r["prec"] for r in rows):
+        group = [r for r in rows if r["prec"] == prec]
+        eager = next((r for r in group if r["name"].endswith("/eager") and "error" not in r), None)
+        for r in group:
+            if "error" in r:
+                md.append(f"| {prec} | {r['name']} | FAILED: {r['error']} | | | | |")
+                continue
+            ratio = (eager["decode_step_us"] / r["decode_step_us"]
+                     if eager and r.get("decode_step_us") else None)
+            md.append(f"| {prec} | {r['name'].split('/')[-1]} | {fmt(r['tokens_per_s'], '.0f')} | "
+                      f"{fmt(r['decode_step_us'], '.0f')} | {fmt(r['prefill_ms'], '.1f')} | "
+                      f"{fmt(r['decode_ms'], '.1f')} | {fmt(ratio, '.2f')}x |")
     return md + [""]
 
 
