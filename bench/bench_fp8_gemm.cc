@@ -206,20 +206,16 @@ Fp8Problem make_wgrad_problem(int64_t m, int64_t n, int64_t k) {
   return p;
 }
 
-void BM_Fp8Wgrad1D1DMma(benchmark::State& st) {
-  const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
-  Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
-  st.SetLabel("mma.sync 1D1D stages=2 " + shape_label(p));
-  run_timed(st, p, [&] {
-    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, 2);
-  });
-}
-
-void BM_Fp8Wgrad2DMma(benchmark::State& st) {
+// kRows: b's 1x128 row scales (1D1D, as linear_fp8 runs wgrad); else 128x128 block scales
+// on the same b (the price of the per-column scale in the epilogue).
+template <bool kRows>
+void BM_Fp8WgradMma(benchmark::State& st) {
   Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
-  p.b_scales = Tensor::full({fp8_blocks(p.n), fp8_blocks(p.k)}, 1.0 / 448, DType::F32, kGpu);
+  if (!kRows)
+    p.b_scales = Tensor::full({fp8_blocks(p.n), fp8_blocks(p.k)}, 1.0 / 448, DType::F32, kGpu);
   Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
-  st.SetLabel("mma.sync 2D (128x128 b scales) stages=2 " + shape_label(p));
+  st.SetLabel(std::string("mma.sync ") + (kRows ? "1D1D" : "2D (128x128 b scales)") +
+              " stages=2 " + shape_label(p));
   run_timed(st, p, [&] {
     cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, 2);
   });
@@ -372,8 +368,8 @@ void register_all() {
   // wgrad of the same layers: M = out features, N = in features, K = 4096 tokens; f32 dw.
   using Fn = void (*)(benchmark::State&);
   const std::pair<const char*, Fn> wgrad_cases[] = {
-      {"Fp8Wgrad1D1DMma", BM_Fp8Wgrad1D1DMma},
-      {"Fp8Wgrad2DMma", BM_Fp8Wgrad2DMma},
+      {"Fp8Wgrad1D1DMma", BM_Fp8WgradMma<true>},
+      {"Fp8Wgrad2DMma", BM_Fp8WgradMma<false>},
       {"Fp8Wgrad1D1DCublasLt", BM_Fp8Wgrad1D1DCublasLt}};
   for (auto [name, fn] : wgrad_cases) {
     auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(
