@@ -10,10 +10,10 @@
 
 namespace r1 {
 
-// What a model prepares once for a run of static decode steps (rl/generate.cc), while its
-// weights stay as they are: opaque to the caller, who keeps it alive while the steps (and
-// the CUDA graphs holding its tensors' addresses) run. DeepSeek-V3 in fp8: its experts'
-// weights stacked and quantized for the grouped GEMM's masked layout.
+// What a model prepares once for a generate call's forwards (rl/generate.cc), while its
+// weights stay as they are: opaque to the caller, who keeps it alive while they (and the
+// CUDA graphs holding its tensors' addresses) run. DeepSeek-V3 in fp8: its experts' weights
+// stacked and quantized for the grouped FP8 GEMMs.
 struct DecodePrep {
   virtual ~DecodePrep() = default;
 };
@@ -26,11 +26,14 @@ struct CachedForwardOptions {
   bool trusted_positions = false;
   // MoE layers run every routed expert on every token and combine by the router's choices on
   // the device (moe_combine_all): no host read of the routing, E / K times the experts' FLOPs.
-  // Under BatchInvariantScope the same bits as the routed path. With `prep` from this
-  // model's prepare_decode() (DeepSeek-V3 in fp8), each expert runs on its own tokens only,
-  // from the masked layout (moe_masked_slots; gemm_fp8_grouped_masked): the routed path's
-  // FLOPs, still without a host read.
+  // Under BatchInvariantScope the same bits as the routed path. With `prep` (DeepSeek-V3 in
+  // fp8), each expert runs on its own tokens only, from the masked layout
+  // (moe_masked_slots; gemm_fp8_grouped_masked): the routed path's FLOPs, still without a
+  // host read.
   bool device_routing = false;
+  // This model's prepare_decode() of the call, or null. Without device_routing, DeepSeek-V3
+  // in fp8 runs its experts as grouped GEMMs in the contiguous layout (the routing read on
+  // the host, the rows sorted by expert). Forward only, as all of forward_cached.
   const DecodePrep* prep = nullptr;
 };
 

@@ -194,16 +194,16 @@ Tensor DeepseekV3::attention_block(const std::string& pre, const Tensor& x,
   return proj(o.view({B, T, H * vd}), pre + "o_proj.weight");
 }
 
-// One MoE layer's experts for the masked layout: per projection, the E experts' weights
+// One MoE layer's experts for the grouped GEMMs (prepare_decode): per projection, the E experts' weights
 // stacked and block-quantized (q (E, rows, cols) e4m3, s (E, RB, CB) f32).
-struct DeepseekV3::MaskedExperts {
+struct DeepseekV3::StackedExperts {
   Tensor gate_q, gate_s, up_q, up_s, down_q, down_s;
 };
 
 namespace {
 
 struct V3DecodePrep : DecodePrep {
-  std::map<int64_t, DeepseekV3::MaskedExperts> layers;  // by layer index
+  std::map<int64_t, DeepseekV3::StackedExperts> layers;  // by layer index
 };
 
 }  // namespace
@@ -230,7 +230,7 @@ std::shared_ptr<const DecodePrep> DeepseekV3::prepare_decode() const {
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     if (!cfg_.is_moe_layer(i)) continue;
     const std::string pre = fmt::format("model.layers.{}.mlp.", i);
-    MaskedExperts& m = prep->layers[i];
+    StackedExperts& m = prep->layers[i];
     stack(pre, "gate_proj", &m.gate_q, &m.gate_s);
     stack(pre, "up_proj", &m.up_q, &m.up_s);
     stack(pre, "down_proj", &m.down_q, &m.down_s);
@@ -240,7 +240,7 @@ std::shared_ptr<const DecodePrep> DeepseekV3::prepare_decode() const {
 
 DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
                                    const Tensor& seq_lens, double balance_alpha,
-                                   bool device_routing, const MaskedExperts* masked) const {
+                                   bool device_routing, const StackedExperts* stacked) const {
   const int64_t N = x.size(0), D = x.size(1), E = cfg_.n_routed_experts;
   const int64_t K = cfg_.num_experts_per_tok;
   const Tensor logits = linear(x, p(pre + "gate.weight"));  // (N, E)
@@ -272,7 +272,7 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     const std::optional<Fp8Rows> xq = shared_fp8_input(x);
     const Fp8Rows* xqp = xq ? &*xq : nullptr;
     Tensor y;
-    if (masked) {
+    if (stacked) {
       // The masked layout: each expert's tokens (in token order) in its slots, the grouped
       // GEMMs skip the empty ones, the combine reads the slots. Per row the same products,
       // quantizations and combine as the routed path.
@@ -285,16 +285,16 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
       // Zeros, not garbage, in the slots nobody fills (swiglu reads every row).
       Tensor gate = Tensor::zeros({E, N, I}, x.dtype(), dev);
       Tensor up = Tensor::zeros({E, N, I}, x.dtype(), dev);
-      kernels::gemm_fp8_grouped_masked()(dev, aq, as, masked->gate_q, masked->gate_s,
+      kernels::gemm_fp8_grouped_masked()(dev, aq, as, stacked->gate_q, stacked->gate_s,
                                          sl.counts, gate);
-      kernels::gemm_fp8_grouped_masked()(dev, aq, as, masked->up_q, masked->up_s, sl.counts,
+      kernels::gemm_fp8_grouped_masked()(dev, aq, as, stacked->up_q, stacked->up_s, sl.counts,
                                          up);
       Fp8Rows hq;
       swiglu(gate.view({R, I}), up.view({R, I}), &hq);
       Tensor down = Tensor::empty({E, N, D}, x.dtype(), dev);
       kernels::gemm_fp8_grouped_masked()(dev, hq.q.view({E, N, I}),
-                                         hq.scales.view({E, N, fp8_blocks(I)}), masked->down_q,
-                                         masked->down_s, sl.counts, down);
+                                         hq.scales.view({E, N, fp8_blocks(I)}), stacked->down_q,
+                                         stacked->down_s, sl.counts, down);
       y = moe_combine_rows(down.view({R, D}), w, sl.dest);
     } else {
       std::vector<Tensor> ys;
@@ -317,7 +317,39 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
       flat[e].push_back(t * K + k);
     }
   Tensor y;
-  if (moe_combine_available(x.device())) {
+  if (stacked) {
+    // fp8 generation (prepare_decode's stacked weights, forward only): the experts as grouped
+    // GEMMs over the expert-major rows (the contiguous layout: one launch per projection for
+    // all experts, empty experts allowed), x's rows quantized once. Per row the same
+    // quantizations, products and combine as the per-expert branch below.
+    R1_CHECK(!needs_grad({x}) && cfg_.fp8, "DeepseekV3: the stacked expert weights are for "
+             "fp8 generation (forward only)");
+    const Device dev = x.device();
+    const int64_t I = cfg_.moe_intermediate_size, M = N * K;
+    std::vector<int64_t> order, offsets{0}, row_of(static_cast<size_t>(M));
+    order.reserve(static_cast<size_t>(M));
+    for (int64_t e = 0; e < E; ++e) {
+      for (size_t r = 0; r < tok[e].size(); ++r) {
+        row_of[flat[e][r]] = static_cast<int64_t>(order.size());
+        order.push_back(tok[e][r]);
+      }
+      offsets.push_back(static_cast<int64_t>(order.size()));
+    }
+    const Tensor off = Tensor::from_vector(offsets, {E + 1}, DType::I64, dev);
+    const Fp8Rows xq =
+        fp8_quantize_rows(index_select(x, 0, Tensor::from_vector(order, {M}, DType::I64, dev)));
+    Tensor gate = Tensor::empty({M, I}, x.dtype(), dev), up = Tensor::empty({M, I}, x.dtype(), dev);
+    kernels::gemm_fp8_grouped_contiguous()(dev, xq.q, xq.scales, stacked->gate_q, stacked->gate_s,
+                                           off, gate);
+    kernels::gemm_fp8_grouped_contiguous()(dev, xq.q, xq.scales, stacked->up_q, stacked->up_s, off,
+                                           up);
+    Fp8Rows hq;
+    swiglu(gate, up, &hq);
+    Tensor down = Tensor::empty({M, D}, x.dtype(), dev);
+    kernels::gemm_fp8_grouped_contiguous()(dev, hq.q, hq.scales, stacked->down_q, stacked->down_s,
+                                           off, down);
+    y = moe_combine_rows(down, w, Tensor::from_vector(row_of, {M}, DType::I64, dev));
+  } else if (moe_combine_available(x.device())) {
     // One gather of every expert's tokens (expert-major, token order within), split into
     // per-expert row blocks (views), each through its expert, then one weighted combine:
     // no per-expert (N, D) gradients, no concat, no second gather.
@@ -570,14 +602,14 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
     if (!moe_layer) {
       h = add(h, mlp(pre + "mlp.", xn, mq ? &*mq : nullptr));
     } else {
-      const MaskedExperts* masked = nullptr;
-      if (opt.device_routing && opt.prep) {
+      const StackedExperts* stacked = nullptr;
+      if (opt.prep) {
         const auto* v3 = dynamic_cast<const V3DecodePrep*>(opt.prep);
         R1_CHECK(v3, "DeepseekV3::forward_cached: the decode preparation is another model's");
         const auto it = v3->layers.find(i);
-        if (it != v3->layers.end()) masked = &it->second;
+        if (it != v3->layers.end()) stacked = &it->second;
       }
-      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0, opt.device_routing, masked).y);
+      h = add(h, moe(pre + "mlp.", xn, no_seq_lens, 0.0, opt.device_routing, stacked).y);
     }
   }
   return rmsnorm(h, p("model.norm.weight"), eps);

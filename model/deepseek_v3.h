@@ -99,11 +99,11 @@ class DeepseekV3 : public CausalLM {
   const Tensor& lm_head() const override;
   int64_t max_positions() const override { return max_positions_; }
   // fp8: every MoE layer's expert weights stacked per projection and block-quantized, (E, I,
-  // hidden) for gate and up and (E, hidden, I) for down, as gemm_fp8_grouped_masked takes
-  // them (the bits linear_fp8 makes of each); nullptr in other precisions (their static
-  // decode runs every expert on every token).
+  // hidden) for gate and up and (E, hidden, I) for down (the bits linear_fp8 makes of each),
+  // as the grouped FP8 GEMMs take them; generation then runs each layer's experts as one
+  // grouped GEMM per projection. nullptr in other precisions.
   std::shared_ptr<const DecodePrep> prepare_decode() const override;
-  struct MaskedExperts;  // one MoE layer's share of it (deepseek_v3.cc)
+  struct StackedExperts;  // one MoE layer's share of it (deepseek_v3.cc)
 
   const ModelConfig& config() const { return cfg_; }
   ParamMap& params() { return params_; }
@@ -146,10 +146,12 @@ class DeepseekV3 : public CausalLM {
   std::optional<Fp8Rows> shared_fp8_input(const Tensor& x) const;
   // x (N, hidden), seq_lens (S) i64 (for the balance loss) -> MoeOut. device_routing: every
   // expert on every row, combined on the device (CachedForwardOptions; forward only).
-  // masked: the layer's prepared expert weights (prepare_decode) for the masked layout.
+  // stacked: the layer's prepared expert weights (prepare_decode; fp8 generation, forward
+  // only): the experts run as grouped FP8 GEMMs, in the masked layout with device_routing,
+  // else in the contiguous one.
   MoeOut moe(const std::string& pre, const Tensor& x, const Tensor& seq_lens,
              double balance_alpha, bool device_routing = false,
-             const MaskedExperts* masked = nullptr) const;
+             const StackedExperts* stacked = nullptr) const;
 
   ModelConfig cfg_;
   ParamMap params_;

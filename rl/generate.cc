@@ -62,13 +62,15 @@ class StaticDecode {
   }
 
   // scratch: scratch_sequences() sequences of scratch_len() tokens each, reserved.
+  // prep: the model's prepare_decode() of this call (may be null), kept alive here.
   StaticDecode(CausalLM& model, PagedKvCache& cache, const GenerationConfig& cfg, Device dev,
-               int64_t max_rows, std::vector<int64_t> scratch, bool graphs)
+               int64_t max_rows, std::vector<int64_t> scratch, bool graphs,
+               std::shared_ptr<const DecodePrep> prep)
       : model_(model), cache_(cache), cfg_(cfg), dev_(dev), cap_(capacity(max_rows)),
-        scratch_len_(scratch_len(model)), scratch_(std::move(scratch)), graphs_(graphs) {
+        scratch_len_(scratch_len(model)), scratch_(std::move(scratch)), graphs_(graphs),
+        prep_(std::move(prep)) {
     in_ = Tensor::empty({kFields, cap_}, DType::I64, dev);
     host_.assign(static_cast<size_t>(kFields * cap_), 0);
-    prep_ = model.prepare_decode();  // the weights stay as they are for this call
   }
 
   // Row r: token ids[r] of cache sequence seq[r] at position pos[r] (reserved), then the next
@@ -237,9 +239,15 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
   const int64_t n_ids = static_cast<int64_t>(ids.size());
+  // What the model prepares once for this call's forwards (fp8 DeepSeek-V3: its experts'
+  // weights stacked and quantized, run as grouped GEMMs: contiguous layout for the prefill
+  // and eager steps, masked for the static ones; the same bits per row either way).
+  const std::shared_ptr<const DecodePrep> prep = model.prepare_decode();
+  CachedForwardOptions eager_opt;
+  eager_opt.prep = prep.get();
   Tensor hidden = model.forward_cached(Tensor::from_vector(ids, {n_ids}),
                                        Tensor::from_vector(seq, {n_ids}),
-                                       Tensor::from_vector(pos, {n_ids}), cache);
+                                       Tensor::from_vector(pos, {n_ids}), cache, eager_opt);
 
   // Fork each prompt into its G samples; the first token of sample (i, g) comes from prompt
   // i's last row.
@@ -267,7 +275,7 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
       cache.extend(scratch.back(), StaticDecode::scratch_len(model));
     }
     fixed_step.emplace(model, cache, cfg, dev, P * G, std::move(scratch),
-                       mode == DecodeMode::kGraphs);
+                       mode == DecodeMode::kGraphs, prep);
   }
   const double prefill_s = seconds_since(t0);
   int64_t steps = 0, generated = 0, peak = cache.blocks_in_use();
@@ -309,7 +317,7 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     } else {
       hidden = model.forward_cached(Tensor::from_vector(next_ids, {n}),
                                     Tensor::from_vector(next_seq, {n}),
-                                    Tensor::from_vector(next_pos, {n}), cache);
+                                    Tensor::from_vector(next_pos, {n}), cache, eager_opt);
       positions.resize(static_cast<size_t>(n));
       for (int64_t r = 0; r < n; ++r) positions[r] = next_pos[r] + 1;
       sample_rows(model, hidden, next_streams, positions, cfg, &tok, &lp);
