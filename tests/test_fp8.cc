@@ -759,6 +759,43 @@ TEST(Fp8Cuda, GroupedGemmsMatchReference) {
   }
 }
 
+// The mma.sync kernel's grouped forms: against the f64 reference with the mma bounds (see
+// MmaGemmMatchesReference), every row past the counts untouched, and the two layouts equal
+// bit for bit (one tile code: the fp8 generation's eager and graph steps rely on it).
+TEST(Fp8Cuda, MmaGroupedGemmsMatchReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> rows = {0, 5, 130, 1, 0, 64, 33, 257};
+  const GroupedCase c = make_grouped(rows, 200, 320, case_seed(1450));
+  const TripleLoop t = grouped_reference(c);
+  const int64_t M = c.a_q.size(0), G = static_cast<int64_t>(rows.size()), mmax = 257;
+  const Tensor bq = c.b_q.to(kGpu), bs = c.b_scales.to(kGpu);
+  const Masked mk = to_masked(c, mmax);
+  for (DType dt : {DType::F32, DType::BF16})
+    for (DType idt : {DType::I32, DType::I64}) {
+      const std::string name = fmt::format("mma grouped {} index {}", dtype_name(dt),
+                                           dtype_name(idt));
+      Tensor d = test::poisoned({M, c.n}, dt, kGpu);
+      cuda::gemm_fp8_grouped_contiguous_mma(c.a_q.to(kGpu), c.a_scales.to(kGpu), bq, bs,
+                                            offsets_of(rows, idt, kGpu), d);
+      const std::vector<double> got = d.to_double_vector();
+      if (dt == DType::F32) expect_within(name + " contiguous", got, t.value, t.abs, 0.0, 0x1p-10);
+      else expect_within(name + " contiguous", got, t.value, t.abs, 0x1p-8, 0x1p-10);
+      Tensor dm = test::poisoned({G, mmax, c.n}, dt, kGpu);
+      cuda::gemm_fp8_grouped_masked_mma(mk.a_q.to(kGpu), mk.a_scales.to(kGpu), bq, bs,
+                                        Tensor::from_vector(rows, {G}).to(idt).to(kGpu), dm);
+      const MaskedOutput mo = split_masked(dm, rows);
+      EXPECT_EQ(mo.rows, got) << name << ": masked and contiguous layouts differ";
+      EXPECT_EQ(mo.touched, 0) << name << ": rows past the counts were written";
+    }
+  // K not a multiple of 16: refused.
+  const GroupedCase odd = make_grouped({3, 4}, 64, 100, case_seed(1460));
+  Tensor d = Tensor::empty({7, 64}, DType::F32, kGpu);
+  EXPECT_THROW(cuda::gemm_fp8_grouped_contiguous_mma(odd.a_q.to(kGpu), odd.a_scales.to(kGpu),
+                                                     odd.b_q.to(kGpu), odd.b_scales.to(kGpu),
+                                                     offsets_of({3, 4}, DType::I64, kGpu), d),
+               Error);
+}
+
 // ---- the wgmma kernel (sm_90a) --------------------------------------------------------------
 
 #define R1_SKIP_WITHOUT_WGMMA()                                                         \

@@ -13,6 +13,35 @@
 
 namespace r1::cuda::fp8 {
 
+// fn(OutT{}, I{}) for a grouped GEMM's output dtype (f32: float, bf16: uint16_t bits) and its
+// offsets' or counts' index dtype (i32 or i64): the launch of one instantiation.
+template <class Fn>
+void dispatch_out_index(const Tensor& d, const Tensor& idx, Fn&& fn) {
+  auto with_index = [&](auto otag) {
+    if (idx.dtype() == DType::I32) fn(otag, int32_t{});
+    else fn(otag, int64_t{});
+  };
+  if (d.dtype() == DType::F32) with_index(float{});
+  else with_index(uint16_t{});
+}
+
+// The contiguous layout's row tiles, numbered in group order (group g has ceil(rows_g /
+// tile_m) of them; a tile never straddles two groups), found from the device-side offsets
+// (G + 1): tile t -> its group g, the group's first row and row count, and t := the tile's
+// index within the group. False past the last tile (the grid bounds the count from above).
+template <class I>
+__device__ inline bool contiguous_tile(const I* offsets, int64_t groups, int64_t tile_m,
+                                       int64_t& t, int64_t& g, int64_t& begin, int64_t& rows) {
+  for (g = 0; g < groups; ++g) {
+    begin = static_cast<int64_t>(offsets[g]);
+    rows = static_cast<int64_t>(offsets[g + 1]) - begin;
+    const int64_t tiles = (rows + tile_m - 1) / tile_m;
+    if (t < tiles) return true;
+    t -= tiles;
+  }
+  return false;
+}
+
 // A 1x128 tile is 4 elements per lane of one warp.
 inline constexpr int kPerLane = kFp8Block / 32;
 

@@ -1,11 +1,12 @@
 // The registered CUDA FP8 GEMMs (gemm_fp8_blockscaled and the grouped forms, engine/kernels.h):
 // which kernel runs. R1_FP8_GEMM = auto (default) | simple | mma | wgmma.
 //   auto: the fastest kernel validated on a GPU that accepts the operands. The wgmma kernel
-//         joins auto once its tests have passed on an H100/H200 (kWgmmaValidated); until
+//         joins auto once its tests have passed on an H100/H200 (kWgmmaValidated), the
+//         grouped forms of the mma.sync kernel once theirs have (kMmaGroupedValidated); until
 //         then auto is the mma.sync kernel for dense products (validated on an H200) and the
 //         simple kernel for grouped ones.
-//   simple | mma | wgmma: that kernel wherever it accepts the operands (mma is dense only),
-//         else the simple one; logged once.
+//   simple | mma | wgmma: that kernel wherever it accepts the operands, else the simple one;
+//         logged once.
 // The choice is per call and host-side only (shapes, alignment, the device), so it is
 // graph-safe.
 #include <cstdint>
@@ -24,6 +25,9 @@ namespace {
 
 // Flip once Fp8Cuda.Wgmma* pass on a Hopper GPU (scripts/gpu-check.sh).
 constexpr bool kWgmmaValidated = false;
+// Flip once Fp8Cuda.MmaGroupedGemmsMatchReference passes: auto then runs grouped products on
+// the mma.sync kernel's tile (tensor cores) instead of the simple one's (CUDA cores).
+constexpr bool kMmaGroupedValidated = false;
 
 enum class Fp8Kernel { kAuto, kSimple, kMma, kWgmma };
 
@@ -76,11 +80,20 @@ void gemm_dense(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
   gemm_fp8_blockscaled_simple(a_q, a_scales, b_q, b_scales, d);
 }
 
+// Grouped products on the mma.sync tile: asked for, or auto once validated.
+bool use_grouped_mma(const Tensor& a_q, const Tensor& b_q, int64_t k) {
+  const Fp8Kernel r = requested();
+  return (r == Fp8Kernel::kMma || (r == Fp8Kernel::kAuto && kMmaGroupedValidated)) &&
+         tensor_core_ok(a_q, b_q, k);
+}
+
 void gemm_contiguous(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                      const Tensor& b_scales, const Tensor& offsets, Tensor& d) {
   const int64_t k = b_q.dim() == 3 ? b_q.size(2) : 0, g = b_q.dim() == 3 ? b_q.size(0) : 0;
   if (use_wgmma(a_q, b_q, k, g))
     return gemm_fp8_grouped_contiguous_wgmma(a_q, a_scales, b_q, b_scales, offsets, d);
+  if (use_grouped_mma(a_q, b_q, k))
+    return gemm_fp8_grouped_contiguous_mma(a_q, a_scales, b_q, b_scales, offsets, d);
   gemm_fp8_grouped_contiguous_simple(a_q, a_scales, b_q, b_scales, offsets, d);
 }
 
@@ -89,6 +102,8 @@ void gemm_masked(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
   const int64_t k = b_q.dim() == 3 ? b_q.size(2) : 0, g = b_q.dim() == 3 ? b_q.size(0) : 0;
   if (use_wgmma(a_q, b_q, k, g))
     return gemm_fp8_grouped_masked_wgmma(a_q, a_scales, b_q, b_scales, counts, d);
+  if (use_grouped_mma(a_q, b_q, k))
+    return gemm_fp8_grouped_masked_mma(a_q, a_scales, b_q, b_scales, counts, d);
   gemm_fp8_grouped_masked_simple(a_q, a_scales, b_q, b_scales, counts, d);
 }
 

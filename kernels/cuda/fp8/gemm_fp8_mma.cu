@@ -22,6 +22,7 @@
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
 #include "kernels/cuda/common/mma.cuh"
+#include "kernels/cuda/fp8/fp8_common.cuh"
 
 namespace r1::cuda {
 namespace {
@@ -33,13 +34,13 @@ static_assert(kTileN == kFp8Block && kTileKBytes == kFp8Block,
 // a (m, k), sa (m, kbs), b (n, k), sb (ceil(n/128), kbs) or (n, kbs) (b_rows) -> d (m, n).
 // Per k-block: the tensor cores' fp32 partial (4 mma steps), then the promotion into the
 // accumulator.
+// The tile at (m0, n0); every thread of the block calls it (the dense and grouped kernels).
 template <class OutT, int kStages>
-__global__ void __launch_bounds__(kBlockThreads, 1)
-    gemm_fp8_mma_kernel(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
-                        OutT* d, int64_t m, int64_t n, int64_t k, int64_t kbs, bool b_rows) {
-  extern __shared__ __align__(16) uint8_t smem[];
+__device__ __forceinline__ void mma_tile(const uint8_t* a, const float* sa, const uint8_t* b,
+                                         const float* sb, OutT* d, int64_t m, int64_t n,
+                                         int64_t k, int64_t kbs, bool b_rows, int64_t m0,
+                                         int64_t n0, uint8_t* smem) {
   const WarpPos p = warp_pos();
-  const int64_t m0 = int64_t{blockIdx.y} * kTileM, n0 = int64_t{blockIdx.x} * kTileN;
   float acc[kFragsM][kFragsN][4] = {};
   mainloop<kStages>(a, m, b, n, k, m0, n0, kbs, smem,
                     [&](const uint8_t* as, const uint8_t* bs, int64_t kb) {
@@ -96,6 +97,49 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   store_tile(d, m, n, m0, n0, p, acc);
 }
 
+template <class OutT, int kStages>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    gemm_fp8_mma_kernel(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
+                        OutT* d, int64_t m, int64_t n, int64_t k, int64_t kbs, bool b_rows) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  mma_tile<OutT, kStages>(a, sa, b, sb, d, m, n, k, kbs, b_rows, int64_t{blockIdx.y} * kTileM,
+                          int64_t{blockIdx.x} * kTileN, smem);
+}
+
+// Grouped, contiguous layout (engine/kernels.h): blockIdx.y enumerates the groups' row tiles
+// in order, read from the device-side offsets (as the simple grouped kernel does: no host
+// sync); grid.y = ceil(M / 128) + G bounds their count, blocks past the last return.
+template <class OutT, class I, int kStages>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    gemm_fp8_mma_contiguous_kernel(const uint8_t* a, const float* sa, const uint8_t* b,
+                                   const float* sb, const I* offsets, OutT* d, int64_t groups,
+                                   int64_t n, int64_t k, int64_t kbs) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  int64_t t = blockIdx.y, g = 0, begin = 0, rows = 0;
+  if (!fp8::contiguous_tile(offsets, groups, int64_t{kTileM}, t, g, begin, rows))
+    return;  // uniform over the block
+  const int64_t nb = (n + kFp8Block - 1) / kFp8Block;
+  mma_tile<OutT, kStages>(a + begin * k, sa + begin * kbs, b + g * n * k, sb + g * nb * kbs,
+                          d + begin * n, rows, n, k, kbs, false, t * kTileM,
+                          int64_t{blockIdx.x} * kTileN, smem);
+}
+
+// Grouped, masked layout: blockIdx.z is the group; tiles at or past counts[g] return.
+template <class OutT, class I, int kStages>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    gemm_fp8_mma_masked_kernel(const uint8_t* a, const float* sa, const uint8_t* b,
+                               const float* sb, const I* counts, OutT* d, int64_t mmax,
+                               int64_t n, int64_t k, int64_t kbs) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t g = blockIdx.z, m0 = int64_t{blockIdx.y} * kTileM;
+  const int64_t rows = static_cast<int64_t>(counts[g]);
+  if (m0 >= rows) return;  // uniform over the block
+  const int64_t nb = (n + kFp8Block - 1) / kFp8Block;
+  mma_tile<OutT, kStages>(a + g * mmax * k, sa + g * mmax * kbs, b + g * n * k,
+                          sb + g * nb * kbs, d + g * mmax * n, rows, n, k, kbs, false, m0,
+                          int64_t{blockIdx.x} * kTileN, smem);
+}
+
 // One launch of the kernel for d's dtype and the stage count, with its dynamic shared memory.
 template <class OutT, int kStages>
 void launch_mma(dim3 grid, cudaStream_t s, const uint8_t* ap, const float* sap,
@@ -143,6 +187,79 @@ void gemm_fp8_blockscaled_mma(const Tensor& a_q, const Tensor& a_scales, const T
   };
   if (d.dtype() == DType::F32) run(float{}, d.data<float>());
   else run(uint16_t{}, d.data<uint16_t>());
+}
+
+// The grouped forms on the two-stage kernel (contracts: gemm_fp8_grouped_contiguous /
+// _masked in engine/kernels.h), with the dense form's operand rules (K a multiple of 16,
+// aligned operands). Each tile is the dense kernel's tile code on the group's rows, so a row's
+// result is the dense kernel's for that row and weight.
+namespace {
+
+void check_grouped_mma(const char* what, const Tensor& a_q, const Tensor& b_q, int64_t k) {
+  R1_CHECK(k % 16 == 0 && reinterpret_cast<uintptr_t>(a_q.data_ptr()) % 16 == 0 &&
+               reinterpret_cast<uintptr_t>(b_q.data_ptr()) % 16 == 0,
+           "{}: the mma kernel needs K ({}) a multiple of 16 and 16-byte aligned operands", what,
+           k);
+}
+
+}  // namespace
+
+void gemm_fp8_grouped_contiguous_mma(const Tensor& a_q, const Tensor& a_scales,
+                                     const Tensor& b_q, const Tensor& b_scales,
+                                     const Tensor& offsets, Tensor& d) {
+  check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, offsets, d, /*masked=*/false,
+                         d.dtype() == DType::F32 || d.dtype() == DType::BF16);
+  const int64_t m = a_q.size(0), k = a_q.size(1), g = b_q.size(0), n = b_q.size(1);
+  check_grouped_mma("gemm_fp8_grouped_contiguous_mma", a_q, b_q, k);
+  if (m == 0 || n == 0) return;
+  const int64_t tiles = (m + kTileM - 1) / kTileM + g, grid_x = (n + kTileN - 1) / kTileN;
+  R1_CHECK(tiles <= 65535, "gemm_fp8_grouped_contiguous_mma: M {} with {} groups exceeds the "
+           "grid", m, g);
+  const int dev = d.device().index;
+  DeviceGuard guard(dev);
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(tiles));
+  constexpr int kSmem = 2 * kStageBytes;
+  fp8::dispatch_out_index(d, offsets, [&](auto otag, auto itag) {
+    using OutT = decltype(otag);
+    using I = decltype(itag);
+    auto* kernel = gemm_fp8_mma_contiguous_kernel<OutT, I, 2>;
+    R1_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    kernel<<<grid, kBlockThreads, kSmem, current_stream(dev)>>>(
+        a_q.data<uint8_t>(), a_scales.data<float>(), b_q.data<uint8_t>(),
+        b_scales.data<float>(), static_cast<const I*>(offsets.data_ptr()),
+        static_cast<OutT*>(d.data_ptr()), g, n, k, fp8_blocks(k));
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void gemm_fp8_grouped_masked_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                 const Tensor& b_scales, const Tensor& counts, Tensor& d) {
+  check_gemm_fp8_grouped(a_q, a_scales, b_q, b_scales, counts, d, /*masked=*/true,
+                         d.dtype() == DType::F32 || d.dtype() == DType::BF16);
+  const int64_t g = a_q.size(0), mmax = a_q.size(1), k = a_q.size(2), n = b_q.size(1);
+  check_grouped_mma("gemm_fp8_grouped_masked_mma", a_q, b_q, k);
+  if (g == 0 || mmax == 0 || n == 0) return;
+  const int64_t grid_y = (mmax + kTileM - 1) / kTileM, grid_x = (n + kTileN - 1) / kTileN;
+  R1_CHECK(grid_y <= 65535 && g <= 65535, "gemm_fp8_grouped_masked_mma: Mmax {} or {} groups "
+           "exceed the grid", mmax, g);
+  const int dev = d.device().index;
+  DeviceGuard guard(dev);
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(g));
+  constexpr int kSmem = 2 * kStageBytes;
+  fp8::dispatch_out_index(d, counts, [&](auto otag, auto itag) {
+    using OutT = decltype(otag);
+    using I = decltype(itag);
+    auto* kernel = gemm_fp8_mma_masked_kernel<OutT, I, 2>;
+    R1_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    kernel<<<grid, kBlockThreads, kSmem, current_stream(dev)>>>(
+        a_q.data<uint8_t>(), a_scales.data<float>(), b_q.data<uint8_t>(),
+        b_scales.data<float>(), static_cast<const I*>(counts.data_ptr()),
+        static_cast<OutT*>(d.data_ptr()), mmax, n, k, fp8_blocks(k));
+    R1_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace r1::cuda

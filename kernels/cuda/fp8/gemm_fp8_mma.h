@@ -16,4 +16,14 @@ namespace r1::cuda {
 void gemm_fp8_blockscaled_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                               const Tensor& b_scales, Tensor& d, int stages = 2);
 
+// The grouped forms (contracts: gemm_fp8_grouped_contiguous / _masked, engine/kernels.h) on
+// the two-stage kernel, one launch for all groups, offsets or counts read on the device; K a
+// multiple of 16, 16-byte aligned a_q and b_q. Not yet run on a GPU (the dispatch keeps the
+// simple kernel for grouped products until Fp8Cuda.MmaGroupedGemmsMatchReference passes).
+void gemm_fp8_grouped_contiguous_mma(const Tensor& a_q, const Tensor& a_scales,
+                                     const Tensor& b_q, const Tensor& b_scales,
+                                     const Tensor& offsets, Tensor& d);
+void gemm_fp8_grouped_masked_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                 const Tensor& b_scales, const Tensor& counts, Tensor& d);
+
 }  // namespace r1::cuda

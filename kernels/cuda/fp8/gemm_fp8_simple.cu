@@ -22,6 +22,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
+#include "kernels/cuda/fp8/fp8_common.cuh"
 #include "kernels/cuda/fp8/gemm_fp8_simple.h"
 
 namespace r1::cuda {
@@ -139,14 +140,8 @@ __global__ void __launch_bounds__(kThreads)
                                        const float* sb, const I* offsets, OutT* d, int64_t groups,
                                        int64_t n, int64_t k, int64_t kb_count) {
   int64_t t = blockIdx.y, g = 0, begin = 0, rows = 0;
-  for (; g < groups; ++g) {
-    begin = static_cast<int64_t>(offsets[g]);
-    rows = static_cast<int64_t>(offsets[g + 1]) - begin;
-    const int64_t tiles = (rows + kTile - 1) / kTile;
-    if (t < tiles) break;
-    t -= tiles;
-  }
-  if (g == groups) return;  // uniform over the block
+  if (!fp8::contiguous_tile(offsets, groups, int64_t{kTile}, t, g, begin, rows))
+    return;  // uniform over the block
   const int64_t nb = (n + kFp8Block - 1) / kFp8Block;
   simple_tile(a + begin * k, sa + begin * kb_count, b + g * n * k, sb + g * nb * kb_count,
               d + begin * n, rows, n, k, kb_count, t * kTile, int64_t{blockIdx.x} * kTile,
@@ -166,16 +161,6 @@ __global__ void __launch_bounds__(kThreads)
   simple_tile(a + g * mmax * k, sa + g * mmax * kb_count, b + g * n * k,
               sb + g * nb * kb_count, d + g * mmax * n, rows, n, k, kb_count, m0,
               int64_t{blockIdx.x} * kTile, /*b_rows=*/false);
-}
-
-template <class Fn>
-void dispatch_out_index(const Tensor& d, const Tensor& idx, Fn&& fn) {
-  auto with_index = [&](auto otag) {
-    if (idx.dtype() == DType::I32) fn(otag, int32_t{});
-    else fn(otag, int64_t{});
-  };
-  if (d.dtype() == DType::F32) with_index(float{});
-  else with_index(uint16_t{});
 }
 
 }  // namespace
@@ -220,7 +205,7 @@ void gemm_fp8_grouped_contiguous_simple(const Tensor& a_q, const Tensor& a_scale
   const int dev = d.device().index;
   DeviceGuard guard(dev);
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(tiles));
-  dispatch_out_index(d, offsets, [&](auto otag, auto itag) {
+  fp8::dispatch_out_index(d, offsets, [&](auto otag, auto itag) {
     using OutT = decltype(otag);
     using I = decltype(itag);
     gemm_fp8_grouped_contiguous_kernel<OutT, I><<<grid, kThreads, 0, current_stream(dev)>>>(
@@ -244,7 +229,7 @@ void gemm_fp8_grouped_masked_simple(const Tensor& a_q, const Tensor& a_scales, c
   DeviceGuard guard(dev);
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(g));
-  dispatch_out_index(d, counts, [&](auto otag, auto itag) {
+  fp8::dispatch_out_index(d, counts, [&](auto otag, auto itag) {
     using OutT = decltype(otag);
     using I = decltype(itag);
     gemm_fp8_grouped_masked_kernel<OutT, I><<<grid, kThreads, 0, current_stream(dev)>>>(
