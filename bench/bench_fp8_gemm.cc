@@ -289,6 +289,15 @@ void BM_Fp8GroupedSimple(benchmark::State& st) {
   });
 }
 
+// The mma.sync tile, one launch for all experts (contiguous layout).
+void BM_Fp8GroupedMma(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
+  run_grouped(st, p, "grouped mma.sync, one launch", [&] {
+    cuda::gemm_fp8_grouped_contiguous_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets, d);
+  });
+}
+
 // The grouped wgmma kernel, one launch: contiguous layout (offsets), and masked (each expert
 // a slot of m rows, all full: the same work, the decode layout's indexing).
 void BM_Fp8GroupedWgmma(benchmark::State& st) {
@@ -383,6 +392,7 @@ void register_all() {
                                 {32, 256, 7168, 2048}};
   const std::pair<const char*, Fn> grouped_cases[] = {
       {"Fp8GroupedSimple", BM_Fp8GroupedSimple},
+      {"Fp8GroupedMma", BM_Fp8GroupedMma},
       {"Fp8GroupedWgmma", BM_Fp8GroupedWgmma},
       {"Fp8GroupedWgmmaMasked", BM_Fp8GroupedWgmmaMasked},
       {"Fp8GroupedLoopMma", BM_Fp8GroupedLoopMma},
