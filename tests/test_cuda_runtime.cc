@@ -408,6 +408,35 @@ TEST(CudaKernels, CopyStridedEightDimsAndOffsets) {
   EXPECT_THROW(kernels::copy_strided()(kGpu, nine, nine_dst), Error);
 }
 
+// Contiguous conversions between every pair of dtypes take copy_strided's vector kernel when
+// both bases are aligned (chunks of 8 elements, then a tail) and the element-wise one when
+// not (an offset of one element): the CPU's bytes either way, nothing written past the end.
+TEST(CudaKernels, CopyStridedContiguousConversionsMatchCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  uint64_t k = 500;
+  const int64_t n = 1003;
+  for (DType st : kAllDTypes)
+    for (DType dt : kAllDTypes) {
+      if (st == dt) continue;
+      const Tensor base = random_values({n + 1}, st, dt, case_seed(++k));
+      for (int64_t off : {0, 1}) {
+        const Tensor src = base.narrow(0, off, n);
+        Tensor want = Tensor::empty({n}, dt);
+        kernels::copy_strided()(Device::cpu(), src.contiguous(), want);
+        const Tensor src_gpu = base.to(kGpu).narrow(0, off, n);
+        Tensor dst_base = Tensor::empty({n + 2}, dt, kGpu);
+        poison(dst_base);
+        Tensor got = dst_base.narrow(0, off, n);
+        kernels::copy_strided()(kGpu, src_gpu, got);
+        const std::string name =
+            fmt::format("{} -> {} offset {}", dtype_name(st), dtype_name(dt), off);
+        EXPECT_EQ(host_bytes(got), host_bytes(want)) << name;
+        EXPECT_EQ(host_bytes(dst_base.narrow(0, off + n, 1)),
+                  std::vector<unsigned char>(dtype_size(dt), 0xFF)) << name << ": past the end";
+      }
+    }
+}
+
 // Transposes of the two innermost dims (with and without outer batch dims, partial 32x32
 // tiles, an offset source, more tiles than the grid) take copy_strided's tiled kernel: the
 // CPU's bytes for same-dtype and converting copies, nothing written outside the output.

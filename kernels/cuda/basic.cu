@@ -186,6 +186,46 @@ __global__ void copy_strided_kernel(const void* src, void* dst, int64_t n, Strid
   }
 }
 
+// Contiguous conversions (src and dst dense, dtypes differ): chunks of kConvElems elements
+// moved as whole vectors (up to 16 bytes per access) and converted in registers with the
+// element-wise kernel's conversions (the same bits); the element-wise kernel moved one
+// element per access (a contiguous f32 -> bf16 at 0.41 of the copy bandwidth on an H200).
+constexpr int kConvElems = 8;
+
+constexpr int elem_bytes(DType t) {
+  switch (t) {
+    case DType::F64:
+    case DType::I64: return 8;
+    case DType::F32:
+    case DType::I32: return 4;
+    case DType::BF16:
+    case DType::F16: return 2;
+    default: return 1;
+  }
+}
+
+// kBytes of elements, aligned for one (or, above 16 bytes, several 16-byte) vector accesses.
+template <int kBytes>
+struct alignas(kBytes < 16 ? kBytes : 16) Chunk {
+  unsigned char b[kBytes];
+};
+
+template <DType S, DType D>
+__global__ void convert_contiguous_kernel(const void* src, void* dst, int64_t n) {
+  using SC = Chunk<kConvElems * elem_bytes(S)>;
+  using DC = Chunk<kConvElems * elem_bytes(D)>;
+  const int64_t chunks = n / kConvElems;
+  for (int64_t i = global_thread(); i < chunks; i += grid_threads()) {
+    const SC in = static_cast<const SC*>(src)[i];
+    DC out;
+#pragma unroll
+    for (int k = 0; k < kConvElems; ++k) store_from_double<D>(out.b, k, load_as_double<S>(in.b, k));
+    static_cast<DC*>(dst)[i] = out;
+  }
+  for (int64_t i = chunks * kConvElems + global_thread(); i < n; i += grid_threads())
+    store_from_double<D>(dst, i, load_as_double<S>(src, i));  // the tail
+}
+
 // The transposes (a layout whose two innermost dims are contiguous in opposite tensors:
 // src along dim i = ndim - 2, dst along dim j = ndim - 1; any outer dims are a batch) go
 // through shared-memory tiles, so both the loads and the stores of a warp are consecutive
@@ -270,6 +310,22 @@ void copy_strided_cuda(const Tensor& src, Tensor& dst) {
   const StridedLayout l = collapse(src, dst);
   const void* sp = src.data_ptr();
   void* dp = dst.data_ptr();
+  if (src.is_contiguous() && dst.is_contiguous()) {  // dtypes differ (same: cudaMemcpy above)
+    const auto aligned = [](const void* p, DType t) {
+      const int a = std::min(16, kConvElems * elem_bytes(t));
+      return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(a) == 0;
+    };
+    if (aligned(sp, src.dtype()) && aligned(dp, dst.dtype())) {
+      dispatch_dtype(src.dtype(), [&](auto st) {
+        dispatch_dtype(dst.dtype(), [&](auto dt) {
+          convert_contiguous_kernel<decltype(st)::value, decltype(dt)::value>
+              <<<grid_for(n / kConvElems + 1, dev), kThreads, 0, s>>>(sp, dp, n);
+          R1_CUDA_CHECK_LAUNCH();
+        });
+      });
+      return;
+    }
+  }
   const bool tiles = is_transpose(l);
   const int64_t tiles_i = tiles ? (l.size[l.ndim - 2] + kTile - 1) / kTile : 0;
   const int64_t tiles_j = tiles ? (l.size[l.ndim - 1] + kTile - 1) / kTile : 0;
