@@ -221,6 +221,20 @@ void BM_Fp8WgradMma(benchmark::State& st) {
   });
 }
 
+void BM_Fp8Wgrad1D1DWgmma(benchmark::State& st) {
+  const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
+  if (!cuda::fp8_wgmma_supported(0)) {
+    st.SkipWithError("wgmma needs compute capability 9.0");
+    return;
+  }
+  Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
+  const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
+  st.SetLabel("wgmma 1D1D " + c.name() + " " + shape_label(p));
+  run_timed(st, p, [&] {
+    cuda::gemm_fp8_blockscaled_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, &c);
+  });
+}
+
 void BM_Fp8Wgrad1D1DCublasLt(benchmark::State& st) {
   const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
@@ -379,6 +393,7 @@ void register_all() {
   const std::pair<const char*, Fn> wgrad_cases[] = {
       {"Fp8Wgrad1D1DMma", BM_Fp8WgradMma<true>},
       {"Fp8Wgrad2DMma", BM_Fp8WgradMma<false>},
+      {"Fp8Wgrad1D1DWgmma", BM_Fp8Wgrad1D1DWgmma},
       {"Fp8Wgrad1D1DCublasLt", BM_Fp8Wgrad1D1DCublasLt}};
   for (auto [name, fn] : wgrad_cases) {
     auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(

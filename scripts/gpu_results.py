@@ -260,13 +260,14 @@ def fp8_table(rows):
                "dw (M = out, N = in) = dy^T x over K = 4096 tokens, both operands with 1x128 "
                "scales along the tokens (as linear_fp8 runs it); 2D: the same GEMM with 128x128 "
                "scales on b (the epilogue's cost of a per-column scale).", "",
-               "| M | N | K | mma 1D1D | mma 2D | cuBLASLt 1D1D | mma 1D1D / 2D | "
-               "mma 1D1D / cuBLASLt |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "| M | N | K | mma 1D1D | mma 2D | wgmma 1D1D | cuBLASLt 1D1D | mma 1D1D / 2D | "
+               "wgmma 1D1D / cuBLASLt |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for (m, n, k), v in sorted(wgrad.items()):
             a, b, c = v.get("1D1DMma"), v.get("2DMma"), v.get("1D1DCublasLt")
-            md.append(f"| {m} | {n} | {k} | {fmt(a, '.1f')} | {fmt(b, '.1f')} | {fmt(c, '.1f')} | "
-                      f"{fmt(a / b if a and b else None, '.2f')} | "
-                      f"{fmt(a / c if a and c else None, '.2f')} |")
+            wg = v.get("1D1DWgmma")
+            md.append(f"| {m} | {n} | {k} | {fmt(a, '.1f')} | {fmt(b, '.1f')} | {fmt(wg, '.1f')} | "
+                      f"{fmt(c, '.1f')} | {fmt(a / b if a and b else None, '.2f')} | "
+                      f"{fmt(wg / c if wg and c else None, '.2f')} |")
         md.append("")
     if grouped:
         md += ["## Grouped FP8 GEMM, MoE experts (TFLOP/s, bf16 out)", "",

@@ -25,6 +25,9 @@ namespace {
 
 // Flip once Fp8Cuda.Wgmma* pass on a Hopper GPU (scripts/gpu-check.sh).
 constexpr bool kWgmmaValidated = false;
+// Flip once Fp8Cuda.WgmmaGemmMatchesReference's 1D1D cases pass (with kWgmmaValidated): auto
+// then runs wgrad's 1D1D products on the wgmma kernel too.
+constexpr bool kWgmma1D1DValidated = false;
 // Flip once Fp8Cuda.MmaGroupedGemmsMatchReference passes: auto then runs grouped products on
 // the mma.sync kernel's tile (tensor cores) instead of the simple one's (CUDA cores).
 constexpr bool kMmaGroupedValidated = false;
@@ -66,12 +69,14 @@ bool use_wgmma(const Tensor& a_q, const Tensor& b_q, int64_t k, int64_t groups) 
   return ok;
 }
 
-// 1D1D products (b with row scales: wgrad) run the mma kernel: the wgmma kernel's epilogue
-// takes one b scale per tile and k-block.
+// 1D1D products (b with row scales: wgrad) take the wgmma kernel when asked for it, or under
+// auto once its 1D1D form is validated too (kWgmma1D1DValidated); else mma.sync.
 void gemm_dense(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                 const Tensor& b_scales, Tensor& d) {
   const int64_t k = a_q.dim() == 2 ? a_q.size(1) : 0;
-  if (!fp8_b_row_scales(b_q, b_scales) && use_wgmma(a_q, b_q, k, 1))
+  const bool wgmma_takes = !fp8_b_row_scales(b_q, b_scales) || kWgmma1D1DValidated ||
+                           requested() == Fp8Kernel::kWgmma;
+  if (wgmma_takes && use_wgmma(a_q, b_q, k, 1))
     return gemm_fp8_blockscaled_wgmma(a_q, a_scales, b_q, b_scales, d);
   const Fp8Kernel r = requested();
   if ((r == Fp8Kernel::kAuto || r == Fp8Kernel::kMma || r == Fp8Kernel::kWgmma) &&

@@ -69,6 +69,7 @@ enum Mode : int { kDense = 0, kContiguous = 1, kMasked = 2 };
 struct Args {
   const float* sa;      // (rows_total, kbs)
   const float* sb;      // (groups, nbs, kbs)
+  const float* sbt;     // 1D1D (dense only): b's 1x128 row scales transposed, (kbs, n)
   void* d;              // (rows_total, n)
   const void* index;    // offsets (G + 1) or counts (G), i32 or i64; unused when dense
   int index64;          // index is int64
@@ -166,7 +167,9 @@ __device__ inline void store2(uint16_t* d, int64_t i, float v0, float v1, bool b
   }
 }
 
-template <int kConsumers, int kBN, int kStages, class OutT>
+// kRowScales: b has 1x128 row scales (1D1D, wgrad), one per output column and k-block, read
+// from a.sbt; else one 128x128 block scale per tile and k-block.
+template <int kConsumers, int kBN, int kStages, class OutT, bool kRowScales>
 __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
     gemm_fp8_wgmma_kernel(const __grid_constant__ CUtensorMap tm_a,
                           const __grid_constant__ CUtensorMap tm_b, const Args a) {
@@ -232,7 +235,20 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
       for (int kb = 0; kb < a.kbs; ++kb, ++it) {
         const uint32_t s = it % kStages, phase = (it / kStages) & 1;
         // The scales first: their loads are in flight while the tensor cores work.
-        const float a_lo = __ldg(sa_lo + kb), a_hi = __ldg(sa_hi + kb), b_s = __ldg(sbp + kb);
+        const float a_lo = __ldg(sa_lo + kb), a_hi = __ldg(sa_hi + kb);
+        float b_s = 0.0f;
+        float2 b_col[kRowScales ? kBN / 8 : 1];  // 1D1D: columns 8 j + 2 t4 + {0, 1}
+        if constexpr (kRowScales) {
+          const float* row = a.sbt + int64_t{kb} * a.n;
+#pragma unroll
+          for (int j = 0; j < kBN / 8; ++j) {
+            const int col = tl.n0 + 8 * j + 2 * t4;
+            b_col[j].x = col < a.n ? __ldg(row + col) : 0.0f;
+            b_col[j].y = col + 1 < a.n ? __ldg(row + col + 1) : 0.0f;
+          }
+        } else {
+          b_s = __ldg(sbp + kb);
+        }
         mbar_wait(&full[s], phase);
         const uint8_t* st = smem + s * C::kStageBytes;
         const uint64_t da = smem_desc_sw128(st + 64 * c * kBK);
@@ -247,13 +263,23 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
         fence_operands(part);
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[s]);  // this warp is done reading stage s
-        const float s_lo = a_lo * b_s, s_hi = a_hi * b_s;
+        if constexpr (kRowScales) {
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-          acc[4 * j + 0] = fmaf(part[4 * j + 0], s_lo, acc[4 * j + 0]);
-          acc[4 * j + 1] = fmaf(part[4 * j + 1], s_lo, acc[4 * j + 1]);
-          acc[4 * j + 2] = fmaf(part[4 * j + 2], s_hi, acc[4 * j + 2]);
-          acc[4 * j + 3] = fmaf(part[4 * j + 3], s_hi, acc[4 * j + 3]);
+          for (int j = 0; j < kBN / 8; ++j) {
+            acc[4 * j + 0] = fmaf(part[4 * j + 0], a_lo * b_col[j].x, acc[4 * j + 0]);
+            acc[4 * j + 1] = fmaf(part[4 * j + 1], a_lo * b_col[j].y, acc[4 * j + 1]);
+            acc[4 * j + 2] = fmaf(part[4 * j + 2], a_hi * b_col[j].x, acc[4 * j + 2]);
+            acc[4 * j + 3] = fmaf(part[4 * j + 3], a_hi * b_col[j].y, acc[4 * j + 3]);
+          }
+        } else {
+          const float s_lo = a_lo * b_s, s_hi = a_hi * b_s;
+#pragma unroll
+          for (int j = 0; j < kBN / 8; ++j) {
+            acc[4 * j + 0] = fmaf(part[4 * j + 0], s_lo, acc[4 * j + 0]);
+            acc[4 * j + 1] = fmaf(part[4 * j + 1], s_lo, acc[4 * j + 1]);
+            acc[4 * j + 2] = fmaf(part[4 * j + 2], s_hi, acc[4 * j + 2]);
+            acc[4 * j + 3] = fmaf(part[4 * j + 3], s_hi, acc[4 * j + 3]);
+          }
         }
       }
       const bool lo_in = r_lo < tl.row_end, hi_in = r_hi < tl.row_end;
@@ -278,11 +304,11 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
 #endif
 }
 
-template <int kConsumers, int kBN, int kStages, class OutT>
+template <int kConsumers, int kBN, int kStages, class OutT, bool kRowScales>
 void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int grid,
             cudaStream_t s) {
   using C = Cfg<kConsumers, kBN, kStages>;
-  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, OutT>;
+  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, OutT, kRowScales>;
   R1_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
   kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
@@ -291,13 +317,13 @@ void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int 
 
 // The compiled configurations (block_m, block_n, stages): 2 or 1 consumer warpgroups, 128 or
 // 64 columns; stages fill about 192 KB of shared memory.
-template <class OutT>
+template <class OutT, bool kRowScales>
 void launch_config(const Fp8WgmmaConfig& c, const CUtensorMap& ta, const CUtensorMap& tb,
                    const Args& args, int grid, cudaStream_t s) {
-  if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, OutT>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, OutT>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, OutT>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, OutT>(ta, tb, args, grid, s);
+  if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, OutT, kRowScales>(ta, tb, args, grid, s);
   else R1_CHECK(false, "gemm_fp8_wgmma: configuration {} is not compiled", c.name());
 }
 
@@ -409,8 +435,21 @@ void run(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q, const Ten
   if (grid == 0) return;
   const CUtensorMap ta = map_rows(a_q, rows_total, k, c.block_m);
   const CUtensorMap tb = map_rows(b_q, groups * n, k, c.block_n);
-  if (d.dtype() == DType::F32) launch_config<float>(c, ta, tb, args, grid, s);
-  else launch_config<uint16_t>(c, ta, tb, args, grid, s);
+  // 1D1D: the row scales (n, kbs) transposed, so a k-block's column scales are contiguous
+  // (a small copy; freed in stream order after the launch).
+  const bool rows = mode == kDense && fp8_b_row_scales(b_q, b_scales);
+  Tensor sbt;
+  if (rows) {
+    sbt = b_scales.transpose(0, 1).contiguous();
+    args.sbt = sbt.data<float>();
+  }
+  if (d.dtype() == DType::F32) {
+    if (rows) launch_config<float, true>(c, ta, tb, args, grid, s);
+    else launch_config<float, false>(c, ta, tb, args, grid, s);
+  } else {
+    if (rows) launch_config<uint16_t, true>(c, ta, tb, args, grid, s);
+    else launch_config<uint16_t, false>(c, ta, tb, args, grid, s);
+  }
 }
 
 }  // namespace
@@ -474,9 +513,6 @@ void gemm_fp8_blockscaled_wgmma(const Tensor& a_q, const Tensor& a_scales, const
                                 const Tensor& b_scales, Tensor& d, const Fp8WgmmaConfig* config) {
   check_gemm_fp8_blockscaled(a_q, a_scales, b_q, b_scales, d,
                              d.dtype() == DType::F32 || d.dtype() == DType::BF16);
-  R1_CHECK(!fp8_b_row_scales(b_q, b_scales), "gemm_fp8_blockscaled_wgmma: b_scales {} are per "
-           "row (1D1D); this kernel takes 128x128 block scales (the mma kernel takes both)",
-           shape_str(b_scales.shape()));
   const int64_t m = a_q.size(0), k = a_q.size(1), n = b_q.size(0);
   if (m == 0 || n == 0) return;
   run(a_q, a_scales, b_q, b_scales, d, kDense, nullptr, m, 0, 1, n, k, m,

@@ -38,8 +38,10 @@ Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k);
 std::string fp8_wgmma_table_path(int device);
 
 // Operands as gemm_fp8_blockscaled (engine/kernels.h), plus: K a multiple of 16, a_q and b_q
-// 16-byte aligned (the TMA's row pitch and base), b_scales per 128x128 block (not the 1D1D
-// row form: an error). config = nullptr: fp8_wgmma_choose.
+// 16-byte aligned (the TMA's row pitch and base). b_scales per 128x128 block, or per 1x128
+// row tile (1D1D, wgrad: each output column scaled by its own b scale per k-block, from a
+// transposed copy of the scales; its own instantiations, so the block-scaled code is as
+// before). config = nullptr: fp8_wgmma_choose.
 void gemm_fp8_blockscaled_wgmma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                                 const Tensor& b_scales, Tensor& d,
                                 const Fp8WgmmaConfig* config = nullptr);
