@@ -133,19 +133,23 @@ void BM_Fp8Mma(benchmark::State& st) {
   });
 }
 
-// The wgmma/TMA kernel with the configuration it picks by itself (tuned table or default).
-void BM_Fp8Wgmma(benchmark::State& st) {
-  const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
+// The wgmma/TMA kernel on p with the configuration it picks by itself (tuned table or
+// default), writing d of `out` dtype; the label starts with `what`.
+void run_wgmma(benchmark::State& st, const Fp8Problem& p, DType out, const std::string& what) {
   if (!cuda::fp8_wgmma_supported(0)) {
     st.SkipWithError("wgmma needs compute capability 9.0");
     return;
   }
-  Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
+  Tensor d = Tensor::empty({p.m, p.n}, out, kGpu);
   const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
-  st.SetLabel("wgmma " + c.name() + " " + shape_label(p));
+  st.SetLabel(what + " " + c.name() + " " + shape_label(p));
   run_timed(st, p, [&] {
     cuda::gemm_fp8_blockscaled_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, &c);
   });
+}
+
+void BM_Fp8Wgmma(benchmark::State& st) {
+  run_wgmma(st, make_problem(st.range(0), st.range(1), st.range(2)), DType::BF16, "wgmma");
 }
 
 void BM_Fp8CublasLtBlock(benchmark::State& st) {
@@ -222,17 +226,8 @@ void BM_Fp8WgradMma(benchmark::State& st) {
 }
 
 void BM_Fp8Wgrad1D1DWgmma(benchmark::State& st) {
-  const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
-  if (!cuda::fp8_wgmma_supported(0)) {
-    st.SkipWithError("wgmma needs compute capability 9.0");
-    return;
-  }
-  Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
-  const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
-  st.SetLabel("wgmma 1D1D " + c.name() + " " + shape_label(p));
-  run_timed(st, p, [&] {
-    cuda::gemm_fp8_blockscaled_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, &c);
-  });
+  run_wgmma(st, make_wgrad_problem(st.range(0), st.range(1), st.range(2)), DType::F32,
+            "wgmma 1D1D");
 }
 
 void BM_Fp8Wgrad1D1DCublasLt(benchmark::State& st) {
