@@ -5,9 +5,13 @@
 // count and prints the ratio.
 //
 //   ./build/bin/bench_model_step [--config configs/tiny.json] [--batch 8] [--seq 64]
+//                                [--precision default|fp8|bf16] [--experts grouped|per-expert]
 //                                [benchmark flags]
+// --precision overrides the config's (DeepSeek-V3 only); --experts per-expert runs fp8's
+// routed experts as one linear_fp8 each instead of grouped layers (the same bits).
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -25,6 +29,7 @@ namespace {
 
 std::string g_config = std::string(R1_SOURCE_DIR) + "/configs/tiny.json";
 int64_t g_batch = 8, g_seq = 64;
+std::string g_precision, g_experts = "grouped";
 
 // The model behind one interface: forward to logits (B, T, V) and its trainable tensors.
 struct AnyModel {
@@ -37,7 +42,12 @@ struct AnyModel {
 };
 
 void BM_ModelStep(benchmark::State& st) {
-  const ModelConfig cfg = load_model_config(g_config);
+  ModelConfig cfg = load_model_config(g_config);
+  if (!g_precision.empty()) {
+    cfg.fp8 = g_precision == "fp8";
+    cfg.bf16_linear = g_precision == "bf16";
+  }
+  cfg.fp8_grouped_experts = g_experts == "grouped";
   AnyModel m;
   if (cfg.is_deepseek()) {
     ParamMap p = DeepseekV3::init_params(cfg, 1);
@@ -63,8 +73,11 @@ void BM_ModelStep(benchmark::State& st) {
   st.counters["tokens/s"] = benchmark::Counter(static_cast<double>(g_batch * g_seq),
                                                benchmark::Counter::kIsIterationInvariantRate);
   st.counters["loss"] = loss;
+  const std::string prec = cfg.fp8 ? (cfg.fp8_grouped_experts ? " fp8 (grouped experts)"
+                                                                : " fp8 (per-expert)")
+                           : cfg.bf16_linear ? " bf16" : "";
   st.SetLabel(cfg.model_type + " " + std::to_string(cfg.num_parameters()) + " params, B=" +
-              std::to_string(g_batch) + " T=" + std::to_string(g_seq));
+              std::to_string(g_batch) + " T=" + std::to_string(g_seq) + prec);
 }
 
 }  // namespace
@@ -79,7 +92,17 @@ int main(int argc, char** argv) {
     if (const char* v = value("--config")) r1::g_config = v;
     else if (const char* v2 = value("--batch")) r1::g_batch = std::atoll(v2);
     else if (const char* v3 = value("--seq")) r1::g_seq = std::atoll(v3);
+    else if (const char* v4 = value("--precision")) r1::g_precision = v4;
+    else if (const char* v5 = value("--experts")) r1::g_experts = v5;
     else rest.push_back(argv[i]);
+  }
+  if ((!r1::g_precision.empty() && r1::g_precision != "default" && r1::g_precision != "fp8" &&
+       r1::g_precision != "bf16") ||
+      (r1::g_experts != "grouped" && r1::g_experts != "per-expert")) {
+    std::fprintf(stderr, "bench_model_step: --precision default|fp8|bf16, --experts "
+                 "grouped|per-expert (got '%s', '%s')\n", r1::g_precision.c_str(),
+                 r1::g_experts.c_str());
+    return 2;
   }
   int n = static_cast<int>(rest.size());
   benchmark::Initialize(&n, rest.data());

@@ -206,6 +206,11 @@ R1_KERNEL(gemm_fp8_grouped_contiguous,
 R1_KERNEL(gemm_fp8_grouped_masked,
           void(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                const Tensor& b_scales, const Tensor& counts, Tensor& d))
+// Whether one gemm_fp8_grouped_contiguous launch is the backend's faster way to run a grouped
+// product whose offsets the host knows, rather than a gemm_fp8_blockscaled per group on row
+// slices (the same function). CPU: yes (one pass, no per-call overhead). CUDA: once the
+// grouped kernel auto picks runs on tensor cores (validated on a GPU), else no.
+R1_KERNEL(gemm_fp8_grouped_preferred, bool())
 
 // Checks the operands of quantize_fp8_rows (block_rows = 1), quantize_fp8_blocks
 // (block_rows = 128) or quantize_fp8_rows_transposed (transposed: q and scales describe x^T)

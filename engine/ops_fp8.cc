@@ -122,6 +122,98 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) 
   return y;
 }
 
+namespace {
+
+// G weights (N, K) block-quantized into one stack: q (G, N, K) e4m3, scales (G, NB, KB),
+// each slice what quantize_blocks gives for its weight.
+Fp8Blocks quantize_stack(const std::vector<Tensor>& ws) {
+  const Device dev = ws[0].device();
+  const int64_t g = static_cast<int64_t>(ws.size()), n = ws[0].size(0), k = ws[0].size(1);
+  Fp8Blocks r{Tensor::empty({g, n, k}, DType::E4M3, dev),
+              Tensor::empty({g, fp8_blocks(n), fp8_blocks(k)}, DType::F32, dev)};
+  for (int64_t e = 0; e < g; ++e) {
+    Tensor q = r.q.select(0, e), s = r.scales.select(0, e);
+    kernels::quantize_fp8_blocks()(dev, ws[static_cast<size_t>(e)].detach().contiguous(), q, s);
+  }
+  return r;
+}
+
+// d (M, N) = the grouped product of a (M, K, 1x128 tiles) with the stack b (G, N, K): one
+// grouped launch (offsets_dev) where the backend prefers it, else a dense GEMM per non-empty
+// group on row slices (the same tile code per row on every backend's pair of kernels).
+Tensor grouped_fp8_gemm(const Fp8Rows& a, const Fp8Blocks& b, const std::vector<int64_t>& offsets,
+                        const Tensor& offsets_dev, DType out) {
+  const Device dev = a.q.device();
+  const int64_t m = a.q.size(0), n = b.q.size(1);
+  Tensor d = Tensor::empty({m, n}, out, dev);
+  if (kernels::gemm_fp8_grouped_preferred()(dev)) {
+    kernels::gemm_fp8_grouped_contiguous()(dev, a.q, a.scales, b.q, b.scales, offsets_dev, d);
+    return d;
+  }
+  for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    if (rows == 0) continue;
+    Tensor de = d.narrow(0, r0, rows);
+    kernels::gemm_fp8_blockscaled()(dev, a.q.narrow(0, r0, rows), a.scales.narrow(0, r0, rows),
+                                    b.q.select(0, static_cast<int64_t>(e)),
+                                    b.scales.select(0, static_cast<int64_t>(e)), de);
+  }
+  return d;
+}
+
+}  // namespace
+
+Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
+                          const std::vector<int64_t>& offsets, const Fp8Rows* x_quantized) {
+  R1_NVTX_RANGE("grouped_linear_fp8");
+  R1_CHECK(!ws.empty() && offsets.size() == ws.size() + 1,
+           "grouped_linear_fp8: {} weights need {} offsets, got {}", ws.size(), ws.size() + 1,
+           offsets.size());
+  R1_CHECK(x.defined() && x.dim() == 2, "grouped_linear_fp8: x {} must be (M, K)",
+           x.defined() ? x.str() : "undefined");
+  for (const Tensor& w : ws) {
+    check_linear_operands("grouped_linear_fp8", x, w);
+    R1_CHECK(w.shape() == ws[0].shape(), "grouped_linear_fp8: weights {} and {} differ",
+             shape_str(ws[0].shape()), shape_str(w.shape()));
+  }
+  const int64_t m = x.size(0), in = x.size(1);
+  R1_CHECK(offsets.front() == 0 && offsets.back() == m &&
+               std::is_sorted(offsets.begin(), offsets.end()),
+           "grouped_linear_fp8: offsets must rise from 0 to M = {}", m);
+  const Device dev = x.device();
+  const Tensor x2 = x.detach().contiguous();
+  const Fp8Blocks wq = quantize_stack(ws);
+  const Fp8Rows xq = x_quantized ? checked_input(*x_quantized, m, in, dev) : fp8_quantize_rows(x2);
+  const Tensor off = Tensor::from_vector(offsets, {static_cast<int64_t>(offsets.size())},
+                                         DType::I64, dev);
+  Tensor y = grouped_fp8_gemm(xq, wq, offsets, off, x.dtype());
+  std::vector<Tensor> inputs{x};
+  inputs.insert(inputs.end(), ws.begin(), ws.end());
+  const bool gx = x.requires_grad();
+  std::vector<bool> gw;
+  for (const Tensor& w : ws) gw.push_back(w.requires_grad());
+  const Fp8Blocks wq_saved = gx ? wq : Fp8Blocks{};
+  record("grouped_linear_fp8", inputs, {&y},
+         [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+           const Tensor dy = g[0].contiguous();
+           std::vector<Tensor> grads(gw.size() + 1);
+           if (gx) {  // dx = dy w_g per group: w_g^T's blocks are fprop's, transposed
+             const Fp8Blocks wt{wq_saved.q.transpose(1, 2).contiguous(),
+                                wq_saved.scales.transpose(1, 2).contiguous()};
+             grads[0] = grouped_fp8_gemm(fp8_quantize_rows(dy), wt, offsets, off, dy.dtype());
+           }
+           for (size_t e = 0; e < gw.size(); ++e) {  // dw_g = dy_g^T x_g (1D1D per group)
+             const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+             if (!gw[e] || rows == 0) continue;
+             const Fp8Rows xt = quantize_rows_of_transpose(x2.narrow(0, r0, rows));
+             grads[e + 1] = fp8_gemm(quantize_rows_of_transpose(dy.narrow(0, r0, rows)), xt.q,
+                                     xt.scales, dy.dtype());
+           }
+           return grads;
+         });
+  return y;
+}
+
 Tensor linear_bf16(const Tensor& x, const Tensor& w) {
   R1_NVTX_RANGE("linear_bf16");
   check_linear_operands("linear_bf16", x, w);

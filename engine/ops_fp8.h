@@ -25,6 +25,19 @@ namespace r1 {
 // quantize_fp8_rows gives for x viewed as (rows, K).
 Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized = nullptr);
 
+// MoE experts as one grouped layer: x (M, K) holds G groups of rows, group g at rows
+// [offsets[g], offsets[g+1]) (offsets: G + 1 values from 0 to M, on the host; empty groups
+// allowed), ws the G weights (N, K), one dtype and device with x -> (M, N), group g's rows
+// times ws[g]^T. Per row the bits of linear_fp8(x_g, ws[g]) and its gradients (fprop and
+// dgrad: the contiguous grouped GEMM, one launch for all groups where the backend prefers it
+// (gemm_fp8_grouped_preferred), else a dense GEMM per group on row slices; wgrad: the 1D1D
+// GEMM per group, its tokens tiled from the group's first row). Differentiable w.r.t. x and
+// each ws[g]; an empty group's weight gets no gradient (as an expert no token chose).
+// x_quantized as linear_fp8's (quantize_fp8_rows of x (M, K)).
+Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
+                          const std::vector<int64_t>& offsets,
+                          const Fp8Rows* x_quantized = nullptr);
+
 // x (..., K) f32 or bf16 -> its 1x128 quantization as linear_fp8 makes it (rows = numel / K),
 // for several linear_fp8 calls that share an input (q_a and kv_a, gate and up): one quantize.
 Fp8Rows fp8_quantize_rows(const Tensor& x);

@@ -64,8 +64,8 @@ Tensor moe_balance_loss(const Tensor& logits, const Tensor& indices, const Tenso
 //   y[t] = w[t, 0] * ys[..] + w[t, 1] * ys[..] + ...   (kernels_moe.h: products rounded, added
 //   in k order), a row from its own pairs only (batch invariant).
 // Differentiable with respect to ys and w. Whether the device has it:
-// moe_combine_available(device) (CPU only; the caller composes index_select, mul and sum
-// elsewhere).
+// moe_combine_available(device) (CPU and CUDA; elsewhere the caller composes index_select,
+// mul and sum).
 Tensor moe_combine(const std::vector<Tensor>& ys, const Tensor& w, const Tensor& part,
                    const Tensor& row);
 bool moe_combine_available(Device dev);

@@ -54,6 +54,11 @@ struct ModelConfig {
   // "precision": "bf16": the same layers through linear_bf16 (bf16 GEMMs with fp32
   // accumulation, the baseline FP8 training is compared with); exclusive with fp8.
   bool bf16_linear = false;
+  // fp8 training and prefill: the routed experts' projections as grouped layers
+  // (grouped_linear_fp8: tokens sorted by expert, one grouped GEMM per projection for all
+  // experts) rather than one linear_fp8 per expert; the same bits either way. Run-time only
+  // (not in config.json): the per-expert form stays for comparisons.
+  bool fp8_grouped_experts = true;
   std::string hidden_act = "silu";
   std::optional<int64_t> bos_token_id, eos_token_id;
   // ---- dense students (Qwen2, Llama) --------------------------------------------------------

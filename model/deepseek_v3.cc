@@ -370,10 +370,28 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     }
     const Tensor gathered = index_select(
         x, 0, Tensor::from_vector(order, {N * K}, DType::I64, x.device()));
-    const std::vector<Tensor> xs = split(gathered, sizes, 0);
     std::vector<Tensor> ys;
-    for (size_t j = 0; j < xs.size(); ++j)
-      ys.push_back(mlp(fmt::format("{}experts.{}.", pre, experts[j]), xs[j]));
+    if (cfg_.fp8 && cfg_.fp8_grouped_experts && !experts.empty()) {
+      // fp8: every used expert's projection as one grouped layer over the expert-major rows
+      // (one quantization of the gathered rows for gate and up, the fused swiglu's for down).
+      std::vector<int64_t> offsets{0};
+      for (int64_t s : sizes) offsets.push_back(offsets.back() + s);
+      auto weights = [&](const char* proj) {
+        std::vector<Tensor> ws;
+        for (int64_t e : experts) ws.push_back(p(fmt::format("{}experts.{}.{}.weight", pre, e, proj)));
+        return ws;
+      };
+      const Fp8Rows xq = fp8_quantize_rows(gathered);
+      const Tensor gate = grouped_linear_fp8(gathered, weights("gate_proj"), offsets, &xq);
+      const Tensor up = grouped_linear_fp8(gathered, weights("up_proj"), offsets, &xq);
+      Fp8Rows hq;
+      const Tensor h = swiglu(gate, up, &hq);
+      ys = split(grouped_linear_fp8(h, weights("down_proj"), offsets, &hq), sizes, 0);
+    } else {
+      const std::vector<Tensor> xs = split(gathered, sizes, 0);
+      for (size_t j = 0; j < xs.size(); ++j)
+        ys.push_back(mlp(fmt::format("{}experts.{}.", pre, experts[j]), xs[j]));
+    }
     y = moe_combine(ys, w, Tensor::from_vector(part, {N * K}),
                     Tensor::from_vector(row_of, {N * K}));
   } else {

@@ -306,6 +306,81 @@ TEST(LinearFp8Cuda, FusedSwigluQuantizationEqualsTheTwoSteps) {
   expect_fused_swiglu_matches(Device::cuda(0));
 }
 
+// grouped_linear_fp8 (the MoE experts as one layer): per group of rows, the bits of
+// linear_fp8 on that group's rows with that group's weight, for y, dx and every dw; groups
+// empty, of one row, and across 128-row tiles; a weight without requires_grad gets none.
+void expect_grouped_matches_per_group(Device dev, DType dt) {
+  const int64_t in = 200, out = 130;
+  const std::vector<int64_t> offsets{0, 70, 70, 71, 300, 333};  // sizes 70, 0, 1, 229, 33
+  const int64_t m = offsets.back(), groups = static_cast<int64_t>(offsets.size()) - 1;
+  auto on_dev = [&](const Tensor& t) { return t.to(dt).to(dev); };
+  const Tensor x0 = on_dev(Tensor::randn({m, in}, case_seed(50)));
+  const Tensor g = on_dev(Tensor::randn({m, out}, case_seed(51)));
+  std::vector<Tensor> w0;
+  for (int64_t e = 0; e < groups; ++e)
+    w0.push_back(on_dev(Tensor::randn({out, in}, case_seed(52 + e), DType::F32, Device::cpu(), 0.05)));
+  // Grouped: one op over all rows.
+  Tensor x = x0.clone().set_requires_grad();
+  std::vector<Tensor> ws;
+  for (int64_t e = 0; e < groups; ++e) {
+    ws.push_back(w0[e].clone());
+    if (e != 4) ws.back().set_requires_grad();  // group 4's weight is frozen
+  }
+  const Tensor y = grouped_linear_fp8(x, ws, offsets);
+  backward(sum(mul(y, g)));
+  // Per group: linear_fp8 on row slices.
+  const std::string name = fmt::format("{} {}", dtype_name(dt), dev.str());
+  for (int64_t e = 0; e < groups; ++e) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    const std::string ge = fmt::format("{} group {} ({} rows)", name, e, rows);
+    if (rows == 0) {
+      EXPECT_FALSE(ws[e].grad().defined()) << ge << ": an empty group's weight has no gradient";
+      continue;
+    }
+    Tensor xe = x0.narrow(0, r0, rows).clone().set_requires_grad();
+    Tensor we = w0[e].clone().set_requires_grad();
+    const Tensor ye = linear_fp8(xe, we);
+    backward(sum(mul(ye, g.narrow(0, r0, rows))));
+    EXPECT_EQ(y.detach().narrow(0, r0, rows).to_double_vector(), ye.detach().to_double_vector())
+        << ge << ": y";
+    EXPECT_EQ(x.grad().narrow(0, r0, rows).to_double_vector(), xe.grad().to_double_vector())
+        << ge << ": dx";
+    if (e == 4) {
+      EXPECT_FALSE(ws[e].grad().defined()) << ge << ": a frozen weight has no gradient";
+    } else {
+      ASSERT_TRUE(ws[e].grad().defined()) << ge;
+      EXPECT_EQ(ws[e].grad().to_double_vector(), we.grad().to_double_vector()) << ge << ": dw";
+    }
+  }
+}
+
+TEST(GroupedLinearFp8, EqualsLinearFp8PerGroup) {
+  expect_grouped_matches_per_group(Device::cpu(), DType::F32);
+}
+
+// On a GPU the grouped op runs one grouped launch or a dense GEMM per group
+// (gemm_fp8_grouped_preferred); either way the tile code per row is linear_fp8's.
+TEST(GroupedLinearFp8Cuda, EqualsLinearFp8PerGroup) {
+  R1_SKIP_WITHOUT_CUDA();
+  expect_grouped_matches_per_group(Device::cuda(0), DType::F32);
+  expect_grouped_matches_per_group(Device::cuda(0), DType::BF16);
+}
+
+TEST(GroupedLinearFp8, RejectsBadGroups) {
+  const Tensor x = Tensor::randn({10, 8}, case_seed(60));
+  const std::vector<Tensor> ws{Tensor::randn({5, 8}, case_seed(61)),
+                               Tensor::randn({5, 8}, case_seed(62))};
+  EXPECT_NO_THROW(grouped_linear_fp8(x, ws, {0, 4, 10}));
+  EXPECT_THROW(grouped_linear_fp8(x, ws, {0, 10}), Error);         // one offset short
+  EXPECT_THROW(grouped_linear_fp8(x, ws, {0, 4, 9}), Error);       // does not end at M
+  EXPECT_THROW(grouped_linear_fp8(x, ws, {0, 11, 10}), Error);     // falls
+  EXPECT_THROW(grouped_linear_fp8(x, ws, {1, 4, 10}), Error);      // does not start at 0
+  EXPECT_THROW(grouped_linear_fp8(x, {ws[0], Tensor::randn({6, 8}, case_seed(63))}, {0, 4, 10}),
+               Error);                                             // weights differ
+  EXPECT_THROW(grouped_linear_fp8(x, {}, {0}), Error);
+  EXPECT_THROW(grouped_linear_fp8(x.view({2, 5, 8}), ws, {0, 4, 10}), Error);  // not (M, K)
+}
+
 TEST(LinearFp8Cuda, MatchesTheCpu) {
   R1_SKIP_WITHOUT_CUDA();
   const Device gpu = Device::cuda(0);

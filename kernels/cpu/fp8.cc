@@ -213,6 +213,7 @@ void gemm_fp8_grouped_masked_cpu(const Tensor& a_q, const Tensor& a_scales, cons
 
 R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CPU, gemm_fp8_grouped_contiguous_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CPU, gemm_fp8_grouped_masked_cpu);
+R1_REGISTER_KERNEL(gemm_fp8_grouped_preferred, CPU, [] { return true; });
 R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CPU, quantize_fp8_rows_transposed_cpu);

@@ -13,7 +13,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/safetensors.h"
@@ -329,6 +332,41 @@ TEST(DeepseekV3, Fp8ProjectionsTrackFullPrecision) {
     ++with_grad;
   }
   EXPECT_GT(with_grad, 10);
+}
+
+// fp8 training runs the routed experts as grouped layers (grouped_linear_fp8, tested per
+// group in tests/test_linear_fp8.cc); the per-expert linear_fp8 form is the reference: the
+// same logits, balance loss and every parameter's gradient, bit for bit, with top-k routing
+// (experts with several tokens, and likely some with none).
+TEST(DeepseekV3, Fp8GroupedExpertsEqualPerExpert) {
+  ModelConfig c = base_config();
+  c.fp8 = true;
+  const uint64_t seed = test::case_seed(9);
+  const Tensor ids = Tensor::randint({kB, kT}, test::case_seed(10), 0, c.vocab_size);
+  std::vector<std::map<std::string, std::vector<double>>> grads;
+  std::vector<std::vector<double>> logits;
+  for (bool grouped : {true, false}) {
+    c.fp8_grouped_experts = grouped;
+    ParamMap p = noisy_params(c, seed);
+    for (auto& [name, t] : p) t.set_requires_grad(true);
+    DeepseekV3 m(c, p, kMaxPos);
+    const DeepseekV3::Output out = m.forward(ids, Tensor(), Tensor(), true, 1e-2);
+    logits.push_back(out.logits.detach().to_double_vector());
+    backward(add(sum(out.logits), out.balance_loss));
+    std::map<std::string, std::vector<double>> g;
+    for (const auto& [name, t] : m.params())
+      if (t.grad().defined()) g[name] = t.grad().to_double_vector();
+    grads.push_back(std::move(g));
+  }
+  EXPECT_EQ(logits[0], logits[1]) << "logits";
+  ASSERT_EQ(grads[0].size(), grads[1].size()) << "the same parameters get gradients";
+  int64_t experts = 0;
+  for (const auto& [name, g] : grads[1]) {
+    ASSERT_TRUE(grads[0].count(name)) << name;
+    EXPECT_EQ(grads[0].at(name), g) << name;
+    experts += name.find(".experts.") != std::string::npos;
+  }
+  EXPECT_GT(experts, 0) << "some routed expert got a gradient";
 }
 
 // Changes the tokens from kChanged on and returns the largest change of a logit before it,

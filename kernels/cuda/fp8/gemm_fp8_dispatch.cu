@@ -112,8 +112,19 @@ void gemm_masked(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
   gemm_fp8_grouped_masked_simple(a_q, a_scales, b_q, b_scales, counts, d);
 }
 
+// A grouped launch is preferred over dense launches per group when auto (or the request)
+// gives grouped products a tensor-core kernel; the simple kernel's CUDA cores lose to the
+// dense mma.sync kernel per group at any size worth a launch.
+bool grouped_preferred() {
+  const Fp8Kernel r = requested();
+  if (r == Fp8Kernel::kSimple) return true;  // asked for: the simple kernel either way
+  return r == Fp8Kernel::kMma || r == Fp8Kernel::kWgmma || kMmaGroupedValidated ||
+         kWgmmaValidated;
+}
+
 }  // namespace
 
+R1_REGISTER_KERNEL(gemm_fp8_grouped_preferred, CUDA, grouped_preferred);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CUDA, gemm_dense);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CUDA, gemm_contiguous);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CUDA, gemm_masked);
