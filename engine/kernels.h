@@ -164,6 +164,13 @@ R1_KERNEL(quantize_fp8_rows_transposed, void(const Tensor& x, Tensor& q, Tensor&
 // same backend (q is quantized from out as stored, i.e. after its rounding to out's dtype).
 R1_KERNEL(swiglu_quantize_fp8, void(const Tensor& gate, const Tensor& up, Tensor& out,
                                     Tensor& q, Tensor& scales))
+// The same in the grouped GEMMs' masked layout (the MoE decode step): gate, up, out, q
+// (G, Mmax, F), scales (G, Mmax, FB), counts (G) i32/i64 on the device with 0 <= counts[g]
+// <= Mmax: rows i < counts[g] of group g get swiglu_quantize_fp8's bits; every other row of
+// out, q and scales is left as it is (and gate/up's are never read: they may hold anything).
+R1_KERNEL(swiglu_quantize_fp8_masked, void(const Tensor& gate, const Tensor& up,
+                                           const Tensor& counts, Tensor& out, Tensor& q,
+                                           Tensor& scales))
 // The same for RMSNorm (the attention projections' and dense MLPs' input): x (N, D), w (D)
 // f32/bf16 -> y, rstd = rmsnorm_forward(x, w, eps) and q (N, D) e4m3, scales (N, DB) f32 =
 // quantize_fp8_rows(y) as stored; the same bits as the two kernels on the same backend.
@@ -233,6 +240,35 @@ inline void check_quantize_fp8(const char* what, const Tensor& x, const Tensor& 
            "{}: operands on different devices", what);
   R1_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous(),
            "{}: needs contiguous operands", what);
+}
+
+// Checks the operands of swiglu_quantize_fp8_masked against its contract (not counts'
+// values); every backend calls it first.
+inline void check_swiglu_quantize_fp8_masked(const Tensor& gate, const Tensor& up,
+                                             const Tensor& counts, const Tensor& out,
+                                             const Tensor& q, const Tensor& scales) {
+  const bool shapes = gate.dim() == 3 && up.shape() == gate.shape() &&
+                      out.shape() == gate.shape() && q.shape() == gate.shape() &&
+                      scales.shape() == Shape({gate.size(0), gate.size(1),
+                                               fp8_blocks(gate.size(2))}) &&
+                      counts.shape() == Shape({gate.size(0)});
+  R1_CHECK(shapes, "swiglu_quantize_fp8_masked: gate {} up {} counts {} out {} q {} scales {} "
+           "do not fit (G, Mmax, F)", shape_str(gate.shape()), shape_str(up.shape()),
+           shape_str(counts.shape()), shape_str(out.shape()), shape_str(q.shape()),
+           shape_str(scales.shape()));
+  R1_CHECK((gate.dtype() == DType::F32 || gate.dtype() == DType::BF16) &&
+               up.dtype() == gate.dtype() && out.dtype() == gate.dtype() &&
+               q.dtype() == DType::E4M3 && scales.dtype() == DType::F32 &&
+               (counts.dtype() == DType::I32 || counts.dtype() == DType::I64),
+           "swiglu_quantize_fp8_masked: dtypes gate {} up {} out {} (f32 or bf16, one) q {} "
+           "scales {} counts {}", dtype_name(gate.dtype()), dtype_name(up.dtype()),
+           dtype_name(out.dtype()), dtype_name(q.dtype()), dtype_name(scales.dtype()),
+           dtype_name(counts.dtype()));
+  for (const Tensor* t : {&up, &counts, &out, &q, &scales})
+    R1_CHECK(t->device() == gate.device(), "swiglu_quantize_fp8_masked: operands on different "
+             "devices");
+  for (const Tensor* t : {&gate, &up, &counts, &out, &q, &scales})
+    R1_CHECK(t->is_contiguous(), "swiglu_quantize_fp8_masked: needs contiguous operands");
 }
 
 // Checks the operands of gemm_fp8_blockscaled against its contract (shapes, dtypes, one

@@ -26,13 +26,22 @@ Fp8Blocks quantize_blocks(const Tensor& b) {
 }
 
 // t (K, M) f32/bf16 -> the 1x128 row quantization of t^T (M, K), read in place
-// (quantize_fp8_rows_transposed: the same bits as transposing first).
+// (quantize_fp8_rows_transposed: the same bits as transposing first). wgrad's operands: K is
+// the tokens, any count (an expert's share of a batch), while the tensor-core GEMMs take K in
+// multiples of 16 (16-byte rows); so q's rows are padded with zero codes to the next multiple
+// of 16 when K is not one. The product is unchanged (zero terms; the scales' tiles are the
+// same: 128 is a multiple of 16) and runs on tensor cores instead of the simple kernel.
 Fp8Rows quantize_rows_of_transpose(const Tensor& t) {
   const Device dev = t.device();
-  const int64_t m = t.size(1), k = t.size(0);
+  const int64_t m = t.size(1), k = t.size(0), k16 = (k + 15) / 16 * 16;
   Fp8Rows r{Tensor::empty({m, k}, DType::E4M3, dev),
             Tensor::empty({m, fp8_blocks(k)}, DType::F32, dev)};
   kernels::quantize_fp8_rows_transposed()(dev, t, r.q, r.scales);
+  if (k16 != k && m > 0) {
+    Tensor padded = Tensor::zeros({m, k16}, DType::E4M3, dev);
+    padded.narrow(1, 0, k).copy_(r.q);
+    r.q = padded;
+  }
   return r;
 }
 

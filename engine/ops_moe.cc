@@ -235,13 +235,14 @@ MoeMaskedSlots moe_masked_slots(const Tensor& indices, int64_t num_experts, int6
   return r;
 }
 
-Tensor moe_scatter_rows(const Tensor& src, const Tensor& dest, int64_t rows) {
+Tensor moe_scatter_rows(const Tensor& src, const Tensor& dest, int64_t rows, bool zero_rest) {
   R1_NVTX_RANGE("moe_scatter_rows");
   R1_CHECK(src.defined() && src.dim() == 2 && rows >= 0,
            "moe_scatter_rows: src {} must be (N, C), rows {} >= 0",
            src.defined() ? src.str() : "undefined", rows);
   R1_CHECK(!needs_grad({src}), "moe_scatter_rows: forward only");
-  Tensor out = Tensor::zeros({rows, src.size(1)}, src.dtype(), src.device());
+  Tensor out = zero_rest ? Tensor::zeros({rows, src.size(1)}, src.dtype(), src.device())
+                         : Tensor::empty({rows, src.size(1)}, src.dtype(), src.device());
   kernels::moe_scatter_rows()(src.device(), plain(src), plain(dest), out);
   return out;
 }
@@ -251,8 +252,8 @@ Tensor moe_combine_rows(const Tensor& y_rows, const Tensor& w, const Tensor& des
   R1_CHECK(y_rows.defined() && y_rows.dim() == 2 && w.defined() && w.dim() == 2 &&
                w.dtype() == y_rows.dtype() && w.device() == y_rows.device() &&
                dtype_is_floating(w.dtype()) && dest.defined() && dest.dtype() == DType::I64 &&
-               dest.numel() == w.numel() && dest.device() == w.device(),
-           "moe_combine_rows: y_rows {} (R, D), w {} (N, K) of its dtype and dest {} (N K) i64 "
+               dest.numel() == w.numel() && dest.device() == w.device() && w.size(1) > 0,
+           "moe_combine_rows: y_rows {} (R, D), w {} (N, K > 0) of its dtype and dest {} (N K) i64 "
            "on one device",
            y_rows.defined() ? y_rows.str() : "undefined", w.defined() ? w.str() : "undefined",
            dest.defined() ? dest.str() : "undefined");

@@ -88,8 +88,10 @@ struct MoeMaskedSlots {
 };
 MoeMaskedSlots moe_masked_slots(const Tensor& indices, int64_t num_experts, int64_t cap);
 // src (N, C) any dtype -> (rows, C) of src's dtype: row dest[p] := src[p / K] (K = P / N),
-// every other row zero. Forward only.
-Tensor moe_scatter_rows(const Tensor& src, const Tensor& dest, int64_t rows);
+// every other row zero, or, with zero_rest = false, uninitialized (for consumers that read
+// only the filled slots: the masked GEMMs; saves a memset of rows x C). Forward only.
+Tensor moe_scatter_rows(const Tensor& src, const Tensor& dest, int64_t rows,
+                        bool zero_rest = true);
 // The combine from the masked layout: y_rows (R, D) float (each expert's outputs in its
 // slots), w (N, K) float like y_rows, dest (N K) i64 -> y (N, D), y[t] = sum over k of
 // w[t, k] * y_rows[dest[t K + k]], moe_combine's arithmetic (products rounded, added in k

@@ -280,21 +280,25 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
       const Device dev = x.device();
       const int64_t I = cfg_.moe_intermediate_size, R = E * N;
       const MoeMaskedSlots sl = moe_masked_slots(r.indices, E, N);
-      const Tensor aq = moe_scatter_rows(xq->q, sl.dest, R).view({E, N, D});
-      const Tensor as = moe_scatter_rows(xq->scales, sl.dest, R).view({E, N, fp8_blocks(D)});
-      // Zeros, not garbage, in the slots nobody fills (swiglu reads every row).
-      Tensor gate = Tensor::zeros({E, N, I}, x.dtype(), dev);
-      Tensor up = Tensor::zeros({E, N, I}, x.dtype(), dev);
+      const Tensor aq = moe_scatter_rows(xq->q, sl.dest, R, false).view({E, N, D});
+      const Tensor as =
+          moe_scatter_rows(xq->scales, sl.dest, R, false).view({E, N, fp8_blocks(D)});
+      // Only the counted slots are computed, read or written from here to the combine (the
+      // rest of every buffer is never initialized): the swiglu and the GEMMs cost the routed
+      // rows, not E x N.
+      Tensor gate = Tensor::empty({E, N, I}, x.dtype(), dev);
+      Tensor up = Tensor::empty({E, N, I}, x.dtype(), dev);
       kernels::gemm_fp8_grouped_masked()(dev, aq, as, stacked->gate_q, stacked->gate_s,
                                          sl.counts, gate);
       kernels::gemm_fp8_grouped_masked()(dev, aq, as, stacked->up_q, stacked->up_s, sl.counts,
                                          up);
-      Fp8Rows hq;
-      swiglu(gate.view({R, I}), up.view({R, I}), &hq);
+      Tensor h = Tensor::empty({E, N, I}, x.dtype(), dev);
+      Tensor hq = Tensor::empty({E, N, I}, DType::E4M3, dev);
+      Tensor hs = Tensor::empty({E, N, fp8_blocks(I)}, DType::F32, dev);
+      kernels::swiglu_quantize_fp8_masked()(dev, gate, up, sl.counts, h, hq, hs);
       Tensor down = Tensor::empty({E, N, D}, x.dtype(), dev);
-      kernels::gemm_fp8_grouped_masked()(dev, hq.q.view({E, N, I}),
-                                         hq.scales.view({E, N, fp8_blocks(I)}), stacked->down_q,
-                                         stacked->down_s, sl.counts, down);
+      kernels::gemm_fp8_grouped_masked()(dev, hq, hs, stacked->down_q, stacked->down_s,
+                                         sl.counts, down);
       y = moe_combine_rows(down.view({R, D}), w, sl.dest);
     } else {
       std::vector<Tensor> ys;

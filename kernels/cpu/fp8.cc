@@ -209,6 +209,25 @@ void gemm_fp8_grouped_masked_cpu(const Tensor& a_q, const Tensor& a_scales, cons
   }
 }
 
+// The masked form: swiglu_quantize_fp8_cpu on each group's counted rows (row slices: a row's
+// bits do not depend on its neighbours).
+void swiglu_quantize_fp8_masked_cpu(const Tensor& gate, const Tensor& up, const Tensor& counts,
+                                    Tensor& out, Tensor& q, Tensor& scales) {
+  check_swiglu_quantize_fp8_masked(gate, up, counts, out, q, scales);
+  const int64_t g = gate.size(0), mmax = gate.size(1);
+  const std::vector<int64_t> cnt = index_values(counts);
+  for (int64_t e = 0; e < g; ++e) {
+    const int64_t c = cnt[static_cast<size_t>(e)];
+    R1_CHECK(c >= 0 && c <= mmax, "swiglu_quantize_fp8_masked: counts[{}] = {} outside 0..{}", e,
+             c, mmax);
+    if (c == 0) continue;
+    Tensor o = out.select(0, e).narrow(0, 0, c), qe = q.select(0, e).narrow(0, 0, c);
+    Tensor se = scales.select(0, e).narrow(0, 0, c);
+    swiglu_quantize_fp8_cpu(gate.select(0, e).narrow(0, 0, c), up.select(0, e).narrow(0, 0, c),
+                            o, qe, se);
+  }
+}
+
 }  // namespace
 
 R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CPU, gemm_fp8_grouped_contiguous_cpu);
@@ -218,6 +237,7 @@ R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CPU, quantize_fp8_rows_transposed_cpu);
 R1_REGISTER_KERNEL(swiglu_quantize_fp8, CPU, swiglu_quantize_fp8_cpu);
+R1_REGISTER_KERNEL(swiglu_quantize_fp8_masked, CPU, swiglu_quantize_fp8_masked_cpu);
 R1_REGISTER_KERNEL(rmsnorm_quantize_fp8, CPU, rmsnorm_quantize_fp8_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CPU, gemm_fp8_blockscaled_cpu);
 

@@ -488,16 +488,24 @@ __global__ void swiglu_forward_kernel(const T* gate, const T* up, T* out, int64_
 // as the two kernels back to back, with gate and up read once and out never re-read.
 // kVector (F a multiple of 4, every pointer 16-byte aligned): 4 consecutive elements per lane,
 // vector loads and stores; else lane l takes elements l, l + 32, l + 64, l + 96 of the tile.
-template <class T, bool kVector>
+// kMasked (swiglu_quantize_fp8_masked): the m rows are G groups of mmax, and a tile of row
+// r = g * mmax + i is skipped (nothing read or written) unless i < counts[g] (counts32 or
+// counts64, whichever is not null, on the device).
+template <class T, bool kVector, bool kMasked>
 __global__ void __launch_bounds__(kThreads)
     swiglu_quantize_fp8_kernel(const T* gate, const T* up, T* out, uint8_t* q, float* scales,
-                               int64_t m, int64_t f, int64_t fb) {
+                               int64_t m, int64_t f, int64_t fb, const int32_t* counts32,
+                               const int64_t* counts64, int64_t mmax) {
   constexpr int kP = fp8::kPerLane;
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t warps = int64_t{gridDim.x} * (kThreads / 32);
   for (int64_t t = int64_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32; t < m * fb;
        t += warps) {
     const int64_t r = t / fb, b = t - r * fb;
+    if constexpr (kMasked) {  // uniform over the warp: one tile per warp
+      const int64_t g = r / mmax;
+      if (r - g * mmax >= (counts64 ? counts64[g] : int64_t{counts32[g]})) continue;
+    }
     const int64_t base = r * f + b * kFp8Block;
     const int64_t len = f - b * kFp8Block < kFp8Block ? f - b * kFp8Block : kFp8Block;
     const bool vec = kVector && len == kFp8Block;  // uniform over the warp
@@ -569,14 +577,10 @@ void swiglu_forward_cuda(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
-// gate, up (M, F) -> out = swiglu, q, scales = quantize_fp8_rows(out), one pass.
-void swiglu_quantize_fp8_cuda(const Tensor& gate, const Tensor& up, Tensor& out, Tensor& q,
-                              Tensor& scales) {
-  check_same("swiglu_quantize_fp8", gate, up);
-  check_same("swiglu_quantize_fp8", gate, out);
-  R1_CHECK(gate.dtype() == DType::F32 || gate.dtype() == DType::BF16,
-           "swiglu_quantize_fp8: f32 or bf16, got {}", dtype_name(gate.dtype()));
-  check_quantize_fp8("swiglu_quantize_fp8", out, q, scales, 1);
+// gate, up (M, F) -> out = swiglu, q, scales = quantize_fp8_rows(out), one pass; with counts
+// (the masked form: gate, up, out, q, scales viewed as (G * Mmax, ...)) only the counted rows.
+void launch_swiglu_quantize_fp8(const Tensor& gate, const Tensor& up, Tensor& out, Tensor& q,
+                                Tensor& scales, const Tensor* counts, int64_t mmax) {
   const int64_t m = gate.size(0), f = gate.size(1), fb = fp8_blocks(f);
   if (m * fb == 0) return;
   const int dev = gate.device().index;
@@ -588,16 +592,46 @@ void swiglu_quantize_fp8_cuda(const Tensor& gate, const Tensor& up, Tensor& out,
     using T = decltype(tag);
     const bool vector = f % 4 == 0 && aligned(gate.data_ptr(), 16) && aligned(up.data_ptr(), 16) &&
                         aligned(out.data_ptr(), 16) && aligned(q.data_ptr(), 4);
+    const bool c64 = counts && counts->dtype() == DType::I64;
+    const int32_t* c32p = counts && !c64 ? counts->data<int32_t>() : nullptr;
+    const int64_t* c64p = c64 ? counts->data<int64_t>() : nullptr;
     auto launch = [&](auto kernel) {
       kernel<<<grid, kThreads, 0, s>>>(static_cast<const T*>(gate.data_ptr()),
                                        static_cast<const T*>(up.data_ptr()),
                                        static_cast<T*>(out.data_ptr()), q.data<uint8_t>(),
-                                       scales.data<float>(), m, f, fb);
+                                       scales.data<float>(), m, f, fb, c32p, c64p, mmax);
       R1_CUDA_CHECK_LAUNCH();
     };
-    if (vector) launch(swiglu_quantize_fp8_kernel<T, true>);
-    else launch(swiglu_quantize_fp8_kernel<T, false>);
+    if (counts) {
+      if (vector) launch(swiglu_quantize_fp8_kernel<T, true, true>);
+      else launch(swiglu_quantize_fp8_kernel<T, false, true>);
+    } else {
+      if (vector) launch(swiglu_quantize_fp8_kernel<T, true, false>);
+      else launch(swiglu_quantize_fp8_kernel<T, false, false>);
+    }
   });
+}
+
+void swiglu_quantize_fp8_cuda(const Tensor& gate, const Tensor& up, Tensor& out, Tensor& q,
+                              Tensor& scales) {
+  check_same("swiglu_quantize_fp8", gate, up);
+  check_same("swiglu_quantize_fp8", gate, out);
+  R1_CHECK(gate.dtype() == DType::F32 || gate.dtype() == DType::BF16,
+           "swiglu_quantize_fp8: f32 or bf16, got {}", dtype_name(gate.dtype()));
+  check_quantize_fp8("swiglu_quantize_fp8", out, q, scales, 1);
+  launch_swiglu_quantize_fp8(gate, up, out, q, scales, nullptr, 1);
+}
+
+// The masked layout's swiglu (decode): gate, up, out (G, Mmax, F), q (G, Mmax, F), scales
+// (G, Mmax, FB), counts (G) on the device; rows i >= counts[g] untouched.
+void swiglu_quantize_fp8_masked_cuda(const Tensor& gate, const Tensor& up, const Tensor& counts,
+                                     Tensor& out, Tensor& q, Tensor& scales) {
+  check_swiglu_quantize_fp8_masked(gate, up, counts, out, q, scales);
+  const int64_t g = gate.size(0), mmax = gate.size(1), f = gate.size(2);
+  Tensor o2 = out.view({g * mmax, f}), q2 = q.view({g * mmax, f});
+  Tensor s2 = scales.view({g * mmax, fp8_blocks(f)});
+  launch_swiglu_quantize_fp8(gate.view({g * mmax, f}), up.view({g * mmax, f}), o2, q2, s2, &counts,
+                             mmax);
 }
 
 // gate, up, dout (N, F) -> dgate, dup (N, F).
@@ -978,6 +1012,7 @@ R1_REGISTER_KERNEL(rmsnorm_forward, CUDA, rmsnorm_forward_cuda);
 R1_REGISTER_KERNEL(rmsnorm_backward, CUDA, rmsnorm_backward_cuda);
 R1_REGISTER_KERNEL(swiglu_forward, CUDA, swiglu_forward_cuda);
 R1_REGISTER_KERNEL(swiglu_quantize_fp8, CUDA, swiglu_quantize_fp8_cuda);
+R1_REGISTER_KERNEL(swiglu_quantize_fp8_masked, CUDA, swiglu_quantize_fp8_masked_cuda);
 R1_REGISTER_KERNEL(rmsnorm_quantize_fp8, CUDA, rmsnorm_quantize_fp8_cuda);
 R1_REGISTER_KERNEL(swiglu_backward, CUDA, swiglu_backward_cuda);
 R1_REGISTER_KERNEL(rope, CUDA, rope_cuda);
