@@ -2,6 +2,7 @@
 #include "engine/ops_fp8.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/kernels.h"
@@ -96,6 +97,55 @@ Fp8Rows fp8_quantize_rows(const Tensor& x) {
             Tensor::empty({rows, fp8_blocks(k)}, DType::F32, dev)};
   kernels::quantize_fp8_rows()(dev, x.detach().contiguous().view({rows, k}), r.q, r.scales);
   return r;
+}
+
+namespace {
+
+// (n) i64 on dev: i / 128 for i in 0..n-1 (which tile of 128 an index falls in).
+Tensor tile_of(int64_t n, Device dev) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = i / kFp8Block;
+  return Tensor::from_vector(v, {n}, DType::I64, dev);
+}
+
+}  // namespace
+
+// Views and broadcasts only (no index tensor to upload): safe inside a CUDA graph capture.
+Tensor fp8_dequantize_rows(const Fp8Rows& q, DType dt) {
+  R1_CHECK(q.q.dim() == 2 && q.q.dtype() == DType::E4M3 && q.scales.dtype() == DType::F32 &&
+               q.scales.shape() == Shape({q.q.size(0), fp8_blocks(q.q.size(1))}),
+           "fp8_dequantize_rows: q {} and scales {} are not a 1x128 quantization",
+           q.q.str(), q.scales.str());
+  const int64_t m = q.q.size(0), k = q.q.size(1), full = k / kFp8Block, tail = k - full * kFp8Block;
+  if (m == 0 || k == 0) return Tensor::zeros({m, k}, dt, q.q.device());
+  const Tensor v = q.q.to(DType::F32);
+  std::vector<Tensor> parts;
+  if (full > 0)
+    parts.push_back(mul(v.narrow(1, 0, full * kFp8Block).reshape({m, full, kFp8Block}),
+                        q.scales.narrow(1, 0, full).reshape({m, full, 1}))
+                        .reshape({m, full * kFp8Block}));
+  if (tail > 0)
+    parts.push_back(mul(v.narrow(1, full * kFp8Block, tail), q.scales.narrow(1, full, 1)));
+  const Tensor out = parts.size() == 1 ? parts[0] : concat(parts, 1);
+  return out.to(dt);
+}
+
+Tensor fp8_dequantize_blocks(const Tensor& q, const Tensor& scales, DType dt) {
+  R1_CHECK(q.dim() == 2 && q.dtype() == DType::E4M3 && scales.dtype() == DType::F32 &&
+               scales.shape() == Shape({fp8_blocks(q.size(0)), fp8_blocks(q.size(1))}),
+           "fp8_dequantize_blocks: q {} and scales {} are not a 128x128 quantization", q.str(),
+           scales.str());
+  const Device dev = q.device();
+  const Tensor s = index_select(index_select(scales, 0, tile_of(q.size(0), dev)), 1,
+                                tile_of(q.size(1), dev));
+  return mul(q.to(DType::F32), s).to(dt);
+}
+
+Tensor fp8_weight_as_used(const Tensor& w) {
+  R1_CHECK(w.defined() && w.dim() == 2 && (w.dtype() == DType::F32 || w.dtype() == DType::BF16),
+           "fp8_weight_as_used: w {} must be (N, K) f32 or bf16", w.defined() ? w.str() : "undefined");
+  const Fp8Blocks b = quantize_blocks(w.detach().contiguous());
+  return fp8_dequantize_blocks(b.q, b.scales, w.dtype());
 }
 
 Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) {

@@ -42,6 +42,17 @@ Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
 // for several linear_fp8 calls that share an input (q_a and kv_a, gate and up): one quantize.
 Fp8Rows fp8_quantize_rows(const Tensor& x);
 
+// The values an FP8 GEMM multiplies, as a tensor of dtype dt: each code times its tile's
+// scale (rows: q (M, K) with scales (M, KB), quantize_fp8_rows; blocks: q (N, K) with scales
+// (NB, KB), quantize_fp8_blocks). For a form of a layer that does not run the GEMM itself
+// (the absorbed MLA decode multiplies kv_b's weight in another order): the same operands, so
+// the same function up to the rounding of the arithmetic. Forward only.
+Tensor fp8_dequantize_rows(const Fp8Rows& q, DType dt);
+Tensor fp8_dequantize_blocks(const Tensor& q, const Tensor& scales, DType dt);
+// w (N, K) f32/bf16 -> fp8_dequantize_blocks of its quantize_fp8_blocks, in w's dtype: the
+// weight linear_fp8 multiplies.
+Tensor fp8_weight_as_used(const Tensor& w);
+
 // The bf16 baseline the FP8 recipe is measured against (DeepSeek-V3 compares FP8 training
 // with BF16 training), for the same layers: every GEMM of the layer (fprop, dgrad, wgrad)
 // takes bf16 operands, accumulates in fp32 and writes a bf16 result, as a bf16 GEMM under

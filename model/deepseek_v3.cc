@@ -203,15 +203,22 @@ struct DeepseekV3::StackedExperts {
 namespace {
 
 struct V3DecodePrep : DecodePrep {
-  std::map<int64_t, DeepseekV3::StackedExperts> layers;  // by layer index
+  std::map<int64_t, DeepseekV3::StackedExperts> layers;  // MoE layers, by layer index
+  // fp8: every layer's kv_b_proj.weight as linear_fp8 multiplies it (fp8_weight_as_used),
+  // for the absorbed attention.
+  std::vector<Tensor> kv_b;
 };
 
 }  // namespace
 
 std::shared_ptr<const DecodePrep> DeepseekV3::prepare_decode() const {
-  if (!cfg_.fp8 || cfg_.n_routed_experts == 0) return nullptr;
+  if (!cfg_.fp8) return nullptr;
   R1_NVTX_RANGE("DeepseekV3::prepare_decode");
   auto prep = std::make_shared<V3DecodePrep>();
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i)
+    prep->kv_b.push_back(
+        fp8_weight_as_used(p(fmt::format("model.layers.{}.self_attn.kv_b_proj.weight", i))));
+  if (cfg_.n_routed_experts == 0) return prep;
   const int64_t E = cfg_.n_routed_experts;
   // Each expert's weight quantized as linear_fp8 quantizes it, into its slice of the stack.
   auto stack = [&](const std::string& pre, const char* proj, Tensor* q, Tensor* s) {
@@ -602,11 +609,26 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
     const Tensor q_pe = rope(q[1], rpos, rope_).view({N, H, rd});
     // This token's latent entry [kv_a_layernorm(c), rope(k_pe)] into the cache.
     std::vector<Tensor> ckv = split(proj(x, at + "kv_a_proj_with_mqa.weight", xqp), {L, rd}, -1);
-    const Tensor latent = rmsnorm(ckv[0], p(at + "kv_a_layernorm.weight"), eps);
+    // fp8: the latent and kv_b's weight as the training forward's FP8 GEMM multiplies them
+    // (the norm kernel's 1x128 codes and the 128x128 blocks, dequantized), so that the
+    // absorbed form computes the trainer's kv_b projection up to rounding (on-policy rollouts).
+    Tensor latent, w;
+    if (cfg_.fp8) {
+      std::optional<Fp8Rows> lq;
+      norm(ckv[0], at + "kv_a_layernorm.weight", &lq);
+      latent = fp8_dequantize_rows(*lq, ckv[0].dtype());
+      const auto* v3 = dynamic_cast<const V3DecodePrep*>(opt.prep);
+      R1_CHECK(!opt.prep || v3, "DeepseekV3::forward_cached: the decode preparation is another "
+               "model's");
+      w = v3 ? v3->kv_b[static_cast<size_t>(i)] : fp8_weight_as_used(p(at + "kv_b_proj.weight"));
+      w = w.view({H, nope + vd, L});
+    } else {
+      latent = rmsnorm(ckv[0], p(at + "kv_a_layernorm.weight"), eps);
+      w = p(at + "kv_b_proj.weight").view({H, nope + vd, L});
+    }
     const Tensor k_pe = rope(ckv[1].reshape({1, N, 1, rd}), rpos, rope_).view({N, rd});
     paged_cache_write(concat({latent, k_pe}, -1), table, seq64, pos64, cache.pool(i));
     // Absorb W_UK into the query: (H, N, nope) @ (H, nope, L) -> (N, H, L).
-    const Tensor w = p(at + "kv_b_proj.weight").view({H, nope + vd, L});
     const Tensor qn = q[0].reshape({N, H, nope}).permute({1, 0, 2}).contiguous();
     const Tensor q_lat = matmul(qn, w.narrow(1, 0, nope).contiguous()).permute({1, 0, 2});
     const Tensor o_lat = paged_attention(concat({q_lat, q_pe}, -1).contiguous(),

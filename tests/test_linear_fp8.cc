@@ -442,6 +442,44 @@ TEST(GroupedLinearFp8, RejectsBadGroups) {
   EXPECT_THROW(grouped_linear_fp8(x.view({2, 5, 8}), ws, {0, 4, 10}), Error);  // not (M, K)
 }
 
+// fp8_dequantize_rows / fp8_dequantize_blocks: each code times its own tile's scale (rounded
+// once to f32), checked element by element against the codes and scales read back in f64;
+// and the result is within E4M3's rounding (2^-4 relative, of the tile's amax for the
+// smallest values) of what was quantized. K with a partial last tile.
+void expect_dequantize_matches(Device dev) {
+  const int64_t m = 130, k = 300;
+  const Tensor x = Tensor::randn({m, k}, case_seed(80), DType::F32, Device::cpu(), 3.0).to(dev);
+  const Fp8Rows r = fp8_quantize_rows(x);
+  Tensor bq = Tensor::empty({m, k}, DType::E4M3, dev);
+  Tensor bs = Tensor::empty({fp8_blocks(m), fp8_blocks(k)}, DType::F32, dev);
+  kernels::quantize_fp8_blocks()(dev, x, bq, bs);
+  const auto xv = x.to_double_vector();
+  const auto rq = r.q.to(DType::F64).to_double_vector(), rs = r.scales.to_double_vector();
+  const auto qb = bq.to(DType::F64).to_double_vector(), sb = bs.to_double_vector();
+  const auto dr = fp8_dequantize_rows(r, DType::F32).to_double_vector();
+  const auto db = fp8_dequantize_blocks(bq, bs, DType::F32).to_double_vector();
+  const auto dw = fp8_weight_as_used(x).to_double_vector();
+  const int64_t kb = fp8_blocks(k);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const size_t e = static_cast<size_t>(i * k + j);
+      const double want_r = static_cast<float>(rq[e] * rs[i * kb + j / 128]);
+      const double want_b = static_cast<float>(qb[e] * sb[(i / 128) * kb + j / 128]);
+      ASSERT_EQ(dr[e], want_r) << dev.str() << " rows (" << i << ", " << j << ")";
+      ASSERT_EQ(db[e], want_b) << dev.str() << " blocks (" << i << ", " << j << ")";
+      ASSERT_EQ(dw[e], want_b) << dev.str() << " fp8_weight_as_used (" << i << ", " << j << ")";
+      ASSERT_LE(std::fabs(dr[e] - xv[e]), std::fabs(xv[e]) / 16 + rs[i * kb + j / 128] * 448 / 512)
+          << dev.str() << " rows (" << i << ", " << j << ") is not x's rounding";
+    }
+}
+
+TEST(LinearFp8, DequantizeIsCodeTimesScale) { expect_dequantize_matches(Device::cpu()); }
+
+TEST(LinearFp8Cuda, DequantizeIsCodeTimesScale) {
+  R1_SKIP_WITHOUT_CUDA();
+  expect_dequantize_matches(Device::cuda(0));
+}
+
 TEST(LinearFp8Cuda, MatchesTheCpu) {
   R1_SKIP_WITHOUT_CUDA();
   const Device gpu = Device::cuda(0);
