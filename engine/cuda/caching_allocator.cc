@@ -109,7 +109,9 @@ void* CachingAllocator::allocate(size_t nbytes, int device, cudaStream_t stream)
     void* p = nullptr;
     ++dp.stats.num_cuda_malloc;
     cudaError_t e = cudaMalloc(&p, size);
-    if (e == cudaErrorMemoryAllocation) {
+    // The retry empties the cache with cudaFree, which synchronizes the device: not while a
+    // graph is being captured (the capture would be invalidated); then out of memory it is.
+    if (e == cudaErrorMemoryAllocation && dp.capture_pool == 0) {
       (void)cudaGetLastError();  // not sticky, but would be reported by the next check
       ++dp.stats.num_oom_retries;
       free_cached(dp, device);
@@ -119,10 +121,11 @@ void* CachingAllocator::allocate(size_t nbytes, int device, cudaStream_t stream)
     if (e == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
       throw Error(fmt::format(
-          "CUDA out of memory on cuda:{}: asked {} (rounded {}); allocated {}, peak {}, "
-          "cache emptied and retried",
+          "CUDA out of memory on cuda:{}: asked {} (rounded {}); allocated {}, peak {}, {}",
           device, nbytes, mib(size), mib(dp.stats.allocated_bytes),
-          mib(dp.stats.peak_allocated_bytes)));
+          mib(dp.stats.peak_allocated_bytes),
+          dp.capture_pool == 0 ? "cache emptied and retried"
+                               : "during a graph capture (the cache is not emptied then)"));
     }
     R1_CUDA_CHECK(e);
     b.ptr = p;

@@ -82,7 +82,13 @@ void* cuda_graph_capture(Device d, const std::function<void()>& fn, void* share)
   };
   // Relaxed: the allocator may cudaMalloc while the pool fills; host syncs on the capturing
   // stream still fail, and host copies are refused by cuda_copy above.
-  R1_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  // A failed begin must not leave the pool open (every later free would go into it).
+  const cudaError_t be = cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed);
+  if (be != cudaSuccess) {
+    abandon();
+    throw Error(fmt::format("CUDA graph capture on cuda:{} could not begin: {}", d.index,
+                            cudaGetErrorString(be)));
+  }
   try {
     StreamGuard sg(d.index, s);
     fn();

@@ -24,6 +24,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
+#include "engine/step_graph.h"
 #include "kernels/cuda/common/launch.cuh"
 
 namespace r1::cuda {
@@ -71,9 +72,10 @@ class BadIndexFlag {
 
   // Reads the flag back (synchronizes the current stream) and throws naming the op, the
   // first bad index and its position.
-  // Not while a graph is being captured (nothing can be read back then; capturing()).
+  // Not while a graph is being captured (nothing can be read back then; capturing()), nor in
+  // a NoHostReads step (the graph-safe decode step, also when it runs eagerly).
   void check(const Tensor& index, int64_t bound, const char* op) const {
-    if (capturing(s_)) return;
+    if (capturing(s_) || host_reads_forbidden()) return;
     const int64_t pos = flag_.to_int_vector()[0];
     if (pos < 0) return;  // all ones
     const int64_t id = index.view({-1}).narrow(0, pos, 1).to_int_vector()[0];

@@ -4,11 +4,14 @@
 // dot product over d in ascending order), the block reduces the max and the sum in a fixed
 // tree order, then thread d owns output column d and sums P_j value_j over j ascending. Every
 // output depends on its own row and cache only: deterministic and batch invariant. Scores
-// live in shared memory (4 bytes per position: up to 12288 positions at 48 KB). Eagerly, the
+// live in shared memory (4 bytes per position, after the block's 128 reduction slots: up to
+// 12160 positions in the 48 KB a launch gets without opting in). Eagerly, the
 // host reads seq, pos and the block table back to check every index and size the shared
 // memory (a sync per call); under a CUDA graph capture (capturing(), engine/step_graph.h) it
-// cannot: no check, and the shared memory sized for the table's capacity (its width times the
-// block size), which a replay's positions cannot exceed.
+// cannot, nor in a step that must not read device data (NoHostReads: the graph-safe decode
+// step, also when it runs eagerly before its capture): no check, and the shared memory sized
+// for the table's capacity (its width times the block size), which a replay's positions
+// cannot exceed; the same launch eagerly and captured.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -16,13 +19,15 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels_paged.h"
+#include "engine/step_graph.h"
 #include "kernels/cuda/common/launch.cuh"
 
 namespace r1::cuda {
 namespace {
 
 constexpr int kThreadsPerRow = 128;
-constexpr int64_t kMaxPositions = 12288;
+// (128 + 12160) floats = 48 KiB: the dynamic shared memory a launch may ask for by default.
+constexpr int64_t kMaxPositions = 48 * 1024 / sizeof(float) - kThreadsPerRow;
 
 template <class T>
 __global__ void cache_write_kernel(const T* entries, const int32_t* table, const int64_t* seq,
@@ -86,6 +91,10 @@ __global__ void attend_kernel(const T* q, const T* pool, const int32_t* table,
   }
 }
 
+// Whether this call may not read device data back: a graph capture on the current stream,
+// or a NoHostReads step (run eagerly once before it is captured: the same launches).
+bool no_host_reads(int dev) { return capturing(current_stream(dev)) || host_reads_forbidden(); }
+
 // Host copies of the index operands, every index checked; returns the longest row.
 int64_t check_indices(const Tensor& block_table, const Tensor& seq, const Tensor& pos,
                       int64_t num_blocks, int64_t block_size, const char* what,
@@ -116,7 +125,7 @@ void paged_cache_write_cuda(const Tensor& entries, const Tensor& block_table, co
               Tensor());
   const int dev = pool.device().index;
   DeviceGuard guard(dev);
-  if (!capturing(current_stream(dev))) {
+  if (!no_host_reads(dev)) {
     std::vector<int64_t> slots;
     check_indices(block_table, seq, pos, pool.size(0), pool.size(1), "paged_cache_write",
                   &slots);
@@ -146,7 +155,7 @@ void paged_attention_cuda(const Tensor& q, const Tensor& pool, const Tensor& blo
   const int dev = pool.device().index;
   DeviceGuard guard(dev);
   const int64_t longest =
-      capturing(current_stream(dev))
+      no_host_reads(dev)
           ? block_table.size(1) * pool.size(1)
           : check_indices(block_table, seq, pos, pool.size(0), pool.size(1), "paged_attention",
                           nullptr);

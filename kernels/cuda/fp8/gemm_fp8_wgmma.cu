@@ -92,7 +92,8 @@ struct Cfg {
   // stages, their full and empty barriers, and slack to align the stages to 1024 bytes
   static constexpr int kSmem = kStages * kStageBytes + 2 * kStages * 8 + 1024;
   static_assert(kStageBytes % 1024 == 0, "every stage's tiles stay 1024-byte aligned");
-  static_assert(kSmem <= 227 * 1024, "fits Hopper's shared memory per block");
+  static_assert(kSmem + sizeof(Groups) <= 227 * 1024,
+                "with the static group table, fits Hopper's shared memory per block");
   static_assert(kFp8Block % kBN == 0, "a tile's columns share one block of b's scales");
 };
 
