@@ -131,8 +131,10 @@ R1_KERNEL(adamw_step, void(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, dou
 //  - Scale of a tile or block: s = amax / 448 (kE4M3Max) in f32 arithmetic (one IEEE
 //    division, so every backend gets the same bits), amax = the largest |x| of the tile
 //    (fmax semantics) over its in-range elements only (edge tiles are partial, nothing is
-//    padded). amax = 0 (an all-zero tile) gives s = 1: any scale represents zeros exactly,
-//    and 1 keeps x / s from being 0 / 0 = NaN and keeps 1 / s finite for readers of it.
+//    padded). s = 0 (an all-zero tile, or an f32 amax below 224 * 2^-149, whose division
+//    underflows) gives s = 1 instead: any scale represents zeros (and such subnormals, as
+//    zero codes) exactly, and 1 keeps x / s from being 0 / 0 = NaN (whose sign differs
+//    between backends) and 1 / s finite for readers of it.
 //  - q = f32_to_e4m3(x / s) (one f32 division, then RNE with saturation; engine/convert.h).
 //    x / s may exceed 448 by an f32 rounding; it saturates to 448. bf16 x is widened first
 //    (exact). The result is bit-identical on every backend for finite x; non-finite x

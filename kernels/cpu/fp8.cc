@@ -21,7 +21,12 @@ inline float load_f32(const void* p, bool bf16, int64_t i) {
 }
 
 // The contract's scale of a tile whose largest |x| is amax, in f32 as every backend does it.
-inline float scale_from_amax(float amax) { return amax == 0.0f ? 1.0f : amax / kE4M3Max; }
+// amax / 448, or 1 when that is 0 (an all-zero tile, or an f32 amax so small that the
+// division underflows: x / 0 would make NaN codes of the tile's zeros); engine/kernels.h.
+inline float scale_from_amax(float amax) {
+  const float s = amax / kE4M3Max;
+  return s == 0.0f ? 1.0f : s;
+}
 
 // 1x128 tiles along `lines` lines of `len` elements each: element e of line l is x[l * lstep
 // + e * estep]; its code goes to q[l * len + e] and tile b's scale to scales[l * nb + b]. Rows

@@ -54,7 +54,8 @@ inline int warp_per_tile_grid(int64_t tiles, int threads, int device) {
 
 // The contract's scale: amax / 448 in f32, 1 for an all-zero tile (as kernels/cpu/fp8.cc).
 __device__ inline float scale_from_amax(float amax) {
-  return amax == 0.0f ? 1.0f : amax / kE4M3Max;
+  const float s = amax / kE4M3Max;  // 0 also when an f32 amax < 224 * 2^-149 underflows
+  return s == 0.0f ? 1.0f : s;
 }
 
 __device__ inline float warp_max(float v) {
