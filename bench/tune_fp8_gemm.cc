@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <utility>
@@ -81,6 +82,7 @@ struct Result {
   GemmShape s;
   std::vector<std::pair<cuda::Fp8WgmmaConfig, double>> tflops;  // passing configs
   std::vector<std::string> failed;
+  bool device_lost = false;  // a sticky CUDA error: nothing after this can run
 };
 
 double median_ms(const std::function<void()>& fn) {
@@ -127,16 +129,36 @@ Result tune(const GemmShape& s) {
   cuda::gemm_fp8_blockscaled_simple(aq, as, bq, bs, want);
   Tensor d32 = Tensor::empty({s.m, s.n}, DType::F32, kGpu);
   Tensor d16 = Tensor::empty({s.m, s.n}, DType::BF16, kGpu);
+  // The reference rounded to bf16, for the timed (bf16 out) instantiation's check.
+  const Tensor want16 = want.to(DType::BF16).to(DType::F32);
   for (const cuda::Fp8WgmmaConfig& c : cuda::fp8_wgmma_configs()) {
-    cudaMemsetAsync(d32.data_ptr(), 0xff, d32.nbytes(), cuda::current_stream(0));  // NaN
-    cuda::gemm_fp8_blockscaled_wgmma(aq, as, bq, bs, d32, &c);
-    const double err = rel_error(d32, want);
-    if (!(err < 1e-3)) {
-      r.failed.push_back(fmt::format("{} (relative error {:.3g})", c.name(), err));
-      continue;
+    // A configuration that throws (a launch it cannot make) is a failed one, not the end of
+    // the sweep; a sticky error (a fault) ends it, and the shapes done so far are written.
+    try {
+      const cudaStream_t st = cuda::current_stream(0);
+      cudaMemsetAsync(d32.data_ptr(), 0xff, d32.nbytes(), st);  // NaN
+      cudaMemsetAsync(d16.data_ptr(), 0xff, d16.nbytes(), st);
+      cuda::gemm_fp8_blockscaled_wgmma(aq, as, bq, bs, d32, &c);
+      cuda::gemm_fp8_blockscaled_wgmma(aq, as, bq, bs, d16, &c);
+      const double err = rel_error(d32, want);
+      const double err16 = rel_error(d16.to(DType::F32), want16);
+      if (!(err < 1e-3) || !(err16 < 1e-2)) {
+        r.failed.push_back(fmt::format("{} (relative error {:.3g} f32 out, {:.3g} bf16 out)",
+                                       c.name(), err, err16));
+        continue;
+      }
+      const double ms =
+          median_ms([&] { cuda::gemm_fp8_blockscaled_wgmma(aq, as, bq, bs, d16, &c); });
+      r.tflops.emplace_back(c, 2.0 * s.m * s.n * s.k / (ms * 1e-3) / 1e12);
+    } catch (const std::exception& e) {
+      r.failed.push_back(fmt::format("{} (threw: {})", c.name(), e.what()));
+      const cudaError_t ce = cudaDeviceSynchronize();
+      if (ce != cudaSuccess && cudaGetLastError() != cudaSuccess &&
+          cudaDeviceSynchronize() != cudaSuccess) {
+        r.device_lost = true;
+        return r;
+      }
     }
-    const double ms = median_ms([&] { cuda::gemm_fp8_blockscaled_wgmma(aq, as, bq, bs, d16, &c); });
-    r.tflops.emplace_back(c, 2.0 * s.m * s.n * s.k / (ms * 1e-3) / 1e12);
   }
   return r;
 }
@@ -150,17 +172,35 @@ int run(const std::string& out_flag, const std::vector<int64_t>& ms,
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const std::string out = out_flag.empty() ? cuda::fp8_wgmma_table_path(0) : out_flag;
+  // Each shape once (a repeated --m or --nk would write duplicate lines, which the table's
+  // reader rejects), and the output's folder made (and writable) before the sweep, not after.
   std::vector<GemmShape> shapes;
   for (auto [n, k] : nks)
-    for (int64_t m : ms) shapes.push_back({m, n, k});
+    for (int64_t m : ms)
+      if (std::none_of(shapes.begin(), shapes.end(), [&](const GemmShape& x) {
+            return x.m == m && x.n == n && x.k == k;
+          }))
+        shapes.push_back({m, n, k});
+  {
+    const std::filesystem::path dir = std::filesystem::path(out).parent_path();
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+    const std::string probe = out + ".probe";
+    write_file_atomic(probe, "");
+    std::filesystem::remove(probe, ec);
+  }
   std::string table = fmt::format(
       "# Tuned tile shapes of the wgmma FP8 GEMM on {} ({} SMs), written by r1-fp8-tune.\n"
       "# m n k config tflops   # every passing configuration's TFLOP/s (bf16 out)\n",
       prop.name, prop.multiProcessorCount);
   int failures = 0;
+  bool lost = false;
+  size_t done = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < shapes.size(); ++i) {
+  for (size_t i = 0; i < shapes.size() && !lost; ++i) {
     const Result r = tune(shapes[i]);
+    lost = r.device_lost;
+    done = i + 1;
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double eta = el / static_cast<double>(i + 1) * static_cast<double>(shapes.size() - i - 1);
     std::string all;
@@ -183,9 +223,10 @@ int run(const std::string& out_flag, const std::vector<int64_t>& ms,
     std::fflush(stdout);
   }
   write_file_atomic(out, table);
-  std::printf("r1-fp8-tune: wrote %s (%zu shapes)%s\n", out.c_str(), shapes.size(),
-              failures ? "; some configurations FAILED their checks" : "");
-  return failures ? 1 : 0;
+  std::printf("r1-fp8-tune: wrote %s (%zu of %zu shapes)%s%s\n", out.c_str(), done,
+              shapes.size(), failures ? "; some configurations FAILED their checks" : "",
+              lost ? "; stopped by a sticky CUDA error (the device is unusable)" : "");
+  return failures || lost ? 1 : 0;
 }
 
 }  // namespace

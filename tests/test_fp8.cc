@@ -682,6 +682,50 @@ TEST(Fp8Cuda, CublasLtBlockScaledMatchesReference) {
   }
 }
 
+// cuBLASLt's 1D1D form (VEC128 scales on both operands: the wgrad baseline of
+// bench_fp8_gemm) against the same f64 reference, bf16 and f32 out, M a multiple of 4 and
+// not (whether VEC128 scale columns need M padded is not in cuBLASLt's header: this says).
+// When cuBLASLt has no algorithm for the pairing the test skips, saying so (the baseline
+// row does the same); it never passes without having computed.
+TEST(Fp8Cuda, CublasLt1D1DMatchesReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  const int64_t shapes[][3] = {{64, 128, 256}, {128, 256, 384}, {130, 256, 512}};
+  int seed = 750;
+  for (const auto& s : shapes) {
+    const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2), /*b_block_rows=*/1);
+    const TripleLoop t = triple_loop(c);
+    const std::vector<double> ref = run_gemm(c, kCpu, DType::F64);
+    const Tensor aq = c.a.q.to(kGpu), bq = c.b.q.to(kGpu);
+    const Tensor sa = c.a.scales.to(kGpu), sb = c.b.scales.to(kGpu);
+    Tensor a_lt = Tensor::empty({cuda::cublaslt_vec128_scales_size(c.m, c.k)}, DType::F32, kGpu);
+    Tensor b_lt = Tensor::empty({cuda::cublaslt_vec128_scales_size(c.n, c.k)}, DType::F32, kGpu);
+    cuda::cublaslt_vec128_scales_from_r1(sa.data<float>(), a_lt.data<float>(), c.m, c.k,
+                                         cuda::current_stream(0));
+    cuda::cublaslt_vec128_scales_from_r1(sb.data<float>(), b_lt.data<float>(), c.n, c.k,
+                                         cuda::current_stream(0));
+    for (DType dt : {DType::BF16, DType::F32}) {
+      Tensor d = test::poisoned({c.m, c.n}, dt, kGpu);
+      const std::string name =
+          fmt::format("cuBLASLt 1D1D ({}, {}, {}) {}", c.m, c.n, c.k, dtype_name(dt));
+      try {
+        cuda::cublaslt_gemm_fp8_1d1d(aq.data_ptr(), a_lt.data<float>(), bq.data_ptr(),
+                                     b_lt.data<float>(), d.data_ptr(), dt, c.m, c.n, c.k,
+                                     cuda::current_stream(0));
+      } catch (const Error& e) {
+        GTEST_SKIP() << name << ": cuBLASLt has no algorithm: " << e.what();
+      }
+      const std::vector<double> got = d.to_double_vector();
+      if (dt == DType::F32) {
+        expect_within(name, got, ref, t.abs, 0.0, 0x1p-7);
+        EXPECT_LT(rel_error(got, ref, ref), 1e-3) << name;
+      } else {
+        expect_within(name, got, ref, t.abs, 0x1p-8, 0x1p-7);
+        expect_bf16_output_within(name, got, ref, 1e-3);
+      }
+    }
+  }
+}
+
 // Per-tensor FP8: one scale per operand (amax / 448 of the whole tensor, quantized here on
 // the host), reference sa * sb * sum q_a q_b in f64.
 TEST(Fp8Cuda, CublasLtTensorwiseMatchesReference) {
