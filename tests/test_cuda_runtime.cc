@@ -437,6 +437,64 @@ TEST(CudaKernels, CopyStridedContiguousConversionsMatchCpu) {
     }
 }
 
+// Values where a conversion through a double (what the CUDA copy did before it shared the
+// CPU's convert_one) differs from the CPU's single rounding and wrapping: integers and f64s
+// one rounding apart from two, i64 beyond 2^53, narrowing that wraps, f32 to u8 beyond 255,
+// NaN payloads and wide integers in same-dtype copies. Through every CUDA copy path: the
+// vector conversion (aligned, contiguous), the element-wise kernel (offset by one) and the
+// tiled transpose (a 40 x 40 transpose of the values repeated).
+TEST(CudaKernels, CopyStridedEdgeValuesMatchCpu) {
+  R1_SKIP_WITHOUT_CUDA();
+  auto raw = [](DType t, const std::vector<uint64_t>& bits) {  // little-endian element bits
+    Tensor x = Tensor::empty({static_cast<int64_t>(bits.size())}, t);
+    auto* p = static_cast<unsigned char*>(x.data_ptr());
+    for (size_t i = 0; i < bits.size(); ++i) std::memcpy(p + i * dtype_size(t), &bits[i], dtype_size(t));
+    return x;
+  };
+  auto f64_bits = [](double d) { uint64_t u; std::memcpy(&u, &d, 8); return u; };
+  auto f32_bits = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return uint64_t{u}; };
+  struct Case {
+    DType src, dst;
+    std::vector<uint64_t> bits;
+  };
+  const std::vector<Case> cases = {
+      {DType::I32, DType::BF16, {16842753, 16842752, 3, 0xFFFFFFFFu}},
+      {DType::F64, DType::BF16, {f64_bits(1 + 0x1p-8 + 0x1p-30), f64_bits(-1.5), f64_bits(1e300)}},
+      {DType::F64, DType::E4M3, {f64_bits(1.0625 + 0x1p-40), f64_bits(1.0625), f64_bits(500.0)}},
+      {DType::I64, DType::I32, {(uint64_t{1} << 32) + 5, uint64_t(-7), uint64_t{1} << 40}},
+      {DType::F32, DType::U8, {f32_bits(300.0f), f32_bits(-3.5f), f32_bits(255.9f)}},
+      {DType::I32, DType::U8, {0xFFFFFFFFu, 256, 511}},
+      {DType::I64, DType::F32, {(uint64_t{1} << 53) + 1, (uint64_t{1} << 60) + 3, 12345}},
+      {DType::I64, DType::I64, {(uint64_t{1} << 53) + 1, uint64_t(-3), (uint64_t{1} << 62) + 7}},
+      {DType::BF16, DType::BF16, {0x7f81, 0xffc1, 0x0001}},
+      {DType::F32, DType::F32, {0x7f800001u, 0xffc00123u, 1}},
+  };
+  for (const Case& c : cases) {
+    // 1603 elements (the values repeated): 200 chunks of 8 and a tail of 3.
+    std::vector<uint64_t> rep;
+    while (rep.size() < 1603) rep.push_back(c.bits[rep.size() % c.bits.size()]);
+    const Tensor base = raw(c.src, rep);
+    const std::string name = fmt::format("{} -> {}", dtype_name(c.src), dtype_name(c.dst));
+    for (int64_t off : {0, 1}) {
+      const Tensor src = base.narrow(0, off, 1600);
+      Tensor want = Tensor::empty({1600}, c.dst);
+      kernels::copy_strided()(Device::cpu(), src, want);
+      Tensor got = Tensor::empty({1600}, c.dst, kGpu);
+      poison(got);
+      kernels::copy_strided()(kGpu, base.to(kGpu).narrow(0, off, 1600), got);
+      EXPECT_EQ(host_bytes(got), host_bytes(want)) << name << " contiguous, offset " << off;
+    }
+    const Tensor sq = base.narrow(0, 0, 1600).view({40, 40}).transpose(0, 1);
+    Tensor want = Tensor::empty({40, 40}, c.dst);
+    kernels::copy_strided()(Device::cpu(), sq, want);
+    Tensor got = Tensor::empty({40, 40}, c.dst, kGpu);
+    poison(got);
+    kernels::copy_strided()(kGpu, base.to(kGpu).narrow(0, 0, 1600).view({40, 40}).transpose(0, 1),
+                            got);
+    EXPECT_EQ(host_bytes(got), host_bytes(want)) << name << " transposed";
+  }
+}
+
 // Transposes of the two innermost dims (with and without outer batch dims, partial 32x32
 // tiles, an offset source, more tiles than the grid) take copy_strided's tiled kernel: the
 // CPU's bytes for same-dtype and converting copies, nothing written outside the output.

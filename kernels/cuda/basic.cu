@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "engine/convert.h"
+#include "engine/convert_codecs.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
@@ -82,38 +83,17 @@ void fill_cuda(Tensor& out, double value) {
 
 // ---- copy_strided ----------------------------------------------------------------------
 
-// Element load/store through double, exactly as engine/convert.cc's convert_buffer does, so
-// a CUDA copy equals the CPU copy bit for bit for every dtype pair.
+// Elements convert with engine/convert_codecs.h's convert_one, the function the CPU's
+// convert_buffer applies: a CUDA copy equals the CPU copy bit for bit for every dtype pair
+// and every value (same-dtype copies move the bits; until 2026-12-01 everything went through
+// a double here, which rounded twice and lost i64 bits above 2^53, saturated instead of
+// wrapping integer narrowing, and quieted NaN payloads).
 template <DType T>
-__device__ inline double load_as_double(const void* p, int64_t i) {
-  if constexpr (T == DType::F32) return static_cast<const float*>(p)[i];
-  else if constexpr (T == DType::F64) return static_cast<const double*>(p)[i];
-  else if constexpr (T == DType::BF16) return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-  else if constexpr (T == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-  else if constexpr (T == DType::E4M3) return e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
-  else if constexpr (T == DType::E5M2) return e5m2_to_f32(static_cast<const uint8_t*>(p)[i]);
-  else if constexpr (T == DType::I32) return static_cast<const int32_t*>(p)[i];
-  else if constexpr (T == DType::I64) return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-  else if constexpr (T == DType::U8) return static_cast<const uint8_t*>(p)[i];
-  else return static_cast<const uint8_t*>(p)[i] != 0 ? 1.0 : 0.0;  // Bool
-}
+using Stor = typename convert_codecs::Codec<T>::Storage;
 
-template <DType T>
-__device__ inline void store_from_double(void* p, int64_t i, double v) {
-  if constexpr (T == DType::F32) static_cast<float*>(p)[i] = static_cast<float>(v);
-  else if constexpr (T == DType::F64) static_cast<double*>(p)[i] = v;
-  else if constexpr (T == DType::BF16)
-    static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v));
-  else if constexpr (T == DType::F16)
-    static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v));
-  else if constexpr (T == DType::E4M3)
-    static_cast<uint8_t*>(p)[i] = f32_to_e4m3(static_cast<float>(v));
-  else if constexpr (T == DType::E5M2)
-    static_cast<uint8_t*>(p)[i] = f32_to_e5m2(static_cast<float>(v));
-  else if constexpr (T == DType::I32) static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
-  else if constexpr (T == DType::I64) static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
-  else if constexpr (T == DType::U8) static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
-  else static_cast<uint8_t*>(p)[i] = v != 0.0 ? 1 : 0;  // Bool
+template <DType S, DType D>
+__device__ inline Stor<D> convert_elem(Stor<S> x) {
+  return convert_codecs::convert_one<convert_codecs::Codec<S>, convert_codecs::Codec<D>>(x);
 }
 
 // Sizes and element strides of both sides after merging dims that are contiguous in both.
@@ -162,7 +142,7 @@ __global__ void copy_strided_kernel(const void* src, void* dst, int64_t n, Strid
   const int64_t step = int64_t{gridDim.x} * blockDim.x * kCopyIlp;
   for (int64_t base = int64_t{blockIdx.x} * blockDim.x * kCopyIlp + threadIdx.x; base < n;
        base += step) {
-    double v[kCopyIlp];
+    Stor<S> v[kCopyIlp];
     int64_t doff[kCopyIlp];
 #pragma unroll
     for (int u = 0; u < kCopyIlp; ++u) {
@@ -178,11 +158,12 @@ __global__ void copy_strided_kernel(const void* src, void* dst, int64_t n, Strid
       }
       so += rem * l.src_stride[0];
       doff[u] = dof + rem * l.dst_stride[0];
-      v[u] = load_as_double<S>(src, so);
+      v[u] = static_cast<const Stor<S>*>(src)[so];
     }
 #pragma unroll
     for (int u = 0; u < kCopyIlp; ++u)
-      if (base + int64_t{u} * blockDim.x < n) store_from_double<D>(dst, doff[u], v[u]);
+      if (base + int64_t{u} * blockDim.x < n)
+        static_cast<Stor<D>*>(dst)[doff[u]] = convert_elem<S, D>(v[u]);
   }
 }
 
@@ -204,26 +185,34 @@ constexpr int elem_bytes(DType t) {
   }
 }
 
-// kBytes of elements, aligned for one (or, above 16 bytes, several 16-byte) vector accesses.
-template <int kBytes>
-struct alignas(kBytes < 16 ? kBytes : 16) Chunk {
-  unsigned char b[kBytes];
-};
+// kBytes (8, 16, 32 or 64) of elements as whole words: one 8-byte or one to four 16-byte
+// vector accesses (a struct of bytes compiled to byte loads for the 64-byte chunks).
+template <int kBytes> struct Chunk;
+template <> struct Chunk<8> { uint2 w[1]; };
+template <> struct Chunk<16> { uint4 w[1]; };
+template <> struct Chunk<32> { uint4 w[2]; };
+template <> struct Chunk<64> { uint4 w[4]; };
 
 template <DType S, DType D>
 __global__ void convert_contiguous_kernel(const void* src, void* dst, int64_t n) {
   using SC = Chunk<kConvElems * elem_bytes(S)>;
   using DC = Chunk<kConvElems * elem_bytes(D)>;
+  static_assert(sizeof(SC) == kConvElems * sizeof(Stor<S>) &&
+                sizeof(DC) == kConvElems * sizeof(Stor<D>), "a chunk is kConvElems elements");
   const int64_t chunks = n / kConvElems;
   for (int64_t i = global_thread(); i < chunks; i += grid_threads()) {
     const SC in = static_cast<const SC*>(src)[i];
-    DC out;
+    Stor<S> x[kConvElems];
+    Stor<D> y[kConvElems];
+    memcpy(x, &in, sizeof(in));
 #pragma unroll
-    for (int k = 0; k < kConvElems; ++k) store_from_double<D>(out.b, k, load_as_double<S>(in.b, k));
+    for (int k = 0; k < kConvElems; ++k) y[k] = convert_elem<S, D>(x[k]);
+    DC out;
+    memcpy(&out, y, sizeof(out));
     static_cast<DC*>(dst)[i] = out;
   }
   for (int64_t i = chunks * kConvElems + global_thread(); i < n; i += grid_threads())
-    store_from_double<D>(dst, i, load_as_double<S>(src, i));  // the tail
+    static_cast<Stor<D>*>(dst)[i] = convert_elem<S, D>(static_cast<const Stor<S>*>(src)[i]);
 }
 
 // The transposes (a layout whose two innermost dims are contiguous in opposite tensors:
@@ -232,19 +221,22 @@ __global__ void convert_contiguous_kernel(const void* src, void* dst, int64_t n)
 // elements; the element-wise kernel above reads one side at a stride of the row (0.10 of the
 // copy bandwidth for a bf16 8192^2 transpose on an H200). One kTile x kTile tile per block
 // per step (grid-stride over batch x tiles), kTile x kTileRows threads, each moving
-// kTile / kTileRows elements each way; the values wait in shared memory as doubles (the
-// element-wise kernel's conversions, so the same bits).
+// kTile / kTileRows elements each way; the values wait in shared memory as the source's
+// storage and are converted on the way out (the element-wise kernel's conversions).
 constexpr int kTile = 32, kTileRows = 8;
 
+// Skinny ones (a side under 16: few lanes of a 32-wide tile busy between two barriers) stay
+// element-wise.
 bool is_transpose(const StridedLayout& l) {
-  return l.ndim >= 2 && l.src_stride[l.ndim - 2] == 1 && l.dst_stride[l.ndim - 1] == 1;
+  return l.ndim >= 2 && l.src_stride[l.ndim - 2] == 1 && l.dst_stride[l.ndim - 1] == 1 &&
+         l.size[l.ndim - 2] >= 16 && l.size[l.ndim - 1] >= 16;
 }
 
 template <DType S, DType D>
 __global__ void __launch_bounds__(kTile * kTileRows)
     transpose_tiles_kernel(const void* src, void* dst, StridedLayout l, int64_t tiles_i,
                            int64_t tiles_j, int64_t total) {
-  __shared__ double tile[kTile][kTile + 1];  // [j][i]; the pad staggers the column reads
+  __shared__ Stor<S> tile[kTile][kTile + 1];  // [j][i]; the pad staggers the column reads
   const int nd = l.ndim;
   const int64_t si = l.size[nd - 2], sj = l.size[nd - 1];
   const int64_t src_sj = l.src_stride[nd - 1], dst_si = l.dst_stride[nd - 2];
@@ -264,13 +256,14 @@ __global__ void __launch_bounds__(kTile * kTileRows)
 #pragma unroll
     for (int jj = ty; jj < kTile; jj += kTileRows) {  // a warp reads along i: contiguous
       const int64_t i = i0 + tx, j = j0 + jj;
-      if (i < si && j < sj) tile[jj][tx] = load_as_double<S>(src, so + i + j * src_sj);
+      if (i < si && j < sj) tile[jj][tx] = static_cast<const Stor<S>*>(src)[so + i + j * src_sj];
     }
     __syncthreads();
 #pragma unroll
     for (int ii = ty; ii < kTile; ii += kTileRows) {  // a warp writes along j: contiguous
       const int64_t i = i0 + ii, j = j0 + tx;
-      if (i < si && j < sj) store_from_double<D>(dst, dof + i * dst_si + j, tile[tx][ii]);
+      if (i < si && j < sj)
+        static_cast<Stor<D>*>(dst)[dof + i * dst_si + j] = convert_elem<S, D>(tile[tx][ii]);
     }
     __syncthreads();  // the tile is reused by the next step
   }
