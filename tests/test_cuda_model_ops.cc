@@ -164,8 +164,9 @@ TEST(CudaModelOps, RopeForwardAndInverse) {
   struct Case {
     int64_t B, T, H, D;
   };
-  // D = 2 (one pair), D/2 odd (half-split second half unaligned), head dims 64 and 192.
-  const Case cases[] = {{1, 1, 1, 2}, {2, 3, 2, 14}, {1, 4, 3, 64}, {2, 3, 4, 192}};
+  // D = 2 (one pair), D/2 odd (half-split second half unaligned), head dims 64 and 192, and
+  // 37 heads of 64 (a thread's loads span several heads, the last group partial).
+  const Case cases[] = {{1, 1, 1, 2}, {2, 3, 2, 14}, {1, 4, 3, 64}, {2, 3, 4, 192}, {1, 2, 37, 64}};
   const int64_t P = 40;
   uint64_t k = 3000;
   int alt = 0;
@@ -194,6 +195,11 @@ TEST(CudaModelOps, RopeForwardAndInverse) {
             kernels::rope()(kGpu, on_gpu(x, dt), pos.to(kGpu), on_gpu(table.cos, tdt),
                             on_gpu(table.sin, tdt), interleaved, inverse, yg);
             expect_matches(name, yg, y64, dt);
+            // In place (y is x: every load of a thread's heads before its stores).
+            Tensor xg = on_gpu(x, dt).contiguous().clone();
+            kernels::rope()(kGpu, xg, pos.to(kGpu), on_gpu(table.cos, tdt),
+                            on_gpu(table.sin, tdt), interleaved, inverse, xg);
+            expect_matches(name + " in place", xg, y64, dt);
           }
 }
 
