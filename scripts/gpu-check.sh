@@ -37,6 +37,7 @@
 #                                  and benchmarked beside the default (see the A/B step)
 #   R1_GPU_PROFILE="FILTER:KERNEL_REGEX ..."  Nsight Compute sections for those kernels
 #   R1_GPU_GRPO_STEPS, R1_TOY_STEPS  lengths of the end-to-end runs
+#   R1_GPU_GRPO_DECODE=static|graphs  the CUDA GRPO run's decode mode (default: the config's)
 # Exit status: 0 when every test passed, 1 otherwise (the table is written either way).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -281,13 +282,23 @@ echo "gpu-check: toy LM done at $(elapsed)"
 # ---- 2c. end to end: GRPO (configs/grpo/tiny.json) from the bundled base, GPU and CPU --------
 # The same seeds; the rollouts part ways once the devices round differently, so the curves
 # agree in distribution (gpu_results.py compares the mean reward and accuracy), not per step.
+# R1_GPU_GRPO_DECODE=static|graphs: the CUDA run's rollouts in that decode mode (the GRPO
+# config's "decode"; the CPU run keeps the default); recorded in the table.
 if [[ -f $bundle/base/model.safetensors ]]; then
   for dev in cuda cpu; do
     lim=$(cap 240)
     off r1-grpo && lim=0
     ((lim == 0)) && { skip "r1-grpo-$dev"; continue; }
+    grpo_cfg=configs/grpo/tiny.json
+    if [[ $dev == cuda && -n ${R1_GPU_GRPO_DECODE:-} ]]; then
+      grpo_cfg=$out/grpo-config-cuda.json
+      python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["decode"] = sys.argv[2]
+json.dump(c, open(sys.argv[3], "w"), indent=1)' configs/grpo/tiny.json "$R1_GPU_GRPO_DECODE" \
+        "$grpo_cfg"
+      echo "$R1_GPU_GRPO_DECODE" >"$out/grpo-decode-cuda.txt"
+    fi
     timeout "$lim" "$bundle/bin/r1-grpo" --init "$bundle/base" --out "$out/grpo-$dev" \
-      --config configs/grpo/tiny.json --holdout "$bundle/base/heldout.jsonl" \
+      --config "$grpo_cfg" --holdout "$bundle/base/heldout.jsonl" \
       --max-steps "${R1_GPU_GRPO_STEPS:-60}" --device "$dev" >"$out/grpo-$dev.log" 2>&1 ||
       { echo "gpu-check: r1-grpo --device $dev failed (rc $?), tail:"; tail -5 "$out/grpo-$dev.log"; status=1; }
   done

@@ -195,6 +195,8 @@ def grpo(out):
 
     half = n // 2
     res = {"steps": n}
+    mode = os.path.join(out, "grpo-decode-cuda.txt")
+    res["decode_cuda"] = open(mode).read().strip() if os.path.exists(mode) else "config default"
     for dev in ("cuda", "cpu"):
         res[dev] = {"reward_first_half": mean(dev, "reward", 0, half),
                     "reward_second_half": mean(dev, "reward", half, n),
@@ -443,7 +445,8 @@ def main():
     md += ["## End to end: r1-grpo (configs/grpo/tiny.json from the R1-Zero base), CUDA against the CPU", ""]
     if rl:
         md += [f"- {rl['steps']} steps, the same seeds (the rollouts part ways once the devices "
-               "round differently: compare the means, not the steps)", "",
+               "round differently: compare the means, not the steps); CUDA decode mode: "
+               f"{rl.get('decode_cuda', 'config default')}", "",
                "| device | reward, 1st half | reward, 2nd half | accuracy, 1st half | "
                "accuracy, 2nd half | s/step | logprob_mismatch_max |",
                "|---|---:|---:|---:|---:|---:|---:|"]
