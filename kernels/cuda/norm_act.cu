@@ -35,6 +35,13 @@ constexpr int kColLanes = 16;  // dw column sum: partial rows summed by 16 lanes
 
 // ---- rmsnorm -----------------------------------------------------------------------------
 
+// Asks L2 for bytes [0, bytes) at p, one 128-byte line per thread of a tpr-thread group.
+__device__ inline void prefetch_l2(const void* p, int64_t bytes, int lane, int tpr) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = int64_t{lane} * 128; off < bytes; off += int64_t{tpr} * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
 // Pass 1 of both RMSNorm forward kernels: the row's sum of squares in steps of C chunks (C
 // loads in flight), each thread's chunks in row order, then the row group's fixed tree. Leaves
 // the last step's chunks in c (the whole row when it fits in one step). Dead rows (!live) load
@@ -74,34 +81,51 @@ __device__ __forceinline__ void normalize_chunk(const RowChunks<T, C>& c, int u,
 // (from L2) in steps. Either way a thread sums its chunks in the same order: the bits do not
 // depend on which path ran. C, the occupancy hint and the cap on tpr are the tuned shape
 // (kRowDefaults); the H200 sweep and what it taught are in launch.cuh and docs/cuda.md.
-template <class T, int C, int MinBlocks>
+//
+// kPersist (R1_ROW_PREFETCH=1, an A/B variant until the H200 says): a grid of only the blocks
+// that fit at once, each walking rows block, block + grid, ...; before a row group reduces
+// and writes its row it asks L2 for its next row (prefetch.global.L2, one line per thread),
+// so that row's loads do not start from HBM latency when the group gets to it. The bf16 rows
+// of V3 (D = 7168: 14 KB) took 0.55 of the copy bandwidth against f32's 0.85 with the same
+// kernel, and no row shape of the sweep changed that: a latency chain per row (load, block
+// reduction, store) rather than bandwidth. The same arithmetic per row, so the same bits.
+template <class T, int C, int MinBlocks, bool kPersist>
 __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_forward_kernel(const T* x, const T* w, T* y, float* rstd, int64_t N, int64_t D,
                            float eps, int tpr) {
   constexpr int kV = kVec<T>;
   __shared__ float smem[kMaxRowThreads / 32];
   const int lane = threadIdx.x % tpr;
-  const int64_t n = int64_t{blockIdx.x} * (blockDim.x / tpr) + threadIdx.x / tpr;
-  const bool live = n < N;  // dead rows still join the block's syncs
-  const T* xr = x + (live ? n : 0) * D;
+  const int64_t rpb = blockDim.x / tpr;  // rows per block
   const int64_t base = int64_t{lane} * kV, step = int64_t{tpr} * C * kV;
   const bool cached = D <= step;  // the row in one step: kept in registers; uniform
-  RowChunks<T, C> c;
-  const float ss = row_sum_squares(xr, live, D, base, step, tpr, c, smem);
-  if (!live) return;
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
-  if (lane == 0) rstd[n] = r;
-  T* yr = y + n * D;
-  // Pass 2: the chunks still in registers, or the row again (from L2) in steps.
-  for (int64_t b0 = base; b0 < D; b0 += step) {
-    if (!cached) load_row_chunks(xr, b0, D, tpr, c);
-#pragma unroll
-    for (int u = 0; u < C; ++u) {
-      if (c.cnt[u] == 0) continue;
-      const int64_t i0 = b0 + int64_t{u} * tpr * kV;
-      float wf[kV];
-      normalize_chunk(c, u, w, i0, D, r, yr, wf);
+  const int64_t stride = kPersist ? int64_t{gridDim.x} * rpb : 0;
+  for (int64_t b0 = int64_t{blockIdx.x} * rpb; b0 < N; b0 += stride) {  // uniform over the block
+    const int64_t n = b0 + threadIdx.x / tpr;
+    const bool live = n < N;  // dead rows still join the block's syncs
+    const T* xr = x + (live ? n : 0) * D;
+    if constexpr (kPersist) {
+      if (n + stride < N) prefetch_l2(x + (n + stride) * D, D * int64_t{sizeof(T)}, lane, tpr);
     }
+    RowChunks<T, C> c;
+    const float ss = row_sum_squares(xr, live, D, base, step, tpr, c, smem);
+    if (live) {
+      const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+      if (lane == 0) rstd[n] = r;
+      T* yr = y + n * D;
+      // Pass 2: the chunks still in registers, or the row again (from L2) in steps.
+      for (int64_t b1 = base; b1 < D; b1 += step) {
+        if (!cached) load_row_chunks(xr, b1, D, tpr, c);
+#pragma unroll
+        for (int u = 0; u < C; ++u) {
+          if (c.cnt[u] == 0) continue;
+          const int64_t i0 = b1 + int64_t{u} * tpr * kV;
+          float wf[kV];
+          normalize_chunk(c, u, w, i0, D, r, yr, wf);
+        }
+      }
+    }
+    if constexpr (!kPersist) break;  // the grid covers the rows: one pass
   }
 }
 
@@ -328,6 +352,17 @@ void check_rmsnorm(const char* op, const Tensor& x, const Tensor& w, const Tenso
            dtype_name(stat_dtype(x.dtype())));
 }
 
+// R1_ROW_PREFETCH=1: the plain RMSNorm forward as a persistent grid that prefetches each row
+// group's next row into L2 (rmsnorm_forward_kernel's kPersist); read once. An A/B variant
+// (scripts/gpu-check.sh R1_GPU_AB) until measured.
+bool row_prefetch() {
+  static const bool v = [] {
+    const char* e = std::getenv("R1_ROW_PREFETCH");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return v;
+}
+
 // Both RMSNorm forward kernels at one launch shape (the tuned row variant), so the fused
 // kernel's y and rstd are the plain kernel's bits. q, scales: null for the plain kernel.
 void launch_rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
@@ -347,13 +382,21 @@ void launch_rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor
       const auto* xp = static_cast<const T*>(x.data_ptr());
       const auto* wp = static_cast<const T*>(w.data_ptr());
       auto* yp = static_cast<T*>(y.data_ptr());
-      if (q)
+      if (q) {
         rmsnorm_quantize_fp8_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
             xp, wp, yp, rstd.data<float>(), q->data<uint8_t>(), scales->data<float>(), N, D,
             static_cast<float>(eps), tpr);
-      else
-        rmsnorm_forward_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
+      } else if (row_prefetch()) {
+        const auto kernel = rmsnorm_forward_kernel<T, C, MinBlocks, true>;
+        int per_sm = 0;
+        R1_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tpr * rows, 0));
+        const auto resident = static_cast<unsigned>(std::max(per_sm, 1) * sm_count(dev));
+        kernel<<<std::min(blocks, resident), tpr * rows, 0, s>>>(
             xp, wp, yp, rstd.data<float>(), N, D, static_cast<float>(eps), tpr);
+      } else {
+        rmsnorm_forward_kernel<T, C, MinBlocks, false><<<blocks, tpr * rows, 0, s>>>(
+            xp, wp, yp, rstd.data<float>(), N, D, static_cast<float>(eps), tpr);
+      }
       R1_CUDA_CHECK_LAUNCH();
     });
   });
