@@ -233,7 +233,8 @@ __device__ inline void write_partial(const float4* acc, float* pr, int64_t D, in
 template <class T, int C, int MinBlocks>
 __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     rmsnorm_backward_reg_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
-                                float* partial, int64_t N, int64_t D, int64_t rows) {
+                                float* partial, int64_t N, int64_t D, int64_t rows,
+                                bool prefetch) {
   constexpr int kV = kVec<T>, kC = C;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
@@ -245,6 +246,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
   const int64_t r1 = r0 + rows < N ? r0 + rows : N;
 #pragma unroll 1
   for (int64_t n = r0; n < r1; ++n) {
+    if (prefetch && n + 1 < r1) {  // R1_ROW_PREFETCH: the next row's x and dy toward L2
+      prefetch_l2(x + (n + 1) * D, D * int64_t{sizeof(T)}, lane, tpr);
+      prefetch_l2(dy + (n + 1) * D, D * int64_t{sizeof(T)}, lane, tpr);
+    }
     load_row_chunks(x + n * D, base, D, tpr, xc);
     load_row_chunks(dy + n * D, base, D, tpr, gc);
     const float r = rstd[n];
@@ -287,7 +292,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy, T* dx,
-                            float* partial, int64_t N, int64_t D, int64_t rows) {
+                            float* partial, int64_t N, int64_t D, int64_t rows, bool prefetch) {
   constexpr int kV = kVec<T>;
   extern __shared__ float4 acc[];
   __shared__ float smem[kMaxRowThreads / 32];
@@ -299,6 +304,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   for (int64_t n = r0; n < r1; ++n) {
     const T* xr = x + n * D;
     const T* gr = dy + n * D;
+    if (prefetch && n + 1 < r1) {  // R1_ROW_PREFETCH: the next row's x and dy toward L2
+      prefetch_l2(xr + D, D * int64_t{sizeof(T)}, lane, tpr);
+      prefetch_l2(gr + D, D * int64_t{sizeof(T)}, lane, tpr);
+    }
     const float r = rstd[n];
     float dot = 0;
     for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += step) {
@@ -353,8 +362,9 @@ void check_rmsnorm(const char* op, const Tensor& x, const Tensor& w, const Tenso
 }
 
 // R1_ROW_PREFETCH=1: the plain RMSNorm forward as a persistent grid that prefetches each row
-// group's next row into L2 (rmsnorm_forward_kernel's kPersist); read once. An A/B variant
-// (scripts/gpu-check.sh R1_GPU_AB) until measured.
+// group's next row into L2 (rmsnorm_forward_kernel's kPersist), and the backward's blocks,
+// which walk their rows in order, prefetching the next row's x and dy; read once. An A/B
+// variant (scripts/gpu-check.sh R1_GPU_AB) until measured.
 bool row_prefetch() {
   static const bool v = [] {
     const char* e = std::getenv("R1_ROW_PREFETCH");
@@ -495,7 +505,8 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
                                            static_cast<int>(smem)));
       }
       kernel<<<static_cast<unsigned>(G), reg ? tpr_reg : row_threads_for<T>(nch), smem, s>>>(
-          px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D, rows);
+          px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D, rows,
+          row_prefetch());
       R1_CUDA_CHECK_LAUNCH();
     });
     column_sum_kernel<T><<<static_cast<unsigned>((D + 31) / 32), dim3(32, kColLanes), 0, s>>>(
