@@ -14,6 +14,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/error.h"
+#include "kernels/cuda/common/launch.cuh"
 #include "kernels/cuda/common/mma.cuh"
 
 namespace r1::cuda {
@@ -50,10 +51,7 @@ template <class OutT, int kStages>
 void launch(dim3 grid, cudaStream_t s, const uint8_t* ap, const uint8_t* bp, OutT* dp,
             int64_t m, int64_t n, int64_t k) {
   constexpr int kSmem = kStages * kStageBytes;
-  if constexpr (kSmem > 48 * 1024) {  // above the default per-block limit: opt in (idempotent)
-    R1_CUDA_CHECK(cudaFuncSetAttribute(gemm_bf16_mma_kernel<OutT, kStages>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  }
+  opt_in_dynamic_smem(reinterpret_cast<const void*>(gemm_bf16_mma_kernel<OutT, kStages>), kSmem);
   gemm_bf16_mma_kernel<OutT, kStages><<<grid, kBlockThreads, kSmem, s>>>(ap, bp, dp, m, n, k);
   R1_CUDA_CHECK_LAUNCH();
 }

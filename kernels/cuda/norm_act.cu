@@ -500,10 +500,7 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
       const bool reg = nch <= int64_t{tpr_reg} * C && rmsnorm_backward_variant() != 1;
       const auto kernel =
           reg ? rmsnorm_backward_reg_kernel<T, C, MinBlocks> : rmsnorm_backward_kernel<T>;
-      if (smem > 48 * 1024) {
-        R1_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
-      }
+      opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), static_cast<int>(smem));
       kernel<<<static_cast<unsigned>(G), reg ? tpr_reg : row_threads_for<T>(nch), smem, s>>>(
           px, pw, rstd.data<float>(), pg, pd, partial.data<float>(), N, D, rows,
           row_prefetch());

@@ -447,8 +447,7 @@ void allow_smem(const char* what, Kernel kernel, size_t bytes, int dev) {
            "{}: needs {} bytes of shared memory, the "
            "device allows {}",
            what, bytes, optin);
-  R1_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(bytes)));
+  opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), static_cast<int>(bytes));
 }
 
 size_t forward_bytes(const AttentionShape& a) {

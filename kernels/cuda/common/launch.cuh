@@ -145,6 +145,12 @@ inline constexpr RowVariant kRowVariants[] = {
 inline constexpr int kNumRowVariants = 8;
 int row_variant();  // kernels/cuda/common/row_variant.cu: R1_ROW_VARIANT, -1 when unset
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (above the
+// default 48 KB a launch must opt in): the driver call happens once per kernel, device and
+// larger size, not per launch (about a microsecond of host time each, which decided the
+// time of small GEMMs launched back to back). kernels/cuda/common/smem_opt_in.cu.
+void opt_in_dynamic_smem(const void* kernel, int bytes);
+
 enum class RowKernel { RmsNormForward, RmsNormBackward, CrossEntropyForward };
 
 // The default variant of each kernel for {f32, bf16}, from the sweep on an H200 at e5d6f34

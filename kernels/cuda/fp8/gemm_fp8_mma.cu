@@ -21,6 +21,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
+#include "kernels/cuda/common/launch.cuh"
 #include "kernels/cuda/common/mma.cuh"
 #include "kernels/cuda/fp8/fp8_common.cuh"
 
@@ -146,10 +147,7 @@ void launch_mma(dim3 grid, cudaStream_t s, const uint8_t* ap, const float* sap,
                 const uint8_t* bp, const float* sbp, OutT* dp, int64_t m, int64_t n, int64_t k,
                 bool b_rows) {
   constexpr int kSmem = kStages * kStageBytes;
-  if constexpr (kSmem > 48 * 1024) {  // above the default per-block limit: opt in (idempotent)
-    R1_CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<OutT, kStages>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  }
+  opt_in_dynamic_smem(reinterpret_cast<const void*>(gemm_fp8_mma_kernel<OutT, kStages>), kSmem);
   gemm_fp8_mma_kernel<OutT, kStages><<<grid, kBlockThreads, kSmem, s>>>(
       ap, sap, bp, sbp, dp, m, n, k, fp8_blocks(k), b_rows);
   R1_CUDA_CHECK_LAUNCH();
@@ -223,8 +221,7 @@ void gemm_fp8_grouped_contiguous_mma(const Tensor& a_q, const Tensor& a_scales,
     using OutT = decltype(otag);
     using I = decltype(itag);
     auto* kernel = gemm_fp8_mma_contiguous_kernel<OutT, I, 2>;
-    R1_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
     kernel<<<grid, kBlockThreads, kSmem, current_stream(dev)>>>(
         a_q.data<uint8_t>(), a_scales.data<float>(), b_q.data<uint8_t>(),
         b_scales.data<float>(), static_cast<const I*>(offsets.data_ptr()),
@@ -252,8 +249,7 @@ void gemm_fp8_grouped_masked_mma(const Tensor& a_q, const Tensor& a_scales, cons
     using OutT = decltype(otag);
     using I = decltype(itag);
     auto* kernel = gemm_fp8_mma_masked_kernel<OutT, I, 2>;
-    R1_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
     kernel<<<grid, kBlockThreads, kSmem, current_stream(dev)>>>(
         a_q.data<uint8_t>(), a_scales.data<float>(), b_q.data<uint8_t>(),
         b_scales.data<float>(), static_cast<const I*>(counts.data_ptr()),

@@ -44,6 +44,7 @@
 #include "engine/kernels.h"
 #include "engine/log.h"
 #include "engine/tuned_table.h"
+#include "kernels/cuda/common/launch.cuh"
 #include "kernels/cuda/common/hopper.cuh"
 #include "kernels/cuda/common/tma.h"
 #include "kernels/cuda/fp8/gemm_fp8_schedule.h"
@@ -310,8 +311,7 @@ void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int 
             cudaStream_t s) {
   using C = Cfg<kConsumers, kBN, kStages>;
   auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, OutT, kRowScales>;
-  R1_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
+  opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), C::kSmem);
   kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
   R1_CUDA_CHECK_LAUNCH();
 }
