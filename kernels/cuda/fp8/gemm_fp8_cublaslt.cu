@@ -224,6 +224,11 @@ void run_fp8(Scaling scaling, const void* a_q, const float* a_scale, const void*
   R1_CHECK(m >= 0 && n >= 0 && k > 0 && k % 16 == 0,
            "cuBLASLt FP8 {}: M {} N {} K {} (K must be a positive multiple of 16: FP8 leading "
            "dimensions are multiples of 16 bytes)", scaling_name(scaling), m, n, k);
+  // cuBLASLt's m is our N (d is N x M to it): FP8 wants its rows of C/D 16-byte multiples.
+  R1_CHECK(n * static_cast<int64_t>(dtype_size(out)) % 16 == 0,
+           "cuBLASLt FP8 {}: N {} with {} output: N x {} bytes is not a multiple of 16 (FP8 "
+           "GEMMs need 16-byte output rows; N a multiple of {})", scaling_name(scaling), n,
+           dtype_name(out), dtype_size(out), 16 / dtype_size(out));
   if (m == 0 || n == 0) return;
   int dev = 0;
   R1_CUDA_CHECK(cudaGetDevice(&dev));
