@@ -22,6 +22,10 @@
 //                      simple and wgmma grouped kernels in one launch (contiguous; wgmma also
 //                      masked) against loops of dense calls (mma.sync, cuBLASLt
 //                      block-scaled).
+// Before timing, each r1 kernel and each block-scaled cuBLASLt row runs once and its output is
+// compared with the simple kernel's (normwise, on the device; counter rel_err_vs_simple): a
+// row that computed something else reports the error, not a speed. The per-tensor and bf16
+// cuBLASLt rows compute other functions (speed ceilings) and are not compared.
 // Each reports TFLOP/s (2 M N K / time) and GB/s (operands, scales and d moved once). Times
 // are CUDA events around kReps back-to-back launches on the current stream (manual time)
 // after one warm-up launch, as bench/bench_cuda_kernels.cc does. Inputs are quantized once
@@ -31,6 +35,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <functional>
@@ -39,6 +44,7 @@
 #include <vector>
 
 #include "engine/kernels.h"
+#include "engine/ops.h"
 #include "engine/tensor.h"
 
 #if defined(R1_HAVE_CUDA)
@@ -113,6 +119,34 @@ std::string shape_label(const Fp8Problem& p) {
   return "M=" + std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k);
 }
 
+// Runs fn once and compares its output d with `want` (the simple kernel's product of the same
+// operands: the CUDA-core oracle, validated on an H200), normwise on the device; a row whose
+// kernel computed something else reports the error instead of a speed. tol: 1e-3 for f32
+// out, 1e-2 for bf16 (its rounding). The error is kept as a counter.
+bool verified(benchmark::State& st, const Tensor& d, const Tensor& want,
+              const std::function<void()>& fn) {
+  fn();
+  const Tensor got = d.contiguous().view(want.shape()).to(DType::F32);
+  const Tensor diff = sub(got, want);
+  const double num = sum(mul(diff, diff)).item(), den = sum(mul(want, want)).item();
+  const double err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  const double tol = d.dtype() == DType::F32 ? 1e-3 : 1e-2;
+  if (!(err < tol)) {
+    st.SkipWithError(("output differs from the simple kernel's: normwise relative error " +
+                      std::to_string(err)).c_str());
+    return false;
+  }
+  st.counters["rel_err_vs_simple"] = err;
+  return true;
+}
+
+// The simple kernel's product of p's operands, f32 (verified's reference).
+Tensor simple_product(const Fp8Problem& p) {
+  Tensor want = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
+  cuda::gemm_fp8_blockscaled_simple(p.a_q, p.a_scales, p.b_q, p.b_scales, want);
+  return want;
+}
+
 void BM_Fp8Simple(benchmark::State& st) {
   const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
@@ -128,9 +162,10 @@ void BM_Fp8Mma(benchmark::State& st) {
   const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
   st.SetLabel("mma.sync stages=" + std::to_string(kStages) + " " + shape_label(p));
-  run_timed(st, p, [&] {
+  const auto fn = [&] {
     cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, kStages);
-  });
+  };
+  if (verified(st, d, simple_product(p), fn)) run_timed(st, p, fn);
 }
 
 // The wgmma/TMA kernel on p with the configuration it picks by itself (tuned table or
@@ -143,9 +178,10 @@ void run_wgmma(benchmark::State& st, const Fp8Problem& p, DType out, const std::
   Tensor d = Tensor::empty({p.m, p.n}, out, kGpu);
   const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
   st.SetLabel(what + " " + c.name() + " " + shape_label(p));
-  run_timed(st, p, [&] {
+  const auto fn = [&] {
     cuda::gemm_fp8_blockscaled_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, &c);
-  });
+  };
+  if (verified(st, d, simple_product(p), fn)) run_timed(st, p, fn);
 }
 
 void BM_Fp8Wgmma(benchmark::State& st) {
@@ -156,11 +192,12 @@ void BM_Fp8CublasLtBlock(benchmark::State& st) {
   const Fp8Problem p = make_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::BF16, kGpu);
   st.SetLabel("cuBLASLt VEC128xBLK128x128 " + shape_label(p));
-  run_timed(st, p, [&] {
+  const auto fn = [&] {
     cuda::cublaslt_gemm_fp8_blockscaled(p.a_q.data_ptr(), p.a_lt.data<float>(), p.b_q.data_ptr(),
                                         p.b_lt.data<float>(), d.data_ptr(), DType::BF16, p.m,
                                         p.n, p.k, cuda::current_stream(0));
-  });
+  };
+  if (verified(st, d, simple_product(p), fn)) run_timed(st, p, fn);
 }
 
 // cuBLASLt bf16 on the same shapes (the unquantized operands): what FP8 is meant to beat.
@@ -220,9 +257,8 @@ void BM_Fp8WgradMma(benchmark::State& st) {
   Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
   st.SetLabel(std::string("mma.sync ") + (kRows ? "1D1D" : "2D (128x128 b scales)") +
               " stages=2 " + shape_label(p));
-  run_timed(st, p, [&] {
-    cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, 2);
-  });
+  const auto fn = [&] { cuda::gemm_fp8_blockscaled_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, d, 2); };
+  if (verified(st, d, simple_product(p), fn)) run_timed(st, p, fn);
 }
 
 void BM_Fp8Wgrad1D1DWgmma(benchmark::State& st) {
@@ -234,11 +270,12 @@ void BM_Fp8Wgrad1D1DCublasLt(benchmark::State& st) {
   const Fp8Problem p = make_wgrad_problem(st.range(0), st.range(1), st.range(2));
   Tensor d = Tensor::empty({p.m, p.n}, DType::F32, kGpu);
   st.SetLabel("cuBLASLt VEC128xVEC128 " + shape_label(p));
-  run_timed(st, p, [&] {
+  const auto fn = [&] {
     cuda::cublaslt_gemm_fp8_1d1d(p.a_q.data_ptr(), p.a_lt.data<float>(), p.b_q.data_ptr(),
                                  p.b_lt.data<float>(), d.data_ptr(), DType::F32, p.m, p.n, p.k,
                                  cuda::current_stream(0));
-  });
+  };
+  if (verified(st, d, simple_product(p), fn)) run_timed(st, p, fn);
 }
 
 // ---- grouped (MoE experts): E experts x m tokens each, N x K per expert ---------------------
@@ -279,13 +316,21 @@ GroupedProblem make_grouped(int64_t e, int64_t m, int64_t n, int64_t k) {
   return p;
 }
 
+// Times fn after checking its output d against the simple grouped kernel's (verified above),
+// unless check is false (the simple kernel itself).
 void run_grouped(benchmark::State& st, const GroupedProblem& p, const std::string& what,
-                 const std::function<void()>& fn) {
+                 const Tensor& d, const std::function<void()>& fn, bool check = true) {
   const double E = static_cast<double>(p.e), m = static_cast<double>(p.m);
   const double n = static_cast<double>(p.n), k = static_cast<double>(p.k);
   const double bytes = E * (m * k + n * k + 2.0 * m * n);
   st.SetLabel(what + " E=" + std::to_string(p.e) + " m=" + std::to_string(p.m) + " N=" +
               std::to_string(p.n) + " K=" + std::to_string(p.k));
+  if (check) {
+    Tensor want = Tensor::empty({p.e * p.m, p.n}, DType::F32, kGpu);
+    cuda::gemm_fp8_grouped_contiguous_simple(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets,
+                                             want);
+    if (!verified(st, d, want, fn)) return;
+  }
   bench::run_timed(st, bytes, 2.0 * E * m * n * k, fn);
 }
 
@@ -293,16 +338,16 @@ void run_grouped(benchmark::State& st, const GroupedProblem& p, const std::strin
 void BM_Fp8GroupedSimple(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
-  run_grouped(st, p, "grouped simple, one launch", [&] {
+  run_grouped(st, p, "grouped simple, one launch", d, [&] {
     cuda::gemm_fp8_grouped_contiguous_simple(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets, d);
-  });
+  }, /*check=*/false);
 }
 
 // The mma.sync tile, one launch for all experts (contiguous layout).
 void BM_Fp8GroupedMma(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
-  run_grouped(st, p, "grouped mma.sync, one launch", [&] {
+  run_grouped(st, p, "grouped mma.sync, one launch", d, [&] {
     cuda::gemm_fp8_grouped_contiguous_mma(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets, d);
   });
 }
@@ -317,7 +362,7 @@ void BM_Fp8GroupedWgmma(benchmark::State& st) {
   }
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
   const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
-  run_grouped(st, p, "grouped wgmma " + c.name() + ", one launch", [&] {
+  run_grouped(st, p, "grouped wgmma " + c.name() + ", one launch", d, [&] {
     cuda::gemm_fp8_grouped_contiguous_wgmma(p.a_q, p.a_scales, p.b_q, p.b_scales, p.offsets, d,
                                             &c);
   });
@@ -334,7 +379,7 @@ void BM_Fp8GroupedWgmmaMasked(benchmark::State& st) {
   const Tensor aq = p.a_q.view({p.e, p.m, p.k});
   const Tensor as = p.a_scales.view({p.e, p.m, fp8_blocks(p.k)});
   const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
-  run_grouped(st, p, "grouped wgmma masked " + c.name() + ", one launch", [&] {
+  run_grouped(st, p, "grouped wgmma masked " + c.name() + ", one launch", d, [&] {
     cuda::gemm_fp8_grouped_masked_wgmma(aq, as, p.b_q, p.b_scales, counts, d, &c);
   });
 }
@@ -344,7 +389,7 @@ void BM_Fp8GroupedWgmmaMasked(benchmark::State& st) {
 void BM_Fp8GroupedLoopMma(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
-  run_grouped(st, p, "loop of mma.sync", [&] {
+  run_grouped(st, p, "loop of mma.sync", d, [&] {
     for (int64_t i = 0; i < p.e; ++i) {
       Tensor di = d.narrow(0, i * p.m, p.m);
       cuda::gemm_fp8_blockscaled_mma(p.a_q.narrow(0, i * p.m, p.m),
@@ -357,7 +402,7 @@ void BM_Fp8GroupedLoopMma(benchmark::State& st) {
 void BM_Fp8GroupedLoopCublasLt(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
-  run_grouped(st, p, "loop of cuBLASLt block-scaled", [&] {
+  run_grouped(st, p, "loop of cuBLASLt block-scaled", d, [&] {
     for (int64_t i = 0; i < p.e; ++i)
       cuda::cublaslt_gemm_fp8_blockscaled(
           p.a_q.narrow(0, i * p.m, p.m).data_ptr(), p.a_lt[static_cast<size_t>(i)].data<float>(),
