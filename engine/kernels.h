@@ -215,6 +215,15 @@ R1_KERNEL(gemm_fp8_grouped_contiguous,
 R1_KERNEL(gemm_fp8_grouped_masked,
           void(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                const Tensor& b_scales, const Tensor& counts, Tensor& d))
+// The k-grouped form (the MoE experts' weight gradients in one launch: DeepGEMM's k-grouped
+// GEMM): a_q (M, Kt) e4m3, a_scales (M, Kt/128), b_q (N, Kt) e4m3, b_scales (N, Kt/128) f32
+// (1x128 tiles along K on both: the 1D1D form), k_offsets (G + 1) i32/i64 rising from 0 to
+// Kt in multiples of 128 (Kt a multiple of 128) -> d (G, M, N) f32 or bf16: d[g] = the 1D1D
+// product over K columns [k_offsets[g], k_offsets[g+1]) (zeros when that range is empty).
+// The CPU checks the offsets; CUDA reads them on the device and trusts them.
+R1_KERNEL(gemm_fp8_kgrouped,
+          void(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+               const Tensor& b_scales, const Tensor& k_offsets, Tensor& d))
 // Whether one gemm_fp8_grouped_contiguous launch is the backend's faster way to run a grouped
 // product whose offsets the host knows, rather than a gemm_fp8_blockscaled per group on row
 // slices (the same function). CPU: yes (one pass, no per-call overhead). CUDA: once the
@@ -242,6 +251,38 @@ inline void check_quantize_fp8(const char* what, const Tensor& x, const Tensor& 
            "{}: operands on different devices", what);
   R1_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous(),
            "{}: needs contiguous operands", what);
+}
+
+// Checks the operands of gemm_fp8_kgrouped against its contract (not k_offsets' values);
+// every backend calls it first.
+inline void check_gemm_fp8_kgrouped(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                                    const Tensor& b_scales, const Tensor& k_offsets,
+                                    const Tensor& d) {
+  const bool ranks = a_q.dim() == 2 && b_q.dim() == 2 && a_scales.dim() == 2 &&
+                     b_scales.dim() == 2 && k_offsets.dim() == 1 && d.dim() == 3;
+  R1_CHECK(ranks, "gemm_fp8_kgrouped: operand ranks a_q {} b_q {} k_offsets {} d {}",
+           shape_str(a_q.shape()), shape_str(b_q.shape()), shape_str(k_offsets.shape()),
+           shape_str(d.shape()));
+  const int64_t m = a_q.size(0), kt = a_q.size(1), n = b_q.size(0), g = d.size(0);
+  R1_CHECK(kt % kFp8Block == 0 && b_q.size(1) == kt &&
+               a_scales.shape() == Shape({m, kt / kFp8Block}) &&
+               b_scales.shape() == Shape({n, kt / kFp8Block}) && k_offsets.size(0) == g + 1 &&
+               d.shape() == Shape({g, m, n}),
+           "gemm_fp8_kgrouped: a_q {} a_scales {} b_q {} b_scales {} k_offsets {} d {} do not "
+           "fit (Kt a multiple of 128)", shape_str(a_q.shape()), shape_str(a_scales.shape()),
+           shape_str(b_q.shape()), shape_str(b_scales.shape()), shape_str(k_offsets.shape()),
+           shape_str(d.shape()));
+  R1_CHECK(a_q.dtype() == DType::E4M3 && b_q.dtype() == DType::E4M3 &&
+               a_scales.dtype() == DType::F32 && b_scales.dtype() == DType::F32 &&
+               (k_offsets.dtype() == DType::I32 || k_offsets.dtype() == DType::I64) &&
+               (d.dtype() == DType::F32 || d.dtype() == DType::BF16),
+           "gemm_fp8_kgrouped: dtypes a_q {} a_scales {} b_q {} b_scales {} k_offsets {} d {}",
+           dtype_name(a_q.dtype()), dtype_name(a_scales.dtype()), dtype_name(b_q.dtype()),
+           dtype_name(b_scales.dtype()), dtype_name(k_offsets.dtype()), dtype_name(d.dtype()));
+  for (const Tensor* t : {&a_q, &a_scales, &b_q, &b_scales, &k_offsets})
+    R1_CHECK(t->device() == d.device(), "gemm_fp8_kgrouped: operands on different devices");
+  for (const Tensor* t : {&a_q, &a_scales, &b_q, &b_scales, &k_offsets, &d})
+    R1_CHECK(t->is_contiguous(), "gemm_fp8_kgrouped: needs contiguous operands");
 }
 
 // Checks the operands of swiglu_quantize_fp8_masked against its contract (not counts'

@@ -8,6 +8,7 @@
 #include "engine/kernels.h"
 #include "engine/nvtx.h"
 #include "engine/ops.h"
+#include "engine/ops_moe.h"
 
 namespace r1 {
 namespace {
@@ -220,6 +221,34 @@ Tensor grouped_fp8_gemm(const Fp8Rows& a, const Fp8Blocks& b, const std::vector<
   return d;
 }
 
+// Every group's weight gradient dy_g^T x_g in one k-grouped GEMM (gemm_fp8_kgrouped): the
+// rows of dy (M, N) and x (M, K) placed in a token layout where each group's segment starts
+// at a multiple of 128 (zero rows between), quantized along the tokens once for all groups
+// (the padding adds zeros to no tile's amax and zero terms to the sums), -> G tensors (N, K).
+// Per group the same codes, scales and exact block sums as the per-group GEMM.
+std::vector<Tensor> grouped_wgrad(const Tensor& dy, const Tensor& x,
+                                  const std::vector<int64_t>& offsets) {
+  const Device dev = dy.device();
+  const int64_t m = dy.size(0), g = static_cast<int64_t>(offsets.size()) - 1;
+  std::vector<int64_t> koff{0}, dest(static_cast<size_t>(m));
+  for (int64_t e = 0; e < g; ++e) {
+    const int64_t r0 = offsets[static_cast<size_t>(e)];
+    const int64_t rows = offsets[static_cast<size_t>(e) + 1] - r0;
+    for (int64_t j = 0; j < rows; ++j) dest[static_cast<size_t>(r0 + j)] = koff.back() + j;
+    koff.push_back(koff.back() + (rows + kFp8Block - 1) / kFp8Block * kFp8Block);
+  }
+  const int64_t kt = koff.back();
+  const Tensor to = Tensor::from_vector(dest, {m}, DType::I64, dev);
+  const Fp8Rows dyt = quantize_rows_of_transpose(moe_scatter_rows(dy, to, kt));  // (N, Kt)
+  const Fp8Rows xt = quantize_rows_of_transpose(moe_scatter_rows(x, to, kt));    // (K, Kt)
+  Tensor dw = Tensor::empty({g, dy.size(1), x.size(1)}, dy.dtype(), dev);
+  kernels::gemm_fp8_kgrouped()(dev, dyt.q, dyt.scales, xt.q, xt.scales,
+                               Tensor::from_vector(koff, {g + 1}, DType::I64, dev), dw);
+  std::vector<Tensor> out;
+  for (int64_t e = 0; e < g; ++e) out.push_back(dw.select(0, e));
+  return out;
+}
+
 }  // namespace
 
 Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
@@ -261,7 +290,16 @@ Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
                                 wq_saved.scales.transpose(1, 2).contiguous()};
              grads[0] = grouped_fp8_gemm(fp8_quantize_rows(dy), wt, offsets, off, dy.dtype());
            }
-           for (size_t e = 0; e < gw.size(); ++e) {  // dw_g = dy_g^T x_g (1D1D per group)
+           // dw_g = dy_g^T x_g (1D1D per group): one k-grouped GEMM where the backend
+           // prefers grouped launches, else one GEMM per group.
+           if (std::find(gw.begin(), gw.end(), true) == gw.end()) return grads;
+           if (kernels::gemm_fp8_grouped_preferred()(dev)) {
+             const std::vector<Tensor> dws = grouped_wgrad(dy, x2, offsets);
+             for (size_t e = 0; e < gw.size(); ++e)
+               if (gw[e] && offsets[e + 1] > offsets[e]) grads[e + 1] = dws[e];
+             return grads;
+           }
+           for (size_t e = 0; e < gw.size(); ++e) {
              const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
              if (!gw[e] || rows == 0) continue;
              const Fp8Rows xt = quantize_rows_of_transpose(x2.narrow(0, r0, rows));

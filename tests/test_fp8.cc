@@ -430,6 +430,79 @@ TEST(Fp8Cpu, GroupedGemmsMatchTripleLoops) {
   EXPECT_EQ(got.touched, 0) << "rows past the counts were written";
 }
 
+// The k-grouped GEMM's case: a (M, Kt) and b (N, Kt), both with 1x128 row scales, split into
+// groups of K columns (multiples of 128, one empty); per group the slices as a dense case.
+struct KGroupedCase {
+  int64_t m, n;
+  std::vector<int64_t> koff;
+  Quantized a, b;
+};
+
+KGroupedCase make_kgrouped(int64_t m, int64_t n, const std::vector<int64_t>& klen, uint64_t seed) {
+  KGroupedCase c{m, n, {0}, {}, {}};
+  for (int64_t l : klen) c.koff.push_back(c.koff.back() + l);
+  const int64_t kt = c.koff.back();
+  c.a = quantize(randn_outliers(m, kt, seed, DType::F32), 1, kCpu);
+  c.b = quantize(randn_outliers(n, kt, seed + 1, DType::F32), 1, kCpu);
+  return c;
+}
+
+// Group g's columns as a dense 1D1D case (contiguous copies of the slices).
+GemmCase group_case(const KGroupedCase& c, size_t g) {
+  const int64_t k0 = c.koff[g], k = c.koff[g + 1] - k0;
+  auto slice = [&](const Quantized& q) {
+    return Quantized{q.q.narrow(1, k0, k).contiguous(),
+                     q.scales.narrow(1, k0 / kFp8Block, k / kFp8Block).contiguous()};
+  };
+  return {c.m, c.n, k, slice(c.a), slice(c.b), 1};
+}
+
+// gemm_fp8_kgrouped on `dev` into a poisoned (G, M, N) of dtype dt, read back as f64.
+std::vector<double> run_kgrouped(const KGroupedCase& c, Device dev, DType dt) {
+  const int64_t g = static_cast<int64_t>(c.koff.size()) - 1;
+  Tensor d = test::poisoned({g, c.m, c.n}, dt, dev);
+  kernels::gemm_fp8_kgrouped()(dev, c.a.q.to(dev), c.a.scales.to(dev), c.b.q.to(dev),
+                               c.b.scales.to(dev),
+                               Tensor::from_vector(c.koff, {g + 1}, DType::I64, dev), d);
+  return d.to_double_vector();
+}
+
+// On the CPU: each group's output is the dense reference's on that group's columns, rounded
+// once to f32 (the same f64 sums); an empty group is zeros.
+TEST(Fp8Cpu, KGroupedGemmEqualsPerGroupGemms) {
+  const KGroupedCase c = make_kgrouped(70, 130, {256, 0, 128, 384}, case_seed(470));
+  const std::vector<double> got = run_kgrouped(c, kCpu, DType::F32);
+  const size_t mn = static_cast<size_t>(c.m * c.n);
+  for (size_t g = 0; g + 1 < c.koff.size(); ++g) {
+    const std::vector<double> part(got.begin() + static_cast<std::ptrdiff_t>(g * mn),
+                                   got.begin() + static_cast<std::ptrdiff_t>((g + 1) * mn));
+    if (c.koff[g + 1] == c.koff[g]) {
+      EXPECT_EQ(part, std::vector<double>(mn, 0.0)) << "group " << g << " (empty): zeros";
+      continue;
+    }
+    const GemmCase gc = group_case(c, g);
+    const std::vector<double> ref = run_gemm(gc, kCpu, DType::F64);
+    std::vector<double> want(mn);
+    for (size_t i = 0; i < mn; ++i) want[i] = static_cast<float>(ref[i]);
+    EXPECT_EQ(part, want) << "group " << g;
+    const TripleLoop t = triple_loop(gc);  // and the independent loop, to f32's rounding
+    expect_within(fmt::format("k-grouped group {}", g), part, t.value, t.abs, 0x1p-23, 0x1p-40);
+  }
+  // Offsets the contract does not allow are errors.
+  const Tensor aq = c.a.q, as = c.a.scales, bq = c.b.q, bs = c.b.scales;
+  Tensor d = Tensor::empty({2, c.m, c.n}, DType::F32);
+  auto with = [&](std::vector<int64_t> off) {
+    kernels::gemm_fp8_kgrouped()(kCpu, aq, as, bq, bs, Tensor::from_vector(off, {3}), d);
+  };
+  EXPECT_NO_THROW(with({0, 384, 768}));
+  EXPECT_THROW(with({0, 100, 768}), Error);  // not a multiple of 128
+  EXPECT_THROW(with({0, 512, 384}), Error);  // falls (and ends short)
+  EXPECT_THROW(with({128, 384, 768}), Error);  // does not start at 0
+  EXPECT_THROW(kernels::gemm_fp8_kgrouped()(kCpu, aq, as, bq, bs,
+                                            Tensor::from_vector(std::vector<int64_t>{0, 768}, {2}),
+                                            d), Error);  // d has 2 groups, offsets 1
+}
+
 TEST(Fp8Cpu, GroupedGemmsRejectBadOffsetsAndCounts) {
   const std::vector<int64_t> rows = {3, 4};
   const GroupedCase c = make_grouped(rows, 8, 128, case_seed(1300));
@@ -873,6 +946,37 @@ void expect_tensor_core_result(const std::string& name, DType dt, const std::vec
 // columns, odd N (no vector stores), more tiles than multiprocessors with the 128x128 tile
 // (each persistent block loops over several tiles), and more k-blocks than stages (the ring
 // of stages wraps several times within a tile).
+// The k-grouped mma.sync kernel (the MoE wgrad in one launch; the CUDA gemm_fp8_kgrouped)
+// against the f64 reference per group: M and N not multiples of the tile, an empty group
+// (zeros), f32 and bf16 out, the dense mma kernel's bounds.
+TEST(Fp8Cuda, MmaKGroupedGemmMatchesReference) {
+  R1_SKIP_WITHOUT_CUDA();
+  const KGroupedCase c = make_kgrouped(200, 136, {384, 128, 0, 640}, case_seed(980));
+  const size_t mn = static_cast<size_t>(c.m * c.n);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const std::vector<double> got = run_kgrouped(c, kGpu, dt);
+    for (size_t g = 0; g + 1 < c.koff.size(); ++g) {
+      const std::vector<double> part(got.begin() + static_cast<std::ptrdiff_t>(g * mn),
+                                     got.begin() + static_cast<std::ptrdiff_t>((g + 1) * mn));
+      const std::string name = fmt::format("k-grouped mma {} group {}", dtype_name(dt), g);
+      if (c.koff[g + 1] == c.koff[g]) {
+        EXPECT_EQ(part, std::vector<double>(mn, 0.0)) << name << " (empty): zeros";
+        continue;
+      }
+      const GemmCase gc = group_case(c, g);
+      const TripleLoop t = triple_loop(gc);
+      const std::vector<double> ref = run_gemm(gc, kCpu, DType::F64);
+      if (dt == DType::F32) {
+        expect_within(name, part, ref, t.abs, 0.0, 0x1p-10);
+        EXPECT_LT(rel_error(part, ref, ref), 1e-3) << name;
+      } else {
+        expect_within(name, part, ref, t.abs, 0x1p-8, 0x1p-10);
+        expect_bf16_output_within(name, part, ref, 1e-3);
+      }
+    }
+  }
+}
+
 TEST(Fp8Cuda, WgmmaGemmMatchesReference) {
   R1_SKIP_WITHOUT_WGMMA();
   const int64_t shapes[][3] = {{1, 1, 16},        {7, 129, 128},     {200, 300, 256},

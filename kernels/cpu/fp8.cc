@@ -235,6 +235,34 @@ void gemm_fp8_grouped_masked_cpu(const Tensor& a_q, const Tensor& a_scales, cons
   }
 }
 
+// The k-grouped GEMM: each group's K columns (contiguous copies of the slices) through the
+// dense reference, zeros for an empty range.
+void gemm_fp8_kgrouped_cpu(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                           const Tensor& b_scales, const Tensor& k_offsets, Tensor& d) {
+  check_gemm_fp8_kgrouped(a_q, a_scales, b_q, b_scales, k_offsets, d);
+  const int64_t g = d.size(0), kt = a_q.size(1);
+  const std::vector<int64_t> off = index_values(k_offsets);
+  R1_CHECK(off[0] == 0 && off[static_cast<size_t>(g)] == kt,
+           "gemm_fp8_kgrouped: k_offsets run from {} to {}, not 0 to Kt = {}", off[0],
+           off[static_cast<size_t>(g)], kt);
+  for (int64_t e = 0; e < g; ++e) {
+    const int64_t k0 = off[static_cast<size_t>(e)], k1 = off[static_cast<size_t>(e) + 1];
+    R1_CHECK(k1 >= k0 && k0 % kFp8Block == 0 && k1 % kFp8Block == 0,
+             "gemm_fp8_kgrouped: k_offsets[{}] = {}, k_offsets[{}] = {}: rising multiples of 128",
+             e, k0, e + 1, k1);
+    Tensor de = d.select(0, e);
+    if (k1 == k0) {
+      de.zero_();
+      continue;
+    }
+    const int64_t kb0 = k0 / kFp8Block, kbs = (k1 - k0) / kFp8Block;
+    gemm_fp8_blockscaled_cpu(a_q.narrow(1, k0, k1 - k0).contiguous(),
+                             a_scales.narrow(1, kb0, kbs).contiguous(),
+                             b_q.narrow(1, k0, k1 - k0).contiguous(),
+                             b_scales.narrow(1, kb0, kbs).contiguous(), de);
+  }
+}
+
 // The masked form: swiglu_quantize_fp8_cpu on each group's counted rows (row slices: a row's
 // bits do not depend on its neighbours).
 void swiglu_quantize_fp8_masked_cpu(const Tensor& gate, const Tensor& up, const Tensor& counts,
@@ -259,6 +287,7 @@ void swiglu_quantize_fp8_masked_cpu(const Tensor& gate, const Tensor& up, const 
 R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CPU, gemm_fp8_grouped_contiguous_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CPU, gemm_fp8_grouped_masked_cpu);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_preferred, CPU, [] { return true; });
+R1_REGISTER_KERNEL(gemm_fp8_kgrouped, CPU, gemm_fp8_kgrouped_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows, CPU, quantize_fp8_rows_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_blocks, CPU, quantize_fp8_blocks_cpu);
 R1_REGISTER_KERNEL(quantize_fp8_rows_transposed, CPU, quantize_fp8_rows_transposed_cpu);

@@ -55,13 +55,13 @@ __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// Rows [r0, r0 + 128) x bytes [kt * 128, kt * 128 + 128) of x (rows, row_bytes) -> s
-// (128 x kRowBytes), zero outside the matrix. row_bytes is a multiple of 16, so a 16-byte
-// chunk is wholly inside or outside. kAsync: through cp.async (the caller commits and waits),
-// else plain loads and stores.
+// Rows [r0, r0 + 128) x bytes [kt * 128, kt * 128 + 128) of x (rows, row_bytes; row r at
+// x + r * pitch) -> s (128 x kRowBytes), zero outside the matrix. row_bytes and pitch are
+// multiples of 16, so a 16-byte chunk is wholly inside or outside. kAsync: through cp.async
+// (the caller commits and waits), else plain loads and stores.
 template <bool kAsync>
-__device__ inline void stage_tile(const uint8_t* x, int64_t rows, int64_t row_bytes, int64_t r0,
-                                  int64_t kt, uint8_t* s) {
+__device__ inline void stage_tile(const uint8_t* x, int64_t rows, int64_t row_bytes,
+                                  int64_t pitch, int64_t r0, int64_t kt, uint8_t* s) {
 #pragma unroll
   for (int i = 0; i < kChunks / kBlockThreads; ++i) {
     const int idx = static_cast<int>(threadIdx.x) + i * kBlockThreads;
@@ -70,10 +70,10 @@ __device__ inline void stage_tile(const uint8_t* x, int64_t rows, int64_t row_by
     const bool in = gr < rows && gb < row_bytes;
     uint8_t* dst = s + row * kRowBytes + c16 * 16;
     if constexpr (kAsync) {
-      cp_async16(dst, in ? x + gr * row_bytes + gb : x, in);
+      cp_async16(dst, in ? x + gr * pitch + gb : x, in);
     } else {
       uint4 v = make_uint4(0, 0, 0, 0);
-      if (in) v = *reinterpret_cast<const uint4*>(x + gr * row_bytes + gb);
+      if (in) v = *reinterpret_cast<const uint4*>(x + gr * pitch + gb);
       *reinterpret_cast<uint4*>(dst) = v;
     }
   }
@@ -133,15 +133,18 @@ __device__ inline WarpPos warp_pos() {
 // between two block barriers. kStages = 1: load, sync, compute, sync. kStages = 2: k-tile
 // kt + 1 is copied (cp.async) into the other buffer while compute works on kt; smem holds
 // kStages * kStageBytes.
+// (mainloop_pitched: the rows row_bytes long but pitch bytes apart: a column range of wider
+// matrices, the k-grouped GEMM's per-group slices of K.)
 template <int kStages, class Compute>
-__device__ inline void mainloop(const uint8_t* a, int64_t m, const uint8_t* b, int64_t n,
-                                int64_t row_bytes, int64_t m0, int64_t n0, int64_t kts,
-                                uint8_t* smem, Compute&& compute) {
+__device__ inline void mainloop_pitched(const uint8_t* a, int64_t m, const uint8_t* b, int64_t n,
+                                        int64_t row_bytes, int64_t pitch, int64_t m0,
+                                        int64_t n0, int64_t kts, uint8_t* smem,
+                                        Compute&& compute) {
   static_assert(kStages == 1 || kStages == 2, "one or two shared-memory stages");
   if constexpr (kStages == 2) {
     if (kts > 0) {
-      stage_tile<true>(a, m, row_bytes, m0, 0, smem);
-      stage_tile<true>(b, n, row_bytes, n0, 0, smem + kTileBytes);
+      stage_tile<true>(a, m, row_bytes, pitch, m0, 0, smem);
+      stage_tile<true>(b, n, row_bytes, pitch, n0, 0, smem + kTileBytes);
     }
     cp_async_commit();
   }
@@ -151,19 +154,27 @@ __device__ inline void mainloop(const uint8_t* a, int64_t m, const uint8_t* b, i
     if constexpr (kStages == 2) {
       if (kt + 1 < kts) {  // the other buffer was released by the previous iteration's sync
         uint8_t* next = smem + ((kt + 1) & 1) * kStageBytes;
-        stage_tile<true>(a, m, row_bytes, m0, kt + 1, next);
-        stage_tile<true>(b, n, row_bytes, n0, kt + 1, next + kTileBytes);
+        stage_tile<true>(a, m, row_bytes, pitch, m0, kt + 1, next);
+        stage_tile<true>(b, n, row_bytes, pitch, n0, kt + 1, next + kTileBytes);
       }
       cp_async_commit();
       cp_async_wait<1>();  // all but the newest group: k-tile kt has landed
     } else {
-      stage_tile<false>(a, m, row_bytes, m0, kt, as);
-      stage_tile<false>(b, n, row_bytes, n0, kt, bs);
+      stage_tile<false>(a, m, row_bytes, pitch, m0, kt, as);
+      stage_tile<false>(b, n, row_bytes, pitch, n0, kt, bs);
     }
     __syncthreads();
     compute(static_cast<const uint8_t*>(as), static_cast<const uint8_t*>(bs), kt);
     __syncthreads();  // the next stage overwrites this buffer
   }
+}
+
+template <int kStages, class Compute>
+__device__ inline void mainloop(const uint8_t* a, int64_t m, const uint8_t* b, int64_t n,
+                                int64_t row_bytes, int64_t m0, int64_t n0, int64_t kts,
+                                uint8_t* smem, Compute&& compute) {
+  mainloop_pitched<kStages>(a, m, b, n, row_bytes, row_bytes, m0, n0, kts, smem,
+                            static_cast<Compute&&>(compute));
 }
 
 __device__ inline void store_out(float* d, int64_t i, float v) { d[i] = v; }

@@ -125,6 +125,9 @@ bool grouped_preferred() {
 }  // namespace
 
 R1_REGISTER_KERNEL(gemm_fp8_grouped_preferred, CUDA, grouped_preferred);
+// The k-grouped GEMM has one CUDA form, the mma.sync tile (its callers take it only where
+// gemm_fp8_grouped_preferred says so; Fp8Cuda.MmaKGroupedGemmMatchesReference tests it).
+R1_REGISTER_KERNEL(gemm_fp8_kgrouped, CUDA, gemm_fp8_kgrouped_mma);
 R1_REGISTER_KERNEL(gemm_fp8_blockscaled, CUDA, gemm_dense);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_contiguous, CUDA, gemm_contiguous);
 R1_REGISTER_KERNEL(gemm_fp8_grouped_masked, CUDA, gemm_masked);

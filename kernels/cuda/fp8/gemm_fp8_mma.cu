@@ -36,14 +36,19 @@ static_assert(kTileN == kFp8Block && kTileKBytes == kFp8Block,
 // Per k-block: the tensor cores' fp32 partial (4 mma steps), then the promotion into the
 // accumulator.
 // The tile at (m0, n0); every thread of the block calls it (the dense and grouped kernels).
+// mma_tile_pitched: a and b rows k bytes long, pitch bytes apart, kts k-blocks, the scales'
+// rows sstride floats apart (the k-grouped kernel's column slices); mma_tile: the plain
+// matrices (pitch = k, sstride = kts = kbs).
 template <class OutT, int kStages>
-__device__ __forceinline__ void mma_tile(const uint8_t* a, const float* sa, const uint8_t* b,
-                                         const float* sb, OutT* d, int64_t m, int64_t n,
-                                         int64_t k, int64_t kbs, bool b_rows, int64_t m0,
-                                         int64_t n0, uint8_t* smem) {
+__device__ __forceinline__ void mma_tile_pitched(const uint8_t* a, const float* sa,
+                                                 const uint8_t* b, const float* sb, OutT* d,
+                                                 int64_t m, int64_t n, int64_t k, int64_t pitch,
+                                                 int64_t kts, int64_t sstride, bool b_rows,
+                                                 int64_t m0, int64_t n0, uint8_t* smem) {
+  const int64_t kbs = sstride;  // the scales' row stride (the promotion below indexes by it)
   const WarpPos p = warp_pos();
   float acc[kFragsM][kFragsN][4] = {};
-  mainloop<kStages>(a, m, b, n, k, m0, n0, kbs, smem,
+  mainloop_pitched<kStages>(a, m, b, n, k, pitch, m0, n0, kts, smem,
                     [&](const uint8_t* as, const uint8_t* bs, int64_t kb) {
     float part[kFragsM][kFragsN][4] = {};
 #pragma unroll 1  // unrolled, the fragment loads of all 4 steps are hoisted and spill
@@ -99,6 +104,14 @@ __device__ __forceinline__ void mma_tile(const uint8_t* a, const float* sa, cons
 }
 
 template <class OutT, int kStages>
+__device__ __forceinline__ void mma_tile(const uint8_t* a, const float* sa, const uint8_t* b,
+                                         const float* sb, OutT* d, int64_t m, int64_t n,
+                                         int64_t k, int64_t kbs, bool b_rows, int64_t m0,
+                                         int64_t n0, uint8_t* smem) {
+  mma_tile_pitched<OutT, kStages>(a, sa, b, sb, d, m, n, k, k, kbs, kbs, b_rows, m0, n0, smem);
+}
+
+template <class OutT, int kStages>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     gemm_fp8_mma_kernel(const uint8_t* a, const float* sa, const uint8_t* b, const float* sb,
                         OutT* d, int64_t m, int64_t n, int64_t k, int64_t kbs, bool b_rows) {
@@ -123,6 +136,27 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   mma_tile<OutT, kStages>(a + begin * k, sa + begin * kbs, b + g * n * k, sb + g * nb * kbs,
                           d + begin * n, rows, n, k, kbs, false, t * kTileM,
                           int64_t{blockIdx.x} * kTileN, smem);
+}
+
+// k-grouped (gemm_fp8_kgrouped, the MoE wgrad): blockIdx.z is the group; its K columns
+// [k_offsets[g], k_offsets[g+1]) (multiples of 128) of a (m, kt) and b (n, kt), 1D1D scales
+// (m, kt/128) and (n, kt/128) -> d[g] (m, n); the dense tile on pitched column slices. An
+// empty range stores zeros (no k-block: the accumulator stays 0).
+template <class OutT, class I, int kStages>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    gemm_fp8_mma_kgrouped_kernel(const uint8_t* a, const float* sa, const uint8_t* b,
+                                 const float* sb, const I* k_offsets, OutT* d, int64_t m,
+                                 int64_t n, int64_t kt) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t g = blockIdx.z;
+  // Offsets past Kt (a broken promise) are kept inside the matrix.
+  const int64_t k1 = min(static_cast<int64_t>(k_offsets[g + 1]), kt);
+  const int64_t k0 = min(static_cast<int64_t>(k_offsets[g]), k1);
+  const int64_t kb0 = k0 / kFp8Block, kts = (k1 - k0) / kFp8Block;
+  mma_tile_pitched<OutT, kStages>(a + k0, sa + kb0, b + k0, sb + kb0, d + g * m * n, m, n,
+                                  k1 - k0, kt, kts, kt / kFp8Block, /*b_rows=*/true,
+                                  int64_t{blockIdx.y} * kTileM, int64_t{blockIdx.x} * kTileN,
+                                  smem);
 }
 
 // Grouped, masked layout: blockIdx.z is the group; tiles at or past counts[g] return.
@@ -255,6 +289,33 @@ void gemm_fp8_grouped_masked_mma(const Tensor& a_q, const Tensor& a_scales, cons
         a_q.data<uint8_t>(), a_scales.data<float>(), b_q.data<uint8_t>(),
         b_scales.data<float>(), static_cast<const I*>(counts.data_ptr()),
         static_cast<OutT*>(d.data_ptr()), mmax, n, k, fp8_blocks(k));
+    R1_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void gemm_fp8_kgrouped_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                           const Tensor& b_scales, const Tensor& k_offsets, Tensor& d) {
+  check_gemm_fp8_kgrouped(a_q, a_scales, b_q, b_scales, k_offsets, d);
+  const int64_t m = a_q.size(0), kt = a_q.size(1), n = b_q.size(0), g = d.size(0);
+  check_grouped_mma("gemm_fp8_kgrouped_mma", a_q, b_q, kt == 0 ? 16 : kt);
+  if (m == 0 || n == 0 || g == 0) return;
+  const int64_t grid_y = (m + kTileM - 1) / kTileM, grid_x = (n + kTileN - 1) / kTileN;
+  R1_CHECK(grid_y <= 65535 && g <= 65535, "gemm_fp8_kgrouped_mma: M {} or {} groups exceed "
+           "the grid", m, g);
+  const int dev = d.device().index;
+  DeviceGuard guard(dev);
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(g));
+  constexpr int kSmem = 2 * kStageBytes;
+  fp8::dispatch_out_index(d, k_offsets, [&](auto otag, auto itag) {
+    using OutT = decltype(otag);
+    using I = decltype(itag);
+    auto* kernel = gemm_fp8_mma_kgrouped_kernel<OutT, I, 2>;
+    opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
+    kernel<<<grid, kBlockThreads, kSmem, current_stream(dev)>>>(
+        a_q.data<uint8_t>(), a_scales.data<float>(), b_q.data<uint8_t>(),
+        b_scales.data<float>(), static_cast<const I*>(k_offsets.data_ptr()),
+        static_cast<OutT*>(d.data_ptr()), m, n, kt);
     R1_CUDA_CHECK_LAUNCH();
   });
 }

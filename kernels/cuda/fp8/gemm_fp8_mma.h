@@ -26,4 +26,10 @@ void gemm_fp8_grouped_contiguous_mma(const Tensor& a_q, const Tensor& a_scales,
 void gemm_fp8_grouped_masked_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
                                  const Tensor& b_scales, const Tensor& counts, Tensor& d);
 
+// The k-grouped form (contract: gemm_fp8_kgrouped, engine/kernels.h), one launch for all
+// groups (z), the k offsets read on the device; Kt a multiple of 128, 16-byte aligned a_q
+// and b_q. The CUDA registration of gemm_fp8_kgrouped. Not yet run on a GPU.
+void gemm_fp8_kgrouped_mma(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q,
+                           const Tensor& b_scales, const Tensor& k_offsets, Tensor& d);
+
 }  // namespace r1::cuda
