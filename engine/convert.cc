@@ -1,10 +1,7 @@
 // convert_buffer: one tight loop per (source, destination) dtype pair, instantiated from
 // per-dtype codecs, so f32 <-> bf16/f16/e4m3/e5m2 and f32 <-> f64 compile to straight loops
 // over the scalar conversions of engine/convert_inl.h.
-#include <cmath>
 #include <cstring>
-#include <limits>
-#include <type_traits>
 
 #include "engine/convert.h"
 #include "engine/convert_codecs.h"

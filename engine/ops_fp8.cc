@@ -13,11 +13,6 @@
 namespace r1 {
 namespace {
 
-// A block-quantized operand (quantize_fp8_blocks): q (N, K) e4m3, scales (NB, KB).
-struct Fp8Blocks {
-  Tensor q, scales;
-};
-
 Fp8Blocks quantize_blocks(const Tensor& b) {
   const Device dev = b.device();
   const int64_t n = b.size(0), k = b.size(1);
@@ -182,11 +177,8 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w, const Fp8Rows* x_quantized) 
   return y;
 }
 
-namespace {
-
-// G weights (N, K) block-quantized into one stack: q (G, N, K) e4m3, scales (G, NB, KB),
-// each slice what quantize_blocks gives for its weight.
-Fp8Blocks quantize_stack(const std::vector<Tensor>& ws) {
+Fp8Blocks fp8_quantize_weight_stack(const std::vector<Tensor>& ws) {
+  R1_CHECK(!ws.empty(), "fp8_quantize_weight_stack: no weights");
   const Device dev = ws[0].device();
   const int64_t g = static_cast<int64_t>(ws.size()), n = ws[0].size(0), k = ws[0].size(1);
   Fp8Blocks r{Tensor::empty({g, n, k}, DType::E4M3, dev),
@@ -197,6 +189,8 @@ Fp8Blocks quantize_stack(const std::vector<Tensor>& ws) {
   }
   return r;
 }
+
+namespace {
 
 // d (M, N) = the grouped product of a (M, K, 1x128 tiles) with the stack b (G, N, K): one
 // grouped launch (offsets_dev) where the backend prefers it, else a dense GEMM per non-empty
@@ -270,7 +264,7 @@ Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
            "grouped_linear_fp8: offsets must rise from 0 to M = {}", m);
   const Device dev = x.device();
   const Tensor x2 = x.detach().contiguous();
-  const Fp8Blocks wq = quantize_stack(ws);
+  const Fp8Blocks wq = fp8_quantize_weight_stack(ws);
   const Fp8Rows xq = x_quantized ? checked_input(*x_quantized, m, in, dev) : fp8_quantize_rows(x2);
   const Tensor off = Tensor::from_vector(offsets, {static_cast<int64_t>(offsets.size())},
                                          DType::I64, dev);

@@ -38,6 +38,14 @@ Tensor grouped_linear_fp8(const Tensor& x, const std::vector<Tensor>& ws,
                           const std::vector<int64_t>& offsets,
                           const Fp8Rows* x_quantized = nullptr);
 
+// G weights (N, K), one shape, dtype and device -> q (G, N, K) e4m3, scales (G, NB, KB) f32:
+// each slice the 128x128 quantization linear_fp8 makes of that weight (the grouped GEMMs'
+// b operand: grouped_linear_fp8, and the fp8 decode's stacked experts).
+struct Fp8Blocks {
+  Tensor q, scales;
+};
+Fp8Blocks fp8_quantize_weight_stack(const std::vector<Tensor>& ws);
+
 // x (..., K) f32 or bf16 -> its 1x128 quantization as linear_fp8 makes it (rows = numel / K),
 // for several linear_fp8 calls that share an input (q_a and kv_a, gate and up): one quantize.
 Fp8Rows fp8_quantize_rows(const Tensor& x);

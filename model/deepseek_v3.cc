@@ -219,20 +219,14 @@ std::shared_ptr<const DecodePrep> DeepseekV3::prepare_decode() const {
     prep->kv_b.push_back(
         fp8_weight_as_used(p(fmt::format("model.layers.{}.self_attn.kv_b_proj.weight", i))));
   if (cfg_.n_routed_experts == 0) return prep;
-  const int64_t E = cfg_.n_routed_experts;
   // Each expert's weight quantized as linear_fp8 quantizes it, into its slice of the stack.
   auto stack = [&](const std::string& pre, const char* proj, Tensor* q, Tensor* s) {
-    const Tensor& w0 = p(fmt::format("{}experts.0.{}.weight", pre, proj));
-    const Device dev = w0.device();
-    const int64_t rows = w0.size(0), cols = w0.size(1);
-    *q = Tensor::empty({E, rows, cols}, DType::E4M3, dev);
-    *s = Tensor::empty({E, fp8_blocks(rows), fp8_blocks(cols)}, DType::F32, dev);
-    for (int64_t e = 0; e < E; ++e) {
-      Tensor qe = q->select(0, e), se = s->select(0, e);
-      kernels::quantize_fp8_blocks()(
-          dev, p(fmt::format("{}experts.{}.{}.weight", pre, e, proj)).detach().contiguous(), qe,
-          se);
-    }
+    std::vector<Tensor> ws;
+    for (int64_t e = 0; e < cfg_.n_routed_experts; ++e)
+      ws.push_back(p(fmt::format("{}experts.{}.{}.weight", pre, e, proj)));
+    Fp8Blocks b = fp8_quantize_weight_stack(ws);
+    *q = std::move(b.q);
+    *s = std::move(b.scales);
   };
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     if (!cfg_.is_moe_layer(i)) continue;
@@ -591,6 +585,10 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
   const PagedLayout layout{1, L + rd, L, 0};
   const Tensor no_seq_lens = Tensor::from_vector(std::vector<int64_t>{N}, {1});
 
+  const auto* v3 = dynamic_cast<const V3DecodePrep*>(opt.prep);  // null without one
+  R1_CHECK(!opt.prep || v3, "DeepseekV3::forward_cached: the decode preparation is another "
+           "model's");
+
   Tensor h = embedding(ids.to(dev), p("model.embed_tokens.weight"));  // (N, D)
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string pre = fmt::format("model.layers.{}.", i), at = pre + "self_attn.";
@@ -617,9 +615,6 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
       std::optional<Fp8Rows> lq;
       norm(ckv[0], at + "kv_a_layernorm.weight", &lq);
       latent = fp8_dequantize_rows(*lq, ckv[0].dtype());
-      const auto* v3 = dynamic_cast<const V3DecodePrep*>(opt.prep);
-      R1_CHECK(!opt.prep || v3, "DeepseekV3::forward_cached: the decode preparation is another "
-               "model's");
       w = v3 ? v3->kv_b[static_cast<size_t>(i)] : fp8_weight_as_used(p(at + "kv_b_proj.weight"));
       w = w.view({H, nope + vd, L});
     } else {
@@ -647,9 +642,7 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
       h = add(h, mlp(pre + "mlp.", xn, mq ? &*mq : nullptr));
     } else {
       const StackedExperts* stacked = nullptr;
-      if (opt.prep) {
-        const auto* v3 = dynamic_cast<const V3DecodePrep*>(opt.prep);
-        R1_CHECK(v3, "DeepseekV3::forward_cached: the decode preparation is another model's");
+      if (v3) {
         const auto it = v3->layers.find(i);
         if (it != v3->layers.end()) stacked = &it->second;
       }
