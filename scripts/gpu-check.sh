@@ -189,8 +189,9 @@ fi
 # "VAR=value:benchmark filter" items.
 # R1_ROW_VARIANT (kernels/cuda/common/launch.cuh) reshapes the RMSNorm and cross-entropy
 # forward row kernels; R1_RMSNORM_BWD=smem keeps the two-read RMSNorm backward;
-# R1_RMSNORM_BWD_ROWS sets the rows per RMSNorm backward block (default 32).
-ab_default="R1_RMSNORM_BWD=smem:RmsNormBackward"
+# R1_RMSNORM_BWD_ROWS sets the rows per RMSNorm backward block (default 32); R1_ROW_PIPE=1
+# streams the RMSNorm rows through shared memory by bulk copies (kernels/cuda/norm_pipe.cu).
+ab_default="R1_ROW_PIPE=1:RmsNorm R1_RMSNORM_BWD=smem:RmsNormBackward"
 for r in 8 16 64; do ab_default+=" R1_RMSNORM_BWD_ROWS=$r:RmsNormBackward"; done
 for v in 1 2 3 4 5 6 7; do ab_default+=" R1_ROW_VARIANT=$v:RmsNorm|CrossEntropyForward"; done
 for ab in ${R1_GPU_AB:-$ab_default}; do

@@ -18,6 +18,10 @@
 #include "engine/ops.h"
 #include "tests/harness.h"
 
+#if defined(R1_HAVE_CUDA)
+#include "kernels/cuda/norm_pipe.h"
+#endif
+
 namespace r1 {
 namespace {
 
@@ -118,6 +122,42 @@ TEST(CudaModelOps, RmsNormForwardBackward) {
       test::expect_close(name + " dx", dxg.to(kCpu), dx64, tdx.atol, tdx.rtol);
       expect_matches(name + " dw", dwg, dw64, dt);
     }
+}
+
+// The pipelined RMSNorm (kernels/cuda/norm_pipe.cu, R1_ROW_PIPE=1) gives norm_act.cu's bits:
+// y, rstd, dx and dw bit for bit, with the pipeline shown to have run. Rows of whole 16-byte
+// chunks (its condition), several row blocks with a short last one (N = 70, 130), a single
+// row, and the row lengths of V3 (7168) and a small model (64).
+TEST(CudaModelOps, RmsNormPipeGivesTheRowKernelsBits) {
+  R1_SKIP_WITHOUT_CUDA();
+#if defined(R1_HAVE_CUDA)
+  const RowCase cases[] = {{70, 7168}, {130, 64}, {1, 4096}, {33, 2048}};
+  uint64_t k = 1500;
+  for (DType dt : kDTypes)
+    for (const RowCase& c : cases) {
+      const std::string name = fmt::format("rmsnorm pipe {} ({}, {})", dtype_name(dt), c.N, c.D);
+      const Tensor x = on_gpu(Tensor::randn({c.N, c.D}, case_seed(++k)), dt);
+      const Tensor w = on_gpu(Tensor::rand({c.D}, case_seed(++k), 0.5, 1.5), dt);
+      const Tensor dy = on_gpu(Tensor::randn({c.N, c.D}, case_seed(++k)), dt);
+      Tensor y[2], r[2], dx[2], dw[2];
+      for (int pipe : {0, 1}) {
+        cuda::set_row_pipe(pipe);
+        const int64_t before = cuda::row_pipe_launches();
+        y[pipe] = poisoned({c.N, c.D}, dt, kGpu);
+        r[pipe] = poisoned({c.N}, DType::F32, kGpu);
+        dx[pipe] = poisoned({c.N, c.D}, dt, kGpu);
+        dw[pipe] = poisoned({c.D}, dt, kGpu);
+        kernels::rmsnorm_forward()(kGpu, x, w, 1e-5, y[pipe], r[pipe]);
+        kernels::rmsnorm_backward()(kGpu, x, w, r[pipe], dy, dx[pipe], dw[pipe]);
+        EXPECT_EQ(cuda::row_pipe_launches() - before, pipe == 1 ? 2 : 0) << name;
+      }
+      cuda::set_row_pipe(-1);
+      test::expect_close(name + " y", y[1], y[0], 0, 0);
+      test::expect_close(name + " rstd", r[1], r[0], 0, 0);
+      test::expect_close(name + " dx", dx[1], dx[0], 0, 0);
+      test::expect_close(name + " dw", dw[1], dw[0], 0, 0);
+    }
+#endif
 }
 
 // ---- swiglu ------------------------------------------------------------------------------

@@ -23,7 +23,9 @@
 #include "engine/cuda/stream.h"
 #include "engine/kernels.h"
 #include "kernels/cuda/common/launch.cuh"
+#include "kernels/cuda/common/rmsnorm_math.cuh"
 #include "kernels/cuda/fp8/fp8_common.cuh"
+#include "kernels/cuda/norm_pipe.h"
 
 namespace r1::cuda {
 namespace {
@@ -53,11 +55,12 @@ __device__ __forceinline__ float row_sum_squares(const T* xr, bool live, int64_t
   float ss = 0;
   for (int64_t b0 = base; live && b0 < D; b0 += step) {
     load_row_chunks(xr, b0, D, tpr, c);
+    // Elements past a chunk's count are +0 (load_row_chunks), and ss (from +0, adding squares)
+    // is never -0, so adding their squares leaves ss's bits as they were: no test per element.
 #pragma unroll
     for (int u = 0; u < C; ++u)
 #pragma unroll
-      for (int k = 0; k < kVec<T>; ++k)
-        if (k < c.cnt[u]) ss += c.at(u, k) * c.at(u, k);
+      for (int k = 0; k < kVec<T>; ++k) ss = rms::sumsq(ss, c.at(u, k));
   }
   return group_reduce(ss, Add{}, smem, tpr);
 }
@@ -70,7 +73,7 @@ __device__ __forceinline__ void normalize_chunk(const RowChunks<T, C>& c, int u,
                                                 float (&wf)[kVec<T>]) {
   load_chunk(w, i0, D, wf);
 #pragma unroll
-  for (int k = 0; k < kVec<T>; ++k) wf[k] = c.at(u, k) * r * wf[k];
+  for (int k = 0; k < kVec<T>; ++k) wf[k] = rms::y(c.at(u, k), r, wf[k]);
   store_chunk(yr, i0, D, wf);
 }
 
@@ -110,7 +113,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
     RowChunks<T, C> c;
     const float ss = row_sum_squares(xr, live, D, base, step, tpr, c, smem);
     if (live) {
-      const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+      const float r = rms::rstd(ss, D, eps);
       if (lane == 0) rstd[n] = r;
       T* yr = y + n * D;
       // Pass 2: the chunks still in registers, or the row again (from L2) in steps.
@@ -158,7 +161,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
   }
   const float ss = row_sum_squares(xr, live, D, base, step, tpr, c, smem);
   if (!live) return;  // whole row groups (tpr >= 32): whole warps
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+  const float r = rms::rstd(ss, D, eps);
   if (lane == 0) rstd[n] = r;
   T* yr = y + n * D;
   uint8_t* qr = q + n * D;
@@ -203,10 +206,10 @@ __device__ inline void add_partial(float4* acc, int64_t nch, int64_t c, const fl
 #pragma unroll
   for (int h = 0; h < kV / 4; ++h) {
     float4 a = acc[h * nch + c];
-    a.x += g[4 * h] * xv[4 * h] * r;
-    a.y += g[4 * h + 1] * xv[4 * h + 1] * r;
-    a.z += g[4 * h + 2] * xv[4 * h + 2] * r;
-    a.w += g[4 * h + 3] * xv[4 * h + 3] * r;
+    a.x = rms::dw(a.x, g[4 * h], xv[4 * h], r);
+    a.y = rms::dw(a.y, g[4 * h + 1], xv[4 * h + 1], r);
+    a.z = rms::dw(a.z, g[4 * h + 2], xv[4 * h + 2], r);
+    a.w = rms::dw(a.w, g[4 * h + 3], xv[4 * h + 3], r);
     acc[h * nch + c] = a;
   }
 }
@@ -260,11 +263,11 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
       float wf[kV];
       load_chunk(w, base + int64_t{u} * tpr * kV, D, wf);
 #pragma unroll
-      for (int k = 0; k < kV; ++k)
-        if (k < xc.cnt[u]) dot += wf[k] * gc.at(u, k) * xc.at(u, k);
+      for (int k = 0; k < kV; ++k)  // +0 past the count (x, dy and w): adds nothing
+        dot = rms::dot(dot, wf[k], gc.at(u, k), xc.at(u, k));
     }
     dot = group_reduce(dot, Add{}, smem, tpr);
-    const float cf = dot * r * r / static_cast<float>(D);
+    const float cf = rms::coef(dot, r, D);
 #pragma unroll
     for (int u = 0; u < kC; ++u) {
       if (xc.cnt[u] == 0) continue;
@@ -274,10 +277,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
       for (int k = 0; k < kV; ++k) {
         gf[k] = gc.at(u, k);
         xf[k] = xc.at(u, k);
-        out[k] = r * (out[k] * gf[k] - xf[k] * cf);
+        out[k] = rms::dx(r, out[k], gf[k], xf[k], cf);
       }
+      add_partial(acc, nch, int64_t{lane} + int64_t{u} * tpr, gf, xf, r);  // gf, xf die first
       store_chunk(dx + n * D, base + int64_t{u} * tpr * kV, D, out);
-      add_partial(acc, nch, int64_t{lane} + int64_t{u} * tpr, gf, xf, r);
     }
   }
   write_partial(acc, partial + int64_t{blockIdx.x} * D, D, nch, kV, lane, tpr);
@@ -312,22 +315,21 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     float dot = 0;
     for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += step) {
       float xf[kV], gf[kV], wf[kV];
-      const int cnt = load_chunk(xr, i0, D, xf);
+      load_chunk(xr, i0, D, xf);
       load_chunk(gr, i0, D, gf);
       load_chunk(w, i0, D, wf);
 #pragma unroll
-      for (int k = 0; k < kV; ++k)
-        if (k < cnt) dot += wf[k] * gf[k] * xf[k];
+      for (int k = 0; k < kV; ++k) dot = rms::dot(dot, wf[k], gf[k], xf[k]);  // +0 past cnt: adds nothing
     }
     dot = group_reduce(dot, Add{}, smem, tpr);  // uniform trip count: every thread reaches it
-    const float cf = dot * r * r / static_cast<float>(D);
+    const float cf = rms::coef(dot, r, D);
     for (int64_t i0 = int64_t{lane} * kV; i0 < D; i0 += step) {
       float xf[kV], gf[kV], wf[kV], out[kV];
       load_chunk(xr, i0, D, xf);
       load_chunk(gr, i0, D, gf);
       load_chunk(w, i0, D, wf);
 #pragma unroll
-      for (int k = 0; k < kV; ++k) out[k] = r * (wf[k] * gf[k] - xf[k] * cf);
+      for (int k = 0; k < kV; ++k) out[k] = rms::dx(r, wf[k], gf[k], xf[k], cf);
       store_chunk(dx + n * D, i0, D, out);
       add_partial(acc, nch, i0 / kV, gf, xf, r);
     }
@@ -396,6 +398,8 @@ void launch_rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor
         rmsnorm_quantize_fp8_kernel<T, C, MinBlocks><<<blocks, tpr * rows, 0, s>>>(
             xp, wp, yp, rstd.data<float>(), q->data<uint8_t>(), scales->data<float>(), N, D,
             static_cast<float>(eps), tpr);
+      } else if (rmsnorm_forward_pipe(x, w, eps, y, rstd, tpr)) {
+        return;  // R1_ROW_PIPE=1 (norm_pipe.cu): the same bits at the same tpr
       } else if (row_prefetch()) {
         const auto kernel = rmsnorm_forward_kernel<T, C, MinBlocks, true>;
         int per_sm = 0;
@@ -498,6 +502,10 @@ void rmsnorm_backward_cuda(const Tensor& x, const Tensor& w, const Tensor& rstd,
     dispatch_row_variant<T>(RowKernel::RmsNormBackward, [&]<int C, int MinBlocks>(int) {
       const int tpr_reg = row_threads(nch, C);
       const bool reg = nch <= int64_t{tpr_reg} * C && rmsnorm_backward_variant() != 1;
+      // R1_ROW_PIPE=1 (norm_pipe.cu): the same bits at the tpr of the kernel it replaces.
+      if (rmsnorm_backward_pipe(x, w, rstd, dy, dx, partial, rows,
+                                reg ? tpr_reg : row_threads_for<T>(nch)))
+        return;
       const auto kernel =
           reg ? rmsnorm_backward_reg_kernel<T, C, MinBlocks> : rmsnorm_backward_kernel<T>;
       opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), static_cast<int>(smem));
@@ -734,10 +742,6 @@ __global__ void __launch_bounds__(kThreads, 3)
   const int64_t tok = blockIdx.x;
   const int64_t half = D / 2;
   const int64_t nch = ((interleaved ? D : half) + kV - 1) / kV;
-  const int64_t p = static_cast<int64_t>(pos[tok]);
-  const bool ok = p >= 0 && p < num_pos;
-  const Tc* cr = cos + (ok ? p : 0) * half;
-  const Tc* sr = sin + (ok ? p : 0) * half;
   if (interleaved && blockDim.x % nch == 0) {
     // The usual case (rope_block): this thread's chunk of the head dim is the same in every
     // head it visits, so its cos/sin pairs are read once, not once per head (per head they
@@ -745,6 +749,25 @@ __global__ void __launch_bounds__(kThreads, 3)
     // bandwidth on the H200).
     const int64_t i0 = (threadIdx.x % nch) * kV;
     const int64_t hstep = blockDim.x / nch;
+    // kRopeHeads heads' chunks are loaded (raw, 4 registers each) before any is stored: y
+    // may be x, so the compiler cannot move a load above an earlier store, and one head per
+    // step left a single 16-byte load in flight per thread. The first heads' loads go out
+    // before the position is read: they do not depend on it, and a block's life was the
+    // chain position -> cos/sin -> x -> y (at (4, 4096, 128, 64) a block is one step).
+    uint4 raw[kRopeHeads];
+    int64_t h0 = threadIdx.x / nch;
+    auto load_heads = [&] {
+#pragma unroll
+      for (int u = 0; u < kRopeHeads; ++u) {
+        const int64_t h = h0 + u * hstep;
+        if (h < H) load_chunk_raw(x + (tok * H + h) * D, i0, D, raw[u]);
+      }
+    };
+    load_heads();
+    const int64_t p = static_cast<int64_t>(pos[tok]);
+    const bool ok = p >= 0 && p < num_pos;
+    const Tc* cr = cos + (ok ? p : 0) * half;
+    const Tc* sr = sin + (ok ? p : 0) * half;
     float cj[kV / 2], sj[kV / 2];
 #pragma unroll
     for (int k = 0; k < kV; k += 2) {
@@ -752,34 +775,30 @@ __global__ void __launch_bounds__(kThreads, 3)
       cj[k / 2] = in ? to_f32(cr[(i0 + k) / 2]) : 0.0f;
       sj[k / 2] = in ? sgn * to_f32(sr[(i0 + k) / 2]) : 0.0f;
     }
-    // kRopeHeads heads' chunks are loaded (raw, 4 registers each) before any is stored: y
-    // may be x, so the compiler cannot move a load above an earlier store, and one head per
-    // step left a single 16-byte load in flight per thread.
-    for (int64_t h0 = threadIdx.x / nch; h0 < H; h0 += kRopeHeads * hstep) {
-      uint4 raw[kRopeHeads];
-#pragma unroll
-      for (int u = 0; u < kRopeHeads; ++u) {
-        const int64_t h = h0 + u * hstep;
-        if (h < H) load_chunk_raw(x + (tok * H + h) * D, i0, D, raw[u]);
-      }
+    while (true) {
 #pragma unroll
       for (int u = 0; u < kRopeHeads; ++u) {
         const int64_t h = h0 + u * hstep;
         if (h >= H) break;
-        T e[kV];
-        memcpy(e, &raw[u], 16);
         float b[kV];
 #pragma unroll
         for (int k = 0; k < kV; k += 2) {
-          const float a0 = to_f32(e[k]), a1 = to_f32(e[k + 1]);
+          const float a0 = chunk_elem<T>(raw[u], k), a1 = chunk_elem<T>(raw[u], k + 1);
           b[k] = ok ? a0 * cj[k / 2] - a1 * sj[k / 2] : NAN;
           b[k + 1] = ok ? a0 * sj[k / 2] + a1 * cj[k / 2] : NAN;
         }
         store_chunk(y + (tok * H + h) * D, i0, D, b);
       }
+      h0 += kRopeHeads * hstep;
+      if (h0 >= H) break;
+      load_heads();
     }
     return;
   }
+  const int64_t p = static_cast<int64_t>(pos[tok]);
+  const bool ok = p >= 0 && p < num_pos;
+  const Tc* cr = cos + (ok ? p : 0) * half;
+  const Tc* sr = sin + (ok ? p : 0) * half;
 #pragma unroll 4
   for (int64_t item = threadIdx.x; item < H * nch; item += blockDim.x) {
     const int64_t h = item / nch, i0 = (item - h * nch) * kV;

@@ -96,6 +96,15 @@ __device__ inline void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
       : "memory");
 }
+// `bytes` contiguous bytes at global src -> shared memory at dst by the copy engine (the 1-d
+// bulk copy: no tensor map), completing `bar`'s transaction count by `bytes`. src and dst
+// 16-byte aligned, bytes a multiple of 16 (PTX ISA "cp.async.bulk").
+__device__ inline void bulk_load_1d(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+      ::"r"(smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
 __device__ inline void tma_prefetch_descriptor(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }

@@ -36,13 +36,33 @@ __device__ inline int64_t global_thread() {
 }
 __device__ inline int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
 
-// Storage type <-> fp32: f32 as is, bf16 bits through engine/convert.h (RNE, as the CPU).
+// Storage type <-> fp32: f32 as is, bf16 bits rounded RNE, the same bits as engine/convert.h
+// on the CPU. The rounding is the hardware's cvt.rn (one instruction for a value, one for a
+// pair) instead of convert.h's integer sequence (about 8 instructions a value): in the bf16
+// row kernels that sequence doubled the instructions per element, and their time per element
+// was nearly f32's at half the bytes (H200, e5d6f34: RMSNorm forward 202-223 us bf16 against
+// 260 us f32 for the same N x D) -- per-element work, not bandwidth. cvt.rn is IEEE RNE for
+// every finite value and infinity (subnormals kept: no .ftz), so only a NaN differs: cvt
+// gives the canonical 0x7fff, convert.h keeps the sign and the payload's top with the quiet
+// bit set. A NaN takes convert.h's value here too.
 __device__ inline float to_f32(float v) { return v; }
 __device__ inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
+__device__ __forceinline__ uint16_t bf16_rn(float v) {
+  uint16_t h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  return v != v ? static_cast<uint16_t>((__float_as_uint(v) >> 16) | 0x40u) : h;
+}
+// lo and hi as one word of two bf16 (lo in the low half: element 2j of a little-endian
+// pair), RNE; a NaN's half is the cvt's canonical one (pack_chunk mends it).
+__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
 template <class T>
 __device__ inline T from_f32(float v) {
   if constexpr (std::is_same_v<T, float>) return v;
-  else return f32_to_bf16(v);
+  else return bf16_rn(v);
 }
 
 // Calls fn(float{}) or fn(uint16_t{}) (bf16 bits) for the dtype; others are an error naming op.
@@ -76,17 +96,59 @@ inline int row_threads(int64_t chunks, int per_thread = kChunksPerThread) {
   return t;
 }
 
+// Word i (0..3, a compile-time constant once unrolled) of a 16-byte chunk.
+__device__ __forceinline__ uint32_t chunk_word(const uint4& r, int i) {
+  return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
+}
+
+// Element k of a raw 16-byte chunk of T as fp32: one shift or mask for bf16 (element 2j is
+// word j's low half).
+template <class T>
+__device__ __forceinline__ float chunk_elem(const uint4& raw, int k) {
+  if constexpr (sizeof(T) == 4) {
+    return __uint_as_float(chunk_word(raw, k));
+  } else {
+    const uint32_t w = chunk_word(raw, k / 2);
+    return __uint_as_float(k % 2 == 0 ? w << 16 : w & 0xffff0000u);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void unpack_chunk(const uint4& raw, float (&f)[kVec<T>]) {
+#pragma unroll
+  for (int k = 0; k < kVec<T>; ++k) f[k] = chunk_elem<T>(raw, k);
+}
+
+// kVec<T> fp32 values as a raw chunk of T: for bf16 four cvt.rn.bf16x2 and, only when a value
+// is NaN, convert.h's NaN bits (bf16_rn) in place of the cvt's canonical one.
+template <class T>
+__device__ __forceinline__ uint4 pack_chunk(const float (&f)[kVec<T>]) {
+  if constexpr (sizeof(T) == 4) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                      __float_as_uint(f[3]));
+  } else {
+    uint4 u = make_uint4(bf16x2_rn(f[0], f[1]), bf16x2_rn(f[2], f[3]), bf16x2_rn(f[4], f[5]),
+                         bf16x2_rn(f[6], f[7]));
+    bool nan = false;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) nan |= f[k] != f[k];
+    if (nan) {
+      u = make_uint4(bf16_rn(f[0]) | uint32_t{bf16_rn(f[1])} << 16,
+                     bf16_rn(f[2]) | uint32_t{bf16_rn(f[3])} << 16,
+                     bf16_rn(f[4]) | uint32_t{bf16_rn(f[5])} << 16,
+                     bf16_rn(f[6]) | uint32_t{bf16_rn(f[7])} << 16);
+    }
+    return u;
+  }
+}
+
 // f[k] := p[i0 + k] as fp32 for the chunk's elements below n; returns how many (<= kVec).
 // One 16-byte load when the chunk is whole and aligned, else scalar loads (same values).
 template <class T>
 __device__ inline int load_chunk(const T* p, int64_t i0, int64_t n, float (&f)[kVec<T>]) {
   constexpr int kV = kVec<T>;
   if (i0 + kV <= n && aligned16(p + i0)) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p + i0);
-    T e[kV];
-    memcpy(e, &u, 16);
-#pragma unroll
-    for (int k = 0; k < kV; ++k) f[k] = to_f32(e[k]);
+    unpack_chunk<T>(*reinterpret_cast<const uint4*>(p + i0), f);
     return kV;
   }
   const int cnt = static_cast<int>(n - i0 < kV ? n - i0 : kV);
@@ -99,18 +161,13 @@ __device__ inline int load_chunk(const T* p, int64_t i0, int64_t n, float (&f)[k
 template <class T>
 __device__ inline void store_chunk(T* p, int64_t i0, int64_t n, const float (&f)[kVec<T>]) {
   constexpr int kV = kVec<T>;
-  T e[kV];
-#pragma unroll
-  for (int k = 0; k < kV; ++k) e[k] = from_f32<T>(f[k]);
   if (i0 + kV <= n && aligned16(p + i0)) {
-    uint4 u;
-    memcpy(&u, e, 16);
-    *reinterpret_cast<uint4*>(p + i0) = u;
+    *reinterpret_cast<uint4*>(p + i0) = pack_chunk<T>(f);
     return;
   }
 #pragma unroll
   for (int k = 0; k < kV; ++k)
-    if (i0 + k < n) p[i0 + k] = e[k];
+    if (i0 + k < n) p[i0 + k] = from_f32<T>(f[k]);
 }
 
 // Chunks per thread in one step of a row walk (RowChunks) for the kernels without a tuned
@@ -194,11 +251,7 @@ struct RowChunks {
   static constexpr int kC = C;
   uint4 raw[kC];
   int cnt[kC];
-  __device__ float at(int u, int k) const {
-    T e[kVec<T>];
-    memcpy(e, &raw[u], 16);
-    return to_f32(e[k]);
-  }
+  __device__ float at(int u, int k) const { return chunk_elem<T>(raw[u], k); }
 };
 
 // raw := the 16 bytes at p + i0 (one vector load when whole and aligned, else element by
