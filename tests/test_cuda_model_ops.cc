@@ -314,6 +314,35 @@ TEST(CudaModelOps, CrossEntropyForwardBackward) {
     }
 }
 
+// Masked logits (-inf): a row whose first half is -inf (at V = 129280 every thread's first
+// steps see nothing else), one whose second half is, one without: softmax and cross-entropy
+// against the CPU, the masked entries' probabilities 0. Before 2026-12-01 the first row came
+// out NaN on the GPU (exp(-inf - (-inf)) in the row reduction's unpredicated path).
+TEST(CudaModelOps, MaskedLogitsHaveZeroProbability) {
+  R1_SKIP_WITHOUT_CUDA();
+  uint64_t k = 5500;
+  for (DType dt : kDTypes)
+    for (int64_t V : {int64_t{1000}, int64_t{129280}}) {
+      const std::string name = fmt::format("masked {} V {}", dtype_name(dt), V);
+      Tensor x = Tensor::randn({3, V}, case_seed(++k), DType::F32, kCpu, 2.0);
+      x.narrow(0, 0, 1).narrow(1, 0, V / 2).fill_(-INFINITY);
+      x.narrow(0, 1, 1).narrow(1, V / 2, V - V / 2).fill_(-INFINITY);
+      const Tensor x64 = rounded_f64(x, dt), xg = on_gpu(x, dt);
+      Tensor y64 = empty64({3, V});
+      kernels::softmax_forward()(kCpu, x64, false, y64);
+      Tensor yg = poisoned({3, V}, dt, kGpu);
+      kernels::softmax_forward()(kGpu, xg, false, yg);
+      expect_matches(name + " softmax", yg, y64, dt);
+      const Tensor targets = Tensor::from_vector(std::vector<int64_t>{V - 1, 0, V / 3}, {3});
+      Tensor loss64 = empty64({3}), lse64 = empty64({3});
+      kernels::cross_entropy_forward()(kCpu, x64, targets, -100, loss64, lse64);
+      Tensor lossg = poisoned({3}, DType::F32, kGpu), lseg = poisoned({3}, DType::F32, kGpu);
+      kernels::cross_entropy_forward()(kGpu, xg, targets.to(kGpu), -100, lossg, lseg);
+      expect_matches(name + " loss", lossg, loss64, DType::F32);
+      expect_matches(name + " lse", lseg, lse64, DType::F32);
+    }
+}
+
 TEST(CudaModelOps, BadInputsAreErrors) {
   R1_SKIP_WITHOUT_CUDA();
   const Tensor logits = Tensor::randn({2, 5}, case_seed(6000), DType::F32, kGpu);

@@ -58,7 +58,21 @@ struct Merge {
 // chunk per step left the cross-entropy forward at 0.43 of the copy bandwidth at V = 129280
 // and softmax at 0.32 at V = 32768, latency-bound on the exp chain.
 
+// exp(x - m) as 2^(x log2(e) - m log2(e)) with mL = m log2(e) computed once per step: one
+// FFMA and the ex2 unit, where __expf(x - m) is a subtraction, a multiplication and ex2 (the
+// bf16 cross-entropy forward ran at 0.68 of the copy bandwidth on the H200 with per-element
+// work its limit, as in the other bf16 row kernels: launch.cuh). x = -inf gives 0.
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float exp_shifted(float x, float mL) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(__fmaf_rn(x, kLog2e, -mL)));
+  return r;
+}
+
 // acc := acc merged with the step's elements: one max over the step, one rescale of acc.
+// A step whose elements are all -inf while acc is empty (m = -inf) leaves acc as it is: the
+// sum stays 0 (exp(-inf - (-inf)) would be NaN, which the full path computed before
+// 2026-12-01: a row whose first step of a thread was all -inf, masked logits, came out NaN).
 template <class T, int C>
 __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
   constexpr int kV = kVec<T>;
@@ -72,11 +86,13 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
 #pragma unroll
       for (int k = 0; k < kV; ++k) cm = fmaxf(cm, st.at(u, k));
     const float m = fmaxf(acc.m, cm);
+    if (m == -INFINITY) return;
+    const float mL = m * kLog2e;
     float cs = 0;
 #pragma unroll
     for (int u = 0; u < C; ++u)
 #pragma unroll
-      for (int k = 0; k < kV; ++k) cs += __expf(st.at(u, k) - m);  // the same order as below
+      for (int k = 0; k < kV; ++k) cs += exp_shifted(st.at(u, k), mL);  // the same order as below
     acc.s = acc.s * __expf(acc.m - m) + cs;
     acc.m = m;
     return;
@@ -88,12 +104,13 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
       if (k < st.cnt[u]) cm = fmaxf(cm, st.at(u, k));
   const float m = fmaxf(acc.m, cm);
   if (m == -INFINITY) return;  // nothing but -inf so far: the sum stays 0
+  const float mL = m * kLog2e;
   float cs = 0;
 #pragma unroll
   for (int u = 0; u < C; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
-      if (k < st.cnt[u]) cs += __expf(st.at(u, k) - m);
+      if (k < st.cnt[u]) cs += exp_shifted(st.at(u, k), mL);
   acc.s = acc.s * __expf(acc.m - m) + cs;  // exp(-inf) = 0 on the first step
   acc.m = m;
 }
@@ -159,7 +176,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
     const MaxSum ms = group_reduce(acc, Merge{}, smem, tpr);
     if (!live) return;
-    const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s;
+    const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s, mL = ms.m * kLog2e;
     T* yr = y + n * V;
 #pragma unroll
     for (int u = 0; u < RowChunks<T>::kC; ++u) {
@@ -167,20 +184,20 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       float out[kV];
 #pragma unroll
       for (int k = 0; k < kV; ++k)
-        out[k] = kLog ? st.at(u, k) - lse : __expf(st.at(u, k) - ms.m) * inv;
+        out[k] = kLog ? st.at(u, k) - lse : exp_shifted(st.at(u, k), mL) * inv;
       store_chunk(yr, int64_t{lane} * kV + int64_t{u} * tpr * kV, V, out);
     }
     return;
   }
   const MaxSum ms = row_max_sumexp(xr, V, live, lane, tpr, smem);
   if (!live) return;
-  const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s;
+  const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s, mL = ms.m * kLog2e;
   T* yr = y + n * V;
   for (int64_t i0 = int64_t{lane} * kV; i0 < V; i0 += int64_t{tpr} * kV) {
     float f[kV];
     load_chunk(xr, i0, V, f);
 #pragma unroll
-    for (int k = 0; k < kV; ++k) f[k] = kLog ? f[k] - lse : __expf(f[k] - ms.m) * inv;
+    for (int k = 0; k < kV; ++k) f[k] = kLog ? f[k] - lse : exp_shifted(f[k], mL) * inv;
     store_chunk(yr, i0, V, f);
   }
 }
