@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
       float wf[kV];
       load_chunk(w, base + int64_t{u} * tpr * kV, D, wf);
 #pragma unroll
-      for (int k = 0; k < kV; ++k)  // +0 past the count (x, dy and w): adds nothing
+      for (int k = 0; k < kV; ++k)  // +0 past the count (x, dy and w): adds +0 (see below)
         dot = rms::dot(dot, wf[k], gc.at(u, k), xc.at(u, k));
     }
     dot = group_reduce(dot, Add{}, smem, tpr);
@@ -319,7 +319,9 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       load_chunk(gr, i0, D, gf);
       load_chunk(w, i0, D, wf);
 #pragma unroll
-      for (int k = 0; k < kV; ++k) dot = rms::dot(dot, wf[k], gf[k], xf[k]);  // +0 past cnt: adds nothing
+      // +0 past cnt adds +0: the same bits, except that a dot of -0 (an underflowed negative
+      // product and nothing else) turns +0, which only changes the sign of a zero cf.
+      for (int k = 0; k < kV; ++k) dot = rms::dot(dot, wf[k], gf[k], xf[k]);
     }
     dot = group_reduce(dot, Add{}, smem, tpr);  // uniform trip count: every thread reaches it
     const float cf = rms::coef(dot, r, D);
@@ -775,7 +777,10 @@ __global__ void __launch_bounds__(kThreads, 3)
       cj[k / 2] = in ? to_f32(cr[(i0 + k) / 2]) : 0.0f;
       sj[k / 2] = in ? sgn * to_f32(sr[(i0 + k) / 2]) : 0.0f;
     }
-    while (true) {
+    // The next heads' loads at the top of each later pass (not at the bottom of the body:
+    // raw live across the back edge cost the f32 kernel 160 bytes of spills).
+    for (bool first = true;; first = false) {
+      if (!first) load_heads();
 #pragma unroll
       for (int u = 0; u < kRopeHeads; ++u) {
         const int64_t h = h0 + u * hstep;
@@ -791,7 +796,6 @@ __global__ void __launch_bounds__(kThreads, 3)
       }
       h0 += kRopeHeads * hstep;
       if (h0 >= H) break;
-      load_heads();
     }
     return;
   }

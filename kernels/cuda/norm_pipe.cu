@@ -40,7 +40,7 @@ namespace r1::cuda {
 
 namespace {
 std::atomic<int> g_pipe_mode{-1};
-std::atomic<int64_t> g_pipe_launches{0};
+std::atomic<int64_t> g_pipe_launches[2] = {0, 0};  // forward, backward
 }  // namespace
 
 bool row_pipe_enabled() {
@@ -52,12 +52,15 @@ bool row_pipe_enabled() {
   return m < 0 ? env : m == 1;
 }
 void set_row_pipe(int mode) { g_pipe_mode.store(mode, std::memory_order_relaxed); }
-int64_t row_pipe_launches() { return g_pipe_launches.load(std::memory_order_relaxed); }
+int64_t row_pipe_launches(bool backward) {
+  return g_pipe_launches[backward ? 1 : 0].load(std::memory_order_relaxed);
+}
 
 namespace {
 
 using hopper::bulk_load_1d;
 using hopper::fence_barrier_init;
+using hopper::fence_proxy_async_smem;
 using hopper::mbar_arrive_expect_tx;
 using hopper::mbar_init;
 using hopper::mbar_wait;
@@ -129,7 +132,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       for (int k = 0; k < kV; ++k) f[k] = rms::y(chunk_elem<T>(raw, k), r, chunk_elem<T>(wr, k));
       *reinterpret_cast<uint4*>(yr + c * kV) = pack_chunk<T>(f);
     }
-    __syncthreads();  // every thread is done with stage s: it can take the next row
+    fence_proxy_async_smem();  // this thread's reads of stage s before the copy that refills it
+    __syncthreads();           // every thread is done with stage s: it can take the next row
     if (lane == 0 && i + stages < rows)
       issue_stage<T>(smem + s * stage_bytes, 0, &full[s], x, nullptr, r0 + i + stages, D);
   }
@@ -202,6 +206,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       }
       *reinterpret_cast<uint4*>(dxr + c * kV) = pack_chunk<T>(f);
     }
+    fence_proxy_async_smem();
     __syncthreads();
     if (lane == 0 && i + stages < rows)
       issue_stage<T>(smem + s * stage_bytes, part, &full[s], x, dy, r0 + i + stages, D);
@@ -225,7 +230,9 @@ struct PipePlan {
   int64_t smem = 0;
 };
 PipePlan plan_stages(int64_t stage_bytes, int64_t fixed, int optin) {
-  for (const int64_t budget : {kBudgetTwo, std::min<int64_t>(kBudgetOne, optin)}) {
+  const int64_t budgets[] = {std::min<int64_t>(kBudgetTwo, optin),
+                             std::min<int64_t>(kBudgetOne, optin)};
+  for (const int64_t budget : budgets) {
     const int64_t s = std::min<int64_t>(kPipeMaxStages, (budget - fixed) / stage_bytes);
     if (s >= 2) return {static_cast<int>(s), s * stage_bytes + fixed};
   }
@@ -268,7 +275,7 @@ bool rmsnorm_forward_pipe(const Tensor& x, const Tensor& w, double eps, Tensor& 
                                        round128(row_bytes));
     R1_CUDA_CHECK_LAUNCH();
   });
-  g_pipe_launches.fetch_add(1, std::memory_order_relaxed);
+  g_pipe_launches[0].fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -305,7 +312,7 @@ bool rmsnorm_backward_pipe(const Tensor& x, const Tensor& w, const Tensor& rstd,
     else if (per_thread <= 2) launch(rmsnorm_backward_pipe_kernel<T, 2>);
     else launch(rmsnorm_backward_pipe_kernel<T, 4>);
   });
-  g_pipe_launches.fetch_add(1, std::memory_order_relaxed);
+  g_pipe_launches[1].fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 

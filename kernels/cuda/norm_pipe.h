@@ -13,9 +13,10 @@ namespace r1::cuda {
 
 bool row_pipe_enabled();
 // Tests: force the variant on (1) or off (0), or back to R1_ROW_PIPE (-1); and how many
-// pipelined launches this process made (so a test can tell that the variant ran).
+// pipelined forward or backward launches this process made (so a test can tell that the
+// variant ran).
 void set_row_pipe(int mode);
-int64_t row_pipe_launches();
+int64_t row_pipe_launches(bool backward);
 
 // x (N, D), w (D) -> y (N, D), rstd (N) f32; checked by the caller.
 bool rmsnorm_forward_pipe(const Tensor& x, const Tensor& w, double eps, Tensor& y,

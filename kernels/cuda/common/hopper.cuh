@@ -96,6 +96,12 @@ __device__ inline void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
       : "memory");
 }
+// Orders this thread's generic-proxy accesses of shared memory before later async-proxy ones
+// (a bulk copy into bytes it has just read): each reader runs it before the barrier after
+// which the copy is issued (PTX ISA "Memory consistency model: proxies").
+__device__ inline void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 // `bytes` contiguous bytes at global src -> shared memory at dst by the copy engine (the 1-d
 // bulk copy: no tensor map), completing `bar`'s transaction count by `bytes`. src and dst
 // 16-byte aligned, bytes a multiple of 16 (PTX ISA "cp.async.bulk").
