@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <random>
 #include <set>
@@ -125,6 +126,36 @@ void tiny_tile(Tensor row) {
   std::vector<float> v(static_cast<size_t>(n), 0.0f);
   for (int64_t j = 0; j < n; j += 2) v[static_cast<size_t>(j)] = 1e-45f;
   row.narrow(0, 0, n).copy_(Tensor::from_vector(v, {n}));
+}
+
+// Special values in a row: NaN of either sign and -0 in its first tile, +inf in the second
+// when there is one (that tile's scale is inf: its codes are 0 or NaN), so that the device's
+// rounding (cvt.rn.satfinite.e4m3x2 and its NaN mend) meets what f32_to_e4m3 does with them.
+void special_values(Tensor row) {
+  const int64_t n = row.size(0);
+  std::vector<float> v = row.contiguous().to(DType::F32).to_float_vector();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::pair<int64_t, float> put[] = {
+      {0, nan}, {1, -nan}, {2, -0.0f}, {kFp8Block + 2, std::numeric_limits<float>::infinity()}};
+  for (auto [i, x] : put)
+    if (i < n) v[static_cast<size_t>(i)] = x;
+  row.copy_(Tensor::from_vector(v, {n}));
+}
+
+// What the CPU reference makes of them (the contract the CUDA quantizers are held to):
+// NaN -> 0x7f with its sign, -0 -> 0x80, an inf in a tile -> that tile's scale inf.
+TEST(Fp8Cpu, QuantizeRowsSpecialValues) {
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor x = Tensor::randn({2, 300}, case_seed(90), DType::F32).to(dt);
+    special_values(x.select(0, 1));
+    const Quantized qz = quantize(x, 1, Device::cpu());
+    const std::vector<uint8_t> q = bytes_of(qz.q.select(0, 1));
+    EXPECT_EQ(q[0], 0x7f) << dtype_name(dt);
+    EXPECT_EQ(q[1], 0xff) << dtype_name(dt);
+    EXPECT_EQ(q[2], 0x80) << dtype_name(dt);
+    EXPECT_TRUE(std::isinf(qz.scales.select(0, 1).to_double_vector()[1])) << dtype_name(dt);
+    EXPECT_TRUE(std::isfinite(qz.scales.select(0, 1).to_double_vector()[0])) << dtype_name(dt);
+  }
 }
 
 TEST(Fp8Cpu, QuantizeRowsRoundTrip) {
@@ -609,6 +640,7 @@ TEST(Fp8Cuda, QuantizeBitIdenticalToCpu) {
         Tensor x = randn_outliers(r, k, case_seed(++seed), dt);
         if (r > 1) x.select(0, 0).fill_(0.0);  // zero tiles take scale 1 on both sides
         if (r > 2 && dt == DType::F32 && block_rows == 1) tiny_tile(x.select(0, 2));
+        if (r > 3) special_values(x.select(0, 3));
         const Quantized want = quantize(x, block_rows, kCpu);
         const Quantized got = quantize(x, block_rows, kGpu);
         const std::string name = fmt::format("{} {} ({}, {})", block_rows == 1 ? "rows" : "blocks",

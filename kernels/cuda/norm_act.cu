@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, MinBlocks)
       if (i0 < D && lane % kTileLanes == 0) sr[i0 / kFp8Block] = sc;
 #pragma unroll
       for (int k = 0; k < kV; ++k)
-        if (i0 + k < D) qr[i0 + k] = f32_to_e4m3(wf[k] / sc);
+        if (i0 + k < D) qr[i0 + k] = fp8::e4m3_rn(wf[k] / sc);
     }
   }
 }

@@ -2,8 +2,9 @@
 // tile) and quantize_fp8_blocks (one per 128x128 block). Contracts in engine/kernels.h; the
 // CPU versions (kernels/cpu/fp8.cc) are the reference and these match them bit for bit
 // (tests/test_fp8.cc): the amax is a max (exact, in any order), the scale one IEEE f32
-// division (nvcc's default -prec-div=true), q one IEEE division and engine/convert.h's
-// f32_to_e4m3, with the same fmax semantics for NaN as the host.
+// division (nvcc's default -prec-div=true), q one IEEE division and the e4m3 rounding of
+// engine/convert.h's f32_to_e4m3 (by the hardware's cvt, fp8::e4m3x2_rn), with the same fmax
+// semantics for NaN as the host.
 //
 // Memory bound: rows read x once (a tile lives in registers between its amax and its q);
 // blocks read w twice (amax, then q; the second read mostly hits L2). Bit-identity with the
@@ -31,34 +32,48 @@ using fp8::load_f32;
 using fp8::scale_from_amax;
 using fp8::warp_max;
 
-// x (m, k) -> q (m, k), scales (m, kb_count). One warp per 1x128 tile (grid-stride over
-// tiles). kVector (k a multiple of 4, x 16-byte aligned): lane l holds columns 4l..4l+3, one
-// vector load and one 4-byte store of q per lane (whole tiles; a partial last tile of a row
-// takes the scalar path). Otherwise lane l holds columns l, l + 32, l + 64, l + 96.
+// x (m, k) -> q (m, k), scales (m, kb_count). One warp per 1x128 tile, kRowTiles tiles per
+// warp at a time (grid-stride over groups of tiles): the group's loads go out before any
+// tile's amax, kRowTiles times the bytes in flight of a warp per tile (which, with 8 bytes
+// per lane for bf16, held 16 KB per SM: 0.29 of the copy bandwidth on the H200 at e5d6f34).
+// kVector (k a multiple of 4, x 16-byte aligned): lane l holds columns 4l..4l+3 of a tile,
+// one vector load and one 4-byte store of q per lane (whole tiles; a partial last tile of a
+// row takes the scalar path). Otherwise lane l holds columns l, l + 32, l + 64, l + 96.
 // The amax is a max, so either assignment gives the CPU's bits.
+constexpr int kRowTiles = 4;
 template <class T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
     quantize_rows_kernel(const T* x, uint8_t* q, float* scales, int64_t m, int64_t k,
                          int64_t kb_count) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t tiles = m * kb_count;
-  const int64_t stride = int64_t{gridDim.x} * kWarps;
-  for (int64_t t = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32; t < tiles; t += stride) {
-    const int64_t r = t / kb_count, kb = t - r * kb_count;
-    const int64_t base = r * k + kb * kFp8Block;
-    const int64_t len = min64(kFp8Block, k - kb * kFp8Block);
-    float v[kPerLane];
-    const bool vec = kVector && len == kFp8Block;  // uniform over the warp
-    if (vec) {
-      load4(x, base + 4 * lane, v);
-    } else {
+  const int64_t stride = int64_t{gridDim.x} * kWarps * kRowTiles;
+  for (int64_t t0 = (int64_t{blockIdx.x} * kWarps + threadIdx.x / 32) * kRowTiles; t0 < tiles;
+       t0 += stride) {
+    float v[kRowTiles][kPerLane];
+    int64_t base[kRowTiles], len[kRowTiles];
 #pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int c = i * 32 + lane;
-        v[i] = c < len ? load_f32(x, base + c) : 0.0f;
+    for (int u = 0; u < kRowTiles; ++u) {
+      const int64_t t = t0 + u;
+      const int64_t r = t / kb_count, kb = t - r * kb_count;
+      base[u] = r * k + kb * kFp8Block;
+      len[u] = t < tiles ? min64(kFp8Block, k - kb * kFp8Block) : 0;
+      if (kVector && len[u] == kFp8Block) {  // uniform over the warp
+        load4(x, base[u] + 4 * lane, v[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int c = i * 32 + lane;
+          v[u][i] = c < len[u] ? load_f32(x, base[u] + c) : 0.0f;
+        }
       }
     }
-    fp8::quantize_tile(v, vec, len, lane, q + base, scales + t);  // t = r * kb_count + kb
+#pragma unroll
+    for (int u = 0; u < kRowTiles; ++u) {
+      if (len[u] == 0) break;  // past the last tile (uniform)
+      const bool vec = kVector && len[u] == kFp8Block;
+      fp8::quantize_tile(v[u], vec, len[u], lane, q + base[u], scales + t0 + u);
+    }
   }
 }
 
@@ -93,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
   if (c < cols)
     for (int64_t r = rstart; r < rows; r += kRowStep) {
       const int64_t i = (r0 + r) * k + c0 + c;
-      q[i] = f32_to_e4m3(load_f32(w, i) / s);
+      q[i] = fp8::e4m3_rn(load_f32(w, i) / s);
     }
 }
 
@@ -141,13 +156,13 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t w[4];
 #pragma unroll
     for (int h = 0; h < 4; ++h) {
-      w[h] = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) w[h] |= uint32_t{f32_to_e4m3(tile[b0 + 4 * h + i][c] / s)} << (8 * i);
+      const int b = b0 + 4 * h;
+      w[h] = fp8::e4m3x4_rn(tile[b][c] / s, tile[b + 1][c] / s, tile[b + 2][c] / s,
+                            tile[b + 3][c] / s);
     }
     *reinterpret_cast<uint4*>(qr) = make_uint4(w[0], w[1], w[2], w[3]);
   } else {
-    for (int i = 0; i < 16 && b0 + i < rows; ++i) qr[i] = f32_to_e4m3(tile[b0 + i][c] / s);
+    for (int i = 0; i < 16 && b0 + i < rows; ++i) qr[i] = fp8::e4m3_rn(tile[b0 + i][c] / s);
   }
 }
 
@@ -166,7 +181,8 @@ void quantize_fp8_rows_cuda(const Tensor& x, Tensor& q, Tensor& scales) {
   const int dev = x.device().index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
-  const int grid = fp8::warp_per_tile_grid(m * kb_count, kThreads, dev);
+  const int grid =
+      fp8::warp_per_tile_grid((m * kb_count + kRowTiles - 1) / kRowTiles, kThreads, dev);
   dispatch_f32_bf16(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const bool vector = k % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
