@@ -371,6 +371,13 @@ TEST(CudaModelOps, MaskedLogitsHaveZeroProbability) {
       kernels::cross_entropy_forward()(kGpu, xg, targets.to(kGpu), -100, lossg, lseg);
       expect_matches(name + " loss", lossg, loss64, DType::F32);
       expect_matches(name + " lse", lseg, lse64, DType::F32);
+      // A NaN among the masked entries still makes its row NaN (the max skips NaN: the
+      // all -inf step's early return must not drop it).
+      x.narrow(0, 0, 1).narrow(1, 7, 1).fill_(NAN);
+      kernels::cross_entropy_forward()(kGpu, on_gpu(x, dt), targets.to(kGpu), -100, lossg, lseg);
+      const std::vector<double> l = lossg.to(kCpu).to_double_vector();
+      EXPECT_TRUE(std::isnan(l[0]) && std::isfinite(l[1]) && std::isfinite(l[2]))
+          << name << ": " << l[0] << " " << l[1] << " " << l[2];
     }
 }
 

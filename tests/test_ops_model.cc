@@ -419,6 +419,32 @@ TEST(CrossEntropy, ForwardMatchesReferenceAcrossChunks) {
     }
 }
 
+// Masked logits (-inf) filling whole 4096-column chunks: the chunk adds nothing (it made the
+// row NaN before 2026-12-01: exp(-inf - (-inf)) in the chunk's sum), in the first, a middle
+// and the last chunk; all -inf with a NaN among them makes the row NaN.
+TEST(CrossEntropy, MaskedChunksAddNothing) {
+  const int64_t V = 3 * 4096 + 5, N = 3;
+  for (DType dt : {DType::F32, DType::F64}) {
+    std::vector<double> xv =
+        Tensor::randn({N, V}, case_seed(470), DType::F64, Device::cpu(), 3.0).to_double_vector();
+    for (int64_t v = 0; v < 4096; ++v) xv[0 * V + v] = -INFINITY;
+    for (int64_t v = 4096; v < 8192; ++v) xv[1 * V + v] = -INFINITY;
+    for (int64_t v = 8192; v < V; ++v) xv[2 * V + v] = -INFINITY;
+    const Tensor x = Tensor::from_vector(xv, {N, V}, dt);
+    const Tensor t = Tensor::from_vector(std::vector<int64_t>{V - 1, 5, 4100}, {N});
+    const double ref = ce_reference(x.to_double_vector(), t.to_int_vector(), V, -100);
+    const double got = cross_entropy(x, t).item();
+    ASSERT_TRUE(std::isfinite(ref));
+    EXPECT_NEAR(got, ref, dt == DType::F32 ? 2e-5 * std::fabs(ref) + 1e-5 : 1e-11)
+        << dtype_name(dt);
+    for (int64_t v = 4096; v < 8192; ++v) xv[v] = -INFINITY;  // row 0: chunks 0 and 1 masked
+    xv[5000] = NAN;
+    const Tensor xn = Tensor::from_vector(xv, {N, V}, dt).narrow(0, 0, 1).contiguous();
+    EXPECT_TRUE(std::isnan(cross_entropy(xn, t.narrow(0, 0, 1).contiguous()).item()))
+        << dtype_name(dt);
+  }
+}
+
 TEST(CrossEntropy, Gradcheck) {
   for (int64_t V : {13, 4099}) {
     const int64_t N = V > 4096 ? 3 : 7;

@@ -4,6 +4,7 @@
 // The chunking mirrors the CUDA kernel's schedule, so both reduce in the same order.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "engine/kernels.h"
 #include "kernels/cpu/cpu_common.h"
@@ -31,6 +32,11 @@ T row_logsumexp(const T* x, int64_t V) {
     const int64_t c1 = std::min(V, c0 + kVocabChunk);
     T cm = -INFINITY;
     for (int64_t v = c0; v < c1; ++v) cm = std::max(cm, x[v]);
+    if (cm == -INFINITY) {  // only -inf (adds nothing: skipped) or a NaN (the row is NaN)
+      for (int64_t v = c0; v < c1; ++v)
+        if (std::isnan(x[v])) return std::numeric_limits<T>::quiet_NaN();
+      continue;  // exp(-inf - (-inf)) would make a masked chunk NaN
+    }
     T cs = 0;
     for (int64_t v = c0; v < c1; ++v) cs += std::exp(x[v] - cm);
     const T nm = std::max(m, cm);

@@ -41,7 +41,7 @@ struct MaxSum {
 
 __device__ inline MaxSum merge(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.m, b.m);
-  if (m == -INFINITY) return {m, 0.0f};
+  if (m == -INFINITY) return {m, a.s + b.s};  // 0, or NaN from a NaN in a masked step
   return {m, __fadd_rn(__fmul_rn(a.s, __expf(a.m - m)), __fmul_rn(b.s, __expf(b.m - m)))};
 }
 
@@ -58,21 +58,21 @@ struct Merge {
 // chunk per step left the cross-entropy forward at 0.43 of the copy bandwidth at V = 129280
 // and softmax at 0.32 at V = 32768, latency-bound on the exp chain.
 
-// exp(x - m) as 2^(x log2(e) - m log2(e)) with mL = m log2(e) computed once per step: one
-// FFMA and the ex2 unit, where __expf(x - m) is a subtraction, a multiplication and ex2 (the
-// bf16 cross-entropy forward ran at 0.68 of the copy bandwidth on the H200 with per-element
-// work its limit, as in the other bf16 row kernels: launch.cuh). x = -inf gives 0.
-constexpr float kLog2e = 1.4426950408889634f;
-__device__ __forceinline__ float exp_shifted(float x, float mL) {
+// max that returns NaN if either input is NaN (max.NaN.f32, sm_80+; fmaxf would skip it):
+// the row reductions' max, so that a NaN in a step reaches the sum even when everything else
+// in the step is -inf (the early return below would drop it otherwise). The same instruction
+// and result as fmaxf for all other inputs.
+__device__ __forceinline__ float fmax_nan(float a, float b) {
   float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(__fmaf_rn(x, kLog2e, -mL)));
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
 }
 
 // acc := acc merged with the step's elements: one max over the step, one rescale of acc.
-// A step whose elements are all -inf while acc is empty (m = -inf) leaves acc as it is: the
-// sum stays 0 (exp(-inf - (-inf)) would be NaN, which the full path computed before
-// 2026-12-01: a row whose first step of a thread was all -inf, masked logits, came out NaN).
+// A step of only -inf while acc is empty (m = -inf) leaves acc as it is, the sum 0: exp(-inf -
+// (-inf)) would be NaN, which the unpredicated path computed before 2026-12-01 (a row whose
+// first step of a thread was all -inf, masked logits, came out NaN). A NaN anywhere makes m
+// NaN (fmax_nan), so it is never mistaken for such a step.
 template <class T, int C>
 __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
   constexpr int kV = kVec<T>;
@@ -84,15 +84,14 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
 #pragma unroll
     for (int u = 0; u < C; ++u)
 #pragma unroll
-      for (int k = 0; k < kV; ++k) cm = fmaxf(cm, st.at(u, k));
-    const float m = fmaxf(acc.m, cm);
+      for (int k = 0; k < kV; ++k) cm = fmax_nan(cm, st.at(u, k));
+    const float m = fmax_nan(acc.m, cm);
     if (m == -INFINITY) return;
-    const float mL = m * kLog2e;
     float cs = 0;
 #pragma unroll
     for (int u = 0; u < C; ++u)
 #pragma unroll
-      for (int k = 0; k < kV; ++k) cs += exp_shifted(st.at(u, k), mL);  // the same order as below
+      for (int k = 0; k < kV; ++k) cs += __expf(st.at(u, k) - m);  // the same order as below
     acc.s = acc.s * __expf(acc.m - m) + cs;
     acc.m = m;
     return;
@@ -101,16 +100,15 @@ __device__ inline void accumulate_step(MaxSum& acc, const RowChunks<T, C>& st) {
   for (int u = 0; u < C; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
-      if (k < st.cnt[u]) cm = fmaxf(cm, st.at(u, k));
-  const float m = fmaxf(acc.m, cm);
+      if (k < st.cnt[u]) cm = fmax_nan(cm, st.at(u, k));
+  const float m = fmax_nan(acc.m, cm);
   if (m == -INFINITY) return;  // nothing but -inf so far: the sum stays 0
-  const float mL = m * kLog2e;
   float cs = 0;
 #pragma unroll
   for (int u = 0; u < C; ++u)
 #pragma unroll
     for (int k = 0; k < kV; ++k)
-      if (k < st.cnt[u]) cs += exp_shifted(st.at(u, k), mL);
+      if (k < st.cnt[u]) cs += __expf(st.at(u, k) - m);
   acc.s = acc.s * __expf(acc.m - m) + cs;  // exp(-inf) = 0 on the first step
   acc.m = m;
 }
@@ -176,7 +174,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
     const MaxSum ms = group_reduce(acc, Merge{}, smem, tpr);
     if (!live) return;
-    const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s, mL = ms.m * kLog2e;
+    const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s;
     T* yr = y + n * V;
 #pragma unroll
     for (int u = 0; u < RowChunks<T>::kC; ++u) {
@@ -184,20 +182,20 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       float out[kV];
 #pragma unroll
       for (int k = 0; k < kV; ++k)
-        out[k] = kLog ? st.at(u, k) - lse : exp_shifted(st.at(u, k), mL) * inv;
+        out[k] = kLog ? st.at(u, k) - lse : __expf(st.at(u, k) - ms.m) * inv;
       store_chunk(yr, int64_t{lane} * kV + int64_t{u} * tpr * kV, V, out);
     }
     return;
   }
   const MaxSum ms = row_max_sumexp(xr, V, live, lane, tpr, smem);
   if (!live) return;
-  const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s, mL = ms.m * kLog2e;
+  const float lse = ms.m + logf(ms.s), inv = 1.0f / ms.s;
   T* yr = y + n * V;
   for (int64_t i0 = int64_t{lane} * kV; i0 < V; i0 += int64_t{tpr} * kV) {
     float f[kV];
     load_chunk(xr, i0, V, f);
 #pragma unroll
-    for (int k = 0; k < kV; ++k) f[k] = kLog ? f[k] - lse : exp_shifted(f[k], mL) * inv;
+    for (int k = 0; k < kV; ++k) f[k] = kLog ? f[k] - lse : __expf(f[k] - ms.m) * inv;
     store_chunk(yr, i0, V, f);
   }
 }

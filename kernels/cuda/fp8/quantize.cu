@@ -34,15 +34,16 @@ using fp8::warp_max;
 
 // x (m, k) -> q (m, k), scales (m, kb_count). One warp per 1x128 tile, kRowTiles tiles per
 // warp at a time (grid-stride over groups of tiles): the group's loads go out before any
-// tile's amax, kRowTiles times the bytes in flight of a warp per tile (which, with 8 bytes
-// per lane for bf16, held 16 KB per SM: 0.29 of the copy bandwidth on the H200 at e5d6f34).
+// tile's amax, twice the bytes in flight of a warp per tile (which, with 8 bytes per lane for
+// bf16, held 16 KB per SM: 0.29 of the copy bandwidth on the H200 at e5d6f34) at the same 8
+// blocks per SM (4 tiles took 57 registers, halving the blocks: no gain in bytes in flight).
 // kVector (k a multiple of 4, x 16-byte aligned): lane l holds columns 4l..4l+3 of a tile,
 // one vector load and one 4-byte store of q per lane (whole tiles; a partial last tile of a
 // row takes the scalar path). Otherwise lane l holds columns l, l + 32, l + 64, l + 96.
 // The amax is a max, so either assignment gives the CPU's bits.
-constexpr int kRowTiles = 4;
+constexpr int kRowTiles = 2;
 template <class T, bool kVector>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 8)
     quantize_rows_kernel(const T* x, uint8_t* q, float* scales, int64_t m, int64_t k,
                          int64_t kb_count) {
   const int lane = static_cast<int>(threadIdx.x % 32);
