@@ -84,6 +84,24 @@ __device__ inline void issue_stage(unsigned char* stage, int64_t part, uint64_t*
   if (b) bulk_load_1d(stage + part, b + row * D, bytes, bar);
 }
 
+// The start of a pipelined block: thread 0 initializes the barriers (one per stage, then w's
+// at full[stages]), asks for w (after the stages) and the first `stages` of the block's
+// `rows` rows (x, and dy at + part when given); the block syncs, so that nobody waits on a
+// barrier before it is initialized.
+template <class T>
+__device__ inline void pipe_start(unsigned char* smem, uint64_t* full, int stages,
+                                  int64_t stage_bytes, int64_t part, const T* w, const T* x,
+                                  const T* dy, int64_t r0, int rows, int64_t D) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s <= stages; ++s) mbar_init(&full[s], 1);
+    fence_barrier_init();
+    issue_stage<T>(smem + stages * stage_bytes, 0, &full[stages], w, nullptr, 0, D);
+    for (int i = 0; i < stages && i < rows; ++i)
+      issue_stage<T>(smem + i * stage_bytes, part, &full[i], x, dy, r0 + i, D);
+  }
+  __syncthreads();
+}
+
 // x (N, D), w (D) -> y (N, D), rstd (N). Block b: rows [b rows_per_block, ...), one at a time
 // by all tpr = blockDim threads; w sits in shared memory beside the stages.
 template <class T>
@@ -99,14 +117,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const int64_t r0 = int64_t{blockIdx.x} * rows_per_block;
   const int rows = static_cast<int>(rows_per_block < N - r0 ? rows_per_block : N - r0);
   unsigned char* wbuf = smem + stages * stage_bytes;
-  if (lane == 0) {
-    for (int s = 0; s <= stages; ++s) mbar_init(&full[s], 1);
-    fence_barrier_init();
-    issue_stage<T>(wbuf, 0, &full[stages], w, nullptr, 0, D);
-    for (int i = 0; i < stages && i < rows; ++i)
-      issue_stage<T>(smem + i * stage_bytes, 0, &full[i], x, nullptr, r0 + i, D);
-  }
-  __syncthreads();  // the barriers are initialized before anyone waits on them
+  pipe_start<T>(smem, full, stages, stage_bytes, 0, w, x, nullptr, r0, rows, D);
   const int64_t nch = D / kV;
   const uint4* ws = reinterpret_cast<const uint4*>(wbuf);
   mbar_wait(&full[stages], 0);
@@ -156,14 +167,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const int64_t r0 = int64_t{blockIdx.x} * rows_per_block;
   const int rows = static_cast<int>(rows_per_block < N - r0 ? rows_per_block : N - r0);
   unsigned char* wbuf = smem + stages * stage_bytes;
-  if (lane == 0) {
-    for (int s = 0; s <= stages; ++s) mbar_init(&full[s], 1);
-    fence_barrier_init();
-    issue_stage<T>(wbuf, 0, &full[stages], w, nullptr, 0, D);
-    for (int i = 0; i < stages && i < rows; ++i)
-      issue_stage<T>(smem + i * stage_bytes, part, &full[i], x, dy, r0 + i, D);
-  }
-  __syncthreads();
+  pipe_start<T>(smem, full, stages, stage_bytes, part, w, x, dy, r0, rows, D);
   const int64_t nch = D / kV;
   const uint4* ws = reinterpret_cast<const uint4*>(wbuf);
   float acc[J][kV];
