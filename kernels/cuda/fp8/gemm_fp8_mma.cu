@@ -235,6 +235,15 @@ void check_grouped_mma(const char* what, const Tensor& a_q, const Tensor& b_q, i
            k);
 }
 
+// The grid of a per-group launch: (N tiles, row tiles, groups), each within CUDA's limits.
+dim3 group_grid(const char* what, int64_t rows, int64_t n, int64_t groups) {
+  const int64_t grid_y = (rows + kTileM - 1) / kTileM, grid_x = (n + kTileN - 1) / kTileN;
+  R1_CHECK(grid_y <= 65535 && groups <= 65535, "{}: {} rows or {} groups exceed the grid", what,
+           rows, groups);
+  return dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+              static_cast<unsigned>(groups));
+}
+
 }  // namespace
 
 void gemm_fp8_grouped_contiguous_mma(const Tensor& a_q, const Tensor& a_scales,
@@ -272,13 +281,9 @@ void gemm_fp8_grouped_masked_mma(const Tensor& a_q, const Tensor& a_scales, cons
   const int64_t g = a_q.size(0), mmax = a_q.size(1), k = a_q.size(2), n = b_q.size(1);
   check_grouped_mma("gemm_fp8_grouped_masked_mma", a_q, b_q, k);
   if (g == 0 || mmax == 0 || n == 0) return;
-  const int64_t grid_y = (mmax + kTileM - 1) / kTileM, grid_x = (n + kTileN - 1) / kTileN;
-  R1_CHECK(grid_y <= 65535 && g <= 65535, "gemm_fp8_grouped_masked_mma: Mmax {} or {} groups "
-           "exceed the grid", mmax, g);
+  const dim3 grid = group_grid("gemm_fp8_grouped_masked_mma", mmax, n, g);
   const int dev = d.device().index;
   DeviceGuard guard(dev);
-  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
-                  static_cast<unsigned>(g));
   constexpr int kSmem = 2 * kStageBytes;
   fp8::dispatch_out_index(d, counts, [&](auto otag, auto itag) {
     using OutT = decltype(otag);
@@ -299,13 +304,9 @@ void gemm_fp8_kgrouped_mma(const Tensor& a_q, const Tensor& a_scales, const Tens
   const int64_t m = a_q.size(0), kt = a_q.size(1), n = b_q.size(0), g = d.size(0);
   check_grouped_mma("gemm_fp8_kgrouped_mma", a_q, b_q, kt == 0 ? 16 : kt);
   if (m == 0 || n == 0 || g == 0) return;
-  const int64_t grid_y = (m + kTileM - 1) / kTileM, grid_x = (n + kTileN - 1) / kTileN;
-  R1_CHECK(grid_y <= 65535 && g <= 65535, "gemm_fp8_kgrouped_mma: M {} or {} groups exceed "
-           "the grid", m, g);
+  const dim3 grid = group_grid("gemm_fp8_kgrouped_mma", m, n, g);
   const int dev = d.device().index;
   DeviceGuard guard(dev);
-  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
-                  static_cast<unsigned>(g));
   constexpr int kSmem = 2 * kStageBytes;
   fp8::dispatch_out_index(d, k_offsets, [&](auto otag, auto itag) {
     using OutT = decltype(otag);
