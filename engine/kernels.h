@@ -187,8 +187,10 @@ R1_KERNEL(rmsnorm_quantize_fp8, void(const Tensor& x, const Tensor& w, double ep
 // factor is b_scales[n, kb] ("1D1D", DeepGEMM's form for wgrad, where both operands are
 // activations, dy^T and x^T, quantized along the tokens); the two shapes differ unless
 // N = 1, where they mean the same. The grouped forms below take block scales only. CUDA: d f32 or
-// bf16; each k-block's partial sum is formed in fp32 (the products of two e4m3 are exact),
-// scaled, and added to an fp32 accumulator. CPU (the reference): d f64, f32 or bf16; the
+// bf16; each k-block's partial sum is formed in fp32 (the products of two e4m3 are exact;
+// on the tensor cores, mma.sync and wgmma, the FP8 accumulator keeps fewer mantissa bits than
+// fp32, about 14 by the V3 report's sec. 3.3.2, the reason the partials are promoted every
+// 128 K), scaled, and added to an fp32 accumulator. CPU (the reference): d f64, f32 or bf16; the
 // partial sums are exact in f64 (128 products of e4m3 values, multiples of 2^-18 below
 // 2^18, fit in 43 bits), the result is rounded once to d's dtype. K = 0 gives d = 0.
 R1_KERNEL(gemm_fp8_blockscaled, void(const Tensor& a_q, const Tensor& a_scales,

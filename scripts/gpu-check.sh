@@ -143,6 +143,22 @@ for t in "$bundle"/bin/test_*; do
     status=1
     echo "gpu-check: $name FAILED (rc $rc); failures:"
     grep -E -A3 '^\[  FAILED  \]|Failure$' "$out/$name.log" | grep -v '^--$' | head -60
+    # Each failed test again alone: a kernel that traps or faults leaves the context's error
+    # sticky, and every later CUDA test of the binary fails with it. Alone, a test that then
+    # passes was fallout; one that fails again is a failure of its own.
+    alone_pass="" alone_fail=""
+    for f in $(sed -nE 's/^\[  FAILED  \] ([A-Za-z0-9_/.]+).*/\1/p' "$out/$name.log" | sort -u | head -20); do
+      lim=$(cap 60)
+      ((lim == 0)) && { alone_fail+=" $f(not-rerun:budget)"; continue; }
+      if timeout "$lim" "$t" --gtest_filter="$f" >"$out/$name.alone.${f//\//_}.log" 2>&1; then
+        alone_pass+=" $f"
+      else
+        alone_fail+=" $f"
+      fi
+    done
+    printf '%s\talone\t-\tpass alone:%s; fail alone:%s\n' "$name" "${alone_pass:- none}" \
+      "${alone_fail:- none}" >>"$out/tests.tsv"
+    echo "gpu-check: $name failures rerun alone: pass (fallout):${alone_pass:- none}; fail:${alone_fail:- none}"
   else
     echo "gpu-check: $name ok ($summary)"
   fi

@@ -500,12 +500,14 @@ GemmCase group_case(const KGroupedCase& c, size_t g) {
 }
 
 // gemm_fp8_kgrouped on `dev` into a poisoned (G, M, N) of dtype dt, read back as f64.
-std::vector<double> run_kgrouped(const KGroupedCase& c, Device dev, DType dt) {
+// off_dt: the offsets' dtype (I64 or I32).
+std::vector<double> run_kgrouped(const KGroupedCase& c, Device dev, DType dt,
+                                 DType off_dt = DType::I64) {
   const int64_t g = static_cast<int64_t>(c.koff.size()) - 1;
   Tensor d = test::poisoned({g, c.m, c.n}, dt, dev);
   kernels::gemm_fp8_kgrouped()(dev, c.a.q.to(dev), c.a.scales.to(dev), c.b.q.to(dev),
                                c.b.scales.to(dev),
-                               Tensor::from_vector(c.koff, {g + 1}, DType::I64, dev), d);
+                               Tensor::from_vector(c.koff, {g + 1}, off_dt, dev), d);
   return d.to_double_vector();
 }
 
@@ -630,7 +632,8 @@ double rel_error(const std::vector<double>& got, const std::vector<double>& want
 // compare with round_to(ref): any tiny difference before cuBLASLt's rounding flips the bf16
 // rounding of some elements, and each flip costs a whole bf16 ulp (measured on an H200:
 // 1.0e-3 to 1.25e-3 normwise against round_to(ref) at K = 512..1024, where our own kernel,
-// whose fp32 partial sums are exact for 128 e4m3 products, stays below 1e-3).
+// which rounds only within each 128-product partial sum before promoting it to fp32, stays
+// below 1e-3).
 void expect_bf16_output_within(const std::string& name, const std::vector<double>& got,
                                const std::vector<double>& ref, double bound) {
   const double floor = rel_error(round_to(ref, DType::BF16), ref, ref);
@@ -992,30 +995,39 @@ void expect_tensor_core_result(const std::string& name, DType dt, const std::vec
 // of stages wraps several times within a tile).
 // The k-grouped mma.sync kernel (the MoE wgrad in one launch; the CUDA gemm_fp8_kgrouped)
 // against the f64 reference per group: M and N not multiples of the tile, an empty group
-// (zeros), f32 and bf16 out, the dense mma kernel's bounds.
+// (zeros), f32 and bf16 out, the dense mma kernel's bounds; a second case with empty first and
+// last groups and i32 offsets (the kernel's other offset instantiation).
 TEST(Fp8Cuda, MmaKGroupedGemmMatchesReference) {
   R1_SKIP_WITHOUT_CUDA();
-  const KGroupedCase c = make_kgrouped(200, 136, {384, 128, 0, 640}, case_seed(980));
-  const size_t mn = static_cast<size_t>(c.m * c.n);
-  for (DType dt : {DType::F32, DType::BF16}) {
-    const std::vector<double> got = run_kgrouped(c, kGpu, dt);
-    for (size_t g = 0; g + 1 < c.koff.size(); ++g) {
-      const std::vector<double> part(got.begin() + static_cast<std::ptrdiff_t>(g * mn),
-                                     got.begin() + static_cast<std::ptrdiff_t>((g + 1) * mn));
-      const std::string name = fmt::format("k-grouped mma {} group {}", dtype_name(dt), g);
-      if (c.koff[g + 1] == c.koff[g]) {
-        EXPECT_EQ(part, std::vector<double>(mn, 0.0)) << name << " (empty): zeros";
-        continue;
-      }
-      const GemmCase gc = group_case(c, g);
-      const TripleLoop t = triple_loop(gc);
-      const std::vector<double> ref = run_gemm(gc, kCpu, DType::F64);
-      if (dt == DType::F32) {
-        expect_within(name, part, ref, t.abs, 0.0, 0x1p-10);
-        EXPECT_LT(rel_error(part, ref, ref), 1e-3) << name;
-      } else {
-        expect_within(name, part, ref, t.abs, 0x1p-8, 0x1p-10);
-        expect_bf16_output_within(name, part, ref, 1e-3);
+  struct Run {
+    KGroupedCase c;
+    DType off_dt;
+  };
+  const Run runs[] = {{make_kgrouped(200, 136, {384, 128, 0, 640}, case_seed(980)), DType::I64},
+                      {make_kgrouped(77, 260, {0, 256, 896, 0}, case_seed(981)), DType::I32}};
+  for (const auto& [c, off_dt] : runs) {
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const size_t mn = static_cast<size_t>(c.m * c.n);
+      const std::vector<double> got = run_kgrouped(c, kGpu, dt, off_dt);
+      for (size_t g = 0; g + 1 < c.koff.size(); ++g) {
+        const std::vector<double> part(got.begin() + static_cast<std::ptrdiff_t>(g * mn),
+                                       got.begin() + static_cast<std::ptrdiff_t>((g + 1) * mn));
+        const std::string name = fmt::format("k-grouped mma {} group {} of {}x{} ({} offsets)",
+                                             dtype_name(dt), g, c.m, c.n, dtype_name(off_dt));
+        if (c.koff[g + 1] == c.koff[g]) {
+          EXPECT_EQ(part, std::vector<double>(mn, 0.0)) << name << " (empty): zeros";
+          continue;
+        }
+        const GemmCase gc = group_case(c, g);
+        const TripleLoop t = triple_loop(gc);
+        const std::vector<double> ref = run_gemm(gc, kCpu, DType::F64);
+        if (dt == DType::F32) {
+          expect_within(name, part, ref, t.abs, 0.0, 0x1p-10);
+          EXPECT_LT(rel_error(part, ref, ref), 1e-3) << name;
+        } else {
+          expect_within(name, part, ref, t.abs, 0x1p-8, 0x1p-10);
+          expect_bf16_output_within(name, part, ref, 1e-3);
+        }
       }
     }
   }
