@@ -592,10 +592,22 @@ TEST(CudaMoeCombineAll, MatchesCpu) {
 }
 
 // The masked layout's kernels on the GPU: slots and counts equal the CPU's (more pairs than
-// a block's 256 threads, experts with no pairs), the scattered rows' bytes (4-byte words and
-// single bytes), and the combine from the slots.
+// a block's 256 threads; then DeepSeek-V3's 256 experts with tokens choosing among the first
+// 64 only, so most experts have no pairs, and i32 indices), the scattered rows' bytes (4-byte
+// words and single bytes), and the combine from the slots.
 TEST(CudaMoeMaskedSlots, MatchesCpu) {
   R1_SKIP_WITHOUT_CUDA();
+  {
+    const int64_t N = 40, K = 8, E = 256;
+    const std::vector<int64_t> idx = distinct_choices(N, K, 64, 5, case_seed(489));
+    const Tensor it = Tensor::from_vector(idx, {N, K}, DType::I32);
+    const MoeMaskedSlots want = moe_masked_slots(it, E, N);
+    const MoeMaskedSlots got = moe_masked_slots(it.to(kGpu), E, N);
+    EXPECT_EQ(got.dest.to_int_vector(), want.dest.to_int_vector()) << "E = 256, i32";
+    EXPECT_EQ(got.counts.to_int_vector(), want.counts.to_int_vector()) << "E = 256, i32";
+    const std::vector<int64_t> counts = want.counts.to_int_vector();
+    EXPECT_GE(std::count(counts.begin(), counts.end(), 0), 192) << "experts 64.. have no pairs";
+  }
   const int64_t N = 300, K = 4, E = 16;
   const std::vector<int64_t> idx = distinct_choices(N, K, E, 5, case_seed(490));
   const Tensor it = Tensor::from_vector(idx, {N, K});
