@@ -39,6 +39,14 @@ struct Options {
   // "f32"; "bf16": linear layers run bf16 GEMMs with fp32 accumulation (linear_bf16, FP8's
   // baseline); "fp8": FP8 GEMMs (linear_fp8). engine/ops_fp8.h.
   std::string precision = "f32";
+  // fp8: the output head in FP8 too. Off by default: DeepSeek-V3's recipe keeps the output
+  // head (with the embedding, norms and attention) in the baseline's precision (arXiv
+  // 2412.19437 sec. 3.3.1), so under fp8 the head runs linear_bf16, as in the bf16 run.
+  bool fp8_head = false;
+  // fp8 ablation: "weights" or "acts" quantizes only that operand of each FP8 layer (its
+  // 128x128-block or 1x128-tile e4m3 values, straight-through: the gradient passes as if
+  // unquantized) and runs the rest as the bf16 layer does; "" (default): the whole recipe.
+  std::string fp8_only;
 };
 
 // A stream of "a+b=c\n" lines keyed by (seed, line number): deterministic, resumable.
@@ -94,9 +102,22 @@ Model init_model(const Options& o, r1::Device dev) {
 r1::Tensor forward(const Model& m, const Options& o, const r1::Tensor& ids) {
   const int64_t T = o.seq;
   // Every linear layer in FP8 or bf16 (fprop, dgrad, wgrad) when asked; the rest stays f32.
-  auto linear = [&p = o.precision](const r1::Tensor& x, const r1::Tensor& w) {
-    if (p == "fp8") return r1::linear_fp8(x, w);
-    if (p == "bf16") return r1::linear_bf16(x, w);
+  // Under fp8 the output head is bf16 unless --fp8-head (Options::fp8_head).
+  auto linear = [&o](const r1::Tensor& x, const r1::Tensor& w, bool head = false) {
+    if (o.precision == "fp8" && !head && !o.fp8_only.empty()) {
+      // q(v) with v's gradient: v + (q(v) - v), the difference detached.
+      auto straight_through = [](const r1::Tensor& v, const r1::Tensor& q) {
+        return r1::add(v, r1::sub(q, v.detach()));
+      };
+      if (o.fp8_only == "weights")
+        return r1::linear_bf16(x, straight_through(w, r1::fp8_weight_as_used(w.detach())));
+      const r1::Tensor xd = x.detach().contiguous();
+      const r1::Tensor xq =
+          r1::fp8_dequantize_rows(r1::fp8_quantize_rows(xd), xd.dtype()).reshape(xd.shape());
+      return r1::linear_bf16(straight_through(x, xq), w);
+    }
+    if (o.precision == "fp8" && (!head || o.fp8_head)) return r1::linear_fp8(x, w);
+    if (o.precision == "fp8" || o.precision == "bf16") return r1::linear_bf16(x, w);
     return r1::linear(x, w);
   };
   const r1::Tensor e = r1::embedding(ids, m.emb);  // (B, T+W-1, D)
@@ -107,7 +128,7 @@ r1::Tensor forward(const Model& m, const Options& o, const r1::Tensor& ids) {
     const r1::Tensor h = r1::rmsnorm(x, m.norm[l], 1e-6);
     x = r1::add(x, linear(r1::swiglu(linear(h, m.gate[l]), linear(h, m.up[l])), m.down[l]));
   }
-  return linear(r1::rmsnorm(x, m.final_norm, 1e-6), m.head).reshape({-1, 256});
+  return linear(r1::rmsnorm(x, m.final_norm, 1e-6), m.head, true).reshape({-1, 256});
 }
 
 // Batch `step`: B windows of T+W bytes from the text stream.
@@ -135,8 +156,10 @@ int run(const Options& o) {
   std::vector<r1::Tensor> params = m.params();
   int64_t n_params = 0;
   for (const r1::Tensor& p : params) n_params += p.numel();
-  fmt::print(stderr, "r1-toy-lm: {} parameters on {} ({}), {} steps of {}x{} tokens, out {}\n",
-             n_params, dev.str(), o.precision, o.steps, o.batch, o.seq, o.out);
+  fmt::print(stderr, "r1-toy-lm: {} parameters on {} ({}{}), {} steps of {}x{} tokens, out {}\n",
+             n_params, dev.str(), o.precision,
+             o.precision == "fp8" ? (o.fp8_head ? ", fp8 head" : ", bf16 head") : "", o.steps,
+             o.batch, o.seq, o.out);
   r1::AdamW opt(params, {.lr = o.lr, .weight_decay = o.weight_decay});
   r1::MetricsWriter metrics(o.out + "/metrics.jsonl", false);
   r1::Progress progress("toy-lm", o.steps);
@@ -183,6 +206,12 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "cpu or cuda[:index]");
   app.add_option("--precision", o.precision, "f32, bf16 (bf16 linear layers) or fp8 (FP8 linear layers)")
       ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+  app.add_option("--fp8-only", o.fp8_only,
+                 "with --precision fp8, an ablation: quantize only the weights or only the "
+                 "activations (straight-through), the rest as bf16")
+      ->check(CLI::IsMember({"weights", "acts"}));
+  app.add_flag("--fp8-head", o.fp8_head,
+               "with --precision fp8, the output head in FP8 too (default: bf16, as DeepSeek-V3)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
