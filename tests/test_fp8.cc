@@ -728,6 +728,19 @@ TEST(Fp8Cuda, CublasLtScaleLayouts) {
       EXPECT_EQ(b_lt[nb * kb_pad + j], j < kb ? sb[nb * kb + j] : 0.0f);
 }
 
+// f32 and bf16 outputs of a tensor-core kernel against the f64 reference, with the bounds
+// MmaGemmMatchesReference explains.
+void expect_tensor_core_result(const std::string& name, DType dt, const std::vector<double>& got,
+                               const std::vector<double>& ref, const std::vector<double>& abs) {
+  if (dt == DType::F32) {
+    expect_within(name, got, ref, abs, 0.0, 0x1p-10);
+    EXPECT_LT(rel_error(got, ref, ref), 1e-3) << name;
+  } else {
+    expect_within(name, got, ref, abs, 0x1p-8, 0x1p-10);
+    expect_bf16_output_within(name, got, ref, 1e-3);
+  }
+}
+
 // The tensor-core kernel (mma.sync) against the same f64 reference. Its k-block partials
 // come from the tensor cores' fp32 accumulation, whose rounding NVIDIA does not specify
 // (DeepSeek-V3 measured about 14 bits kept on Hopper's FP8 wgmma): hence the per-block
@@ -759,14 +772,8 @@ TEST(Fp8Cuda, MmaGemmMatchesReference) {
       cuda::gemm_fp8_blockscaled_mma(c.a.q.to(kGpu), c.a.scales.to(kGpu), c.b.q.to(kGpu),
                                      c.b.scales.to(kGpu), d, stages);
       const std::vector<double> got = d.to_double_vector();
-      const std::string nd = fmt::format("{} {} stages={}", name, dtype_name(dt), stages);
-      if (dt == DType::F32) {
-        expect_within(nd, got, ref, t.abs, 0.0, 0x1p-10);
-        EXPECT_LT(rel_error(got, ref, ref), 1e-3) << nd;
-      } else {
-        expect_within(nd, got, ref, t.abs, 0x1p-8, 0x1p-10);
-        expect_bf16_output_within(nd, got, ref, 1e-3);
-      }
+      expect_tensor_core_result(fmt::format("{} {} stages={}", name, dtype_name(dt), stages), dt,
+                                got, ref, t.abs);
     }
   }
   // K not a multiple of 16 is refused, not computed wrongly.
@@ -975,19 +982,6 @@ TEST(Fp8Cuda, MmaGroupedGemmsMatchReference) {
     if (!cuda::fp8_wgmma_supported(0)) GTEST_SKIP() << "wgmma needs compute capability 9.0"; \
   } while (0)
 
-// f32 and bf16 outputs of a tensor-core kernel against the f64 reference, with the mma
-// kernel's bounds (see MmaGemmMatchesReference).
-void expect_tensor_core_result(const std::string& name, DType dt, const std::vector<double>& got,
-                               const std::vector<double>& ref, const std::vector<double>& abs) {
-  if (dt == DType::F32) {
-    expect_within(name, got, ref, abs, 0.0, 0x1p-10);
-    EXPECT_LT(rel_error(got, ref, ref), 1e-3) << name;
-  } else {
-    expect_within(name, got, ref, abs, 0x1p-8, 0x1p-10);
-    expect_bf16_output_within(name, got, ref, 1e-3);
-  }
-}
-
 // Every compiled configuration of the wgmma kernel against the f64 reference. The shapes
 // cover: M, N and K tails (K a multiple of 16: the TMA's row pitch), single rows and
 // columns, odd N (no vector stores), more tiles than multiprocessors with the 128x128 tile
@@ -1020,14 +1014,7 @@ TEST(Fp8Cuda, MmaKGroupedGemmMatchesReference) {
         }
         const GemmCase gc = group_case(c, g);
         const TripleLoop t = triple_loop(gc);
-        const std::vector<double> ref = run_gemm(gc, kCpu, DType::F64);
-        if (dt == DType::F32) {
-          expect_within(name, part, ref, t.abs, 0.0, 0x1p-10);
-          EXPECT_LT(rel_error(part, ref, ref), 1e-3) << name;
-        } else {
-          expect_within(name, part, ref, t.abs, 0x1p-8, 0x1p-10);
-          expect_bf16_output_within(name, part, ref, 1e-3);
-        }
+        expect_tensor_core_result(name, dt, part, run_gemm(gc, kCpu, DType::F64), t.abs);
       }
     }
   }
