@@ -80,8 +80,9 @@ R1_KERNEL(moe_combine_backward, void(const std::vector<Tensor>& ys, const Tensor
 // dest (P) i64 = e * cap + (the pairs before p that chose the same e), counts (E) i64 = the
 // pairs that chose e. An expert's slots hold its tokens in token order, as the routed path
 // gathers them. The caller promises counts[e] <= cap (cap >= N with distinct choices per
-// token): the CPU kernel checks the indices and counts; the CUDA one cannot without a host
-// read and trusts them.
+// token): the CPU kernel checks that the indices lie in [0, E) and that no count exceeds cap
+// (not that a token's experts are distinct: a repeated one takes two slots, in pair order,
+// on both backends); the CUDA one cannot check without a host read and trusts them.
 R1_KERNEL(moe_masked_slots, void(const Tensor& indices, int64_t cap, Tensor& dest,
                                  Tensor& counts))
 // src (N, C) of any dtype, contiguous; dest (P) i64, P a multiple of N (K = P / N) -> dst (R,

@@ -81,8 +81,9 @@ Tensor moe_combine_all(const std::vector<Tensor>& ys, const Tensor& w, const Ten
 // grouped FP8 GEMM's masked form runs each expert on its slots only, reading the row counts
 // on the device). indices (N, K) int on any device (the router's: distinct experts per token,
 // in [0, E)) -> dest (N K) i64 = e * cap + slot (an expert's slots hold its tokens in token
-// order) and counts (E) i64, on indices' device; cap >= N (then no expert overflows). No
-// host read of the indices (the CPU kernel checks them; CUDA trusts them). Forward only.
+// order) and counts (E) i64, on indices' device; cap >= N (then, the choices being distinct,
+// no expert overflows). No host read of the indices (the CPU kernel checks their range and
+// the counts, not distinctness; CUDA trusts them). Forward only.
 struct MoeMaskedSlots {
   Tensor dest, counts;
 };

@@ -241,7 +241,6 @@ void moe_balance_loss_backward_cpu(const Tensor& logits, const Tensor& offsets, 
   });
 }
 
-// bias (E) += gamma * sign(sum(load) - E * load_i).
 void moe_masked_slots_cpu(const Tensor& indices, int64_t cap, Tensor& dest, Tensor& counts) {
   check_moe_masked_slots(indices, cap, dest, counts);
   const int64_t P = indices.numel(), E = counts.numel();
@@ -277,6 +276,7 @@ void moe_scatter_rows_cpu(const Tensor& src, const Tensor& dest, Tensor& dst) {
                 s + static_cast<size_t>(p / K) * row_bytes, row_bytes);
 }
 
+// bias (E) += gamma * sign(sum(load) - E * load_i).
 void moe_update_bias_cpu(Tensor& bias, const Tensor& load, double gamma) {
   check_moe_update_bias(bias, load, cpu_float(bias.dtype()));
   const int64_t E = bias.size(0);
