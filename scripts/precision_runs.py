@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """FP8 vs bf16 vs f32 pretraining runs over several seeds: the table and plot of docs/fp8.md.
 
-  /usr/bin/python3 scripts/precision_runs.py DIR [--window 50] [--out PNG]
+  /usr/bin/python3 scripts/precision_runs.py DIR [--window 50] [--early N] [--fp8 NAME] [--out PNG]
 
 DIR holds runs named <precision><suffix> (precision default, bf16, fp8; suffix "" for seed 1,
 "-s2", "-s3", ...), each with metrics.jsonl, made by
 
   for s in 1 2 3; do for p in default bf16 fp8; do OMP_NUM_THREADS=1 build/bin/r1-pretrain \\
     --config configs/tiny.json --steps 400 --precision $p --seed $s --out DIR/$p$([ $s = 1 ] || echo -s$s); done; done
+
+--fp8 NAME takes the runs named NAME<suffix> as the fp8 side (an ablation beside the plain
+fp8 runs in the same DIR, e.g. r1-toy-lm --fp8-head into DIR/fp8head<suffix>).
 
 Prints, per seed, the mean loss of the last `window` steps of each run and the relative
 differences fp8 vs bf16 (the FP8 issue's comparison), fp8 vs f32 and bf16 vs f32, then their
@@ -48,14 +51,17 @@ def main():
     ap.add_argument("--early", type=int, default=0,
                     help="also print the mean per-step signed difference over steps 1..N "
                          "(before the runs drift apart)")
+    ap.add_argument("--fp8", default="fp8", help="the run name of the fp8 side (default fp8)")
     a = ap.parse_args()
+    names = {"default": "default", "bf16": "bf16", "fp8": a.fp8}  # precision -> run name
     seeds = []
     for s in range(1, 100):
         suffix = "" if s == 1 else f"-s{s}"
-        if all(os.path.isdir(os.path.join(a.dir, p + suffix)) for p in PRECISIONS):
-            seeds.append((s, {p: load(os.path.join(a.dir, p + suffix)) for p in PRECISIONS}))
+        if all(os.path.isdir(os.path.join(a.dir, names[p] + suffix)) for p in PRECISIONS):
+            seeds.append((s, {p: load(os.path.join(a.dir, names[p] + suffix))
+                              for p in PRECISIONS}))
     if not seeds:
-        sys.exit(f"{a.dir}: no seed has all of {', '.join(PRECISIONS)}")
+        sys.exit(f"{a.dir}: no seed has all of {', '.join(names[p] for p in PRECISIONS)}")
     pairs = (("fp8", "bf16"), ("fp8", "default"), ("bf16", "default"))
     print(f"| seed | f32 | bf16 | fp8 | fp8 vs bf16 | fp8 vs f32 | bf16 vs f32 |  (mean loss of "
           f"the last {a.window} common steps; signed relative differences)")
