@@ -220,6 +220,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "r1-toy-lm: %s\n", e.what());
     return 2;
   }
+  if ((o.fp8_head || !o.fp8_only.empty()) && o.precision != "fp8") {
+    std::fprintf(stderr, "r1-toy-lm: --fp8-head and --fp8-only need --precision fp8\n");
+    return 2;
+  }
   try {
     return run(o);
   } catch (const r1::InputError& e) {
