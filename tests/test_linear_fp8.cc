@@ -302,43 +302,54 @@ TEST(LinearFp8Cuda, FusedRmsNormQuantizationEqualsTheTwoSteps) {
 // swiglu_quantize_fp8_masked (the MoE decode step's swiglu in the masked layout): the counted
 // rows of each group get swiglu_quantize_fp8's bits on the same device; every other row of
 // out, q and scales keeps what it held (a sentinel here); counts i32 and i64, a group empty,
-// one full, F with a partial tile.
+// one full, F with a partial tile. A second shape, 40 groups of 64 rows with random counts and
+// F = 1030 (not a multiple of 4: the element-wise lanes), has more counted tiles in a group
+// than the CUDA kernel gives the group warps (its blocks stride).
 void expect_masked_swiglu_matches(Device dev) {
-  const int64_t g = 3, mmax = 5, f = 200, fb = fp8_blocks(f);
+  struct Case {
+    int64_t g, mmax, f;
+    std::vector<int64_t> cnt;
+  };
+  std::vector<int64_t> random_cnt = Tensor::randint({40}, case_seed(73), 0, 65).to_int_vector();
+  random_cnt[0] = 64;  // full
+  random_cnt[1] = 0;   // empty
+  const Case cases[] = {{3, 5, 200, {2, 0, 5}}, {40, 64, 1030, random_cnt}};
   const std::vector<DType> dtypes = dev.is_cpu() ? std::vector{DType::F32}
                                                  : std::vector{DType::F32, DType::BF16};
-  for (DType dt : dtypes)
-    for (DType cdt : {DType::I32, DType::I64}) {
-      const std::vector<int64_t> cnt{2, 0, 5};
-      const Tensor counts = Tensor::from_vector(cnt, {g}, DType::I64).to(cdt).to(dev);
-      const Tensor gate = Tensor::randn({g, mmax, f}, case_seed(70)).to(dt).to(dev);
-      const Tensor up = Tensor::randn({g, mmax, f}, case_seed(71)).to(dt).to(dev);
-      Tensor out = Tensor::full({g, mmax, f}, 7.0, dt, dev);
-      Tensor q = Tensor::full({g, mmax, f}, 3.0, DType::E4M3, dev);
-      Tensor sc = Tensor::full({g, mmax, fb}, -1.0, DType::F32, dev);
-      kernels::swiglu_quantize_fp8_masked()(dev, gate, up, counts, out, q, sc);
-      Tensor want_out = Tensor::empty({g * mmax, f}, dt, dev);
-      Tensor want_q = Tensor::empty({g * mmax, f}, DType::E4M3, dev);
-      Tensor want_s = Tensor::empty({g * mmax, fb}, DType::F32, dev);
-      kernels::swiglu_quantize_fp8()(dev, gate.view({g * mmax, f}), up.view({g * mmax, f}),
-                                     want_out, want_q, want_s);
-      const std::string name = fmt::format("{} counts {} {}", dtype_name(dt), dtype_name(cdt),
-                                           dev.str());
-      const auto o = out.to(DType::F64).to_double_vector(), wo = want_out.to(DType::F64).to_double_vector();
-      const auto qv = q.to(DType::F64).to_double_vector(), wq = want_q.to(DType::F64).to_double_vector();
-      const auto sv = sc.to_double_vector(), ws = want_s.to_double_vector();
-      for (int64_t e = 0; e < g; ++e)
-        for (int64_t i = 0; i < mmax; ++i) {
-          const bool live = i < cnt[e];
-          const int64_t r = e * mmax + i;
-          for (int64_t c = 0; c < f; ++c) {
-            ASSERT_EQ(o[r * f + c], live ? wo[r * f + c] : 7.0) << name << " row " << r;
-            ASSERT_EQ(qv[r * f + c], live ? wq[r * f + c] : 3.0) << name << " row " << r;
+  for (const Case& k : cases)
+    for (DType dt : dtypes)
+      for (DType cdt : {DType::I32, DType::I64}) {
+        const int64_t g = k.g, mmax = k.mmax, f = k.f, fb = fp8_blocks(f);
+        const std::vector<int64_t>& cnt = k.cnt;
+        const Tensor counts = Tensor::from_vector(cnt, {g}, DType::I64).to(cdt).to(dev);
+        const Tensor gate = Tensor::randn({g, mmax, f}, case_seed(70)).to(dt).to(dev);
+        const Tensor up = Tensor::randn({g, mmax, f}, case_seed(71)).to(dt).to(dev);
+        Tensor out = Tensor::full({g, mmax, f}, 7.0, dt, dev);
+        Tensor q = Tensor::full({g, mmax, f}, 3.0, DType::E4M3, dev);
+        Tensor sc = Tensor::full({g, mmax, fb}, -1.0, DType::F32, dev);
+        kernels::swiglu_quantize_fp8_masked()(dev, gate, up, counts, out, q, sc);
+        Tensor want_out = Tensor::empty({g * mmax, f}, dt, dev);
+        Tensor want_q = Tensor::empty({g * mmax, f}, DType::E4M3, dev);
+        Tensor want_s = Tensor::empty({g * mmax, fb}, DType::F32, dev);
+        kernels::swiglu_quantize_fp8()(dev, gate.view({g * mmax, f}), up.view({g * mmax, f}),
+                                       want_out, want_q, want_s);
+        const std::string name = fmt::format("{}x{}x{} {} counts {} {}", g, mmax, f, dtype_name(dt),
+                                             dtype_name(cdt), dev.str());
+        const auto o = out.to(DType::F64).to_double_vector(), wo = want_out.to(DType::F64).to_double_vector();
+        const auto qv = q.to(DType::F64).to_double_vector(), wq = want_q.to(DType::F64).to_double_vector();
+        const auto sv = sc.to_double_vector(), ws = want_s.to_double_vector();
+        for (int64_t e = 0; e < g; ++e)
+          for (int64_t i = 0; i < mmax; ++i) {
+            const bool live = i < cnt[e];
+            const int64_t r = e * mmax + i;
+            for (int64_t c = 0; c < f; ++c) {
+              ASSERT_EQ(o[r * f + c], live ? wo[r * f + c] : 7.0) << name << " row " << r;
+              ASSERT_EQ(qv[r * f + c], live ? wq[r * f + c] : 3.0) << name << " row " << r;
+            }
+            for (int64_t b = 0; b < fb; ++b)
+              ASSERT_EQ(sv[r * fb + b], live ? ws[r * fb + b] : -1.0) << name << " row " << r;
           }
-          for (int64_t b = 0; b < fb; ++b)
-            ASSERT_EQ(sv[r * fb + b], live ? ws[r * fb + b] : -1.0) << name << " row " << r;
-        }
-    }
+      }
   // Shapes that do not fit are errors.
   const Tensor a = Tensor::randn({2, 3, 8}, case_seed(72)).to(dev);
   Tensor out = Tensor::empty({2, 3, 8}, DType::F32, dev), q = Tensor::empty({2, 3, 8}, DType::E4M3, dev);

@@ -543,54 +543,79 @@ __global__ void swiglu_forward_kernel(const T* gate, const T* up, T* out, int64_
 }
 
 // swiglu_forward fused with quantize_fp8_rows of its output (engine/kernels.h): one warp per
-// 1x128 tile of a row, grid-stride. Each lane computes its elements exactly as
-// swiglu_forward_kernel does (the same expression and sigmoid), stores them in out's dtype,
-// and quantizes the stored values as quantize_rows_kernel does (quantize.cu): the same bits
-// as the two kernels back to back, with gate and up read once and out never re-read.
+// 1x128 tile of a row. Each lane computes its elements exactly as swiglu_forward_kernel does
+// (the same expression and sigmoid), stores them in out's dtype, and quantizes the stored
+// values as quantize_rows_kernel does (quantize.cu): the same bits as the two kernels back to
+// back, with gate and up read once and out never re-read.
 // kVector (F a multiple of 4, every pointer 16-byte aligned): 4 consecutive elements per lane,
 // vector loads and stores; else lane l takes elements l, l + 32, l + 64, l + 96 of the tile.
-// kMasked (swiglu_quantize_fp8_masked): the m rows are G groups of mmax, and a tile of row
-// r = g * mmax + i is skipped (nothing read or written) unless i < counts[g] (counts32 or
-// counts64, whichever is not null, on the device).
-template <class T, bool kVector, bool kMasked>
+// Tile (r, b): row r's columns [128 b, 128 b + 128) of an (., F) matrix with fb tiles a row.
+template <class T, bool kVector>
+__device__ __forceinline__ void swiglu_quantize_tile(const T* gate, const T* up, T* out,
+                                                     uint8_t* q, float* scales, int64_t f,
+                                                     int64_t fb, int64_t r, int64_t b,
+                                                     int lane) {
+  constexpr int kP = fp8::kPerLane;
+  const int64_t base = r * f + b * kFp8Block;
+  const int64_t len = f - b * kFp8Block < kFp8Block ? f - b * kFp8Block : kFp8Block;
+  const bool vec = kVector && len == kFp8Block;  // uniform over the warp
+  float v[kP];
+  if (vec) {
+    float g[kP], u[kP];
+    fp8::load4(gate, base + kP * lane, g);
+    fp8::load4(up, base + kP * lane, u);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) v[k] = g[k] * sigmoid(g[k]) * u[k];
+    fp8::store4(out, base + kP * lane, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int64_t c = i * 32 + lane;
+      v[i] = 0.0f;
+      if (c < len) {
+        const float g = fp8::load_f32(gate, base + c), u = fp8::load_f32(up, base + c);
+        v[i] = g * sigmoid(g) * u;
+        fp8::store1(out, base + c, v[i]);
+      }
+    }
+  }
+  fp8::quantize_tile(v, vec, len, lane, q + base, scales + r * fb + b);
+}
+
+// Every tile of the m rows, grid-stride, one warp per tile.
+template <class T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
     swiglu_quantize_fp8_kernel(const T* gate, const T* up, T* out, uint8_t* q, float* scales,
-                               int64_t m, int64_t f, int64_t fb, const int32_t* counts32,
-                               const int64_t* counts64, int64_t mmax) {
-  constexpr int kP = fp8::kPerLane;
+                               int64_t m, int64_t f, int64_t fb) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t warps = int64_t{gridDim.x} * (kThreads / 32);
   for (int64_t t = int64_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32; t < m * fb;
        t += warps) {
-    const int64_t r = t / fb, b = t - r * fb;
-    if constexpr (kMasked) {  // uniform over the warp: one tile per warp
-      const int64_t g = r / mmax;
-      if (r - g * mmax >= (counts64 ? counts64[g] : int64_t{counts32[g]})) continue;
-    }
-    const int64_t base = r * f + b * kFp8Block;
-    const int64_t len = f - b * kFp8Block < kFp8Block ? f - b * kFp8Block : kFp8Block;
-    const bool vec = kVector && len == kFp8Block;  // uniform over the warp
-    float v[kP];
-    if (vec) {
-      float g[kP], u[kP];
-      fp8::load4(gate, base + kP * lane, g);
-      fp8::load4(up, base + kP * lane, u);
-#pragma unroll
-      for (int k = 0; k < kP; ++k) v[k] = g[k] * sigmoid(g[k]) * u[k];
-      fp8::store4(out, base + kP * lane, v);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kP; ++i) {
-        const int64_t c = i * 32 + lane;
-        v[i] = 0.0f;
-        if (c < len) {
-          const float g = fp8::load_f32(gate, base + c), u = fp8::load_f32(up, base + c);
-          v[i] = g * sigmoid(g) * u;
-          fp8::store1(out, base + c, v[i]);
-        }
-      }
-    }
-    fp8::quantize_tile(v, vec, len, lane, q + base, scales + t);  // t = r * fb + b
+    const int64_t r = t / fb;
+    swiglu_quantize_tile<T, kVector>(gate, up, out, q, scales, f, fb, r, t - r * fb, lane);
+  }
+}
+
+// swiglu_quantize_fp8_masked: the rows are G groups of mmax; blockIdx.y is the group g, whose
+// blocks stride over the tiles of its counted rows i < counts[g] only (counts32 or counts64,
+// whichever is not null, on the device; clamped to [0, mmax]), so a decode step with a few
+// tokens per expert walks its few tiles, not all G * mmax rows'. Nothing else is read or
+// written.
+template <class T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    swiglu_quantize_fp8_masked_kernel(const T* gate, const T* up, T* out, uint8_t* q,
+                                      float* scales, int64_t mmax, int64_t f, int64_t fb,
+                                      const int32_t* counts32, const int64_t* counts64) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t g = blockIdx.y;
+  const int64_t count = counts64 ? counts64[g] : int64_t{counts32[g]};
+  const int64_t tiles = (count < 0 ? 0 : count > mmax ? mmax : count) * fb;
+  const int64_t warps = int64_t{gridDim.x} * (kThreads / 32);
+  for (int64_t t = int64_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32; t < tiles;
+       t += warps) {
+    const int64_t i = t / fb;
+    swiglu_quantize_tile<T, kVector>(gate, up, out, q, scales, f, fb, g * mmax + i, t - i * fb,
+                                     lane);
   }
 }
 
@@ -639,7 +664,8 @@ void swiglu_forward_cuda(const Tensor& gate, const Tensor& up, Tensor& out) {
 }
 
 // gate, up (M, F) -> out = swiglu, q, scales = quantize_fp8_rows(out), one pass; with counts
-// (the masked form: gate, up, out, q, scales viewed as (G * Mmax, ...)) only the counted rows.
+// (the masked form: gate, up, out, q, scales viewed as (G * Mmax, ...), M = G * Mmax) only the
+// counted rows.
 void launch_swiglu_quantize_fp8(const Tensor& gate, const Tensor& up, Tensor& out, Tensor& q,
                                 Tensor& scales, const Tensor* counts, int64_t mmax) {
   const int64_t m = gate.size(0), f = gate.size(1), fb = fp8_blocks(f);
@@ -647,29 +673,39 @@ void launch_swiglu_quantize_fp8(const Tensor& gate, const Tensor& up, Tensor& ou
   const int dev = gate.device().index;
   DeviceGuard g(dev);
   const cudaStream_t s = current_stream(dev);
-  const int grid = fp8::warp_per_tile_grid(m * fb, kThreads, dev);
   auto aligned = [](const void* p, int a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
   dispatch_float(gate.dtype(), "swiglu_quantize_fp8", [&](auto tag) {
     using T = decltype(tag);
     const bool vector = f % 4 == 0 && aligned(gate.data_ptr(), 16) && aligned(up.data_ptr(), 16) &&
                         aligned(out.data_ptr(), 16) && aligned(q.data_ptr(), 4);
-    const bool c64 = counts && counts->dtype() == DType::I64;
-    const int32_t* c32p = counts && !c64 ? counts->data<int32_t>() : nullptr;
-    const int64_t* c64p = c64 ? counts->data<int64_t>() : nullptr;
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, s>>>(static_cast<const T*>(gate.data_ptr()),
-                                       static_cast<const T*>(up.data_ptr()),
-                                       static_cast<T*>(out.data_ptr()), q.data<uint8_t>(),
-                                       scales.data<float>(), m, f, fb, c32p, c64p, mmax);
+    const T* gp = static_cast<const T*>(gate.data_ptr());
+    const T* up_p = static_cast<const T*>(up.data_ptr());
+    T* op = static_cast<T*>(out.data_ptr());
+    if (!counts) {
+      const int grid = fp8::warp_per_tile_grid(m * fb, kThreads, dev);
+      auto kernel =
+          vector ? swiglu_quantize_fp8_kernel<T, true> : swiglu_quantize_fp8_kernel<T, false>;
+      kernel<<<grid, kThreads, 0, s>>>(gp, up_p, op, q.data<uint8_t>(), scales.data<float>(), m,
+                                       f, fb);
       R1_CUDA_CHECK_LAUNCH();
-    };
-    if (counts) {
-      if (vector) launch(swiglu_quantize_fp8_kernel<T, true, true>);
-      else launch(swiglu_quantize_fp8_kernel<T, false, true>);
-    } else {
-      if (vector) launch(swiglu_quantize_fp8_kernel<T, true, false>);
-      else launch(swiglu_quantize_fp8_kernel<T, false, false>);
+      return;
     }
+    // The counts live on the device (a graph replays this launch): each group gets the blocks
+    // its full mmax rows would need, within the whole grid's budget shared over the groups.
+    const int64_t groups = m / mmax;
+    R1_CHECK(groups <= 65535, "swiglu_quantize_fp8_masked: {} groups, at most 65535", groups);
+    const int64_t per_group = fp8::warp_per_tile_grid(mmax * fb, kThreads, dev);
+    const int64_t budget = fp8::warp_per_tile_grid(m * fb, kThreads, dev);
+    const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>(budget / groups, 1, per_group)),
+                    static_cast<unsigned>(groups));
+    const bool c64 = counts->dtype() == DType::I64;
+    const int32_t* c32p = c64 ? nullptr : counts->data<int32_t>();
+    const int64_t* c64p = c64 ? counts->data<int64_t>() : nullptr;
+    auto kernel = vector ? swiglu_quantize_fp8_masked_kernel<T, true>
+                         : swiglu_quantize_fp8_masked_kernel<T, false>;
+    kernel<<<grid, kThreads, 0, s>>>(gp, up_p, op, q.data<uint8_t>(), scales.data<float>(), mmax,
+                                     f, fb, c32p, c64p);
+    R1_CUDA_CHECK_LAUNCH();
   });
 }
 
