@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """FP8 vs bf16 vs f32 pretraining runs over several seeds: the table and plot of docs/fp8.md.
 
-  /usr/bin/python3 scripts/precision_runs.py DIR [--window 50] [--early N] [--fp8 NAME] [--out PNG]
+  /usr/bin/python3 scripts/precision_runs.py DIR [--window 50] [--early N] [--fp8 NAME]
+      [--metric loss|val_loss] [--out PNG]
 
 DIR holds runs named <precision><suffix> (precision default, bf16, fp8; suffix "" for seed 1,
 "-s2", "-s3", ...), each with metrics.jsonl, made by
@@ -9,6 +10,8 @@ DIR holds runs named <precision><suffix> (precision default, bf16, fp8; suffix "
   for s in 1 2 3; do for p in default bf16 fp8; do OMP_NUM_THREADS=1 build/bin/r1-pretrain \\
     --config configs/tiny.json --steps 400 --precision $p --seed $s --out DIR/$p$([ $s = 1 ] || echo -s$s); done; done
 
+--metric val_loss compares r1-pretrain's held-out loss (--val-rows) instead of the training
+loss, on the steps that have it (--window and --early count those steps).
 --fp8 NAME takes the runs named NAME<suffix> as the fp8 side (an ablation beside the plain
 fp8 runs in the same DIR, e.g. r1-toy-lm --fp8-head into DIR/fp8head<suffix>).
 
@@ -26,7 +29,7 @@ import sys
 PRECISIONS = ("default", "bf16", "fp8")
 
 
-def load(path):
+def load(path, key="loss"):
     out = {}
     try:
         with open(os.path.join(path, "metrics.jsonl"), encoding="utf-8") as f:
@@ -36,8 +39,8 @@ def load(path):
                         r = json.loads(line)
                     except json.JSONDecodeError as e:
                         sys.exit(f"{path}/metrics.jsonl:{n}: bad JSON ({e.msg})")
-                    if "loss" in r and "step" in r:
-                        out[int(r["step"])] = float(r["loss"])
+                    if key in r and "step" in r:
+                        out[int(r["step"])] = float(r[key])
     except OSError as e:
         sys.exit(f"{path}/metrics.jsonl: {e.strerror}")
     return out
@@ -52,13 +55,16 @@ def main():
                     help="also print the mean per-step signed difference over steps 1..N "
                          "(before the runs drift apart)")
     ap.add_argument("--fp8", default="fp8", help="the run name of the fp8 side (default fp8)")
+    ap.add_argument("--metric", default="loss",
+                    help="the metrics.jsonl field compared (default loss; val_loss: r1-pretrain "
+                         "--val-rows, on the steps that have it)")
     a = ap.parse_args()
     names = {"default": "default", "bf16": "bf16", "fp8": a.fp8}  # precision -> run name
     seeds = []
     for s in range(1, 100):
         suffix = "" if s == 1 else f"-s{s}"
         if all(os.path.isdir(os.path.join(a.dir, names[p] + suffix)) for p in PRECISIONS):
-            seeds.append((s, {p: load(os.path.join(a.dir, names[p] + suffix))
+            seeds.append((s, {p: load(os.path.join(a.dir, names[p] + suffix), a.metric)
                               for p in PRECISIONS}))
     if not seeds:
         sys.exit(f"{a.dir}: no seed has all of {', '.join(names[p] for p in PRECISIONS)}")

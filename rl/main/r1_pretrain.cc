@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -39,6 +40,10 @@ using nlohmann::json;
 struct Options {
   std::string config = "configs/tiny.json", out = "runs/r1-zero/base", tokenizer, holdout;
   int64_t steps = 1500, batch = 16, seq = 256, docs = 30000, warmup = 50, save_every = 200;
+  // Rows of the packed corpus held out of training (its last val_rows: documents drawn at
+  // random by the packing order), whose mean token loss is logged as val_loss every val_every
+  // steps and at the last step; 0: none (every row trains).
+  int64_t val_rows = 0, val_every = 100;
   double lr = 3e-3, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0, bias_gamma = 1e-3;
   double balance_alpha = 1e-3;  // DeepSeek-V3 config.json aux_loss_alpha (sequence-wise)
   uint64_t seed = 1;
@@ -148,6 +153,12 @@ int run(const Options& o) {
   const data::PackedBatch rows = packer.finish();
   fmt::print(stderr, "r1-pretrain: {} documents, {} tokens in {} rows of {} ({} truncated)\n",
              docs.size(), n_tokens, rows.rows, o.seq, packer.truncated());
+  const int64_t train_rows = rows.rows - o.val_rows;
+  R1_INPUT_CHECK(train_rows >= 1, "--val-rows {}: the corpus packs into {} rows of {}, and at least "
+                 "one must remain for training", o.val_rows, rows.rows, o.seq);
+  if (o.val_rows > 0)
+    fmt::print(stderr, "r1-pretrain: {} rows train, {} held out (val_loss every {} steps)\n",
+               train_rows, o.val_rows, o.val_every);
 
   ParamMap params = DeepseekV3::init_params(cfg, o.seed);
   std::vector<Tensor> trainable;
@@ -175,32 +186,59 @@ int run(const Options& o) {
   std::vector<size_t> order;
   int64_t order_epoch = -1;
   const int64_t T = o.seq;
+  // Row r of the packed corpus appended to a batch: tokens, positions, segments, next-token
+  // targets (-100 where the loss mask is off).
+  struct Batch {
+    std::vector<int64_t> ids, pos, seg, tgt;
+  };
+  auto add_row = [&](Batch& b, int64_t r) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t i = r * T + t;
+      b.ids.push_back(rows.tokens[i]);
+      b.pos.push_back(rows.position[i]);
+      b.seg.push_back(rows.segment[i]);
+      b.tgt.push_back(t + 1 < T && rows.loss_mask[i + 1] ? rows.tokens[i + 1] : -100);
+    }
+  };
+  // Mean cross-entropy per target token over the held-out rows, in batches of --batch rows.
+  auto val_loss = [&] {
+    NoGrad no_grad;
+    double sum = 0;
+    int64_t count = 0;
+    for (int64_t r0 = train_rows; r0 < rows.rows; r0 += o.batch) {
+      const int64_t n = std::min(o.batch, rows.rows - r0);
+      Batch b;
+      for (int64_t r = r0; r < r0 + n; ++r) add_row(b, r);
+      const int64_t targets = std::count_if(b.tgt.begin(), b.tgt.end(), [](int64_t x) { return x >= 0; });
+      if (targets == 0) continue;
+      const DeepseekV3::Output out = model.forward(Tensor::from_vector(b.ids, {n, T}),
+                                                   Tensor::from_vector(b.pos, {n, T}),
+                                                   Tensor::from_vector(b.seg, {n, T}));
+      sum += cross_entropy(out.logits.view({n * T, cfg.vocab_size}),
+                           Tensor::from_vector(b.tgt, {n * T})).item() * static_cast<double>(targets);
+      count += targets;
+    }
+    return count > 0 ? sum / static_cast<double>(count) : std::nan("");
+  };
   for (int64_t step = start + 1; step <= o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<int64_t> ids, pos, seg, tgt;
+    Batch batch;
     for (int64_t b = 0; b < o.batch; ++b) {
-      const int64_t g = (step - 1) * o.batch + b, epoch = g / rows.rows;
+      const int64_t g = (step - 1) * o.batch + b, epoch = g / train_rows;
       if (epoch != order_epoch) {
-        order = data::shuffled_order(static_cast<size_t>(rows.rows), o.seed, static_cast<uint64_t>(epoch));
+        order = data::shuffled_order(static_cast<size_t>(train_rows), o.seed, static_cast<uint64_t>(epoch));
         order_epoch = epoch;
       }
-      const int64_t r = static_cast<int64_t>(order[static_cast<size_t>(g % rows.rows)]);
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t i = r * T + t;
-        ids.push_back(rows.tokens[i]);
-        pos.push_back(rows.position[i]);
-        seg.push_back(rows.segment[i]);
-        tgt.push_back(t + 1 < T && rows.loss_mask[i + 1] ? rows.tokens[i + 1] : -100);
-      }
+      add_row(batch, static_cast<int64_t>(order[static_cast<size_t>(g % train_rows)]));
     }
     const double lr = lr_at(o, step);
     opt.config().lr = lr;
-    const Tensor segments = Tensor::from_vector(seg, {o.batch, T});
-    DeepseekV3::Output out = model.forward(Tensor::from_vector(ids, {o.batch, T}),
-                                           Tensor::from_vector(pos, {o.batch, T}), segments,
+    const Tensor segments = Tensor::from_vector(batch.seg, {o.batch, T});
+    DeepseekV3::Output out = model.forward(Tensor::from_vector(batch.ids, {o.batch, T}),
+                                           Tensor::from_vector(batch.pos, {o.batch, T}), segments,
                                            true, o.balance_alpha);
     const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}),
-                                    Tensor::from_vector(tgt, {o.batch * T}));
+                                    Tensor::from_vector(batch.tgt, {o.batch * T}));
     const Tensor loss = out.balance_loss.defined() ? add(ce, out.balance_loss) : ce;
     backward(loss);
     const double norm = clip_grad_norm(trainable, o.clip);
@@ -219,10 +257,17 @@ int run(const Options& o) {
     }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double l = ce.item();
-    metrics.write({{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", norm},
+    json record = {{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", norm},
                    {"max_expert_load_ratio", max_load_ratio}, {"step_time_s", dt},
-                   {"tokens_per_s", static_cast<double>(o.batch * T) / dt}});
-    progress.update(step, fmt::format("loss {:.4f}  {:.0f} tok/s", l, static_cast<double>(o.batch * T) / dt));
+                   {"tokens_per_s", static_cast<double>(o.batch * T) / dt}};
+    std::string shown = fmt::format("loss {:.4f}", l);
+    if (o.val_rows > 0 && (step % o.val_every == 0 || step == o.steps)) {
+      const double v = val_loss();
+      record["val_loss"] = v;
+      shown += fmt::format("  val {:.4f}", v);
+    }
+    metrics.write(record);
+    progress.update(step, fmt::format("{}  {:.0f} tok/s", shown, static_cast<double>(o.batch * T) / dt));
     if (step % o.save_every == 0 || step == o.steps)
       rl::save_run_checkpoint(ckpt, cfg, model.params(), &opt, {{"step", step}, {"stage", "pretrain"}},
                               tok.to_json_string());
@@ -248,6 +293,12 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", o.warmup, "warmup steps")->check(CLI::PositiveNumber);
   app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
   app.add_option("--save-every", o.save_every, "checkpoint interval")->check(CLI::PositiveNumber);
+  app.add_option("--val-rows", o.val_rows,
+                 "rows of --seq tokens held out of training (the packed corpus's last, random "
+                 "documents); their mean loss is logged as val_loss (0: none)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--val-every", o.val_every, "val_loss interval in steps (and at the last step)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--seed", o.seed, "corpus, packing and init seed");
   app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");
   app.add_option("--han-chars", o.han_chars, "trained tokenizer (with --single-digits): one piece per Han character, so a Chinese name is a unit BPE can merge");

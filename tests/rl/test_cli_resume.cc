@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -102,6 +103,30 @@ TEST(CliResume, KilledGrpoRunResumesBitwise) {
   fs::remove_all(dir);
 }
 
+// r1-pretrain --val-rows: val_loss on the steps asked for (every --val-every and the last)
+// and nowhere else; with a learning rate too small to move the freshly initialized model, the
+// held-out rows' mean token loss is what the first training step saw on its own rows (both
+// the near-uniform model's, about ln V), to within what differing rows give.
+TEST(CliPretrain, ValLossOnHeldOutRows) {
+  const uint64_t seed = r1::test::case_seed(2) % 1000;
+  const std::string dir = ::testing::TempDir() + "/r1_cli_val_" + std::to_string(seed);
+  fs::remove_all(dir);
+  ASSERT_EQ(run("OMP_NUM_THREADS=1 " + kBin + "/r1-pretrain --config " R1_SOURCE_DIR
+                "/configs/tiny.json --out " + dir + " --steps 5 --docs 300 --batch 4 --seq 128 "
+                "--lr 1e-9 --val-rows 6 --val-every 2 --seed " + std::to_string(seed)), 0);
+  const std::vector<json> m = metrics(dir + "/metrics.jsonl");
+  ASSERT_EQ(m.size(), 5u);
+  for (size_t i = 0; i < m.size(); ++i) {
+    const int64_t step = m[i].at("step").get<int64_t>();
+    EXPECT_EQ(m[i].contains("val_loss"), step % 2 == 0 || step == 5) << "step " << step;
+  }
+  const double first = m[0].at("loss").get<double>(), val = m[1].at("val_loss").get<double>();
+  EXPECT_TRUE(std::isfinite(val));
+  EXPECT_NEAR(val, first, 0.05 * first) << "held-out loss at step 2 vs the first step's";
+  EXPECT_GT(val, 5.0) << "a near-uniform model over a vocabulary of hundreds of tokens";
+  fs::remove_all(dir);
+}
+
 TEST(CliErrors, BadInputIsOneLineAndExitCode2) {
   const std::string dir = ::testing::TempDir() + "/r1_cli_errors";
   fs::create_directories(dir);
@@ -111,6 +136,7 @@ TEST(CliErrors, BadInputIsOneLineAndExitCode2) {
   EXPECT_EQ(run(kBin + "/r1-grpo --init " + dir + "/nope --out " + dir + "/g"), 2);
   EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --steps 0"), 2);
   EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --tasks nope --steps 1"), 2);
+  EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --docs 50 --val-rows 100000 --steps 1"), 2);
   EXPECT_EQ(run(kBin + "/r1-eval --checkpoint " + dir + "/nope --prompts " + dir + "/bad.jsonl"), 2);
   EXPECT_EQ(run(kBin + "/r1-sample --checkpoint " + dir + "/nope --prompts " + dir + "/bad.jsonl"), 2);
   EXPECT_FALSE(fs::exists(dir + "/g/checkpoint"));
