@@ -399,6 +399,25 @@ void BM_Fp8GroupedLoopMma(benchmark::State& st) {
   });
 }
 
+// The same loop over the dense wgmma kernel (its tuned or default tile per call): what the
+// grouped wgmma kernel's one launch saves against r1's own fastest dense kernel.
+void BM_Fp8GroupedLoopWgmma(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  if (!cuda::fp8_wgmma_supported(0)) {
+    st.SkipWithError("wgmma needs compute capability 9.0");
+    return;
+  }
+  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
+  run_grouped(st, p, "loop of wgmma", d, [&] {
+    for (int64_t i = 0; i < p.e; ++i) {
+      Tensor di = d.narrow(0, i * p.m, p.m);
+      cuda::gemm_fp8_blockscaled_wgmma(p.a_q.narrow(0, i * p.m, p.m),
+                                       p.a_scales.narrow(0, i * p.m, p.m), p.b_q.select(0, i),
+                                       p.b_scales.select(0, i), di);
+    }
+  });
+}
+
 void BM_Fp8GroupedLoopCublasLt(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
@@ -451,6 +470,7 @@ void register_all() {
       {"Fp8GroupedWgmma", BM_Fp8GroupedWgmma},
       {"Fp8GroupedWgmmaMasked", BM_Fp8GroupedWgmmaMasked},
       {"Fp8GroupedLoopMma", BM_Fp8GroupedLoopMma},
+      {"Fp8GroupedLoopWgmma", BM_Fp8GroupedLoopWgmma},
       {"Fp8GroupedLoopCublasLt", BM_Fp8GroupedLoopCublasLt}};
   for (auto [name, fn] : grouped_cases) {
     auto* b = benchmark::RegisterBenchmark(name, bench::guarded(fn))->UseManualTime()->Unit(

@@ -274,16 +274,19 @@ def fp8_table(rows):
     if grouped:
         md += ["## Grouped FP8 GEMM, MoE experts (TFLOP/s, bf16 out)", "",
                "E experts x m tokens, N x K per expert. One launch: simple, mma.sync, wgmma "
-               "(contiguous layout), wgmma masked; loops of dense calls: mma.sync, cuBLASLt "
-               "block-scaled.", "",
-               "| E | m | N | K | simple | mma | wgmma | wgmma masked | loop mma | loop cuBLASLt | "
-               "wgmma / loop cuBLASLt |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "(contiguous layout), wgmma masked; loops of dense calls: mma.sync, wgmma, "
+               "cuBLASLt block-scaled.", "",
+               "| E | m | N | K | simple | mma | wgmma | wgmma masked | loop mma | loop wgmma | "
+               "loop cuBLASLt | wgmma / loop wgmma | wgmma / loop cuBLASLt |",
+               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for (e, m, n, k), v in sorted(grouped.items()):
-            wg, lt = v.get("Wgmma"), v.get("LoopCublasLt")
+            wg, lt, lw = v.get("Wgmma"), v.get("LoopCublasLt"), v.get("LoopWgmma")
             md.append(f"| {e} | {m} | {n} | {k} | {fmt(v.get('Simple'), '.1f')} | "
                       f"{fmt(v.get('Mma'), '.1f')} | {fmt(wg, '.1f')} | "
                       f"{fmt(v.get('WgmmaMasked'), '.1f')} | {fmt(v.get('LoopMma'), '.1f')} | "
-                      f"{fmt(lt, '.1f')} | {fmt(wg / lt if wg and lt else None, '.2f')} |")
+                      f"{fmt(lw, '.1f')} | {fmt(lt, '.1f')} | "
+                      f"{fmt(wg / lw if wg and lw else None, '.2f')} | "
+                      f"{fmt(wg / lt if wg and lt else None, '.2f')} |")
         md.append("")
     return md
 
