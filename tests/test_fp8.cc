@@ -983,6 +983,97 @@ TEST(Fp8Cuda, MmaGroupedGemmsMatchReference) {
     if (!cuda::fp8_wgmma_supported(0)) GTEST_SKIP() << "wgmma needs compute capability 9.0"; \
   } while (0)
 
+// ---- the Hopper building blocks alone (common/hopper_probe.h) ------------------------------
+// Defined before the wgmma GEMM tests, so that they run first: if those fail, these say
+// whether the tensor map and swizzle, or the descriptors and the accumulator fragment map, are
+// what is wrong (and gpu-check reruns a failed test alone, away from a trapped context).
+
+Tensor bytes_on_gpu(const std::vector<uint8_t>& b, int64_t rows, int64_t cols) {
+  Tensor t = Tensor::empty({rows, cols}, DType::U8, kGpu);
+  copy_bytes(t.data_ptr(), kGpu, b.data(), kCpu, b.size());
+  return t;
+}
+
+// One TMA copy of a box against where the 128-byte swizzle must put each byte: box byte
+// (r, c) at 128 r + 16 ((c / 16) xor (r % 8)) + c % 16 of the (1024-byte aligned) shared
+// memory, zeros for the bytes past the matrix's rows or row bytes (the GEMM's K and M tails).
+TEST(Fp8Cuda, HopperProbeTmaSwizzle) {
+  R1_SKIP_WITHOUT_WGMMA();
+  const int64_t rows = 100, pitch = 256, row_bytes = 200;
+  std::mt19937_64 rng(case_seed(1950));
+  std::vector<uint8_t> src(static_cast<size_t>(rows * pitch));
+  for (uint8_t& v : src) v = static_cast<uint8_t>(1 + rng() % 255);  // no zeros: a zero is a fill
+  const Tensor g = bytes_on_gpu(src, rows, pitch);
+  struct Box {
+    int64_t row0, col0;
+    int rows;
+  };
+  for (const Box& b : {Box{0, 0, 64}, Box{64, 128, 64}, Box{96, 0, 8}, Box{40, 128, 128}}) {
+    const std::vector<uint8_t> got =
+        bytes_of(cuda::hopper_probe_tma_box(g, row_bytes, b.row0, b.col0, b.rows));
+    ASSERT_EQ(got.size(), static_cast<size_t>(b.rows) * 128);
+    int bad = 0;
+    for (int r = 0; r < b.rows; ++r)
+      for (int c = 0; c < 128; ++c) {
+        const int64_t sr = b.row0 + r, sc = b.col0 + c;
+        const uint8_t want =
+            sr < rows && sc < row_bytes ? src[static_cast<size_t>(sr * pitch + sc)] : 0;
+        const size_t at = static_cast<size_t>(128 * r + 16 * ((c / 16) ^ (r % 8)) + c % 16);
+        if (got[at] != want && bad++ < 5)
+          ADD_FAILURE() << "TMA box at (" << b.row0 << ", " << b.col0 << ") x " << b.rows
+                        << " rows: byte (" << r << ", " << c << ") at smem " << at << " is "
+                        << int{got[at]} << ", want " << int{want};
+      }
+    EXPECT_EQ(bad, 0) << "box at (" << b.row0 << ", " << b.col0 << "): " << bad
+                      << " misplaced bytes";
+  }
+}
+
+// One 64 x N x 128 wgmma product (the GEMM's descriptors, k steps and fragment map) against an
+// exact f64 product: small integers in e4m3, so every sum is exact in the tensor cores'
+// accumulator and the comparison is equality. Operands placed by TMA and, separately, by plain
+// stores at the documented swizzled positions: if only the TMA form fails, the tensor map is
+// wrong; if both fail, the descriptors or the fragment map are.
+TEST(Fp8Cuda, HopperProbeWgmma) {
+  R1_SKIP_WITHOUT_WGMMA();
+  std::mt19937_64 rng(case_seed(1960));
+  auto ints = [&](int64_t r, std::vector<double>& v) {
+    std::vector<uint8_t> q(static_cast<size_t>(r * 128));
+    v.resize(q.size());
+    for (size_t i = 0; i < q.size(); ++i) {
+      v[i] = static_cast<double>(static_cast<int>(rng() % 7) - 3);  // -3 .. 3
+      q[i] = f32_to_e4m3(static_cast<float>(v[i]));
+    }
+    return bytes_on_gpu(q, r, 128);
+  };
+  for (int64_t n : {64, 128}) {
+    std::vector<double> av, bv;
+    const Tensor a = ints(64, av), b = ints(n, bv);
+    std::vector<double> want(static_cast<size_t>(64 * n));
+    for (int64_t i = 0; i < 64; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double s = 0;
+        for (int64_t k = 0; k < 128; ++k)
+          s += av[static_cast<size_t>(i * 128 + k)] * bv[static_cast<size_t>(j * 128 + k)];
+        want[static_cast<size_t>(i * n + j)] = s;
+      }
+    for (bool via_tma : {false, true}) {
+      const std::vector<double> got =
+          cuda::hopper_probe_wgmma(a, b, via_tma).to_double_vector();
+      ASSERT_EQ(got.size(), want.size());
+      int bad = 0;
+      for (size_t i = 0; i < got.size(); ++i)
+        if (got[i] != want[i] && bad++ < 5)
+          ADD_FAILURE() << "wgmma probe n " << n << (via_tma ? " (TMA)" : " (stores)")
+                        << ": d[" << i / static_cast<size_t>(n) << ", "
+                        << i % static_cast<size_t>(n) << "] = " << got[i] << ", want "
+                        << want[i];
+      EXPECT_EQ(bad, 0) << "wgmma probe n " << n << (via_tma ? " (TMA)" : " (stores)") << ": "
+                        << bad << " wrong elements of " << got.size();
+    }
+  }
+}
+
 // Every compiled configuration of the wgmma kernel against the f64 reference. The shapes
 // cover: M, N and K tails (K a multiple of 16: the TMA's row pitch), single rows and
 // columns, odd N (no vector stores), more tiles than multiprocessors with the 128x128 tile
@@ -1121,96 +1212,6 @@ TEST(Fp8Cuda, WgmmaGroupedGemmsMatchReference) {
       const std::string name = fmt::format("wgmma {} masked {}", cfg.name(), dtype_name(dt));
       expect_tensor_core_result(name, dt, got.rows, t.value, t.abs);
       EXPECT_EQ(got.touched, 0) << name << ": rows past the counts were written";
-    }
-  }
-}
-
-// ---- the Hopper building blocks alone (common/hopper_probe.h) ------------------------------
-// If the wgmma GEMM tests above fail, these say whether the tensor map and swizzle, or the
-// descriptors and the accumulator fragment map, are what is wrong.
-
-Tensor bytes_on_gpu(const std::vector<uint8_t>& b, int64_t rows, int64_t cols) {
-  Tensor t = Tensor::empty({rows, cols}, DType::U8, kGpu);
-  copy_bytes(t.data_ptr(), kGpu, b.data(), kCpu, b.size());
-  return t;
-}
-
-// One TMA copy of a box against where the 128-byte swizzle must put each byte: box byte
-// (r, c) at 128 r + 16 ((c / 16) xor (r % 8)) + c % 16 of the (1024-byte aligned) shared
-// memory, zeros for the bytes past the matrix's rows or row bytes (the GEMM's K and M tails).
-TEST(Fp8Cuda, HopperProbeTmaSwizzle) {
-  R1_SKIP_WITHOUT_WGMMA();
-  const int64_t rows = 100, pitch = 256, row_bytes = 200;
-  std::mt19937_64 rng(case_seed(1950));
-  std::vector<uint8_t> src(static_cast<size_t>(rows * pitch));
-  for (uint8_t& v : src) v = static_cast<uint8_t>(1 + rng() % 255);  // no zeros: a zero is a fill
-  const Tensor g = bytes_on_gpu(src, rows, pitch);
-  struct Box {
-    int64_t row0, col0;
-    int rows;
-  };
-  for (const Box& b : {Box{0, 0, 64}, Box{64, 128, 64}, Box{96, 0, 8}, Box{40, 128, 128}}) {
-    const std::vector<uint8_t> got =
-        bytes_of(cuda::hopper_probe_tma_box(g, row_bytes, b.row0, b.col0, b.rows));
-    ASSERT_EQ(got.size(), static_cast<size_t>(b.rows) * 128);
-    int bad = 0;
-    for (int r = 0; r < b.rows; ++r)
-      for (int c = 0; c < 128; ++c) {
-        const int64_t sr = b.row0 + r, sc = b.col0 + c;
-        const uint8_t want =
-            sr < rows && sc < row_bytes ? src[static_cast<size_t>(sr * pitch + sc)] : 0;
-        const size_t at = static_cast<size_t>(128 * r + 16 * ((c / 16) ^ (r % 8)) + c % 16);
-        if (got[at] != want && bad++ < 5)
-          ADD_FAILURE() << "TMA box at (" << b.row0 << ", " << b.col0 << ") x " << b.rows
-                        << " rows: byte (" << r << ", " << c << ") at smem " << at << " is "
-                        << int{got[at]} << ", want " << int{want};
-      }
-    EXPECT_EQ(bad, 0) << "box at (" << b.row0 << ", " << b.col0 << "): " << bad
-                      << " misplaced bytes";
-  }
-}
-
-// One 64 x N x 128 wgmma product (the GEMM's descriptors, k steps and fragment map) against an
-// exact f64 product: small integers in e4m3, so every sum is exact in the tensor cores'
-// accumulator and the comparison is equality. Operands placed by TMA and, separately, by plain
-// stores at the documented swizzled positions: if only the TMA form fails, the tensor map is
-// wrong; if both fail, the descriptors or the fragment map are.
-TEST(Fp8Cuda, HopperProbeWgmma) {
-  R1_SKIP_WITHOUT_WGMMA();
-  std::mt19937_64 rng(case_seed(1960));
-  auto ints = [&](int64_t r, std::vector<double>& v) {
-    std::vector<uint8_t> q(static_cast<size_t>(r * 128));
-    v.resize(q.size());
-    for (size_t i = 0; i < q.size(); ++i) {
-      v[i] = static_cast<double>(static_cast<int>(rng() % 7) - 3);  // -3 .. 3
-      q[i] = f32_to_e4m3(static_cast<float>(v[i]));
-    }
-    return bytes_on_gpu(q, r, 128);
-  };
-  for (int64_t n : {64, 128}) {
-    std::vector<double> av, bv;
-    const Tensor a = ints(64, av), b = ints(n, bv);
-    std::vector<double> want(static_cast<size_t>(64 * n));
-    for (int64_t i = 0; i < 64; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        double s = 0;
-        for (int64_t k = 0; k < 128; ++k)
-          s += av[static_cast<size_t>(i * 128 + k)] * bv[static_cast<size_t>(j * 128 + k)];
-        want[static_cast<size_t>(i * n + j)] = s;
-      }
-    for (bool via_tma : {false, true}) {
-      const std::vector<double> got =
-          cuda::hopper_probe_wgmma(a, b, via_tma).to_double_vector();
-      ASSERT_EQ(got.size(), want.size());
-      int bad = 0;
-      for (size_t i = 0; i < got.size(); ++i)
-        if (got[i] != want[i] && bad++ < 5)
-          ADD_FAILURE() << "wgmma probe n " << n << (via_tma ? " (TMA)" : " (stores)")
-                        << ": d[" << i / static_cast<size_t>(n) << ", "
-                        << i % static_cast<size_t>(n) << "] = " << got[i] << ", want "
-                        << want[i];
-      EXPECT_EQ(bad, 0) << "wgmma probe n " << n << (via_tma ? " (TMA)" : " (stores)") << ": "
-                        << bad << " wrong elements of " << got.size();
     }
   }
 }

@@ -32,6 +32,12 @@ __global__ void __launch_bounds__(kProbeThreads)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   __shared__ uint64_t bar;
   uint8_t* smem = align1024(smem_raw);
+  const int chunks = box_rows * 8;  // 16-byte chunks
+  // A pattern first, so that the zeros the copy must write past the matrix's edges cannot be
+  // zeros shared memory happened to hold; ordered before the copy (async proxy) by the fence.
+  for (int i = static_cast<int>(threadIdx.x); i < chunks; i += kProbeThreads)
+    reinterpret_cast<uint4*>(smem)[i] = make_uint4(0xa5a5a5a5u, 0xa5a5a5a5u, 0xa5a5a5a5u, 0xa5a5a5a5u);
+  fence_proxy_async_smem();
   if (threadIdx.x == 0) {
     mbar_init(&bar, 1);
     fence_barrier_init();
@@ -42,7 +48,6 @@ __global__ void __launch_bounds__(kProbeThreads)
     tma_load_2d(smem, &map, &bar, col0, row0);
   }
   mbar_wait(&bar, 0);
-  const int chunks = box_rows * 8;  // 16-byte chunks
   for (int i = static_cast<int>(threadIdx.x); i < chunks; i += kProbeThreads)
     reinterpret_cast<uint4*>(out)[i] = reinterpret_cast<const uint4*>(smem)[i];
 #else
@@ -142,6 +147,8 @@ Tensor hopper_probe_tma_box(const Tensor& src, int64_t row_bytes, int64_t row0, 
                       static_cast<uint64_t>(row_bytes), static_cast<uint64_t>(src.size(1)),
                       static_cast<uint32_t>(box_rows), 128);
   Tensor out = Tensor::empty({box_rows, 128}, DType::U8, src.device());
+  // Poisoned (0xff) first: a byte the kernel does not write cannot hold a stale right answer.
+  R1_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0xff, out.nbytes(), current_stream(dev)));
   const int smem = box_rows * 128 + 1024;
   opt_in_dynamic_smem(reinterpret_cast<const void*>(tma_box_probe_kernel), smem);
   tma_box_probe_kernel<<<1, kProbeThreads, smem, current_stream(dev)>>>(
@@ -166,6 +173,9 @@ Tensor hopper_probe_wgmma(const Tensor& a, const Tensor& b, bool via_tma) {
   const CUtensorMap tb = make_tma_map_u8(b.data_ptr(), static_cast<uint64_t>(n), 128, 128,
                                          static_cast<uint32_t>(n), 128);
   Tensor d = Tensor::empty({64, n}, DType::F32, a.device());
+  // NaN (0xffffffff) first: an element the fragment map misses cannot hold a stale right
+  // answer from an earlier call's buffer.
+  R1_CUDA_CHECK(cudaMemsetAsync(d.data_ptr(), 0xff, d.nbytes(), current_stream(dev)));
   const int smem = static_cast<int>((64 + n) * 128) + 1024;
   const auto* pa = static_cast<const uint8_t*>(a.data_ptr());
   const auto* pb = static_cast<const uint8_t*>(b.data_ptr());
