@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "data/corpus.h"
 #include "data/dataset.h"
@@ -44,6 +45,11 @@ struct Options {
   // random by the packing order), whose mean token loss is logged as val_loss every val_every
   // steps and at the last step; 0: none (every row trains).
   int64_t val_rows = 0, val_every = 100;
+  // Every shadow_fp8_every steps (and at the first), the step's batch through a second model
+  // over the same parameter tensors with the projections in fp8 (forward only, before the
+  // update): its loss is logged as shadow_fp8_loss beside loss. FP8's arithmetic cost at the
+  // weights the run has reached, free of the trajectory drift that separates two runs; 0: off.
+  int64_t shadow_fp8_every = 0;
   double lr = 3e-3, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0, bias_gamma = 1e-3;
   double balance_alpha = 1e-3;  // DeepSeek-V3 config.json aux_loss_alpha (sequence-wise)
   uint64_t seed = 1;
@@ -72,7 +78,6 @@ double lr_at(const Options& o, int64_t step) {
 
 int run(const Options& o) {
   namespace fs = std::filesystem;
-  fs::create_directories(o.out);
   ModelConfig cfg = load_model_config(o.config);
   if (!o.precision.empty()) {
     cfg.fp8 = o.precision == "fp8";
@@ -81,6 +86,10 @@ int run(const Options& o) {
   if ((cfg.fp8 || cfg.bf16_linear) && !cfg.is_deepseek())
     throw InputError(o.config + ": --precision " + o.precision +
                      " is implemented for the DeepSeek-V3 model only");
+  if (o.shadow_fp8_every > 0 && (cfg.fp8 || !cfg.is_deepseek()))
+    throw InputError(o.config + ": --shadow-fp8-every needs a DeepSeek-V3 model trained in "
+                     "another precision than fp8 (--precision bf16 or default)");
+  fs::create_directories(o.out);  // after the checks of the options: a refused run leaves nothing
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);
 
@@ -177,6 +186,15 @@ int run(const Options& o) {
     start = st.at("step").get<int64_t>();
     fmt::print(stderr, "r1-pretrain: resuming {} at step {}\n", ckpt, start);
   }
+  // The fp8 shadow (--shadow-fp8-every): the same parameter tensors (the optimizer and the
+  // balancing bias update them in place, so it always sees the run's weights), fp8 projections.
+  std::optional<DeepseekV3> shadow;
+  if (o.shadow_fp8_every > 0) {
+    ModelConfig sc = cfg;
+    sc.fp8 = true;
+    sc.bf16_linear = false;
+    shadow.emplace(sc, model.params(), o.seq);
+  }
   fmt::print(stderr, "r1-pretrain: {} parameters, {} steps of {}x{} tokens, lr {}, out {}\n",
              cfg.num_parameters(), o.steps, o.batch, o.seq, o.lr, o.out);
 
@@ -234,12 +252,18 @@ int run(const Options& o) {
     const double lr = lr_at(o, step);
     opt.config().lr = lr;
     const Tensor segments = Tensor::from_vector(batch.seg, {o.batch, T});
-    DeepseekV3::Output out = model.forward(Tensor::from_vector(batch.ids, {o.batch, T}),
-                                           Tensor::from_vector(batch.pos, {o.batch, T}), segments,
-                                           true, o.balance_alpha);
-    const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}),
-                                    Tensor::from_vector(batch.tgt, {o.batch * T}));
+    const Tensor ids = Tensor::from_vector(batch.ids, {o.batch, T});
+    const Tensor positions = Tensor::from_vector(batch.pos, {o.batch, T});
+    const Tensor targets = Tensor::from_vector(batch.tgt, {o.batch * T});
+    DeepseekV3::Output out = model.forward(ids, positions, segments, true, o.balance_alpha);
+    const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}), targets);
     const Tensor loss = out.balance_loss.defined() ? add(ce, out.balance_loss) : ce;
+    double shadow_loss = std::nan("");
+    if (shadow && ((step - 1) % o.shadow_fp8_every == 0 || step == o.steps)) {
+      NoGrad no_grad;  // the weights before this step's update, as `loss` saw them
+      const DeepseekV3::Output so = shadow->forward(ids, positions, segments);
+      shadow_loss = cross_entropy(so.logits.view({o.batch * T, cfg.vocab_size}), targets).item();
+    }
     backward(loss);
     const double norm = clip_grad_norm(trainable, o.clip);
     opt.step();
@@ -261,6 +285,10 @@ int run(const Options& o) {
                    {"max_expert_load_ratio", max_load_ratio}, {"step_time_s", dt},
                    {"tokens_per_s", static_cast<double>(o.batch * T) / dt}};
     std::string shown = fmt::format("loss {:.4f}", l);
+    if (!std::isnan(shadow_loss)) {
+      record["shadow_fp8_loss"] = shadow_loss;
+      shown += fmt::format("  fp8 {:+.3f}%", 100.0 * (shadow_loss - l) / l);
+    }
     if (o.val_rows > 0 && (step % o.val_every == 0 || step == o.steps)) {
       const double v = val_loss();
       record["val_loss"] = v;
@@ -299,6 +327,10 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--val-every", o.val_every, "val_loss interval in steps (and at the last step)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--shadow-fp8-every", o.shadow_fp8_every,
+                 "every K steps (from the first, and at the last) the step's batch through the same "
+                 "weights with fp8 projections, forward only: logged as shadow_fp8_loss (0: off)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.seed, "corpus, packing and init seed");
   app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");
   app.add_option("--han-chars", o.han_chars, "trained tokenizer (with --single-digits): one piece per Han character, so a Chinese name is a unit BPE can merge");

@@ -127,6 +127,42 @@ TEST(CliPretrain, ValLossOnHeldOutRows) {
   fs::remove_all(dir);
 }
 
+// --shadow-fp8-every: the fp8 shadow's loss on the steps asked for (1, 3, 5 and the last), near
+// the run's own loss but not equal to it (fp8 projections change the bits), and the run itself
+// unchanged by it: every step's loss equal to a run without the shadow.
+TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
+  const uint64_t seed = r1::test::case_seed(3) % 1000;
+  const std::string dir = ::testing::TempDir() + "/r1_cli_shadow_" + std::to_string(seed);
+  fs::remove_all(dir);
+  const std::string common = "OMP_NUM_THREADS=1 " + kBin + "/r1-pretrain --config " R1_SOURCE_DIR
+                             "/configs/tiny.json --steps 6 --docs 300 --batch 4 --seq 128 "
+                             "--precision bf16 --seed " + std::to_string(seed);
+  ASSERT_EQ(run(common + " --out " + dir + "/plain"), 0);
+  ASSERT_EQ(run(common + " --out " + dir + "/shadow --shadow-fp8-every 2"), 0);
+  const std::vector<json> plain = metrics(dir + "/plain/metrics.jsonl");
+  const std::vector<json> m = metrics(dir + "/shadow/metrics.jsonl");
+  ASSERT_EQ(m.size(), 6u);
+  ASSERT_EQ(plain.size(), 6u);
+  for (size_t i = 0; i < m.size(); ++i) {
+    const int64_t step = m[i].at("step").get<int64_t>();
+    const double loss = m[i].at("loss").get<double>();
+    EXPECT_EQ(loss, plain[i].at("loss").get<double>()) << "step " << step
+                                                        << ": the shadow changed the run";
+    const bool want = (step - 1) % 2 == 0 || step == 6;
+    ASSERT_EQ(m[i].contains("shadow_fp8_loss"), want) << "step " << step;
+    if (!want) continue;
+    const double sh = m[i].at("shadow_fp8_loss").get<double>();
+    EXPECT_TRUE(std::isfinite(sh)) << "step " << step;
+    EXPECT_NE(sh, loss) << "step " << step << ": fp8 projections gave bf16's loss exactly";
+    EXPECT_NEAR(sh, loss, 0.02 * loss) << "step " << step;
+  }
+  // A run that is fp8 already has no fp8 shadow: exit 2, nothing trained.
+  EXPECT_EQ(run(kBin + "/r1-pretrain --config " R1_SOURCE_DIR "/configs/tiny.json --steps 1 "
+                "--docs 50 --precision fp8 --shadow-fp8-every 2 --out " + dir + "/fp8"), 2);
+  EXPECT_FALSE(fs::exists(dir + "/fp8")) << "a refused run left its directory";
+  fs::remove_all(dir);
+}
+
 TEST(CliErrors, BadInputIsOneLineAndExitCode2) {
   const std::string dir = ::testing::TempDir() + "/r1_cli_errors";
   fs::create_directories(dir);
