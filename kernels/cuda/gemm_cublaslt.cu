@@ -6,8 +6,9 @@
 // Not batch invariant. cuBLASLt's heuristic chooses the algorithm (tile shape, split-K, the
 // order of the K sum) from the whole problem, M included, so a row's result can change in its
 // last bits when rows are added to or removed from the batch. DESIGN.md ("Batch invariance")
-// wants every row computed in an order that does not depend on M; a hand-written GEMM will
-// replace this path. Run to run, a fixed shape is deterministic: the algorithm is cached per
+// wants every row computed in an order that does not depend on M: under batch_invariant()
+// the gemm is gemm_invariant (gemm_invariant.cu) instead, once it has passed on a GPU
+// (invariant_gemm_enabled). Run to run, a fixed shape is deterministic: the algorithm is cached per
 // key and cuBLASLt's split-K reductions (in place with counters, or in the workspace) are
 // ordered.
 //
@@ -41,9 +42,11 @@
 #include "engine/cuda/caching_allocator.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/stream.h"
+#include "engine/determinism.h"
 #include "engine/kernels.h"
 #include "kernels/cuda/cublaslt_check.h"
 #include "kernels/cuda/gemm_cublaslt.h"
+#include "kernels/cuda/gemm_invariant.h"
 
 namespace r1::cuda {
 namespace {
@@ -286,6 +289,10 @@ GemmProblem check_gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool t
 void gemm_cuda(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
                double alpha, double beta) {
   GemmProblem p = check_gemm(a, b, c, trans_a, trans_b);
+  if (batch_invariant() && invariant_gemm_enabled()) {
+    gemm_invariant(a, b, c, trans_a, trans_b, alpha, beta);
+    return;
+  }
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
   if (p.k == 0) {  // empty sum: c := beta * c, and beta == 0 must not read c (maybe NaN)
     if (beta == 0.0) kernels::fill()(c.device(), c, 0.0);
