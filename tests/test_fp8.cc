@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -68,12 +69,21 @@ struct Quantized {
   Tensor q, scales;  // e4m3 (rows, cols), f32 (row tiles, col tiles)
 };
 
-// x (rows, cols) -> quantized with one scale per block_rows x 128 tile, on `dev`.
-Quantized quantize(const Tensor& x, int64_t block_rows, Device dev) {
+// Every byte of t := v (a second poison: 0xff, test::poisoned's, is an e4m3 NaN code, which
+// codes_equal takes as equal to any NaN the reference wrote).
+void fill_bytes(Tensor& t, uint8_t v) {
+  std::vector<uint8_t> b(t.nbytes(), v);
+  if (!b.empty()) copy_bytes(t.data_ptr(), t.device(), b.data(), Device::cpu(), b.size());
+}
+
+// x (rows, cols) -> quantized with one scale per block_rows x 128 tile, on `dev`; q starts as
+// q_poison bytes.
+Quantized quantize(const Tensor& x, int64_t block_rows, Device dev, uint8_t q_poison = 0xff) {
   const int64_t rows = x.size(0), cols = x.size(1);
   Quantized r{test::poisoned({rows, cols}, DType::E4M3, dev),
               test::poisoned({(rows + block_rows - 1) / block_rows, fp8_blocks(cols)},
                              DType::F32, dev)};
+  if (q_poison != 0xff) fill_bytes(r.q, q_poison);
   const Tensor xd = x.to(dev);
   if (block_rows == 1) kernels::quantize_fp8_rows()(dev, xd, r.q, r.scales);
   else kernels::quantize_fp8_blocks()(dev, xd, r.q, r.scales);
@@ -127,6 +137,21 @@ void tiny_tile(Tensor row) {
   std::vector<float> v(static_cast<size_t>(n), 0.0f);
   for (int64_t j = 0; j < n; j += 2) v[static_cast<size_t>(j)] = 1e-45f;
   row.narrow(0, 0, n).copy_(Tensor::from_vector(v, {n}));
+}
+
+// A row's second tile (when it has one) of subnormals k 2^-149, k = 650, 645, 640, ... with
+// alternating signs: the scale, 650/448 2^-149 rounded, is itself a nonzero subnormal (2^-149),
+// the one finite case where x / scale passes 448 (up to 650). Both backends must saturate to
+// 448 and divide by a subnormal without flushing it (a -ftz or fast-math build would not).
+// Bit identity only: the element-accuracy contract does not hold at such a scale.
+[[maybe_unused]] void subnormal_scale_tile(Tensor row) {
+  const int64_t m = std::min<int64_t>(row.size(0) - kFp8Block, kFp8Block);
+  if (m <= 0) return;
+  std::vector<float> w(static_cast<size_t>(m));
+  for (int64_t j = 0; j < m; ++j)
+    w[static_cast<size_t>(j)] =
+        (j % 2 ? -1.0f : 1.0f) * std::ldexp(static_cast<float>(650 - 5 * j), -149);
+  row.narrow(0, kFp8Block, m).copy_(Tensor::from_vector(w, {m}));
 }
 
 // e4m3 codes byte for byte, except that any two NaN codes (0x7f, 0xff) are equal: a NaN
@@ -654,15 +679,22 @@ TEST(Fp8Cuda, QuantizeBitIdenticalToCpu) {
                                          : std::vector(std::begin(blocks), std::end(blocks))) {
         Tensor x = randn_outliers(r, k, case_seed(++seed), dt);
         if (r > 1) x.select(0, 0).fill_(0.0);  // zero tiles take scale 1 on both sides
-        if (r > 2 && dt == DType::F32 && block_rows == 1) tiny_tile(x.select(0, 2));
+        if (r > 2 && dt == DType::F32 && block_rows == 1) {
+          tiny_tile(x.select(0, 2));
+          subnormal_scale_tile(x.select(0, 2));
+        }
         if (r > 3) special_values(x.select(0, 3));
         const Quantized want = quantize(x, block_rows, kCpu);
-        const Quantized got = quantize(x, block_rows, kGpu);
         const std::string name = fmt::format("{} {} ({}, {})", block_rows == 1 ? "rows" : "blocks",
                                              dtype_name(dt), r, k);
-        EXPECT_TRUE(codes_equal(bytes_of(got.q), bytes_of(want.q)))
-            << name << ": q bytes differ";
-        EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
+        // Twice, q poisoned with a NaN code and then with 0x00: a byte the kernel does not
+        // write cannot match the reference both times.
+        for (uint8_t poison : {uint8_t{0xff}, uint8_t{0x00}}) {
+          const Quantized got = quantize(x, block_rows, kGpu, poison);
+          EXPECT_TRUE(codes_equal(bytes_of(got.q), bytes_of(want.q)))
+              << name << ": q bytes differ (q poisoned with " << int{poison} << ")";
+          EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
+        }
       }
 }
 
@@ -819,6 +851,10 @@ TEST(Fp8Cuda, CublasLt1D1DMatchesReference) {
   R1_SKIP_WITHOUT_CUDA();
   const int64_t shapes[][3] = {{64, 128, 256}, {128, 256, 384}, {130, 256, 512}};
   int seed = 750;
+  // Cases cuBLASLt has no algorithm for (its heuristic returned none: not our bug) are listed
+  // and skipped one by one, the others still run; any other error from the call fails.
+  std::vector<std::string> unsupported;
+  int ran = 0;
   for (const auto& s : shapes) {
     const GemmCase c = make_case(s[0], s[1], s[2], case_seed(seed += 2), /*b_block_rows=*/1);
     const TripleLoop t = triple_loop(c);
@@ -840,8 +876,14 @@ TEST(Fp8Cuda, CublasLt1D1DMatchesReference) {
                                      b_lt.data<float>(), d.data_ptr(), dt, c.m, c.n, c.k,
                                      cuda::current_stream(0));
       } catch (const Error& e) {
-        GTEST_SKIP() << name << ": cuBLASLt has no algorithm: " << e.what();
+        if (std::string(e.what()).find("no algorithm") == std::string::npos) {
+          ADD_FAILURE() << name << ": " << e.what();
+        } else {
+          unsupported.push_back(name);
+        }
+        continue;
       }
+      ++ran;
       const std::vector<double> got = d.to_double_vector();
       if (dt == DType::F32) {
         expect_within(name, got, ref, t.abs, 0.0, 0x1p-7);
@@ -852,6 +894,11 @@ TEST(Fp8Cuda, CublasLt1D1DMatchesReference) {
       }
     }
   }
+  std::string list;
+  for (const std::string& u : unsupported) list += "\n  " + u;
+  if (!unsupported.empty())
+    std::printf("[ note ] cuBLASLt has no 1D1D algorithm for:%s\n", list.c_str());
+  if (ran == 0) GTEST_SKIP() << "cuBLASLt has no 1D1D algorithm for any case:" << list;
 }
 
 // Per-tensor FP8: one scale per operand (amax / 448 of the whole tensor, quantized here on
