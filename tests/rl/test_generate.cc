@@ -21,6 +21,10 @@
 #include "rl/generate.h"
 #include "tests/harness.h"
 
+#if defined(R1_HAVE_CUDA)
+#include "kernels/cuda/gemm_invariant.h"
+#endif
+
 namespace r1 {
 namespace {
 
@@ -451,9 +455,18 @@ ParamMap to_cuda(const ParamMap& params) {
 }
 
 // On a GPU: the decode step captured in CUDA graphs (one per padded batch size) and replayed
-// gives the eager path's samples bit for bit, in bf16 and f32, MoE and dense.
+// gives the static step's samples bit for bit (the same padded shapes, so this holds whatever
+// the GEMM), and the eager path's too, in bf16 and f32, MoE and dense. Eager decodes the live
+// rows only (9, 7, 3, ...) where graphs pad them (16, 8, 4): equal bits need the
+// batch-invariant gemm, forced on here (gemm_invariant; cuBLASLt's algorithm follows M).
 TEST(DecodeGraphsCuda, MatchEager) {
   R1_SKIP_WITHOUT_CUDA();
+#if defined(R1_HAVE_CUDA)
+  cuda::set_invariant_gemm(1);
+  struct Restore {
+    ~Restore() { cuda::set_invariant_gemm(-1); }
+  } restore;
+#endif
   const uint64_t seed = test::case_seed(6);
   const ModelConfig cfg = tiny_config();
   for (const char* prec : {"f32", "bf16", "fp8"}) {
@@ -463,9 +476,11 @@ TEST(DecodeGraphsCuda, MatchEager) {
     DeepseekV3 model(c, to_cuda(DeepseekV3::init_params(c, seed, dt)), 256);
     rl::GenerationStats st;
     const auto eager = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kEager);
+    const auto fixed = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kStatic);
     const auto graphs = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kGraphs, &st);
     EXPECT_EQ(st.decode, rl::DecodeMode::kGraphs);
     EXPECT_GE(st.graphs_captured, 2) << "the batch shrank through several padded sizes";
+    expect_same_samples(fixed, graphs, (std::string(prec) + " static vs graphs").c_str());
     // fp8: the eager steps run the experts as contiguous grouped GEMMs and the graphs as
     // masked ones, one tile code (GroupedExpertsCuda): the same bits here too.
     expect_same_samples(eager, graphs, prec);
@@ -473,9 +488,11 @@ TEST(DecodeGraphsCuda, MatchEager) {
   }
   const ModelConfig dcfg = load_model_config(R1_SOURCE_DIR "/configs/tiny-dense.json");
   DenseModel dense(dcfg, to_cuda(DenseModel::init_params(dcfg, seed)), 256);
+  const auto dense_graphs = run_mode(dense, dcfg.vocab_size, seed, rl::DecodeMode::kGraphs);
+  expect_same_samples(run_mode(dense, dcfg.vocab_size, seed, rl::DecodeMode::kStatic),
+                      dense_graphs, "dense cuda static vs graphs");
   expect_same_samples(run_mode(dense, dcfg.vocab_size, seed, rl::DecodeMode::kEager),
-                      run_mode(dense, dcfg.vocab_size, seed, rl::DecodeMode::kGraphs),
-                      "dense cuda");
+                      dense_graphs, "dense cuda");
 }
 
 }  // namespace
