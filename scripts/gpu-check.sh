@@ -301,6 +301,9 @@ echo "gpu-check: toy LM done at $(elapsed)"
 # agree in distribution (gpu_results.py compares the mean reward and accuracy), not per step.
 # R1_GPU_GRPO_DECODE=static|graphs: the CUDA run's rollouts in that decode mode (the GRPO
 # config's "decode"; the CPU run keeps the default); recorded in the table.
+# R1_GPU_INVARIANT_GEMM (default 1): the CUDA run's R1_INVARIANT_GEMM, the batch-invariant
+# gemm under generation and scoring (kernels/cuda/gemm_invariant.cu) until it is the default;
+# with it the run's logprob_mismatch_max should be 0, as on the CPU. Recorded in the table.
 if [[ -f $bundle/base/model.safetensors ]]; then
   for dev in cuda cpu; do
     lim=$(cap 240)
@@ -314,7 +317,9 @@ json.dump(c, open(sys.argv[3], "w"), indent=1)' configs/grpo/tiny.json "$R1_GPU_
         "$grpo_cfg"
       echo "$R1_GPU_GRPO_DECODE" >"$out/grpo-decode-cuda.txt"
     fi
-    timeout "$lim" "$bundle/bin/r1-grpo" --init "$bundle/base" --out "$out/grpo-$dev" \
+    inv=0
+    [[ $dev == cuda ]] && inv=${R1_GPU_INVARIANT_GEMM:-1} && echo "$inv" >"$out/grpo-invariant-cuda.txt"
+    R1_INVARIANT_GEMM=$inv timeout "$lim" "$bundle/bin/r1-grpo" --init "$bundle/base" --out "$out/grpo-$dev" \
       --config "$grpo_cfg" --holdout "$bundle/base/heldout.jsonl" \
       --max-steps "${R1_GPU_GRPO_STEPS:-60}" --device "$dev" >"$out/grpo-$dev.log" 2>&1 ||
       { echo "gpu-check: r1-grpo --device $dev failed (rc $?), tail:"; tail -5 "$out/grpo-$dev.log"; status=1; }

@@ -197,6 +197,8 @@ def grpo(out):
     res = {"steps": n}
     mode = os.path.join(out, "grpo-decode-cuda.txt")
     res["decode_cuda"] = open(mode).read().strip() if os.path.exists(mode) else "config default"
+    inv = os.path.join(out, "grpo-invariant-cuda.txt")
+    res["invariant_gemm_cuda"] = (open(inv).read().strip() == "1") if os.path.exists(inv) else None
     for dev in ("cuda", "cpu"):
         res[dev] = {"reward_first_half": mean(dev, "reward", 0, half),
                     "reward_second_half": mean(dev, "reward", half, n),
@@ -449,7 +451,10 @@ def main():
     if rl:
         md += [f"- {rl['steps']} steps, the same seeds (the rollouts part ways once the devices "
                "round differently: compare the means, not the steps); CUDA decode mode: "
-               f"{rl.get('decode_cuda', 'config default')}", "",
+               f"{rl.get('decode_cuda', 'config default')}; CUDA batch-invariant gemm "
+               f"(R1_INVARIANT_GEMM): "
+               f"{ {True: 'on', False: 'off', None: 'not recorded'}[rl.get('invariant_gemm_cuda')] }",
+               "",
                "| device | reward, 1st half | reward, 2nd half | accuracy, 1st half | "
                "accuracy, 2nd half | s/step | logprob_mismatch_max |",
                "|---|---:|---:|---:|---:|---:|---:|"]
