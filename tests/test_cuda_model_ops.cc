@@ -6,6 +6,7 @@
 // Every test skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -378,6 +379,40 @@ TEST(CudaModelOps, MaskedLogitsHaveZeroProbability) {
       const std::vector<double> l = lossg.to(kCpu).to_double_vector();
       EXPECT_TRUE(std::isnan(l[0]) && std::isfinite(l[1]) && std::isfinite(l[2]))
           << name << ": " << l[0] << " " << l[1] << " " << l[2];
+      // Special rows against the CPU: a NaN among masked entries, every entry -inf, one +inf,
+      // and a plain row. Per row, softmax, loss and lse agree on NaN / +inf / -inf / finite
+      // (the finite ones in value: the plain row's and the masked rows' above).
+      Tensor z = Tensor::randn({4, V}, case_seed(++k), DType::F32, kCpu, 2.0);
+      z.narrow(0, 0, 1).narrow(1, 0, V / 2).fill_(-INFINITY);
+      z.narrow(0, 0, 1).narrow(1, 3, 1).fill_(NAN);
+      z.narrow(0, 1, 1).fill_(-INFINITY);
+      z.narrow(0, 2, 1).narrow(1, V / 3, 1).fill_(INFINITY);
+      const Tensor z64 = rounded_f64(z, dt), zg = on_gpu(z, dt);
+      const Tensor t4 = Tensor::from_vector(std::vector<int64_t>{V - 1, 0, 1, V / 2}, {4});
+      Tensor sm64 = empty64({4, V}), smg = poisoned({4, V}, dt, kGpu);
+      kernels::softmax_forward()(kCpu, z64, false, sm64);
+      kernels::softmax_forward()(kGpu, zg, false, smg);
+      Tensor l64 = empty64({4}), e64 = empty64({4});
+      Tensor lg = poisoned({4}, DType::F32, kGpu), eg = poisoned({4}, DType::F32, kGpu);
+      kernels::cross_entropy_forward()(kCpu, z64, t4, -100, l64, e64);
+      kernels::cross_entropy_forward()(kGpu, zg, t4.to(kGpu), -100, lg, eg);
+      auto kind = [](double v) { return std::isnan(v) ? 'n' : std::isinf(v) ? (v > 0 ? '+' : '-') : 'f'; };
+      auto row_kinds = [&](const Tensor& t) {  // per row: the set of kinds of its elements
+        const std::vector<double> v = t.to(kCpu).to(DType::F64).to_double_vector();
+        const int64_t w = static_cast<int64_t>(v.size()) / 4;
+        std::vector<std::string> out(4);
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t c = 0; c < w; ++c) {
+            const char ch = kind(v[static_cast<size_t>(r * w + c)]);
+            if (out[static_cast<size_t>(r)].find(ch) == std::string::npos) out[static_cast<size_t>(r)] += ch;
+          }
+        for (std::string& o : out) std::sort(o.begin(), o.end());
+        return out;
+      };
+      EXPECT_EQ(row_kinds(smg), row_kinds(sm64)) << name << ": softmax of the special rows";
+      EXPECT_EQ(row_kinds(lg), row_kinds(l64)) << name << ": loss of the special rows";
+      EXPECT_EQ(row_kinds(eg), row_kinds(e64)) << name << ": lse of the special rows";
+      expect_matches(name + " plain row loss", lg.narrow(0, 3, 1), l64.narrow(0, 3, 1), DType::F32);
     }
 }
 
