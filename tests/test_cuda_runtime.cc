@@ -468,6 +468,18 @@ TEST(CudaKernels, CopyStridedEdgeValuesMatchCpu) {
       {DType::I64, DType::I64, {(uint64_t{1} << 53) + 1, uint64_t(-3), (uint64_t{1} << 62) + 7}},
       {DType::BF16, DType::BF16, {0x7f81, 0xffc1, 0x0001}},
       {DType::F32, DType::F32, {0x7f800001u, 0xffc00123u, 1}},
+      // NaN and infinities to integers and bool, saturation past the range, -0, subnormals
+      // (from a review: these rows had none; the CPU's convert_one decides what each gives).
+      {DType::F32, DType::I32,
+       {f32_bits(NAN), f32_bits(INFINITY), f32_bits(-INFINITY), f32_bits(3e9f), f32_bits(-0.0f)}},
+      {DType::F32, DType::I64, {f32_bits(NAN), f32_bits(-INFINITY), f32_bits(1e19f), 1}},
+      {DType::F32, DType::Bool, {f32_bits(NAN), f32_bits(-0.0f), 1, f32_bits(0.0f)}},
+      {DType::F32, DType::F16, {f32_bits(70000.0f), f32_bits(65520.0f), f32_bits(1e-6f),
+                                f32_bits(-1e-8f), f32_bits(NAN)}},
+      {DType::F32, DType::BF16, {1, 0x80000001u, 0x007fffffu, f32_bits(3.4e38f)}},
+      {DType::F64, DType::F32, {f64_bits(1e-320), f64_bits(1e39), f64_bits(-1e39),
+                                0x7ff0000000000123ull}},
+      {DType::F64, DType::E5M2, {f64_bits(1e6), f64_bits(-1e-9), f64_bits(57344.0 + 4096.0)}},
   };
   for (const Case& c : cases) {
     // 1603 elements (the values repeated): 200 chunks of 8 and a tail of 3.
