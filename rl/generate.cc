@@ -97,6 +97,7 @@ class StaticDecode {
     Tensor tok, lp;
     if (bk.graph.captured()) {
       bk.graph.replay();
+      ++replayed_;
       tok = bk.tok;
       lp = bk.lp;
     } else {
@@ -118,6 +119,7 @@ class StaticDecode {
   }
 
   int64_t captured() const { return captured_; }
+  int64_t replayed() const { return replayed_; }
 
  private:
   static constexpr int64_t kFields = 5;  // ids, seq, pos, sampling stream, sampling position
@@ -147,7 +149,7 @@ class StaticDecode {
   PagedKvCache& cache_;
   const GenerationConfig& cfg_;
   Device dev_;
-  int64_t cap_, scratch_len_, captured_ = 0;
+  int64_t cap_, scratch_len_, captured_ = 0, replayed_ = 0;
   std::vector<int64_t> scratch_;
   bool graphs_;
   Tensor in_;
@@ -334,6 +336,7 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     stats->decode_s = seconds_since(t0) - prefill_s;
     stats->decode = mode;
     stats->graphs_captured = fixed_step ? fixed_step->captured() : 0;
+    stats->graphs_replayed = fixed_step ? fixed_step->replayed() : 0;
   }
   return out;
 }

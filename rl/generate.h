@@ -51,6 +51,7 @@ struct GenerationStats {
   double prefill_s = 0, decode_s = 0;
   DecodeMode decode = DecodeMode::kEager;  // the mode that ran (kAuto resolved)
   int64_t graphs_captured = 0;             // kGraphs: one per batch size used
+  int64_t graphs_replayed = 0;             // kGraphs: decode steps that were a replay
 };
 
 // prompts: token ids (each non-empty, prompt + max_new_tokens within the model's positions);

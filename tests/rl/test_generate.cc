@@ -480,6 +480,9 @@ TEST(DecodeGraphsCuda, MatchEager) {
     const auto graphs = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kGraphs, &st);
     EXPECT_EQ(st.decode, rl::DecodeMode::kGraphs);
     EXPECT_GE(st.graphs_captured, 2) << "the batch shrank through several padded sizes";
+    EXPECT_GT(st.graphs_replayed, 0) << "graphs were captured but never replayed: the "
+                                        "comparison would not test a replay ("
+                                     << st.decode_steps << " decode steps)";
     expect_same_samples(fixed, graphs, (std::string(prec) + " static vs graphs").c_str());
     // fp8: the eager steps run the experts as contiguous grouped GEMMs and the graphs as
     // masked ones, one tile code (GroupedExpertsCuda): the same bits here too.
