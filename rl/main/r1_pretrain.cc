@@ -17,7 +17,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <optional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "data/corpus.h"
 #include "data/dataset.h"
@@ -45,11 +48,14 @@ struct Options {
   // random by the packing order), whose mean token loss is logged as val_loss every val_every
   // steps and at the last step; 0: none (every row trains).
   int64_t val_rows = 0, val_every = 100;
-  // Every shadow_fp8_every steps (and at the first), the step's batch through a second model
-  // over the same parameter tensors with the projections in fp8 (forward only, before the
-  // update): its loss is logged as shadow_fp8_loss beside loss. FP8's arithmetic cost at the
-  // weights the run has reached, free of the trajectory drift that separates two runs; 0: off.
-  int64_t shadow_fp8_every = 0;
+  // Every shadow_fp8_every steps (and at the first and the last), the step's batch through a
+  // second model over the same parameter tensors with the projections in fp8 (forward only,
+  // before the update): its loss is logged as shadow_fp8_loss beside loss. FP8's arithmetic
+  // cost at the weights the run has reached, free of the trajectory drift that separates two
+  // runs; 0: off. shadow_bf16_every: the same with bf16 projections (shadow_bf16_loss), for an
+  // f32 run: the yardstick of what a change of rounding does at the same weights, and with
+  // both, fp8 against bf16 at the same weights (the FP8 issue's comparison, paired).
+  int64_t shadow_fp8_every = 0, shadow_bf16_every = 0;
   double lr = 3e-3, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0, bias_gamma = 1e-3;
   double balance_alpha = 1e-3;  // DeepSeek-V3 config.json aux_loss_alpha (sequence-wise)
   uint64_t seed = 1;
@@ -89,6 +95,9 @@ int run(const Options& o) {
   if (o.shadow_fp8_every > 0 && (cfg.fp8 || !cfg.is_deepseek()))
     throw InputError(o.config + ": --shadow-fp8-every needs a DeepSeek-V3 model trained in "
                      "another precision than fp8 (--precision bf16 or default)");
+  if (o.shadow_bf16_every > 0 && (cfg.fp8 || cfg.bf16_linear || !cfg.is_deepseek()))
+    throw InputError(o.config + ": --shadow-bf16-every needs a DeepSeek-V3 model trained in "
+                     "f32 (--precision default)");
   fs::create_directories(o.out);  // after the checks of the options: a refused run leaves nothing
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);
@@ -186,14 +195,22 @@ int run(const Options& o) {
     start = st.at("step").get<int64_t>();
     fmt::print(stderr, "r1-pretrain: resuming {} at step {}\n", ckpt, start);
   }
-  // The fp8 shadow (--shadow-fp8-every): the same parameter tensors (the optimizer and the
-  // balancing bias update them in place, so it always sees the run's weights), fp8 projections.
-  std::optional<DeepseekV3> shadow;
-  if (o.shadow_fp8_every > 0) {
+  // The shadows (--shadow-fp8-every, --shadow-bf16-every): the same parameter tensors (the
+  // optimizer and the balancing bias update them in place, so they always see the run's
+  // weights), the projections in fp8 or bf16.
+  struct Shadow {
+    std::string name;  // "fp8" or "bf16": the metric is shadow_<name>_loss
+    int64_t every;
+    std::unique_ptr<DeepseekV3> model;
+  };
+  std::vector<Shadow> shadows;
+  for (const auto& [name, every] : {std::pair<std::string, int64_t>{"fp8", o.shadow_fp8_every},
+                                    {"bf16", o.shadow_bf16_every}}) {
+    if (every <= 0) continue;
     ModelConfig sc = cfg;
-    sc.fp8 = true;
-    sc.bf16_linear = false;
-    shadow.emplace(sc, model.params(), o.seq);
+    sc.fp8 = name == "fp8";
+    sc.bf16_linear = name == "bf16";
+    shadows.push_back({name, every, std::make_unique<DeepseekV3>(sc, model.params(), o.seq)});
   }
   fmt::print(stderr, "r1-pretrain: {} parameters, {} steps of {}x{} tokens, lr {}, out {}\n",
              cfg.num_parameters(), o.steps, o.batch, o.seq, o.lr, o.out);
@@ -258,11 +275,13 @@ int run(const Options& o) {
     DeepseekV3::Output out = model.forward(ids, positions, segments, true, o.balance_alpha);
     const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}), targets);
     const Tensor loss = out.balance_loss.defined() ? add(ce, out.balance_loss) : ce;
-    double shadow_loss = std::nan("");
-    if (shadow && ((step - 1) % o.shadow_fp8_every == 0 || step == o.steps)) {
+    std::vector<std::pair<std::string, double>> shadow_losses;
+    for (const Shadow& sh : shadows) {
+      if ((step - 1) % sh.every != 0 && step != o.steps) continue;
       NoGrad no_grad;  // the weights before this step's update, as `loss` saw them
-      const DeepseekV3::Output so = shadow->forward(ids, positions, segments);
-      shadow_loss = cross_entropy(so.logits.view({o.batch * T, cfg.vocab_size}), targets).item();
+      const DeepseekV3::Output so = sh.model->forward(ids, positions, segments);
+      shadow_losses.emplace_back(
+          sh.name, cross_entropy(so.logits.view({o.batch * T, cfg.vocab_size}), targets).item());
     }
     backward(loss);
     const double norm = clip_grad_norm(trainable, o.clip);
@@ -285,9 +304,9 @@ int run(const Options& o) {
                    {"max_expert_load_ratio", max_load_ratio}, {"step_time_s", dt},
                    {"tokens_per_s", static_cast<double>(o.batch * T) / dt}};
     std::string shown = fmt::format("loss {:.4f}", l);
-    if (!std::isnan(shadow_loss)) {
-      record["shadow_fp8_loss"] = shadow_loss;
-      shown += fmt::format("  fp8 {:+.3f}%", 100.0 * (shadow_loss - l) / l);
+    for (const auto& [name, v] : shadow_losses) {
+      record["shadow_" + name + "_loss"] = v;
+      shown += fmt::format("  {} {:+.3f}%", name, 100.0 * (v - l) / l);
     }
     if (o.val_rows > 0 && (step % o.val_every == 0 || step == o.steps)) {
       const double v = val_loss();
@@ -330,6 +349,9 @@ int main(int argc, char** argv) {
   app.add_option("--shadow-fp8-every", o.shadow_fp8_every,
                  "every K steps (from the first, and at the last) the step's batch through the same "
                  "weights with fp8 projections, forward only: logged as shadow_fp8_loss (0: off)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--shadow-bf16-every", o.shadow_bf16_every,
+                 "the same with bf16 projections, for an f32 run: shadow_bf16_loss (0: off)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.seed, "corpus, packing and init seed");
   app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");

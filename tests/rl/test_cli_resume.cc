@@ -127,9 +127,9 @@ TEST(CliPretrain, ValLossOnHeldOutRows) {
   fs::remove_all(dir);
 }
 
-// --shadow-fp8-every: the fp8 shadow's loss on the steps asked for (1, 3, 5 and the last), near
-// the run's own loss but not equal to it (fp8 projections change the bits), and the run itself
-// unchanged by it: every step's loss equal to a run without the shadow.
+// --shadow-fp8-every / --shadow-bf16-every: the shadows' losses on the steps asked for (from
+// the first, and the last), near the run's own loss but (fp8) not equal to it, and the run
+// itself unchanged by them: every step's loss equal to a run without them.
 TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
   const uint64_t seed = r1::test::case_seed(3) % 1000;
   const std::string dir = ::testing::TempDir() + "/r1_cli_shadow_" + std::to_string(seed);
@@ -156,10 +156,35 @@ TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
     EXPECT_NE(sh, loss) << "step " << step << ": fp8 projections gave bf16's loss exactly";
     EXPECT_NEAR(sh, loss, 0.02 * loss) << "step " << step;
   }
-  // A run that is fp8 already has no fp8 shadow: exit 2, nothing trained.
-  EXPECT_EQ(run(kBin + "/r1-pretrain --config " R1_SOURCE_DIR "/configs/tiny.json --steps 1 "
-                "--docs 50 --precision fp8 --shadow-fp8-every 2 --out " + dir + "/fp8"), 2);
+  // An f32 run with both shadows (fp8 every 2, bf16 every 3): each on its steps, the run's
+  // losses those of the f32 run without them.
+  const std::string f32 = "OMP_NUM_THREADS=1 " + kBin + "/r1-pretrain --config " R1_SOURCE_DIR
+                          "/configs/tiny.json --steps 6 --docs 300 --batch 4 --seq 128 --seed " +
+                          std::to_string(seed);
+  ASSERT_EQ(run(f32 + " --out " + dir + "/f32"), 0);
+  ASSERT_EQ(run(f32 + " --out " + dir + "/both --shadow-fp8-every 2 --shadow-bf16-every 3"), 0);
+  const std::vector<json> f = metrics(dir + "/f32/metrics.jsonl");
+  const std::vector<json> b = metrics(dir + "/both/metrics.jsonl");
+  ASSERT_EQ(f.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (size_t i = 0; i < b.size(); ++i) {
+    const int64_t step = b[i].at("step").get<int64_t>();
+    EXPECT_EQ(b[i].at("loss").get<double>(), f[i].at("loss").get<double>()) << "step " << step;
+    EXPECT_EQ(b[i].contains("shadow_fp8_loss"), (step - 1) % 2 == 0 || step == 6) << step;
+    EXPECT_EQ(b[i].contains("shadow_bf16_loss"), (step - 1) % 3 == 0 || step == 6) << step;
+    if (b[i].contains("shadow_bf16_loss")) {
+      EXPECT_NEAR(b[i].at("shadow_bf16_loss").get<double>(), b[i].at("loss").get<double>(),
+                  0.02 * b[i].at("loss").get<double>()) << "step " << step;
+    }
+  }
+  // A run that is fp8 already has no fp8 shadow, nor a bf16 run a bf16 one: exit 2, nothing
+  // trained, no directory.
+  const std::string one = kBin + "/r1-pretrain --config " R1_SOURCE_DIR "/configs/tiny.json "
+                          "--steps 1 --docs 50 ";
+  EXPECT_EQ(run(one + "--precision fp8 --shadow-fp8-every 2 --out " + dir + "/fp8"), 2);
   EXPECT_FALSE(fs::exists(dir + "/fp8")) << "a refused run left its directory";
+  EXPECT_EQ(run(one + "--precision bf16 --shadow-bf16-every 2 --out " + dir + "/bf16"), 2);
+  EXPECT_FALSE(fs::exists(dir + "/bf16")) << "a refused run left its directory";
   fs::remove_all(dir);
 }
 
