@@ -18,7 +18,8 @@ fp8 runs in the same DIR, e.g. r1-toy-lm --fp8-head into DIR/fp8head<suffix>).
 Prints, per seed, the mean loss of the last `window` steps of each run and the relative
 differences fp8 vs bf16 (the FP8 issue's comparison), fp8 vs f32 and bf16 vs f32, then their
 mean and spread over the seeds; plots the signed relative difference per step (25-step moving
-average) of fp8 vs bf16 and of bf16 vs f32 for every seed.
+average; val_loss: per logged step, unsmoothed) of fp8 vs bf16 and of bf16 vs f32 for every
+seed.
 """
 import argparse
 import json
@@ -100,7 +101,7 @@ def main():
         print("|---:|---:|---:|---:|")
         early = {p: [] for p in pairs}
         for s, steps, runs in curves:
-            first = [t for t in steps if t <= a.early]
+            first = steps[:a.early]  # the first N logged steps (every step for loss)
             row = []
             for x, y in pairs:
                 d = statistics.mean((runs[x][t] - runs[y][t]) / runs[y][t] for t in first)
@@ -118,7 +119,7 @@ def main():
     for ax, (x, y) in zip(axes, (("fp8", "bf16"), ("bf16", "default"))):
         for s, steps, runs in curves:
             rel = [(runs[x][t] - runs[y][t]) / runs[y][t] for t in steps]
-            k = 25
+            k = 25 if a.metric == "loss" else 1  # val_loss points are averages already
             sm = [sum(rel[max(0, i - k + 1):i + 1]) / len(rel[max(0, i - k + 1):i + 1])
                   for i in range(len(rel))]
             ax.plot(steps, [100 * v for v in sm], label=f"seed {s}")
@@ -126,7 +127,8 @@ def main():
         ax.axhline(-0.25, color="gray", ls="--", lw=0.8)
         ax.set_ylabel(f"{x} vs {'f32' if y == 'default' else y} (%)")
         ax.legend(fontsize=8)
-    axes[0].set_title("signed relative loss difference, 25-step moving average (dashed: +-0.25%)")
+    smooth = "25-step moving average" if a.metric == "loss" else f"{a.metric} per logged step"
+    axes[0].set_title(f"signed relative {a.metric} difference, {smooth} (dashed: +-0.25%)")
     axes[1].set_xlabel("step")
     fig.tight_layout()
     out = a.out or os.path.join(a.dir, "precision_runs.png")
