@@ -10,29 +10,15 @@ difference of the loss after the same steps"), and writes DIR/compare_<metric>.p
 DIR: OTHER_RUN/plots). Used for fp8 vs f32 training and CUDA vs CPU runs.
 """
 import argparse
-import json
 import os
-import sys
+
+from metrics_io import by_step, fail
 
 
 def load(run, metric):
-    path = os.path.join(run, "metrics.jsonl")
-    steps = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    sys.exit(f"{path}:{n}: bad JSON ({e.msg})")
-                if metric in r and "step" in r:
-                    steps[int(r["step"])] = float(r[metric])
-    except OSError as e:
-        sys.exit(f"{path}: {e.strerror}")
+    steps = by_step(run, metric)
     if not steps:
-        sys.exit(f"{path}: no '{metric}' records")
+        fail(f"{os.path.join(run, 'metrics.jsonl')}: no '{metric}' records")
     return steps
 
 
@@ -47,7 +33,7 @@ def main():
     base, other = load(a.base, a.metric), load(a.other, a.metric)
     steps = sorted(set(base) & set(other))
     if not steps:
-        sys.exit("the runs share no steps")
+        fail("the runs share no steps")
     rel = [abs(other[s] - base[s]) / abs(base[s]) for s in steps]
     tail = steps[-a.window:]
     mb = sum(base[s] for s in tail) / len(tail)

@@ -1,41 +1,32 @@
 """Turns metrics.jsonl into PNG plots: one per numeric key, and overview.png with all."""
-import json
 import math
 import os
 import sys
 
 import matplotlib
 
+from metrics_io import fail, read_records
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def load(path):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{n}: bad JSON ({e.msg})")
-    return rows
+    return read_records(path)
 
 
 def main():
     if len(sys.argv) < 2:
-        sys.exit("usage: scripts/plot RUN_DIR|metrics.jsonl [OUT_DIR]")
+        fail("usage: scripts/plot RUN_DIR|metrics.jsonl [OUT_DIR]")
     src = sys.argv[1]
     path = os.path.join(src, "metrics.jsonl") if os.path.isdir(src) else src
     if not os.path.exists(path):
-        sys.exit(f"{path}: no such file")
+        fail(f"{path}: no such file")
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(path) or ".", "plots")
     os.makedirs(out, exist_ok=True)
     rows = load(path)
     if not rows:
-        sys.exit(f"{path}: no records")
+        fail(f"{path}: no records")
     keys = sorted({k for r in rows for k, v in r.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"})
     steps = [r.get("step", i) for i, r in enumerate(rows)]

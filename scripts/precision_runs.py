@@ -22,29 +22,16 @@ average; val_loss: per logged step, unsmoothed) of fp8 vs bf16 and of bf16 vs f3
 seed.
 """
 import argparse
-import json
 import os
 import statistics
-import sys
+
+from metrics_io import by_step, fail
 
 PRECISIONS = ("default", "bf16", "fp8")
 
 
 def load(path, key="loss"):
-    out = {}
-    try:
-        with open(os.path.join(path, "metrics.jsonl"), encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        sys.exit(f"{path}/metrics.jsonl:{n}: bad JSON ({e.msg})")
-                    if key in r and "step" in r:
-                        out[int(r["step"])] = float(r[key])
-    except OSError as e:
-        sys.exit(f"{path}/metrics.jsonl: {e.strerror}")
-    return out
+    return by_step(path, key)
 
 
 def main():
@@ -68,7 +55,7 @@ def main():
             seeds.append((s, {p: load(os.path.join(a.dir, names[p] + suffix), a.metric)
                               for p in PRECISIONS}))
     if not seeds:
-        sys.exit(f"{a.dir}: no seed has all of {', '.join(names[p] for p in PRECISIONS)}")
+        fail(f"{a.dir}: no seed has all of {', '.join(names[p] for p in PRECISIONS)}")
     pairs = (("fp8", "bf16"), ("fp8", "default"), ("bf16", "default"))
     print(f"| seed | f32 | bf16 | fp8 | fp8 vs bf16 | fp8 vs f32 | bf16 vs f32 |  (mean loss of "
           f"the last {a.window} common steps; signed relative differences)")

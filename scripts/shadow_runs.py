@@ -18,31 +18,19 @@ the phases (steps up to 100, 101-400, past 400 by default); plots every run's di
 step with the +-0.25% band of the DeepSeek-V3 report's figure.
 """
 import argparse
-import json
 import os
 import statistics
-import sys
+
+from metrics_io import fail, read_records
 
 
 def load(run, of, vs):
     key, base = f"shadow_{of}_loss", "loss" if vs == "loss" else f"shadow_{vs}_loss"
-    path = os.path.join(run, "metrics.jsonl")
-    out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    sys.exit(f"{path}:{n}: bad JSON ({e.msg})")
-                if key in r and base in r and "step" in r:
-                    out.append((int(r["step"]), float(r[base]), float(r[key])))
-    except OSError as e:
-        sys.exit(f"{path}: {e.strerror}")
+    out = [(int(r["step"]), float(r[base]), float(r[key])) for r in read_records(run)
+           if key in r and base in r and "step" in r]
     if not out:
-        sys.exit(f"{path}: no step has both {key} and {base} (r1-pretrain --shadow-{of}-every K)")
+        fail(f"{os.path.join(run, 'metrics.jsonl')}: no step has both {key} and {base} "
+                 f"(r1-pretrain --shadow-{of}-every K)")
     return out
 
 
@@ -58,7 +46,7 @@ def main():
     try:
         bounds = [int(x) for x in a.phases.split(",") if x]
     except ValueError:
-        sys.exit(f"--phases {a.phases}: expected comma-separated steps")
+        fail(f"--phases {a.phases}: expected comma-separated steps")
     edges = [0] + bounds + [float("inf")]
     names = [f"steps {lo + 1}-{hi}" if hi != float("inf") else f"steps > {lo}"
              for lo, hi in zip(edges, edges[1:])]
