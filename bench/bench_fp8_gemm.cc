@@ -168,13 +168,17 @@ void BM_Fp8Mma(benchmark::State& st) {
   if (verified(st, d, simple_product(p), fn)) run_timed(st, p, fn);
 }
 
+// True (the benchmark skipped with the reason) on a GPU without wgmma (not sm_90).
+bool skip_without_wgmma(benchmark::State& st) {
+  if (cuda::fp8_wgmma_supported(0)) return false;
+  st.SkipWithError("wgmma needs compute capability 9.0");
+  return true;
+}
+
 // The wgmma/TMA kernel on p with the configuration it picks by itself (tuned table or
 // default), writing d of `out` dtype; the label starts with `what`.
 void run_wgmma(benchmark::State& st, const Fp8Problem& p, DType out, const std::string& what) {
-  if (!cuda::fp8_wgmma_supported(0)) {
-    st.SkipWithError("wgmma needs compute capability 9.0");
-    return;
-  }
+  if (skip_without_wgmma(st)) return;
   Tensor d = Tensor::empty({p.m, p.n}, out, kGpu);
   const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
   st.SetLabel(what + " " + c.name() + " " + shape_label(p));
@@ -356,10 +360,7 @@ void BM_Fp8GroupedMma(benchmark::State& st) {
 // a slot of m rows, all full: the same work, the decode layout's indexing).
 void BM_Fp8GroupedWgmma(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
-  if (!cuda::fp8_wgmma_supported(0)) {
-    st.SkipWithError("wgmma needs compute capability 9.0");
-    return;
-  }
+  if (skip_without_wgmma(st)) return;
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
   const cuda::Fp8WgmmaConfig c = cuda::fp8_wgmma_choose(0, p.m, p.n, p.k);
   run_grouped(st, p, "grouped wgmma " + c.name() + ", one launch", d, [&] {
@@ -370,10 +371,7 @@ void BM_Fp8GroupedWgmma(benchmark::State& st) {
 
 void BM_Fp8GroupedWgmmaMasked(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
-  if (!cuda::fp8_wgmma_supported(0)) {
-    st.SkipWithError("wgmma needs compute capability 9.0");
-    return;
-  }
+  if (skip_without_wgmma(st)) return;
   Tensor d = Tensor::empty({p.e, p.m, p.n}, DType::BF16, kGpu);
   const Tensor counts = Tensor::full({p.e}, static_cast<double>(p.m), DType::I32, kGpu);
   const Tensor aq = p.a_q.view({p.e, p.m, p.k});
@@ -403,10 +401,7 @@ void BM_Fp8GroupedLoopMma(benchmark::State& st) {
 // grouped wgmma kernel's one launch saves against r1's own fastest dense kernel.
 void BM_Fp8GroupedLoopWgmma(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
-  if (!cuda::fp8_wgmma_supported(0)) {
-    st.SkipWithError("wgmma needs compute capability 9.0");
-    return;
-  }
+  if (skip_without_wgmma(st)) return;
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
   run_grouped(st, p, "loop of wgmma", d, [&] {
     for (int64_t i = 0; i < p.e; ++i) {

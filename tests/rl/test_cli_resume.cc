@@ -13,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <utility>
 
 #include "tests/harness.h"
 
@@ -134,15 +135,22 @@ TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
   const uint64_t seed = r1::test::case_seed(3) % 1000;
   const std::string dir = ::testing::TempDir() + "/r1_cli_shadow_" + std::to_string(seed);
   fs::remove_all(dir);
-  const std::string common = "OMP_NUM_THREADS=1 " + kBin + "/r1-pretrain --config " R1_SOURCE_DIR
-                             "/configs/tiny.json --steps 6 --docs 300 --batch 4 --seq 128 "
-                             "--precision bf16 --seed " + std::to_string(seed);
-  ASSERT_EQ(run(common + " --out " + dir + "/plain"), 0);
-  ASSERT_EQ(run(common + " --out " + dir + "/shadow --shadow-fp8-every 2"), 0);
-  const std::vector<json> plain = metrics(dir + "/plain/metrics.jsonl");
-  const std::vector<json> m = metrics(dir + "/shadow/metrics.jsonl");
-  ASSERT_EQ(m.size(), 6u);
-  ASSERT_EQ(plain.size(), 6u);
+  // 6 steps of `precision` without and with `shadows`: both runs' metrics, 6 records each.
+  auto pair = [&](const std::string& precision, const std::string& shadows, const std::string& name) {
+    const std::string cmd = "OMP_NUM_THREADS=1 " + kBin + "/r1-pretrain --config " R1_SOURCE_DIR
+                            "/configs/tiny.json --steps 6 --docs 300 --batch 4 --seq 128 "
+                            "--precision " + precision + " --seed " + std::to_string(seed) +
+                            " --out " + dir + "/" + name;
+    EXPECT_EQ(run(cmd + "-plain"), 0);
+    EXPECT_EQ(run(cmd + "-shadow " + shadows), 0);
+    std::pair<std::vector<json>, std::vector<json>> r{metrics(dir + "/" + name + "-plain/metrics.jsonl"),
+                                                      metrics(dir + "/" + name + "-shadow/metrics.jsonl")};
+    EXPECT_EQ(r.first.size(), 6u) << name;
+    EXPECT_EQ(r.second.size(), 6u) << name;
+    return r;
+  };
+  const auto [plain, m] = pair("bf16", "--shadow-fp8-every 2", "bf16");
+  ASSERT_TRUE(plain.size() == 6 && m.size() == 6);
   for (size_t i = 0; i < m.size(); ++i) {
     const int64_t step = m[i].at("step").get<int64_t>();
     const double loss = m[i].at("loss").get<double>();
@@ -158,15 +166,8 @@ TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
   }
   // An f32 run with both shadows (fp8 every 2, bf16 every 3): each on its steps, the run's
   // losses those of the f32 run without them.
-  const std::string f32 = "OMP_NUM_THREADS=1 " + kBin + "/r1-pretrain --config " R1_SOURCE_DIR
-                          "/configs/tiny.json --steps 6 --docs 300 --batch 4 --seq 128 --seed " +
-                          std::to_string(seed);
-  ASSERT_EQ(run(f32 + " --out " + dir + "/f32"), 0);
-  ASSERT_EQ(run(f32 + " --out " + dir + "/both --shadow-fp8-every 2 --shadow-bf16-every 3"), 0);
-  const std::vector<json> f = metrics(dir + "/f32/metrics.jsonl");
-  const std::vector<json> b = metrics(dir + "/both/metrics.jsonl");
-  ASSERT_EQ(f.size(), 6u);
-  ASSERT_EQ(b.size(), 6u);
+  const auto [f, b] = pair("default", "--shadow-fp8-every 2 --shadow-bf16-every 3", "f32");
+  ASSERT_TRUE(f.size() == 6 && b.size() == 6);
   for (size_t i = 0; i < b.size(); ++i) {
     const int64_t step = b[i].at("step").get<int64_t>();
     EXPECT_EQ(b[i].at("loss").get<double>(), f[i].at("loss").get<double>()) << "step " << step;
