@@ -382,35 +382,36 @@ void BM_Fp8GroupedWgmmaMasked(benchmark::State& st) {
   });
 }
 
-// A loop of dense calls, one per expert: the mma.sync kernel, and cuBLASLt block-scaled (the
-// baselines a grouped kernel must beat; cuBLASLt has no grouped FP8 path with these scales).
-void BM_Fp8GroupedLoopMma(benchmark::State& st) {
-  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+// A loop of dense calls, one per expert: the mma.sync kernel, the wgmma kernel (its tuned or
+// default tile per call: what the grouped kernel's one launch saves against r1's own fastest
+// dense kernel), and cuBLASLt block-scaled (the baselines a grouped kernel must beat; cuBLASLt
+// has no grouped FP8 path with these scales). dense(a_q, a_scales, b_q, b_scales, d) per expert.
+template <class Dense>
+void run_dense_loop(benchmark::State& st, const GroupedProblem& p, const std::string& what,
+                    Dense dense) {
   Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
-  run_grouped(st, p, "loop of mma.sync", d, [&] {
+  run_grouped(st, p, what, d, [&] {
     for (int64_t i = 0; i < p.e; ++i) {
       Tensor di = d.narrow(0, i * p.m, p.m);
-      cuda::gemm_fp8_blockscaled_mma(p.a_q.narrow(0, i * p.m, p.m),
-                                     p.a_scales.narrow(0, i * p.m, p.m), p.b_q.select(0, i),
-                                     p.b_scales.select(0, i), di, 2);
+      dense(p.a_q.narrow(0, i * p.m, p.m), p.a_scales.narrow(0, i * p.m, p.m),
+            p.b_q.select(0, i), p.b_scales.select(0, i), di);
     }
   });
 }
 
-// The same loop over the dense wgmma kernel (its tuned or default tile per call): what the
-// grouped wgmma kernel's one launch saves against r1's own fastest dense kernel.
+void BM_Fp8GroupedLoopMma(benchmark::State& st) {
+  const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
+  run_dense_loop(st, p, "loop of mma.sync",
+                 [](const Tensor& a, const Tensor& as, const Tensor& b, const Tensor& bs,
+                    Tensor& d) { cuda::gemm_fp8_blockscaled_mma(a, as, b, bs, d, 2); });
+}
+
 void BM_Fp8GroupedLoopWgmma(benchmark::State& st) {
   const GroupedProblem p = make_grouped(st.range(0), st.range(1), st.range(2), st.range(3));
   if (skip_without_wgmma(st)) return;
-  Tensor d = Tensor::empty({p.e * p.m, p.n}, DType::BF16, kGpu);
-  run_grouped(st, p, "loop of wgmma", d, [&] {
-    for (int64_t i = 0; i < p.e; ++i) {
-      Tensor di = d.narrow(0, i * p.m, p.m);
-      cuda::gemm_fp8_blockscaled_wgmma(p.a_q.narrow(0, i * p.m, p.m),
-                                       p.a_scales.narrow(0, i * p.m, p.m), p.b_q.select(0, i),
-                                       p.b_scales.select(0, i), di);
-    }
-  });
+  run_dense_loop(st, p, "loop of wgmma",
+                 [](const Tensor& a, const Tensor& as, const Tensor& b, const Tensor& bs,
+                    Tensor& d) { cuda::gemm_fp8_blockscaled_wgmma(a, as, b, bs, d); });
 }
 
 void BM_Fp8GroupedLoopCublasLt(benchmark::State& st) {
