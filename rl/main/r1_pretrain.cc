@@ -76,6 +76,27 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+// The share of (token, MoE layer) pairs whose set of chosen experts differs between two
+// forwards of one batch (routing: per MoE layer, (tokens, top_k) i64); NaN without MoE layers.
+double routing_difference(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  if (a.empty() || a.size() != b.size()) return std::nan("");
+  int64_t differ = 0, pairs = 0;
+  for (size_t l = 0; l < a.size(); ++l) {
+    const int64_t k = a[l].size(-1);
+    std::vector<int64_t> x = a[l].to_int_vector(), y = b[l].to_int_vector();
+    if (k <= 0 || x.size() != y.size()) continue;
+    for (size_t t = 0; t + static_cast<size_t>(k) <= x.size(); t += static_cast<size_t>(k)) {
+      std::sort(x.begin() + static_cast<std::ptrdiff_t>(t), x.begin() + static_cast<std::ptrdiff_t>(t) + k);
+      std::sort(y.begin() + static_cast<std::ptrdiff_t>(t), y.begin() + static_cast<std::ptrdiff_t>(t) + k);
+      differ += !std::equal(x.begin() + static_cast<std::ptrdiff_t>(t),
+                            x.begin() + static_cast<std::ptrdiff_t>(t) + k,
+                            y.begin() + static_cast<std::ptrdiff_t>(t));
+      ++pairs;
+    }
+  }
+  return pairs > 0 ? static_cast<double>(differ) / static_cast<double>(pairs) : std::nan("");
+}
+
 double lr_at(const Options& o, int64_t step) {
   if (step <= o.warmup) return o.lr * static_cast<double>(step) / static_cast<double>(o.warmup);
   const double t = static_cast<double>(step - o.warmup) / static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
@@ -275,13 +296,20 @@ int run(const Options& o) {
     DeepseekV3::Output out = model.forward(ids, positions, segments, true, o.balance_alpha);
     const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}), targets);
     const Tensor loss = out.balance_loss.defined() ? add(ce, out.balance_loss) : ce;
-    std::vector<std::pair<std::string, double>> shadow_losses;
+    // Per shadow on its steps: its loss, and the share of (token, MoE layer) pairs whose
+    // chosen experts differ from the run's (the router sees the shadow's activations).
+    struct ShadowResult {
+      std::string name;
+      double loss, route_diff;
+    };
+    std::vector<ShadowResult> shadow_results;
     for (const Shadow& sh : shadows) {
       if ((step - 1) % sh.every != 0 && step != o.steps) continue;
       NoGrad no_grad;  // the weights before this step's update, as `loss` saw them
       const DeepseekV3::Output so = sh.model->forward(ids, positions, segments);
-      shadow_losses.emplace_back(
-          sh.name, cross_entropy(so.logits.view({o.batch * T, cfg.vocab_size}), targets).item());
+      shadow_results.push_back(
+          {sh.name, cross_entropy(so.logits.view({o.batch * T, cfg.vocab_size}), targets).item(),
+           routing_difference(out.routing, so.routing)});
     }
     backward(loss);
     const double norm = clip_grad_norm(trainable, o.clip);
@@ -304,9 +332,10 @@ int run(const Options& o) {
                    {"max_expert_load_ratio", max_load_ratio}, {"step_time_s", dt},
                    {"tokens_per_s", static_cast<double>(o.batch * T) / dt}};
     std::string shown = fmt::format("loss {:.4f}", l);
-    for (const auto& [name, v] : shadow_losses) {
-      record["shadow_" + name + "_loss"] = v;
-      shown += fmt::format("  {} {:+.3f}%", name, 100.0 * (v - l) / l);
+    for (const ShadowResult& r : shadow_results) {
+      record["shadow_" + r.name + "_loss"] = r.loss;
+      if (!std::isnan(r.route_diff)) record["shadow_" + r.name + "_route_diff"] = r.route_diff;
+      shown += fmt::format("  {} {:+.3f}%", r.name, 100.0 * (r.loss - l) / l);
     }
     if (o.val_rows > 0 && (step % o.val_every == 0 || step == o.steps)) {
       const double v = val_loss();

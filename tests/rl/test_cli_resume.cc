@@ -163,6 +163,10 @@ TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
     EXPECT_TRUE(std::isfinite(sh)) << "step " << step;
     EXPECT_NE(sh, loss) << "step " << step << ": fp8 projections gave bf16's loss exactly";
     EXPECT_NEAR(sh, loss, 0.02 * loss) << "step " << step;
+    // The tiny config has MoE layers: the share of routing choices fp8 changed, in [0, 1].
+    ASSERT_TRUE(m[i].contains("shadow_fp8_route_diff")) << "step " << step;
+    const double rd = m[i].at("shadow_fp8_route_diff").get<double>();
+    EXPECT_TRUE(rd >= 0.0 && rd <= 1.0) << "step " << step << ": " << rd;
   }
   // An f32 run with both shadows (fp8 every 2, bf16 every 3): each on its steps, the run's
   // losses those of the f32 run without them.
