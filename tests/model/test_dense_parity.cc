@@ -253,8 +253,12 @@ TEST(DenseModel, PackedEqualsSeparate) {
   const Tensor packed = model.forward(ids, Tensor(), Tensor::from_vector(seg, {1, kT})).logits;
   const Tensor one = model.forward(ids.narrow(1, 0, kFirst).contiguous()).logits;
   const Tensor two = model.forward(ids.narrow(1, kFirst, kSecond).contiguous()).logits;
-  EXPECT_LE(rel_error(packed.narrow(1, 0, kFirst), one), 1e-6);
-  EXPECT_LE(rel_error(packed.narrow(1, kFirst, kSecond), two), 1e-6);
+  // f32 with OpenBLAS's products, whose blocking follows M (T packed rows against 7 and T - 7):
+  // the two forwards round differently. 41 seeds gave normwise 4e-7 to 1.09e-6 (the last, seed
+  // 15523755, failed the bound of 1e-6 this test had); the second segment seeing the first
+  // (the bug this test is for: the same ids without segments) is off by 1.2-1.8.
+  EXPECT_LE(rel_error(packed.narrow(1, 0, kFirst), one), 1e-5);
+  EXPECT_LE(rel_error(packed.narrow(1, kFirst, kSecond), two), 1e-5);
 }
 
 TEST(DenseModel, CheckpointRoundTripGivesIdenticalLogits) {
