@@ -35,6 +35,7 @@
 #include "bench/cuda_data.h"
 #include "bench/cuda_timing.h"
 #include "kernels/cuda/gemm_bf16_mma.h"
+#include "kernels/cuda/gemm_invariant.h"
 #endif
 
 namespace r1 {
@@ -392,6 +393,20 @@ void BM_GemmF32(benchmark::State& st) {
             [&] { kernels::gemm()(kGpu, a, b, c, false, true, 1.0, 0.0); });
 }
 
+// The gemm under batch_invariant() (kernels/cuda/gemm_invariant.h): CUDA cores, one FMA chain
+// per element; what invariance costs against cuBLASLt (GemmF32 / GemmBf16 on the same shapes).
+// range(0): 0 bf16, 1 f32.
+void BM_GemmInvariant(benchmark::State& st) {
+  const DType dt = st.range(0) == 0 ? DType::BF16 : DType::F32;
+  const int64_t M = st.range(1), N = st.range(2), K = st.range(3);
+  const Tensor a = dev_randn({1, M, K}, dt, 45), b = dev_randn({1, N, K}, dt, 46);
+  Tensor c = Tensor::empty({1, M, N}, dt, kGpu);
+  st.SetLabel(std::string(dtype_name(dt)) + " batch-invariant SIMT NT");
+  const double e = static_cast<double>(dtype_size(dt));
+  run_timed(st, (M * K + N * K + M * N) * e, 2.0 * M * N * K,
+            [&] { cuda::gemm_invariant(a, b, c, false, true, 1.0, 0.0); });
+}
+
 void register_all() {
   auto reg = [](const char* name, void (*fn)(benchmark::State&)) {
     // A fixed count (5 x kReps launches after a warm-up) instead of a minimum time: with a
@@ -435,7 +450,11 @@ void register_all() {
     for (auto [n, k] : {std::pair<int64_t, int64_t>{2112, 7168}, {24576, 1536}, {32768, 512},
                         {7168, 16384}, {4096, 7168}, {7168, 2048}})
       gi->Args({m, n, k});
-  reg("GemmF32", BM_GemmF32)->Args({4096, 4096, 4096});
+  reg("GemmF32", BM_GemmF32)->Args({4096, 4096, 4096})->Args({1024, 512, 512});
+  reg("GemmInvariant", BM_GemmInvariant)
+      ->Args({1, 4096, 4096, 4096})
+      ->Args({1, 1024, 512, 512})  // tiny-model shapes (the GRPO path)
+      ->Args({0, 4096, 4096, 7168});  // beside GemmBf16/4096/4096/7168
 }
 
 #endif  // R1_HAVE_CUDA
