@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "engine/rng.h"
 
@@ -137,10 +138,17 @@ bool cuda_required() {
   return e != nullptr && std::string(e) == "1";
 }
 
-void poison(Tensor& t) {
+void poison(Tensor& t, uint8_t byte) {
   R1_CHECK(t.is_contiguous(), "poison: {} is not contiguous", t.str());
-  std::vector<unsigned char> b(t.nbytes(), 0xFF);
+  std::vector<unsigned char> b(t.nbytes(), byte);
   if (!b.empty()) copy_bytes(t.data_ptr(), t.device(), b.data(), Device::cpu(), b.size());
+}
+
+std::vector<uint8_t> host_bytes(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu()).contiguous();
+  std::vector<uint8_t> b(h.nbytes());
+  if (!b.empty()) std::memcpy(b.data(), h.data_ptr(), b.size());
+  return b;
 }
 
 Tensor poisoned(const Shape& shape, DType dtype, Device dev) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -49,8 +50,11 @@ bool cuda_available();
 // ---- CUDA-vs-CPU comparisons -------------------------------------------------------------
 // Sets every byte of a contiguous tensor (any device) to 0xFF (NaN for floats, -1 for ints)
 // without going through the kernels under test: an output element a kernel forgets to write
-// stays NaN and fails expect_close.
-void poison(Tensor& t);
+// stays NaN and fails expect_close. `byte`: another fill (a second poison where 0xff is a
+// value the kernel may write, e.g. an e4m3 NaN code).
+void poison(Tensor& t, uint8_t byte = 0xFF);
+// The bytes of t (any device, any layout: made contiguous on the host first).
+std::vector<uint8_t> host_bytes(const Tensor& t);
 // An uninitialized tensor on `dev`, poisoned.
 Tensor poisoned(const Shape& shape, DType dtype, Device dev);
 // x (any dtype/device) rounded to `dt` and widened back to a contiguous f64 CPU tensor: the

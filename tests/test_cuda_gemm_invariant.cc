@@ -30,6 +30,7 @@ namespace r1 {
 namespace {
 
 using test::case_seed;
+using test::host_bytes;
 
 [[maybe_unused]] const uint64_t kRunSeed = test::run_seed();
 
@@ -42,13 +43,6 @@ Tensor run(const Tensor& a, const Tensor& b, DType out, int stages) {
   Tensor d = test::poisoned({a.size(0), b.size(0)}, out, kGpu);
   cuda::gemm_bf16_nt_invariant(a.to(kGpu), b.to(kGpu), d, stages);
   return d;
-}
-
-std::vector<unsigned char> bytes_of(const Tensor& t) {
-  const Tensor h = t.to(Device::cpu()).contiguous();
-  std::vector<unsigned char> v(h.nbytes());
-  std::memcpy(v.data(), h.data_ptr(), v.size());
-  return v;
 }
 
 TEST(CudaGemmInvariant, MatchesFp64Reference) {
@@ -105,17 +99,17 @@ TEST(CudaGemmInvariant, RowsDoNotDependOnTheBatch) {
   const Tensor a = Tensor::randn({M, K}, case_seed(200), DType::BF16);
   const Tensor b = Tensor::randn({N, K}, case_seed(201), DType::BF16);
   const Tensor full = run(a, b, DType::F32, 2).to(Device::cpu());
-  EXPECT_EQ(bytes_of(run(a, b, DType::F32, 1)), bytes_of(full)) << "stages 1 vs 2";
+  EXPECT_EQ(host_bytes(run(a, b, DType::F32, 1)), host_bytes(full)) << "stages 1 vs 2";
   for (int64_t i : {int64_t{0}, int64_t{17}, M - 1}) {
     // Alone.
     const Tensor one = run(a.narrow(0, i, 1).contiguous(), b, DType::F32, 2);
-    EXPECT_EQ(bytes_of(one), bytes_of(full.narrow(0, i, 1))) << "row " << i << " alone";
+    EXPECT_EQ(host_bytes(one), host_bytes(full.narrow(0, i, 1))) << "row " << i << " alone";
     // At index 5 of a batch of 200 other rows (a different tile and grid row).
     Tensor batch = Tensor::randn({200, K}, case_seed(300 + static_cast<uint64_t>(i)),
                                  DType::BF16);
     batch.narrow(0, 5, 1).copy_(a.narrow(0, i, 1));
     const Tensor in_batch = run(batch, b, DType::F32, 2).to(Device::cpu());
-    EXPECT_EQ(bytes_of(in_batch.narrow(0, 5, 1)), bytes_of(full.narrow(0, i, 1)))
+    EXPECT_EQ(host_bytes(in_batch.narrow(0, 5, 1)), host_bytes(full.narrow(0, i, 1)))
         << "row " << i << " at index 5 of 200";
   }
 }
@@ -208,7 +202,7 @@ TEST(CudaGemmInvariant, SimtEqualsTheCpuChainBf16) {
     cuda::gemm_invariant(a.to(kGpu), b.to(kGpu), d, c.ta, c.tb, c.alpha, c.beta);
     std::vector<float> want = chain_reference(c, a.to_float_vector(), b.to_float_vector(),
                                               c0.to_float_vector());
-    const std::vector<unsigned char> got = bytes_of(d);
+    const std::vector<unsigned char> got = host_bytes(d);
     ASSERT_EQ(got.size(), want.size() * 2);
     size_t bad = 0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -234,12 +228,12 @@ TEST(CudaGemmInvariant, SimtRowsDoNotDependOnTheBatch) {
     cuda::gemm_invariant(x.to(kGpu), w, d, false, true, 1.0, 0.0);
     return d.to(Device::cpu());
   };
-  const std::vector<unsigned char> alone = bytes_of(product(row));
+  const std::vector<unsigned char> alone = host_bytes(product(row));
   const std::pair<int64_t, int64_t> places[] = {{7, 3}, {300, 200}};  // (rows, row index)
   for (const auto& [rows, at] : places) {
     Tensor x = Tensor::randn({1, rows, K}, case_seed(602 + static_cast<uint64_t>(rows)));
     x.narrow(1, at, 1).copy_(row);
-    EXPECT_EQ(bytes_of(product(x).narrow(1, at, 1)), alone)
+    EXPECT_EQ(host_bytes(product(x).narrow(1, at, 1)), alone)
         << "row at " << at << " of " << rows;
   }
 }

@@ -27,19 +27,12 @@ namespace r1 {
 namespace {
 
 using test::case_seed;
+using test::host_bytes;
 using test::poison;
 
 const Device kGpu = Device::cuda(0);
 constexpr DType kAllDTypes[] = {DType::F32, DType::F64, DType::BF16, DType::F16, DType::E4M3,
                                 DType::E5M2, DType::I32, DType::I64, DType::U8, DType::Bool};
-
-// The bytes of t (any device, any strides), row-major.
-std::vector<unsigned char> host_bytes(const Tensor& t) {
-  const Tensor h = t.to(Device::cpu()).contiguous();
-  std::vector<unsigned char> b(h.nbytes());
-  if (!b.empty()) std::memcpy(b.data(), h.data_ptr(), b.size());
-  return b;
-}
 
 
 // Random values that every dtype can hold without undefined conversions: [0, 200) when an

@@ -40,6 +40,7 @@ namespace r1 {
 namespace {
 
 using test::case_seed;
+using test::host_bytes;
 
 const Device kCpu = Device::cpu();
 
@@ -52,13 +53,6 @@ Tensor randn_outliers(int64_t rows, int64_t cols, uint64_t seed, DType dt) {
   return Tensor::from_vector(v, {rows, cols}, dt);
 }
 
-std::vector<uint8_t> bytes_of(const Tensor& t) {
-  const Tensor h = t.to(kCpu).contiguous();
-  std::vector<uint8_t> b(h.nbytes());
-  if (!b.empty()) std::memcpy(b.data(), h.data_ptr(), b.size());
-  return b;
-}
-
 // Half the spacing of e4m3 values around v >= 0 (subnormal spacing 2^-9 below 2^-6).
 double e4m3_half_ulp(double v) {
   if (v < 0x1p-6) return 0x1p-10;
@@ -69,21 +63,15 @@ struct Quantized {
   Tensor q, scales;  // e4m3 (rows, cols), f32 (row tiles, col tiles)
 };
 
-// Every byte of t := v (a second poison: 0xff, test::poisoned's, is an e4m3 NaN code, which
-// codes_equal takes as equal to any NaN the reference wrote).
-void fill_bytes(Tensor& t, uint8_t v) {
-  std::vector<uint8_t> b(t.nbytes(), v);
-  if (!b.empty()) copy_bytes(t.data_ptr(), t.device(), b.data(), Device::cpu(), b.size());
-}
-
 // x (rows, cols) -> quantized with one scale per block_rows x 128 tile, on `dev`; q starts as
-// q_poison bytes.
+// q_poison bytes (a second poison: 0xff, test::poisoned's, is an e4m3 NaN code, which
+// codes_equal takes as equal to any NaN the reference wrote).
 Quantized quantize(const Tensor& x, int64_t block_rows, Device dev, uint8_t q_poison = 0xff) {
   const int64_t rows = x.size(0), cols = x.size(1);
   Quantized r{test::poisoned({rows, cols}, DType::E4M3, dev),
               test::poisoned({(rows + block_rows - 1) / block_rows, fp8_blocks(cols)},
                              DType::F32, dev)};
-  if (q_poison != 0xff) fill_bytes(r.q, q_poison);
+  if (q_poison != 0xff) test::poison(r.q, q_poison);
   const Tensor xd = x.to(dev);
   if (block_rows == 1) kernels::quantize_fp8_rows()(dev, xd, r.q, r.scales);
   else kernels::quantize_fp8_blocks()(dev, xd, r.q, r.scales);
@@ -97,7 +85,7 @@ void expect_quantized(const std::string& name, const Tensor& x, const Quantized&
                       int64_t block_rows) {
   const int64_t rows = x.size(0), cols = x.size(1), tc = fp8_blocks(cols);
   const std::vector<float> xv = x.to_float_vector(), sv = r.scales.to_float_vector();
-  const std::vector<uint8_t> qv = bytes_of(r.q);
+  const std::vector<uint8_t> qv = host_bytes(r.q);
   std::vector<float> amax(sv.size(), 0.0f);
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) {
@@ -185,7 +173,7 @@ TEST(Fp8Cpu, QuantizeRowsSpecialValues) {
     Tensor x = Tensor::randn({2, 300}, case_seed(90), DType::F32).to(dt);
     special_values(x.select(0, 1));
     const Quantized qz = quantize(x, 1, Device::cpu());
-    const std::vector<uint8_t> q = bytes_of(qz.q.select(0, 1));
+    const std::vector<uint8_t> q = host_bytes(qz.q.select(0, 1));
     // A NaN's sign after the division is the platform's (IEEE leaves it open): a NaN code.
     EXPECT_EQ(q[0] & 0x7f, 0x7f) << dtype_name(dt);
     EXPECT_EQ(q[1] & 0x7f, 0x7f) << dtype_name(dt);
@@ -238,7 +226,7 @@ GemmCase make_case(int64_t m, int64_t n, int64_t k, uint64_t seed,
 // The exact values the GEMM multiplies: e4m3(q) * scale of its tile, in f64.
 std::vector<double> dequantize(const Quantized& r, int64_t block_rows) {
   const int64_t rows = r.q.size(0), cols = r.q.size(1), tc = fp8_blocks(cols);
-  const std::vector<uint8_t> q = bytes_of(r.q);
+  const std::vector<uint8_t> q = host_bytes(r.q);
   const std::vector<float> s = r.scales.to_float_vector();
   std::vector<double> out(q.size());
   for (int64_t i = 0; i < rows; ++i)
@@ -328,8 +316,8 @@ void expect_transposed_rows_match(Device dev) {
       kernels::quantize_fp8_rows_transposed()(dev, x.to(dev), got.q, got.scales);
       const std::string name = fmt::format("transposed rows {} ({}, {}) on {}", dtype_name(dt), m,
                                            k, dev.str());
-      EXPECT_TRUE(bytes_of(got.q) == bytes_of(want.q)) << name << ": q bytes differ";
-      EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
+      EXPECT_TRUE(host_bytes(got.q) == host_bytes(want.q)) << name << ": q bytes differ";
+      EXPECT_TRUE(host_bytes(got.scales) == host_bytes(want.scales)) << name << ": scales differ";
     }
 }
 
@@ -691,9 +679,9 @@ TEST(Fp8Cuda, QuantizeBitIdenticalToCpu) {
         // write cannot match the reference both times.
         for (uint8_t poison : {uint8_t{0xff}, uint8_t{0x00}}) {
           const Quantized got = quantize(x, block_rows, kGpu, poison);
-          EXPECT_TRUE(codes_equal(bytes_of(got.q), bytes_of(want.q)))
+          EXPECT_TRUE(codes_equal(host_bytes(got.q), host_bytes(want.q)))
               << name << ": q bytes differ (q poisoned with " << int{poison} << ")";
-          EXPECT_TRUE(bytes_of(got.scales) == bytes_of(want.scales)) << name << ": scales differ";
+          EXPECT_TRUE(host_bytes(got.scales) == host_bytes(want.scales)) << name << ": scales differ";
         }
       }
 }
@@ -1057,7 +1045,7 @@ TEST(Fp8Cuda, HopperProbeTmaSwizzle) {
   };
   for (const Box& b : {Box{0, 0, 64}, Box{64, 128, 64}, Box{96, 0, 8}, Box{40, 128, 128}}) {
     const std::vector<uint8_t> got =
-        bytes_of(cuda::hopper_probe_tma_box(g, row_bytes, b.row0, b.col0, b.rows));
+        host_bytes(cuda::hopper_probe_tma_box(g, row_bytes, b.row0, b.col0, b.rows));
     ASSERT_EQ(got.size(), static_cast<size_t>(b.rows) * 128);
     int bad = 0;
     for (int r = 0; r < b.rows; ++r)
@@ -1191,7 +1179,7 @@ TEST(Fp8Cuda, WgmmaGemmMatchesReference) {
 // e4m3 bytes with the sign bit cleared: |q|, so that a GEMM of |a| and |b| with the same
 // (positive) scales gives sum |a b|, the elementwise error scale, on the GPU.
 Tensor abs_e4m3(const Tensor& q) {
-  std::vector<uint8_t> b = bytes_of(q);
+  std::vector<uint8_t> b = host_bytes(q);
   for (uint8_t& v : b) v &= 0x7fu;
   Tensor t = Tensor::empty(q.shape(), DType::E4M3, kGpu);
   copy_bytes(t.data_ptr(), kGpu, b.data(), kCpu, b.size());

@@ -24,6 +24,7 @@ namespace r1 {
 namespace {
 
 using test::case_seed;
+using test::host_bytes;
 
 [[maybe_unused]] const uint64_t kRunSeed = test::run_seed();
 
@@ -227,24 +228,15 @@ TEST(LinearFp8, RejectsMismatchedInputs) {
                Error);
 }
 
-// A tensor's bytes (on the host): codes compared as bits, so that +0 and -0 (0x00, 0x80) or
-// two scales of one value with different signs of zero do not pass as equal.
-std::vector<unsigned char> raw_bytes(const Tensor& t) {
-  const Tensor h = t.to(Device::cpu()).contiguous();
-  std::vector<unsigned char> v(h.nbytes());
-  if (!v.empty()) std::memcpy(v.data(), h.data_ptr(), v.size());
-  return v;
-}
-
 // A fused producer's quantization is quantize_fp8_rows of its output x (M, K) on x's device,
-// bit for bit (codes and scales).
+// bit for bit (codes and scales compared as bytes: -0 and +0 differ).
 void expect_quantization_of(const Tensor& x, const Fp8Rows& fused, const std::string& name) {
   const Device dev = x.device();
   Tensor q = Tensor::empty(x.shape(), DType::E4M3, dev);
   Tensor sc = Tensor::empty({x.size(0), fp8_blocks(x.size(1))}, DType::F32, dev);
   kernels::quantize_fp8_rows()(dev, x, q, sc);
-  EXPECT_TRUE(raw_bytes(fused.q) == raw_bytes(q)) << name << ": q bytes";
-  EXPECT_TRUE(raw_bytes(fused.scales) == raw_bytes(sc)) << name << ": scale bytes";
+  EXPECT_TRUE(host_bytes(fused.q) == host_bytes(q)) << name << ": q bytes";
+  EXPECT_TRUE(host_bytes(fused.scales) == host_bytes(sc)) << name << ": scale bytes";
 }
 
 // The fused producer (swiglu with an Fp8Rows output, kernel swiglu_quantize_fp8) on `dev`:
@@ -344,8 +336,8 @@ void expect_masked_swiglu_matches(Device dev) {
         const std::string name = fmt::format("{}x{}x{} {} counts {} {}", g, mmax, f, dtype_name(dt),
                                              dtype_name(cdt), dev.str());
         const auto o = out.to(DType::F64).to_double_vector(), wo = want_out.to(DType::F64).to_double_vector();
-        const std::vector<unsigned char> qv = raw_bytes(q), wq = raw_bytes(want_q);
-        const unsigned char sentinel_q = raw_bytes(Tensor::full({1}, 3.0, DType::E4M3))[0];
+        const std::vector<unsigned char> qv = host_bytes(q), wq = host_bytes(want_q);
+        const unsigned char sentinel_q = host_bytes(Tensor::full({1}, 3.0, DType::E4M3))[0];
         const auto sv = sc.to_double_vector(), ws = want_s.to_double_vector();
         for (int64_t e = 0; e < g; ++e)
           for (int64_t i = 0; i < mmax; ++i) {

@@ -23,6 +23,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::case_seed;
+using test::host_bytes;
 
 // A tiny DeepSeek-V3: q compression, 2 layers (1 dense, 1 MoE with 4 experts in 2 groups,
 // a shared expert), untied head. And a tiny Qwen2 with q/k/v biases and tied embeddings.
@@ -52,13 +53,6 @@ ParamMap random_params(const ModelConfig& c, uint64_t seed, DType dt = DType::F3
   for (const ParamSpec& s : parameter_specs(c))
     p[s.name] = Tensor::randn(s.shape, case_seed(seed++), dt);
   return p;
-}
-
-std::vector<unsigned char> bytes_of(const Tensor& t) {
-  const Tensor h = t.contiguous();
-  std::vector<unsigned char> v(h.nbytes());
-  std::memcpy(v.data(), h.data_ptr(), v.size());
-  return v;
 }
 
 // The tensors of a saved checkpoint, as (name, tensor) in file order, to rewrite variants.
@@ -115,7 +109,7 @@ TEST(Checkpoint, SaveLoadRoundTripsBitForBit) {
       const ParamMap back = load_checkpoint(dir, c, dt);
       ASSERT_EQ(back.size(), p.size());
       for (const auto& [name, t] : p)
-        EXPECT_EQ(bytes_of(back.at(name)), bytes_of(t)) << c.model_type << " " << name;
+        EXPECT_EQ(host_bytes(back.at(name)), host_bytes(t)) << c.model_type << " " << name;
     }
   }
   // Only the checkpoint is left: no temp or old directories beside it.
@@ -181,7 +175,7 @@ TEST(Checkpoint, MtpLayersAreSkippedAndShardsLoad) {
   std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
   const ParamMap back = load_checkpoint(dir, c);
   EXPECT_EQ(back.size(), p.size());
-  for (const auto& [name, t] : p) EXPECT_EQ(bytes_of(back.at(name)), bytes_of(t)) << name;
+  for (const auto& [name, t] : p) EXPECT_EQ(host_bytes(back.at(name)), host_bytes(t)) << name;
   // The index names a shard that is not there.
   index["weight_map"]["model.norm.weight"] = "model-00003-of-00002.safetensors";
   std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
@@ -203,7 +197,7 @@ TEST(Checkpoint, ShardedSaveRoundTrips) {
   EXPECT_GT(shards, 2);
   const ParamMap back = load_checkpoint(dir, c);
   ASSERT_EQ(back.size(), p.size());
-  for (const auto& [name, t] : p) EXPECT_EQ(bytes_of(back.at(name)), bytes_of(t)) << name;
+  for (const auto& [name, t] : p) EXPECT_EQ(host_bytes(back.at(name)), host_bytes(t)) << name;
 }
 
 TEST(Checkpoint, BadTensorsNameTheTensorAndTheFile) {
@@ -260,7 +254,7 @@ TEST(Checkpoint, AFailedSaveKeepsTheOldCheckpoint) {
   broken.erase("model.norm.weight");
   EXPECT_THROW(save_checkpoint(dir, c, broken), InputError);
   const ParamMap back = load_checkpoint(dir, c);
-  for (const auto& [name, t] : p) EXPECT_EQ(bytes_of(back.at(name)), bytes_of(t)) << name;
+  for (const auto& [name, t] : p) EXPECT_EQ(host_bytes(back.at(name)), host_bytes(t)) << name;
 }
 
 }  // namespace
