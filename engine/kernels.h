@@ -49,6 +49,33 @@ R1_KERNEL(sum_squares, double(const Tensor& x))
 // trans_a, b is (Bb, K, N) or (Bb, N, K) when trans_b, and Ba, Bb are B or 1 (broadcast).
 R1_KERNEL(gemm, void(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
                      double alpha, double beta))
+// A gemm call's sizes, checked against the contract above (3-d a, b, c of one dtype on one
+// device, contiguous, op(a) @ op(b) giving c, a and b batches B or 1): each backend's gemm
+// (and the CUDA batch-invariant one) starts here.
+struct GemmDims {
+  int64_t batch, batch_a, batch_b, m, n, k;
+};
+inline GemmDims check_gemm_operands(const Tensor& a, const Tensor& b, const Tensor& c, bool ta,
+                                    bool tb) {
+  R1_CHECK(a.dim() == 3 && b.dim() == 3 && c.dim() == 3,
+           "gemm: needs 3-d a, b, c, got a {} b {} c {}", shape_str(a.shape()),
+           shape_str(b.shape()), shape_str(c.shape()));
+  R1_CHECK(a.dtype() == c.dtype() && b.dtype() == c.dtype(), "gemm: dtypes a {} b {} c {}",
+           dtype_name(a.dtype()), dtype_name(b.dtype()), dtype_name(c.dtype()));
+  R1_CHECK(a.device() == c.device() && b.device() == c.device(),
+           "gemm: devices a {} b {} c {}", a.device().str(), b.device().str(), c.device().str());
+  R1_CHECK(a.is_contiguous() && b.is_contiguous() && c.is_contiguous(),
+           "gemm: needs contiguous a, b, c");
+  const GemmDims d{c.size(0), a.size(0), b.size(0), c.size(1), c.size(2),
+                   ta ? a.size(1) : a.size(2)};
+  const int64_t am = ta ? a.size(2) : a.size(1);
+  const int64_t bk = tb ? b.size(2) : b.size(1), bn = tb ? b.size(1) : b.size(2);
+  R1_CHECK(am == d.m && bk == d.k && bn == d.n && (d.batch_a == d.batch || d.batch_a == 1) &&
+               (d.batch_b == d.batch || d.batch_b == 1),
+           "gemm: a {}{} @ b {}{} does not give c {}", shape_str(a.shape()), ta ? "^T" : "",
+           shape_str(b.shape()), tb ? "^T" : "", shape_str(c.shape()));
+  return d;
+}
 
 // ---- indexing --------------------------------------------------------------------------
 // torch.gather on the middle dim: x (outer, Dx, inner), index (outer, Di, inner) int,

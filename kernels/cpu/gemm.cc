@@ -86,26 +86,9 @@ void matrix_product(const ProductShape& s, T alpha, const T* a, const T* b, T be
     blas_product(s, alpha, a, b, beta, c);
 }
 
-struct GemmDims {
-  int64_t batch, batch_a, batch_b, m, n, k;
-};
-
-// Checks a, b, c against the contract and returns the sizes.
+// The contract's check (engine/kernels.h), then BLAS's integer range.
 GemmDims check_gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta, bool tb) {
-  R1_CHECK(a.dim() == 3 && b.dim() == 3 && c.dim() == 3,
-           "gemm: needs 3-d a, b, c, got a {} b {} c {}", shape_str(a.shape()),
-           shape_str(b.shape()), shape_str(c.shape()));
-  R1_CHECK(a.dtype() == c.dtype() && b.dtype() == c.dtype(), "gemm: dtypes a {} b {} c {}",
-           dtype_name(a.dtype()), dtype_name(b.dtype()), dtype_name(c.dtype()));
-  R1_CHECK(a.is_contiguous() && b.is_contiguous() && c.is_contiguous(),
-           "gemm: needs contiguous a, b, c");
-  GemmDims d{c.size(0), a.size(0), b.size(0), c.size(1), c.size(2), ta ? a.size(1) : a.size(2)};
-  const int64_t am = ta ? a.size(2) : a.size(1);
-  const int64_t bk = tb ? b.size(2) : b.size(1), bn = tb ? b.size(1) : b.size(2);
-  R1_CHECK(am == d.m && bk == d.k && bn == d.n && (d.batch_a == d.batch || d.batch_a == 1) &&
-               (d.batch_b == d.batch || d.batch_b == 1),
-           "gemm: a {}{} @ b {}{} does not give c {}", shape_str(a.shape()), ta ? "^T" : "",
-           shape_str(b.shape()), tb ? "^T" : "", shape_str(c.shape()));
+  const GemmDims d = check_gemm_operands(a, b, c, ta, tb);
   constexpr int64_t kMaxBlas = std::numeric_limits<blasint>::max();
   R1_CHECK(d.batch * d.m <= kMaxBlas && d.n <= kMaxBlas && d.k <= kMaxBlas,
            "gemm: sizes (B {}, M {}, N {}, K {}) exceed the BLAS integer range", d.batch, d.m,

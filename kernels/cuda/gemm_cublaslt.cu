@@ -262,41 +262,26 @@ cudaDataType_t cuda_dtype(DType t) {
   return CUDA_R_32F;  // unreachable
 }
 
-// Checks a, b, c against the contract and returns the problem (trans flags and sizes).
+// The contract's check (engine/kernels.h) as the problem cuBLASLt is given.
 GemmProblem check_gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta, bool tb) {
-  R1_CHECK(a.dim() == 3 && b.dim() == 3 && c.dim() == 3,
-           "gemm: needs 3-d a, b, c, got a {} b {} c {}", shape_str(a.shape()),
-           shape_str(b.shape()), shape_str(c.shape()));
-  R1_CHECK(a.dtype() == c.dtype() && b.dtype() == c.dtype(), "gemm: dtypes a {} b {} c {}",
-           dtype_name(a.dtype()), dtype_name(b.dtype()), dtype_name(c.dtype()));
-  R1_CHECK(a.device() == c.device() && b.device() == c.device(),
-           "gemm: devices a {} b {} c {}", a.device().str(), b.device().str(), c.device().str());
-  R1_CHECK(a.is_contiguous() && b.is_contiguous() && c.is_contiguous(),
-           "gemm: needs contiguous a, b, c");
-  GemmProblem p{cuda_dtype(c.dtype()), ta, tb, a.size(0) == 1, b.size(0) == 1,
-                c.size(0), c.size(1), c.size(2), ta ? a.size(1) : a.size(2)};
-  const int64_t am = ta ? a.size(2) : a.size(1);
-  const int64_t bk = tb ? b.size(2) : b.size(1), bn = tb ? b.size(1) : b.size(2);
-  R1_CHECK(am == p.m && bk == p.k && bn == p.n &&
-               (a.size(0) == p.batch || a.size(0) == 1) &&
-               (b.size(0) == p.batch || b.size(0) == 1),
-           "gemm: a {}{} @ b {}{} does not give c {}", shape_str(a.shape()), ta ? "^T" : "",
-           shape_str(b.shape()), tb ? "^T" : "", shape_str(c.shape()));
-  return p;
+  const GemmDims d = check_gemm_operands(a, b, c, ta, tb);
+  return {cuda_dtype(c.dtype()), ta, tb, d.batch_a == 1, d.batch_b == 1, d.batch, d.m, d.n, d.k};
 }
 
 // a (Ba, M, K) or (Ba, K, M), b (Bb, K, N) or (Bb, N, K), c (B, M, N); f32 or bf16.
 void gemm_cuda(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
                double alpha, double beta) {
   GemmProblem p = check_gemm(a, b, c, trans_a, trans_b);
-  if (batch_invariant() && invariant_gemm_enabled()) {
-    gemm_invariant(a, b, c, trans_a, trans_b, alpha, beta);
-    return;
-  }
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
-  if (p.k == 0) {  // empty sum: c := beta * c, and beta == 0 must not read c (maybe NaN)
+  // No product term (an empty sum, or alpha == 0, where BLAS reads neither a nor b, as the
+  // CPU's gemm does): c := beta * c, and beta == 0 must not read c (maybe NaN).
+  if (p.k == 0 || alpha == 0.0) {
     if (beta == 0.0) kernels::fill()(c.device(), c, 0.0);
     else kernels::affine()(c.device(), c, beta, 0.0, c);
+    return;
+  }
+  if (batch_invariant() && invariant_gemm_enabled()) {
+    gemm_invariant(a, b, c, trans_a, trans_b, alpha, beta);
     return;
   }
   // One b for the whole batch and a's rows stacked in memory: the batch folds into M, one

@@ -22,7 +22,9 @@
 namespace r1::cuda {
 
 // c (B, M, N) := alpha op(a) op(b) + beta c, as the gemm kernel (engine/kernels.h); f32 or
-// bf16, contiguous; on the current stream.
+// bf16, on the current stream. The launch only: the caller (the CUDA gemm, gemm_cublaslt.cu)
+// has checked the operands (check_gemm_operands) and handled the cases without a product
+// term, so B, M, N, K > 0 and alpha != 0 here.
 void gemm_invariant(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
                     double alpha, double beta);
 

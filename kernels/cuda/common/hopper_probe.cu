@@ -10,6 +10,7 @@
 #include "kernels/cuda/common/hopper.cuh"
 #include "kernels/cuda/common/launch.cuh"
 #include "kernels/cuda/common/tma.h"
+#include "kernels/cuda/fp8/gemm_fp8_wgmma.h"
 
 namespace r1::cuda {
 namespace {
@@ -125,10 +126,7 @@ __global__ void __launch_bounds__(kProbeThreads)
 void check_probe_device(const Tensor& t, const char* what) {
   R1_CHECK(t.device().is_cuda() && t.is_contiguous(), "{}: a contiguous CUDA tensor, got {}",
            what, t.str());
-  cudaDeviceProp p{};
-  R1_CUDA_CHECK(cudaGetDeviceProperties(&p, t.device().index));
-  R1_CHECK(p.major == 9, "{}: needs an sm_90 GPU, got compute capability {}.{}", what, p.major,
-           p.minor);
+  R1_CHECK(fp8_wgmma_supported(t.device().index), "{}: needs an sm_90 GPU (TMA, wgmma)", what);
 }
 
 }  // namespace
