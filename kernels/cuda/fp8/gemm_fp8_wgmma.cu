@@ -10,6 +10,12 @@
 //     overwrites); wait for them; release stage s (one arrival per warp on empty[s]);
 //     acc += part * a_scales[row, kb] * b_scales[n0 / 128, kb]   (the V3 promotion, fp32)
 //   then stores its 64 x block_n piece of d straight from registers (in-range elements).
+//   The 256-column tile is two slices of 128 (N 256 would need 128 partial registers beside
+//   128 accumulators): per k-block, slice 0's wgmmas, promotion, then slice 1's, with b's
+//   scale block n0 / 128 + slice. Its a tile is loaded once per 256 columns: a third less L2
+//   traffic per FLOP than the 128 x 128 tile.
+//   1D1D (b with 1x128 row scales, wgrad): the producer also copies the k-block's column scales
+//   of the tile into the stage (one 1-d bulk copy), read from there at promotion.
 // The stages form a ring that runs on across tiles: the producer fetches the next tile's
 // k-blocks while the consumers finish and store the current one. Two consumer warpgroups
 // overlap one's promotion with the other's tensor-core work.
@@ -70,7 +76,9 @@ enum Mode : int { kDense = 0, kContiguous = 1, kMasked = 2 };
 struct Args {
   const float* sa;      // (rows_total, kbs)
   const float* sb;      // (groups, nbs, kbs)
-  const float* sbt;     // 1D1D (dense only): b's 1x128 row scales transposed, (kbs, n)
+  const float* sbt;     // 1D1D (dense only): b's 1x128 row scales transposed, (kbs, sbt_pitch),
+                        // zero past n; row kb's tile columns are bulk-copied into the stage
+  int sbt_pitch;        // a multiple of 256 (every tile's columns lie inside a row)
   void* d;              // (rows_total, n)
   const void* index;    // offsets (G + 1) or counts (G), i32 or i64; unused when dense
   int index64;          // index is int64
@@ -83,19 +91,29 @@ struct Args {
   int vec_store;        // d rows admit 2-element vector stores (n even, d aligned)
 };
 
-template <int kConsumers, int kBN, int kStages>
+// kBN: the columns of one wgmma (64 or 128); kSplit: how many such column slices a tile has
+// (1, or 2 for the 256-column tile: each consumer warpgroup multiplies its 64 rows by the
+// slices one after another into the same partial registers, promoting each before the next,
+// so it holds 64 x 256 accumulators with 64 x 128 partials: 192 registers, not 256).
+template <int kConsumers, int kBN, int kStages, int kSplit = 1>
 struct Cfg {
   static constexpr int kBM = 64 * kConsumers;
+  static constexpr int kTileN = kBN * kSplit;
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kABytes = kBM * kBK, kBBytes = kBN * kBK;
+  static constexpr int kABytes = kBM * kBK, kBBytes = kTileN * kBK;
+  static constexpr int kSliceBytes = kBN * kBK;  // one slice of b in a stage
   static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr int kAcc = kBN / 2;  // fp32 accumulators per thread (m64 x kBN / 128)
-  // stages, their full and empty barriers, and slack to align the stages to 1024 bytes
-  static constexpr int kSmem = kStages * kStageBytes + 2 * kStages * 8 + 1024;
+  static constexpr int kScaleBytes = kTileN * 4;  // 1D1D: a k-block's column scales of the tile
+  static constexpr int kAcc = kBN / 2;  // fp32 accumulators per thread and slice (m64 x kBN / 128)
+  // stages, the 1D1D column scales of each stage, their full and empty barriers, and slack to
+  // align the stages to 1024 bytes
+  static constexpr int kSmem = kStages * (kStageBytes + kScaleBytes) + 2 * kStages * 8 + 1024;
   static_assert(kStageBytes % 1024 == 0, "every stage's tiles stay 1024-byte aligned");
   static_assert(kSmem + sizeof(Groups) <= 227 * 1024,
                 "with the static group table, fits Hopper's shared memory per block");
-  static_assert(kFp8Block % kBN == 0, "a tile's columns share one block of b's scales");
+  static_assert(kFp8Block % kBN == 0, "a slice's columns share one block of b's scales");
+  static_assert(kSplit == 1 || kBN == kFp8Block, "slice s of a tile is b's scale block n0/128 + s");
+  static_assert(kTileN <= 256, "a TMA box has at most 256 rows");
 };
 
 __device__ inline int64_t index_at(const Args& a, int i) {
@@ -169,19 +187,21 @@ __device__ inline void store2(uint16_t* d, int64_t i, float v0, float v1, bool b
   }
 }
 
-// kRowScales: b has 1x128 row scales (1D1D, wgrad), one per output column and k-block, read
-// from a.sbt; else one 128x128 block scale per tile and k-block.
-template <int kConsumers, int kBN, int kStages, class OutT, bool kRowScales>
-__global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
+// kRowScales: b has 1x128 row scales (1D1D, wgrad), one per output column and k-block, copied
+// with each stage from a.sbt; else one 128x128 block scale per 128 columns and k-block.
+template <int kConsumers, int kBN, int kStages, int kSplit, class OutT, bool kRowScales>
+__global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThreads, 1)
     gemm_fp8_wgmma_kernel(const __grid_constant__ CUtensorMap tm_a,
                           const __grid_constant__ CUtensorMap tm_b, const Args a) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Cfg<kConsumers, kBN, kStages>;
+  using C = Cfg<kConsumers, kBN, kStages, kSplit>;
+  constexpr int kTileN = C::kTileN;
   constexpr int kBM = C::kBM;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   __shared__ Groups gs;
   uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  auto* full = reinterpret_cast<uint64_t*>(smem + kStages * C::kStageBytes);
+  auto* col_scales = reinterpret_cast<float*>(smem + kStages * C::kStageBytes);  // 1D1D only
+  auto* full = reinterpret_cast<uint64_t*>(smem + kStages * (C::kStageBytes + C::kScaleBytes));
   uint64_t* empty = full + kStages;
 
   if (threadIdx.x == 0) {
@@ -203,15 +223,18 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
     if (threadIdx.x == 0) {
       uint32_t it = 0;
       for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
-        const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kBN);
+        const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kTileN);
         const int b_row = tl.g * a.n + tl.n0;
         for (int kb = 0; kb < a.kbs; ++kb, ++it) {
           const uint32_t s = it % kStages, phase = (it / kStages) & 1;
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* st = smem + s * C::kStageBytes;
-          mbar_arrive_expect_tx(&full[s], C::kStageBytes);
+          mbar_arrive_expect_tx(&full[s], C::kStageBytes + (kRowScales ? C::kScaleBytes : 0));
           tma_load_2d(st, &tm_a, &full[s], kb * kBK, tl.row0);
           tma_load_2d(st + C::kABytes, &tm_b, &full[s], kb * kBK, b_row);
+          if constexpr (kRowScales)
+            bulk_load_1d(col_scales + s * kTileN, a.sbt + int64_t{kb} * a.sbt_pitch + tl.n0,
+                         C::kScaleBytes, &full[s]);
         }
       }
     }
@@ -226,75 +249,89 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
     for (int i = 0; i < C::kAcc; ++i) part[i] = 0.0f;
     uint32_t it = 0;
     for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
-      const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kBN);
+      const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kTileN);
       const int r_lo = tl.row0 + 64 * c + 16 * warp + g8, r_hi = r_lo + 8;
       const float* sa_lo = a.sa + int64_t{min(r_lo, a.rows_total - 1)} * a.kbs;
       const float* sa_hi = a.sa + int64_t{min(r_hi, a.rows_total - 1)} * a.kbs;
-      const float* sbp = a.sb + (int64_t{tl.g} * a.nbs + tl.n0 / kFp8Block) * a.kbs;
-      float acc[C::kAcc];
+      const int nb0 = tl.n0 / kFp8Block;  // b's scale block of slice 0; slice h has nb0 + h
+      const float* sbp = a.sb + (int64_t{tl.g} * a.nbs + nb0) * a.kbs;
+      float acc[kSplit][C::kAcc];
 #pragma unroll
-      for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
+      for (int h = 0; h < kSplit; ++h)
+#pragma unroll
+        for (int i = 0; i < C::kAcc; ++i) acc[h][i] = 0.0f;
       for (int kb = 0; kb < a.kbs; ++kb, ++it) {
         const uint32_t s = it % kStages, phase = (it / kStages) & 1;
         // The scales first: their loads are in flight while the tensor cores work.
         const float a_lo = __ldg(sa_lo + kb), a_hi = __ldg(sa_hi + kb);
-        float b_s = 0.0f;
-        float2 b_col[kRowScales ? kBN / 8 : 1];  // 1D1D: columns 8 j + 2 t4 + {0, 1}
-        if constexpr (kRowScales) {
-          const float* row = a.sbt + int64_t{kb} * a.n;
+        float b_s[kSplit];
 #pragma unroll
-          for (int j = 0; j < kBN / 8; ++j) {
-            const int col = tl.n0 + 8 * j + 2 * t4;
-            b_col[j].x = col < a.n ? __ldg(row + col) : 0.0f;
-            b_col[j].y = col + 1 < a.n ? __ldg(row + col + 1) : 0.0f;
-          }
-        } else {
-          b_s = __ldg(sbp + kb);
-        }
+        for (int h = 0; h < kSplit; ++h)  // a slice past b's last block (past N) is not stored
+          b_s[h] = !kRowScales && nb0 + h < a.nbs ? __ldg(sbp + int64_t{h} * a.kbs + kb) : 0.0f;
         mbar_wait(&full[s], phase);
         const uint8_t* st = smem + s * C::kStageBytes;
         const uint64_t da = smem_desc_sw128(st + 64 * c * kBK);
-        const uint64_t db = smem_desc_sw128(st + C::kABytes);
-        fence_operands(part);
-        wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBK / 32; ++kk)
-          WgmmaE4M3<kBN>::mma(part, desc_advance(da, 32 * kk), desc_advance(db, 32 * kk), kk);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_operands(part);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[s]);  // this warp is done reading stage s
-        if constexpr (kRowScales) {
+        for (int h = 0; h < kSplit; ++h) {
+          const uint64_t db = smem_desc_sw128(st + C::kABytes + h * C::kSliceBytes);
+          fence_operands(part);
+          wgmma_fence();
 #pragma unroll
-          for (int j = 0; j < kBN / 8; ++j) {
-            acc[4 * j + 0] = fmaf(part[4 * j + 0], a_lo * b_col[j].x, acc[4 * j + 0]);
-            acc[4 * j + 1] = fmaf(part[4 * j + 1], a_lo * b_col[j].y, acc[4 * j + 1]);
-            acc[4 * j + 2] = fmaf(part[4 * j + 2], a_hi * b_col[j].x, acc[4 * j + 2]);
-            acc[4 * j + 3] = fmaf(part[4 * j + 3], a_hi * b_col[j].y, acc[4 * j + 3]);
-          }
-        } else {
-          const float s_lo = a_lo * b_s, s_hi = a_hi * b_s;
+          for (int kk = 0; kk < kBK / 32; ++kk)
+            WgmmaE4M3<kBN>::mma(part, desc_advance(da, 32 * kk), desc_advance(db, 32 * kk), kk);
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_operands(part);
+          // This warp is done with stage s once its last slice's wgmma has read it, and (1D1D)
+          // once it has read the column scales there; a reader's generic loads are ordered
+          // before the copy engine's refill by fence.proxy.async (PTX ISA, proxies).
+          auto release = [&] {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&empty[s]);
+          };
+          if (!kRowScales && h == kSplit - 1) release();
+          float* ac = acc[h];
+          if constexpr (kRowScales) {
+            // columns n0 + h kBN + 8 j + 2 t4 + {0, 1}: float2 4 j + t4 of the slice's scales
+            const auto* bc = reinterpret_cast<const float2*>(col_scales + s * kTileN + h * kBN);
 #pragma unroll
-          for (int j = 0; j < kBN / 8; ++j) {
-            acc[4 * j + 0] = fmaf(part[4 * j + 0], s_lo, acc[4 * j + 0]);
-            acc[4 * j + 1] = fmaf(part[4 * j + 1], s_lo, acc[4 * j + 1]);
-            acc[4 * j + 2] = fmaf(part[4 * j + 2], s_hi, acc[4 * j + 2]);
-            acc[4 * j + 3] = fmaf(part[4 * j + 3], s_hi, acc[4 * j + 3]);
+            for (int j = 0; j < kBN / 8; ++j) {
+              const float2 b_col = bc[4 * j + t4];
+              ac[4 * j + 0] = fmaf(part[4 * j + 0], a_lo * b_col.x, ac[4 * j + 0]);
+              ac[4 * j + 1] = fmaf(part[4 * j + 1], a_lo * b_col.y, ac[4 * j + 1]);
+              ac[4 * j + 2] = fmaf(part[4 * j + 2], a_hi * b_col.x, ac[4 * j + 2]);
+              ac[4 * j + 3] = fmaf(part[4 * j + 3], a_hi * b_col.y, ac[4 * j + 3]);
+            }
+            if (h == kSplit - 1) {
+              fence_proxy_async_smem();
+              release();
+            }
+          } else {
+            const float s_lo = a_lo * b_s[h], s_hi = a_hi * b_s[h];
+#pragma unroll
+            for (int j = 0; j < kBN / 8; ++j) {
+              ac[4 * j + 0] = fmaf(part[4 * j + 0], s_lo, ac[4 * j + 0]);
+              ac[4 * j + 1] = fmaf(part[4 * j + 1], s_lo, ac[4 * j + 1]);
+              ac[4 * j + 2] = fmaf(part[4 * j + 2], s_hi, ac[4 * j + 2]);
+              ac[4 * j + 3] = fmaf(part[4 * j + 3], s_hi, ac[4 * j + 3]);
+            }
           }
         }
       }
       const bool lo_in = r_lo < tl.row_end, hi_in = r_hi < tl.row_end;
       const bool vec = a.vec_store != 0;
 #pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        const int col = tl.n0 + 8 * j + 2 * t4;
-        if (col >= a.n) continue;
-        const bool both = col + 1 < a.n;
-        if (lo_in) store2(d, int64_t{r_lo} * a.n + col, acc[4 * j], acc[4 * j + 1], both, vec);
-        if (hi_in)
-          store2(d, int64_t{r_hi} * a.n + col, acc[4 * j + 2], acc[4 * j + 3], both, vec);
-      }
+      for (int h = 0; h < kSplit; ++h)
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+          const int col = tl.n0 + h * kBN + 8 * j + 2 * t4;
+          if (col >= a.n) continue;
+          const bool both = col + 1 < a.n;
+          const float* ac = acc[h];
+          if (lo_in) store2(d, int64_t{r_lo} * a.n + col, ac[4 * j], ac[4 * j + 1], both, vec);
+          if (hi_in)
+            store2(d, int64_t{r_hi} * a.n + col, ac[4 * j + 2], ac[4 * j + 3], both, vec);
+        }
     }
   }
 #else
@@ -306,25 +343,26 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages>::kThreads, 1)
 #endif
 }
 
-template <int kConsumers, int kBN, int kStages, class OutT, bool kRowScales>
+template <int kConsumers, int kBN, int kStages, int kSplit, class OutT, bool kRowScales>
 void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int grid,
             cudaStream_t s) {
-  using C = Cfg<kConsumers, kBN, kStages>;
-  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, OutT, kRowScales>;
+  using C = Cfg<kConsumers, kBN, kStages, kSplit>;
+  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, kSplit, OutT, kRowScales>;
   opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), C::kSmem);
   kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
   R1_CUDA_CHECK_LAUNCH();
 }
 
-// The compiled configurations (block_m, block_n, stages): 2 or 1 consumer warpgroups, 128 or
-// 64 columns; stages fill about 192 KB of shared memory.
+// The compiled configurations (block_m, block_n, stages): 2 or 1 consumer warpgroups, 256 (two
+// slices of 128), 128 or 64 columns; stages fill about 192 KB of shared memory.
 template <class OutT, bool kRowScales>
 void launch_config(const Fp8WgmmaConfig& c, const CUtensorMap& ta, const CUtensorMap& tb,
                    const Args& args, int grid, cudaStream_t s) {
-  if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, OutT, kRowScales>(ta, tb, args, grid, s);
+  if (c == Fp8WgmmaConfig{128, 256, 4}) launch<2, 128, 4, 2, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, 1, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, 1, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, 1, OutT, kRowScales>(ta, tb, args, grid, s);
+  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, 1, OutT, kRowScales>(ta, tb, args, grid, s);
   else R1_CHECK(false, "gemm_fp8_wgmma: configuration {} is not compiled", c.name());
 }
 
@@ -436,13 +474,18 @@ void run(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q, const Ten
   if (grid == 0) return;
   const CUtensorMap ta = map_rows(a_q, rows_total, k, c.block_m);
   const CUtensorMap tb = map_rows(b_q, groups * n, k, c.block_n);
-  // 1D1D: the row scales (n, kbs) transposed, so a k-block's column scales are contiguous
-  // (a small copy; freed in stream order after the launch).
+  // 1D1D: the row scales (n, kbs) transposed, so a k-block's column scales are contiguous,
+  // and padded with zeros to a pitch of whole 256-column tiles, so that the producer copies a
+  // tile's scales as one aligned 1-d bulk copy (a small copy; freed in stream order after the
+  // launch).
   const bool rows = mode == kDense && fp8_b_row_scales(b_q, b_scales);
   Tensor sbt;
   if (rows) {
-    sbt = b_scales.transpose(0, 1).contiguous();
+    const int64_t pitch = (n + 255) / 256 * 256;
+    sbt = Tensor::zeros({args.kbs, pitch}, DType::F32, d.device());
+    sbt.narrow(1, 0, n).copy_(b_scales.transpose(0, 1));
     args.sbt = sbt.data<float>();
+    args.sbt_pitch = static_cast<int>(pitch);
   }
   if (d.dtype() == DType::F32) {
     if (rows) launch_config<float, true>(c, ta, tb, args, grid, s);
@@ -461,7 +504,7 @@ std::string Fp8WgmmaConfig::name() const {
 
 const std::vector<Fp8WgmmaConfig>& fp8_wgmma_configs() {
   static const std::vector<Fp8WgmmaConfig> all = {
-      {128, 128, 6}, {128, 64, 8}, {64, 128, 8}, {64, 64, 8}};
+      {128, 256, 4}, {128, 128, 6}, {128, 64, 8}, {64, 128, 8}, {64, 64, 8}};
   return all;
 }
 

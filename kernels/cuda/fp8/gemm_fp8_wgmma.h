@@ -16,8 +16,8 @@
 
 namespace r1::cuda {
 
-// One compiled configuration: block_m = 64 x consumer warpgroups (64 or 128), block_n (64 or
-// 128), shared-memory stages.
+// One compiled configuration: block_m = 64 x consumer warpgroups (64 or 128), block_n (64,
+// 128, or 256 as two slices of 128 with block_m 128), shared-memory stages.
 struct Fp8WgmmaConfig {
   int block_m = 128, block_n = 128, stages = 6;
   std::string name() const;  // "128x128x6"
