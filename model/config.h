@@ -59,6 +59,18 @@ struct ModelConfig {
   // experts) rather than one linear_fp8 per expert; the same bits either way. Run-time only
   // (not in config.json): the per-expert form stays for comparisons.
   bool fp8_grouped_experts = true;
+  // fp8 ablations: projections whose parameter name contains one of these strings stay out of
+  // FP8 (the parameters' precision, or bf16 with bf16_linear); e.g. {"o_proj"}, {"experts."},
+  // {"self_attn."}. Training and scoring forwards only: generation refuses a non-empty list.
+  // Run-time only (not in config.json), as fp8_grouped_experts.
+  std::vector<std::string> fp8_keep;
+  // Whether the projection `param` (a parameter name) runs in FP8: fp8 and not kept out.
+  bool fp8_projection(const std::string& param) const {
+    if (!fp8) return false;
+    for (const std::string& k : fp8_keep)
+      if (param.find(k) != std::string::npos) return false;
+    return true;
+  }
   std::string hidden_act = "silu";
   std::optional<int64_t> bos_token_id, eos_token_id;
   // ---- dense students (Qwen2, Llama) --------------------------------------------------------

@@ -119,7 +119,7 @@ const Tensor& DeepseekV3::p(const std::string& name) const {
 }
 
 Tensor DeepseekV3::proj(const Tensor& x, const std::string& name, const Fp8Rows* xq) const {
-  if (cfg_.fp8) return linear_fp8(x, p(name), xq);
+  if (cfg_.fp8_projection(name)) return linear_fp8(x, p(name), xq);
   if (cfg_.bf16_linear) return linear_bf16(x, p(name));
   return linear(x, p(name));
 }
@@ -212,6 +212,8 @@ struct V3DecodePrep : DecodePrep {
 }  // namespace
 
 std::shared_ptr<const DecodePrep> DeepseekV3::prepare_decode() const {
+  R1_CHECK(cfg_.fp8_keep.empty(), "DeepseekV3: fp8_keep is a training ablation; generation "
+           "runs every projection in fp8 or none");
   if (!cfg_.fp8) return nullptr;
   R1_NVTX_RANGE("DeepseekV3::prepare_decode");
   auto prep = std::make_shared<V3DecodePrep>();
@@ -376,7 +378,12 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     const Tensor gathered = index_select(
         x, 0, Tensor::from_vector(order, {N * K}, DType::I64, x.device()));
     std::vector<Tensor> ys;
-    if (cfg_.fp8 && cfg_.fp8_grouped_experts && !experts.empty()) {
+    // (an ablation that keeps some expert projections out of fp8 takes the per-expert form)
+    bool all_fp8 = cfg_.fp8 && cfg_.fp8_grouped_experts && !experts.empty();
+    for (int64_t e : experts)
+      for (const char* pr : {"gate_proj", "up_proj", "down_proj"})
+        all_fp8 = all_fp8 && cfg_.fp8_projection(fmt::format("{}experts.{}.{}.weight", pre, e, pr));
+    if (all_fp8) {
       // fp8: every used expert's projection as one grouped layer over the expert-major rows
       // (one quantization of the gathered rows for gate and up, the fused swiglu's for down).
       std::vector<int64_t> offsets{0};
@@ -566,6 +573,8 @@ Tensor DeepseekV3::forward_cached(const Tensor& ids, const Tensor& seq, const Te
            "DeepseekV3::forward_cached: ids, seq, pos must be (N), got {} {} {}",
            ids.defined() ? ids.str() : "undefined", seq.defined() ? seq.str() : "undefined",
            pos.defined() ? pos.str() : "undefined");
+  R1_CHECK(cfg_.fp8_keep.empty(), "DeepseekV3::forward_cached: fp8_keep is a training "
+           "ablation; generation runs every projection in fp8 or none");
   const int64_t L = cfg_.kv_lora_rank, rd = cfg_.qk_rope_head_dim;
   R1_CHECK(cache.layers() == cfg_.num_hidden_layers && cache.entry_width() == L + rd,
            "DeepseekV3::forward_cached: cache of {} layers x {} numbers, the model needs {} x {}",

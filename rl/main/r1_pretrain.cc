@@ -63,6 +63,9 @@ struct Options {
   bool single_digits = true;  // the trained tokenizer splits numbers digit by digit
   bool han_chars = false;     // ... and Chinese text character by character
   std::string precision;      // "fp8", "bf16" or "default": overrides the model config's
+  // Projections kept out of FP8 wherever this run uses it (the run at --precision fp8, or its
+  // fp8 shadow): comma-separated substrings of parameter names (ModelConfig::fp8_keep).
+  std::string fp8_keep;
   double general_share = 0.05, chinese_share = 0.2, r1_format_share = 0.5, wrong_share = 0.3,
          careful_share = 0.0;
 };
@@ -119,6 +122,20 @@ int run(const Options& o) {
   if (o.shadow_bf16_every > 0 && (cfg.fp8 || cfg.bf16_linear || !cfg.is_deepseek()))
     throw InputError(o.config + ": --shadow-bf16-every needs a DeepSeek-V3 model trained in "
                      "f32 (--precision default)");
+  if (!o.fp8_keep.empty()) {
+    if (!cfg.fp8 && o.shadow_fp8_every <= 0)
+      throw InputError(o.config + ": --fp8-keep needs fp8 somewhere: --precision fp8 or "
+                       "--shadow-fp8-every");
+    cfg.fp8_keep = split_list(o.fp8_keep);
+    // Every pattern must name some projection (a typo would silently ablate nothing).
+    std::vector<std::string> names;
+    for (const ParamSpec& s : parameter_specs(cfg)) names.push_back(s.name);
+    for (const std::string& k : cfg.fp8_keep)
+      if (std::none_of(names.begin(), names.end(), [&](const std::string& n) {
+            return n.find(k) != std::string::npos && n.find("_proj") != std::string::npos;
+          }))
+        throw InputError(o.config + ": --fp8-keep " + k + " names no projection of the model");
+  }
   fs::create_directories(o.out);  // after the checks of the options: a refused run leaves nothing
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);
@@ -235,6 +252,9 @@ int run(const Options& o) {
   }
   fmt::print(stderr, "r1-pretrain: {} parameters, {} steps of {}x{} tokens, lr {}, out {}\n",
              cfg.num_parameters(), o.steps, o.batch, o.seq, o.lr, o.out);
+  if (!cfg.fp8_keep.empty())
+    fmt::print(stderr, "r1-pretrain: kept out of fp8: projections named *{}*\n",
+               fmt::join(cfg.fp8_keep, "*, *"));
 
   if (resume) rl::truncate_metrics(o.out + "/metrics.jsonl", start);
   MetricsWriter metrics(o.out + "/metrics.jsonl", resume);
@@ -382,6 +402,10 @@ int main(int argc, char** argv) {
   app.add_option("--shadow-bf16-every", o.shadow_bf16_every,
                  "the same with bf16 projections, for an f32 run: shadow_bf16_loss (0: off)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--fp8-keep", o.fp8_keep,
+                 "projections kept out of fp8 wherever the run uses it (--precision fp8 or the "
+                 "fp8 shadow): comma-separated substrings of parameter names, e.g. o_proj or "
+                 "experts. (an ablation; training forwards only)");
   app.add_option("--seed", o.seed, "corpus, packing and init seed");
   app.add_option("--single-digits", o.single_digits, "trained tokenizer: one token per digit (true) or Llama-3's 1-3 digit groups");
   app.add_option("--han-chars", o.han_chars, "trained tokenizer (with --single-digits): one piece per Han character, so a Chinese name is a unit BPE can merge");

@@ -182,14 +182,36 @@ TEST(CliPretrain, ShadowFp8LossBesideTheRunsOwn) {
                   0.02 * b[i].at("loss").get<double>()) << "step " << step;
     }
   }
+  // --fp8-keep: an fp8 shadow that keeps every projection out of fp8 is the run itself (the
+  // same loss bits, no routing choice changed); one that keeps only o_proj out is neither.
+  const auto [f2, all_kept] = pair("default", "--shadow-fp8-every 1 --fp8-keep _proj", "keep-all");
+  const auto [f3, o_kept] = pair("default", "--shadow-fp8-every 1 --fp8-keep o_proj", "keep-o");
+  ASSERT_TRUE(all_kept.size() == 6 && o_kept.size() == 6 && b.size() == 6);
+  for (size_t i = 0; i < all_kept.size(); ++i) {
+    const double loss = all_kept[i].at("loss").get<double>();
+    EXPECT_EQ(loss, f[i].at("loss").get<double>()) << "step " << i + 1;
+    EXPECT_EQ(all_kept[i].at("shadow_fp8_loss").get<double>(), loss) << "step " << i + 1;
+    EXPECT_EQ(all_kept[i].at("shadow_fp8_route_diff").get<double>(), 0.0) << "step " << i + 1;
+    const double o = o_kept[i].at("shadow_fp8_loss").get<double>();
+    EXPECT_NE(o, loss) << "step " << i + 1 << ": only o_proj kept, yet no fp8 at all";
+    if (b[i].contains("shadow_fp8_loss")) {
+      EXPECT_NE(o, b[i].at("shadow_fp8_loss").get<double>())
+          << "step " << i + 1 << ": o_proj kept, yet the loss of all projections in fp8";
+    }
+  }
   // A run that is fp8 already has no fp8 shadow, nor a bf16 run a bf16 one: exit 2, nothing
-  // trained, no directory.
+  // trained, no directory. Nor has --fp8-keep without fp8, or with a name of no projection.
   const std::string one = kBin + "/r1-pretrain --config " R1_SOURCE_DIR "/configs/tiny.json "
                           "--steps 1 --docs 50 ";
   EXPECT_EQ(run(one + "--precision fp8 --shadow-fp8-every 2 --out " + dir + "/fp8"), 2);
   EXPECT_FALSE(fs::exists(dir + "/fp8")) << "a refused run left its directory";
   EXPECT_EQ(run(one + "--precision bf16 --shadow-bf16-every 2 --out " + dir + "/bf16"), 2);
   EXPECT_FALSE(fs::exists(dir + "/bf16")) << "a refused run left its directory";
+  EXPECT_EQ(run(one + "--fp8-keep o_proj --out " + dir + "/keep-no-fp8"), 2);
+  EXPECT_EQ(run(one + "--shadow-fp8-every 1 --fp8-keep o_prj --out " + dir + "/keep-typo"), 2);
+  EXPECT_EQ(run(one + "--shadow-fp8-every 1 --fp8-keep layernorm --out " + dir + "/keep-norm"), 2);
+  for (const char* d : {"/keep-no-fp8", "/keep-typo", "/keep-norm"})
+    EXPECT_FALSE(fs::exists(dir + d)) << d << ": a refused run left its directory";
   fs::remove_all(dir);
 }
 
