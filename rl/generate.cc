@@ -11,6 +11,7 @@
 
 #include "engine/autograd.h"
 #include "engine/determinism.h"
+#include "engine/log.h"
 #include "engine/nvtx.h"
 #include "engine/ops.h"
 #include "engine/step_graph.h"
@@ -106,9 +107,18 @@ class StaticDecode {
         // The next step of this size replays what this one ran. The capture records, it does
         // not run: bk.tok and bk.lp hold nothing until the first replay.
         // The graphs run one at a time: they share one memory pool (the first graph's).
-        bk.graph.capture(dev_, [&] { step(b, &bk.tok, &bk.lp); }, first_graph_);
-        if (!first_graph_) first_graph_ = &bk.graph;
-        ++captured_;
+        // A capture that fails (the runtime cleans up after it) leaves this generation on the
+        // static step, which computes the same, once warned: graphs are a speed-up only.
+        try {
+          bk.graph.capture(dev_, [&] { step(b, &bk.tok, &bk.lp); }, first_graph_);
+          if (!first_graph_) first_graph_ = &bk.graph;
+          ++captured_;
+        } catch (const Error& e) {
+          log_warn("generate: decode-step graph capture failed, this generation goes on "
+                   "without graphs (static step): {}", e.what());
+          graphs_ = false;
+          ++capture_failures_;
+        }
       }
     }
     const std::vector<int64_t> t = tok.to_int_vector();
@@ -120,6 +130,7 @@ class StaticDecode {
 
   int64_t captured() const { return captured_; }
   int64_t replayed() const { return replayed_; }
+  int64_t capture_failures() const { return capture_failures_; }
 
  private:
   static constexpr int64_t kFields = 5;  // ids, seq, pos, sampling stream, sampling position
@@ -149,7 +160,7 @@ class StaticDecode {
   PagedKvCache& cache_;
   const GenerationConfig& cfg_;
   Device dev_;
-  int64_t cap_, scratch_len_, captured_ = 0, replayed_ = 0;
+  int64_t cap_, scratch_len_, captured_ = 0, replayed_ = 0, capture_failures_ = 0;
   std::vector<int64_t> scratch_;
   bool graphs_;
   Tensor in_;
@@ -337,6 +348,7 @@ std::vector<Sample> generate(CausalLM& model, const std::vector<std::vector<int3
     stats->decode = mode;
     stats->graphs_captured = fixed_step ? fixed_step->captured() : 0;
     stats->graphs_replayed = fixed_step ? fixed_step->replayed() : 0;
+    stats->graph_capture_failures = fixed_step ? fixed_step->capture_failures() : 0;
   }
   return out;
 }

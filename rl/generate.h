@@ -52,6 +52,8 @@ struct GenerationStats {
   DecodeMode decode = DecodeMode::kEager;  // the mode that ran (kAuto resolved)
   int64_t graphs_captured = 0;             // kGraphs: one per batch size used
   int64_t graphs_replayed = 0;             // kGraphs: decode steps that were a replay
+  // kGraphs: captures that failed (warned; the generation went on with the static step)
+  int64_t graph_capture_failures = 0;
 };
 
 // prompts: token ids (each non-empty, prompt + max_new_tokens within the model's positions);

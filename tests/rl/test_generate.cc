@@ -479,6 +479,7 @@ TEST(DecodeGraphsCuda, MatchEager) {
     const auto fixed = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kStatic);
     const auto graphs = run_mode(model, cfg.vocab_size, seed, rl::DecodeMode::kGraphs, &st);
     EXPECT_EQ(st.decode, rl::DecodeMode::kGraphs);
+    EXPECT_EQ(st.graph_capture_failures, 0) << "a capture failed (see the warning above)";
     EXPECT_GE(st.graphs_captured, 2) << "the batch shrank through several padded sizes";
     EXPECT_GT(st.graphs_replayed, 0) << "graphs were captured but never replayed: the "
                                         "comparison would not test a replay ("
