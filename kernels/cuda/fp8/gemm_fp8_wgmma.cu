@@ -7,13 +7,14 @@
 //     128 bytes) and b[cols, kb] (block_n x 128) into stage s, both 128-byte swizzled.
 //   consumer warpgroup c (rows 64 c .. 64 c + 63 of the tile): for each k-block:
 //     wait full[s]; part = 4 wgmma m64nNk32 over the stage (fp32, tensor cores; the first
-//     overwrites); wait for them; release stage s (one arrival per warp on empty[s]);
+//     overwrites); wait for them; release stage s (one arrival per warp on empty[s]; 1D1D:
+//     after the promotion, which reads the stage's column scales);
 //     acc += part * a_scales[row, kb] * b_scales[n0 / 128, kb]   (the V3 promotion, fp32)
 //   then stores its 64 x block_n piece of d straight from registers (in-range elements).
 //   The 256-column tile is two slices of 128 (N 256 would need 128 partial registers beside
 //   128 accumulators): per k-block, slice 0's wgmmas, promotion, then slice 1's, with b's
-//   scale block n0 / 128 + slice. Its a tile is loaded once per 256 columns: a third less L2
-//   traffic per FLOP than the 128 x 128 tile.
+//   scale block n0 / 128 + slice. Its a tile is loaded once per 256 columns: 1.5 bytes from L2
+//   per output and k-block against the 128 x 128 tile's 2 (a quarter less).
 //   1D1D (b with 1x128 row scales, wgrad): the producer also copies the k-block's column scales
 //   of the tile into the stage (one 1-d bulk copy), read from there at promotion.
 // The stages form a ring that runs on across tiles: the producer fetches the next tile's
@@ -285,11 +286,11 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
           // This warp is done with stage s once its last slice's wgmma has read it, and (1D1D)
           // once it has read the column scales there; a reader's generic loads are ordered
           // before the copy engine's refill by fence.proxy.async (PTX ISA, proxies).
-          auto release = [&] {
+          // (no lambda for the release: a call between wgmmas would make ptxas serialize them)
+          if (!kRowScales && h == kSplit - 1) {
             __syncwarp();
             if (lane == 0) mbar_arrive(&empty[s]);
-          };
-          if (!kRowScales && h == kSplit - 1) release();
+          }
           float* ac = acc[h];
           if constexpr (kRowScales) {
             // columns n0 + h kBN + 8 j + 2 t4 + {0, 1}: float2 4 j + t4 of the slice's scales
@@ -304,7 +305,8 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
             }
             if (h == kSplit - 1) {
               fence_proxy_async_smem();
-              release();
+              __syncwarp();
+              if (lane == 0) mbar_arrive(&empty[s]);
             }
           } else {
             const float s_lo = a_lo * b_s[h], s_hi = a_hi * b_s[h];
