@@ -3,7 +3,7 @@
 and --shadow-bf16-every K.
 
   /usr/bin/python3 scripts/shadow_runs.py RUN [RUN ...] [--of fp8|bf16] [--vs loss|fp8|bf16]
-      [--out PNG] [--phases 100,400]
+      [--out PNG] [--phases 100,400] [--smooth K] [--label DIR]
 
 Each RUN directory holds a metrics.jsonl whose steps carry loss (the run's own precision, bf16
 or f32) and, every K steps, shadow_fp8_loss and/or shadow_bf16_loss: the same batch through the
@@ -15,7 +15,9 @@ batch's noise nor the drift that separates two training runs enters it.
 
 Prints per run: the steps compared, the mean, sd and largest |difference|, and the mean over
 the phases (steps up to 100, 101-400, past 400 by default); plots every run's difference per
-step with the +-0.25% band of the DeepSeek-V3 report's figure.
+step with the +-0.25% band of the DeepSeek-V3 report's figure (--smooth K: each curve a centred
+mean over K logged steps, the table unchanged; --label DIR: the legend names a run by its path
+below DIR's parent, e.g. v3-abl/keep-attn, where the plain directory names repeat).
 """
 import argparse
 import os
@@ -40,9 +42,15 @@ def main():
     ap.add_argument("--of", default="fp8", choices=("fp8", "bf16"))
     ap.add_argument("--vs", default="loss", choices=("loss", "fp8", "bf16"))
     ap.add_argument("--out")
+    ap.add_argument("--smooth", type=int, default=1,
+                    help="plot each curve as a centred mean over K logged steps (default 1: raw)")
+    ap.add_argument("--label", action="store_true",
+                    help="legend: the run's parent folder and name, not the name alone")
     ap.add_argument("--phases", default="100,400",
                     help="step bounds of the phases whose mean is printed (default 100,400)")
     a = ap.parse_args()
+    if a.smooth < 1:
+        fail(f"--smooth {a.smooth}: expected a positive count of logged steps")
     try:
         bounds = [int(x) for x in a.phases.split(",") if x]
     except ValueError:
@@ -71,15 +79,24 @@ def main():
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4))
     for run, rel in curves:
-        ax.plot([s for s, _ in rel], [100 * v for _, v in rel], marker=".", lw=0.8,
-                label=os.path.basename(os.path.normpath(run)))
+        vals = [100 * v for _, v in rel]
+        if a.smooth > 1:
+            h = a.smooth // 2
+            vals = [statistics.mean(vals[max(0, i - h):i + h + 1]) for i in range(len(vals))]
+        path = os.path.normpath(run)
+        name = os.path.basename(path)
+        if a.label:
+            name = os.path.join(os.path.basename(os.path.dirname(path)), name)
+        ax.plot([s for s, _ in rel], vals, marker="." if a.smooth == 1 else None, lw=0.8,
+                label=name)
     ax.axhline(0.25, color="gray", ls="--", lw=0.8)
     ax.axhline(-0.25, color="gray", ls="--", lw=0.8)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("step")
     vs = "the run's loss" if a.vs == "loss" else a.vs
     ax.set_ylabel(f"{a.of} vs {vs}, same weights (%)")
-    ax.set_title(f"{a.of} forward at the run's weights against {vs}, per logged step "
+    per = "per logged step" if a.smooth == 1 else f"mean of {a.smooth} logged steps"
+    ax.set_title(f"{a.of} forward at the run's weights against {vs}, {per} "
                  "(dashed: +-0.25%)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
