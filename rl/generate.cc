@@ -118,6 +118,8 @@ class StaticDecode {
                    "without graphs (static step): {}", e.what());
           graphs_ = false;
           ++capture_failures_;
+          bk.tok = Tensor();  // what a failed capture left there was never computed
+          bk.lp = Tensor();
         }
       }
     }
