@@ -378,11 +378,13 @@ DeepseekV3::MoeOut DeepseekV3::moe(const std::string& pre, const Tensor& x,
     const Tensor gathered = index_select(
         x, 0, Tensor::from_vector(order, {N * K}, DType::I64, x.device()));
     std::vector<Tensor> ys;
-    // (an ablation that keeps some expert projections out of fp8 takes the per-expert form)
+    // (an ablation that keeps some expert projections out of fp8 takes the per-expert form;
+    // the names are only built when there is such a list: this runs on every forward)
     bool all_fp8 = cfg_.fp8 && cfg_.fp8_grouped_experts && !experts.empty();
-    for (int64_t e : experts)
-      for (const char* pr : {"gate_proj", "up_proj", "down_proj"})
-        all_fp8 = all_fp8 && cfg_.fp8_projection(fmt::format("{}experts.{}.{}.weight", pre, e, pr));
+    if (all_fp8 && !cfg_.fp8_keep.empty())
+      for (int64_t e : experts)
+        for (const char* pr : {"gate_proj", "up_proj", "down_proj"})
+          all_fp8 = all_fp8 && cfg_.fp8_projection(fmt::format("{}experts.{}.{}.weight", pre, e, pr));
     if (all_fp8) {
       // fp8: every used expert's projection as one grouped layer over the expert-major rows
       // (one quantization of the gathered rows for gate and up, the fused swiglu's for down).
