@@ -1,12 +1,18 @@
 // Tuned tables (engine/tuned_table.h): the format r1-fp8-tune writes and the FP8 GEMM reads,
 // the lookup rule (smallest m at or above, else the largest), and bad tables refused with the
-// file and line named.
+// file and line named; and r1-fp8-tune's sweep, which writes them, going on past
+// configurations that fault.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
+#include "engine/device.h"
 #include "engine/error.h"
 #include "engine/tuned_table.h"
 
@@ -76,6 +82,76 @@ TEST(TunedTable, MissingFileIsNoTableAndAFileIsRead) {
   EXPECT_EQ(t->lookup(128, 4096, 7168)->second, "128x128x6");
   std::ofstream(path) << "128 4096 7168\n";
   EXPECT_THROW(load_tuned_table(path, known), InputError);
+  std::filesystem::remove_all(dir);
+}
+
+// Runs r1-fp8-tune with args (env first), its output into log; the exit code.
+int run_tuner(const std::string& env, const std::string& args, const std::string& log) {
+  const std::string cmd =
+      env + " " + std::string(R1_BIN_DIR) + "/r1-fp8-tune " + args + " > " + log + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// The sweep's bookkeeping, with the tuner's fake worker (R1_FP8_TUNE_FAKE: configurations a,
+// b, c at 100 + 10 index + shape TFLOP/s): a configuration that loses the context (b on shape
+// 2) and one that kills the worker (c on shape 3) are recorded as failed and left out of the
+// later shapes, the shape they hit is measured again without them, and a check failure (a on
+// shape 4) leaves that shape without an entry. Exit 1 (failures), every shape done.
+TEST(TunerSweep, GoesOnPastConfigurationsThatFaultOrKillTheWorker) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("r1_tuner_sweep_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string out = (dir / "t.tsv").string(), log = (dir / "log").string();
+  const int rc = run_tuner("R1_FP8_TUNE_FAKE=b:2:lost,c:3:die,a:4:fail",
+                           "--out " + out + " --m 64,128 --nk 256x512,256x1024 --wgrad-k none",
+                           log);
+  const std::string said = read_all(log);
+  EXPECT_EQ(rc, 1) << said;
+  const TunedTable t = parse_tuned_table(read_all(out), out, [](const std::string& c) {
+    return c == "a" || c == "b" || c == "c";
+  });
+  ASSERT_EQ(t.entries.size(), 2u) << read_all(out);
+  const auto& k512 = t.entries.at({256, 512});
+  const auto& k1024 = t.entries.at({256, 1024});
+  ASSERT_EQ(k512.size(), 2u);
+  EXPECT_EQ(k512.at(64), "c");   // a 100, b 110, c 120
+  EXPECT_EQ(k512.at(128), "c");  // b lost the context: a 101, c 121 measured again
+  ASSERT_EQ(k1024.size(), 1u);   // shape 4: a failed, b and c left out: no entry
+  EXPECT_EQ(k1024.at(64), "a");  // c killed the worker: a 102 alone
+  EXPECT_NE(read_all(out).find("64 256 1024 a 102.0"), std::string::npos) << read_all(out);
+  for (const char* want : {"M=128 N=256 K=512: b FAILED (an illegal address; it faulted",
+                           "M=64 N=256 K=1024: c FAILED (the worker died in it (signal",
+                           "M=128 N=256 K=1024: a FAILED (relative error 1)", "[4/4] M=128",
+                           "ETA"})
+    EXPECT_NE(said.find(want), std::string::npos) << "want: " << want << "\nlog:\n" << said;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TunerSweep, BadFlagsExit2AndNoGpuWritesNothing) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("r1_tuner_flags_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string out = (dir / "t.tsv").string(), log = (dir / "log").string();
+  EXPECT_EQ(run_tuner("", "--m 0", log), 2);
+  EXPECT_NE(read_all(log).find("--m: '0' is not a positive size"), std::string::npos);
+  EXPECT_EQ(run_tuner("", "--nk 12", log), 2);
+  EXPECT_EQ(run_tuner("", "--wgrad-k", log), 2);
+  // An output path that cannot be written: one line, exit 2, before any sweep.
+  EXPECT_EQ(run_tuner("R1_FP8_TUNE_FAKE=x", "--out /proc/r1-no/t.tsv --m 64 --nk 8x8", log), 2);
+  EXPECT_NE(read_all(log).find("/proc/r1-no"), std::string::npos) << read_all(log);
+  if (!device_available(DeviceType::CUDA)) {  // with a GPU this would be a real sweep
+    EXPECT_EQ(run_tuner("", "--out " + out, log), 0);
+    EXPECT_NE(read_all(log).find("nothing to tune"), std::string::npos) << read_all(log);
+    EXPECT_FALSE(std::filesystem::exists(out));
+  }
   std::filesystem::remove_all(dir);
 }
 
