@@ -205,6 +205,9 @@ def grpo(out):
                     "accuracy_first_half": mean(dev, "accuracy", 0, half),
                     "accuracy_second_half": mean(dev, "accuracy", half, n),
                     "step_time_s": mean(dev, "step_time_s", 1, n),  # step 1 has the warm-up
+                    # where a step's time goes: sampling the rollouts, and the policy update
+                    "rollout_s": mean(dev, "rollout_s", 1, n),
+                    "update_s": mean(dev, "update_s", 1, n),
                     "logprob_mismatch_max": max((r["logprob_mismatch_max"] for r in runs[dev][:n]
                                                  if r.get("logprob_mismatch_max") is not None),
                                                 default=float("nan"))}
@@ -456,16 +459,19 @@ def main():
                f"{ {True: 'on', False: 'off', None: 'not recorded'}[rl.get('invariant_gemm_cuda')] }",
                "",
                "| device | reward, 1st half | reward, 2nd half | accuracy, 1st half | "
-               "accuracy, 2nd half | s/step | logprob_mismatch_max |",
-               "|---|---:|---:|---:|---:|---:|---:|"]
+               "accuracy, 2nd half | s/step | rollout s | update s | logprob_mismatch_max |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for dev in ("cuda", "cpu"):
             r = rl[dev]
             md.append(f"| {dev} | {r['reward_first_half']:.3f} | {r['reward_second_half']:.3f} | "
                       f"{r['accuracy_first_half']:.3f} | {r['accuracy_second_half']:.3f} | "
-                      f"{r['step_time_s']:.3f} | {r['logprob_mismatch_max']:.2g} |")
+                      f"{r['step_time_s']:.3f} | {r.get('rollout_s', float('nan')):.3f} | "
+                      f"{r.get('update_s', float('nan')):.3f} | {r['logprob_mismatch_max']:.2g} |")
         md += ["", f"- speed-up of a GRPO step, CUDA over the CPU (OMP_NUM_THREADS="
                f"{os.environ.get('OMP_NUM_THREADS', '?')}): "
-               f"{rl['cpu']['step_time_s'] / max(rl['cuda']['step_time_s'], 1e-9):.2f}x", ""]
+               f"{rl['cpu']['step_time_s'] / max(rl['cuda']['step_time_s'], 1e-9):.2f}x "
+               f"(rollouts {rl['cpu'].get('rollout_s', float('nan')) / max(rl['cuda'].get('rollout_s', float('nan')), 1e-9):.2f}x, "
+               f"update {rl['cpu'].get('update_s', float('nan')) / max(rl['cuda'].get('update_s', float('nan')), 1e-9):.2f}x)", ""]
     else:
         md += ["- not run or failed (see grpo-*.log)", ""]
     md += [
