@@ -3,7 +3,8 @@
 # machine, into one self-contained folder:
 #
 #   .gpu-bundle/bin/   every test with CUDA cases, the kernel benchmarks
-#                      (bench_cuda_kernels, bench_fp8_gemm), r1-toy-lm and r1-grpo, for sm_90a
+#                      (bench_cuda_kernels, bench_fp8_gemm), r1-toy-lm, r1-pretrain and
+#                      r1-grpo, for sm_90a
 #   .gpu-bundle/base/  the tiny R1-Zero base (config.json, model.safetensors, tokenizer.json)
 #                      and its held-out set, from runs/r1-zero (scripts/r1-zero.sh) or
 #                      $R1_GPU_BASE: gpu-check runs a few GRPO steps from it on CUDA and CPU
@@ -36,6 +37,7 @@ mapfile -t targets < <({
   grep -l R1_SKIP_WITHOUT_CUDA tests/test_*.cc tests/*/test_*.cc 2>/dev/null |
     xargs -n1 basename | sed 's/\.cc$//'
   echo bench_cuda_kernels; echo bench_fp8_gemm; echo r1-fp8-tune; echo r1-toy-lm; echo r1-grpo
+  echo r1-pretrain
   echo bench_rl
 } | sort -u)
 ((${#targets[@]})) || { echo "gpu-bundle: no CUDA targets found in $build_dir" >&2; exit 1; }

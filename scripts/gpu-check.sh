@@ -4,7 +4,8 @@
 #   2. the kernel benchmarks (bench_cuda_kernels: copy and cuBLASLt ceilings first;
 #      r1-fp8-tune, the FP8 GEMM's tile-shape sweep, then bench_fp8_gemm with its table),
 #      the decode step eager / graph-safe / from CUDA graphs (bench_rl --device cuda),
-#      r1-toy-lm trained on the GPU beside the same run on the CPU, and
+#      r1-toy-lm trained on the GPU beside the same run on the CPU, the tiny DeepSeek-V3
+#      pretrained R1_GPU_PRETRAIN_STEPS (default 30) steps on each in f32 and in fp8, and
 #      R1_GPU_GRPO_STEPS (default 60) GRPO steps of the tiny R1-Zero config from the bundled
 #      base on the GPU and on the CPU (the reward curves and the speed-up),
 #   3. compute-sanitizer memcheck and racecheck over the CUDA tests (when the toolkit has it),
@@ -29,7 +30,7 @@
 #                   step with under 10 s left is recorded as "not run (budget)". GPU time is
 #                   lent by the minute; a hang in one kernel must not cost the rest of the table.
 # Environment, for a rerun that needs only part of it (GPU time is lent by the minute):
-#   R1_GPU_SKIP="bench_cuda_kernels r1-fp8-tune bench_fp8_gemm bench_rl variants r1-toy-lm r1-grpo"
+#   R1_GPU_SKIP="bench_cuda_kernels r1-fp8-tune bench_fp8_gemm bench_rl variants r1-toy-lm r1-pretrain r1-grpo"
 #                                  steps left out
 #   R1_GPU_TESTS="test_a test_b"   only these test binaries
 #   R1_GPU_BENCH_FILTER=REGEX      only these bench_cuda_kernels rows
@@ -295,6 +296,31 @@ for dev in cuda cpu; do
     { echo "gpu-check: r1-toy-lm --device $dev failed (rc $?), tail:"; tail -5 "$out/toy-$dev.log"; status=1; }
 done
 echo "gpu-check: toy LM done at $(elapsed)"
+
+# ---- 2b'. end to end: the tiny DeepSeek-V3 pretrained on the GPU and on the CPU, f32 and fp8 --
+# r1-pretrain --device: the same corpus, batches and initial weights on both; in f32 the loss
+# curves agree as the toy LM's do, in fp8 (DeepSeek-V3's recipe: MLA and expert projections
+# through the FP8 quantizers and GEMMs, fprop, dgrad and 1D1D wgrad) to the tensor cores'
+# accumulation against the CPU's exact sums. gpu_results.py compares them step by step. The
+# base's config and tokenizer (no BPE training here), a small corpus.
+if [[ -f $bundle/base/config.json && -x $bundle/bin/r1-pretrain ]]; then
+  for prec in default fp8; do
+    for dev in cuda cpu; do
+      lim=$(cap 120)
+      off r1-pretrain && lim=0
+      ((lim == 0)) && { skip "r1-pretrain-$prec-$dev"; continue; }
+      timeout "$lim" "$bundle/bin/r1-pretrain" --config "$bundle/base/config.json" \
+        --tokenizer "$bundle/base/tokenizer.json" --docs 3000 --precision "$prec" \
+        --steps "${R1_GPU_PRETRAIN_STEPS:-30}" --device "$dev" \
+        --out "$out/pretrain-$prec-$dev" >"$out/pretrain-$prec-$dev.log" 2>&1 ||
+        { echo "gpu-check: r1-pretrain --precision $prec --device $dev failed (rc $?), tail:"
+          tail -5 "$out/pretrain-$prec-$dev.log"; status=1; }
+    done
+  done
+  echo "gpu-check: pretraining done at $(elapsed)"
+else
+  echo "gpu-check: no base config or r1-pretrain in the bundle, pretraining step skipped"
+fi
 
 # ---- 2c. end to end: GRPO (configs/grpo/tiny.json) from the bundled base, GPU and CPU --------
 # The same seeds; the rollouts part ways once the devices round differently, so the curves

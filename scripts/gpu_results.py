@@ -161,9 +161,10 @@ def device_runs(out, stem):
     return runs
 
 
-def toy(out):
-    """The toy LM on cuda vs cpu: per-step loss agreement and tokens/s."""
-    runs = device_runs(out, "toy")
+def toy(out, stem="toy"):
+    """A training run on cuda vs cpu (<stem>-cuda, <stem>-cpu: the toy LM, or r1-pretrain):
+    per-step loss agreement and tokens/s."""
+    runs = device_runs(out, stem)
     if not runs["cuda"] or not runs["cpu"]:
         return None
     n = min(len(runs["cuda"]), len(runs["cpu"]))
@@ -368,6 +369,7 @@ def main():
     ctx, rows = bench(a.out)
     _, fp8_rows = bench(a.out, "bench_fp8.json")
     e2e = toy(a.out)
+    pre = {p: toy(a.out, f"pretrain-{p}") for p in ("default", "fp8")}
     rl = grpo(a.out)
     ts = tests(a.out)
     san = sanitizer(a.out)
@@ -450,6 +452,24 @@ def main():
                f"({e2e['tokens_per_s_cuda'] / max(e2e['tokens_per_s_cpu'], 1e-9):.2f}x)", ""]
     else:
         md += ["- not run or failed (see toy-*.log)", ""]
+    md += ["## End to end: r1-pretrain (the tiny DeepSeek-V3 from scratch), CUDA against the CPU", "",
+           "- the base's config and tokenizer, a 3000-document corpus, the same batches and "
+           "initial weights on both; fp8: DeepSeek-V3's recipe (the GPU's FP8 GEMMs against "
+           "the CPU's exact reference)", "",
+           "| precision | steps | loss, first -> last (CPU / CUDA) | max rel. loss diff | "
+           "first 10 steps | tokens/s CPU | tokens/s CUDA | speed-up |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for p, r in pre.items():
+        if r:
+            md.append(f"| {'f32' if p == 'default' else p} | {r['steps']} | {r['first_loss']:.4f} -> "
+                      f"{r['final_loss_cpu']:.4f} / {r['final_loss_cuda']:.4f} | "
+                      f"{r['max_rel_loss_diff']:.2e} | {r['max_rel_loss_diff_first10']:.2e} | "
+                      f"{r['tokens_per_s_cpu']:.0f} | {r['tokens_per_s_cuda']:.0f} | "
+                      f"{r['tokens_per_s_cuda'] / max(r['tokens_per_s_cpu'], 1e-9):.2f}x |")
+        else:
+            md.append(f"| {'f32' if p == 'default' else p} | not run or failed (see pretrain-{p}-*.log) |"
+                      " | | | | | |")
+    md += [""]
     md += ["## End to end: r1-grpo (configs/grpo/tiny.json from the R1-Zero base), CUDA against the CPU", ""]
     if rl:
         md += [f"- {rl['steps']} steps, the same seeds (the rollouts part ways once the devices "
@@ -486,7 +506,7 @@ def main():
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"gpu": gpu, "commit": commit, "date": date, "context": ctx, "tests": ts,
                    "benchmarks": rows, "fp8_gemm": fp8_rows, "sanitizer": san,
-                   "toy_lm": e2e, "grpo": rl, "decode": dec}, f, indent=1)
+                   "toy_lm": e2e, "pretrain": pre, "grpo": rl, "decode": dec}, f, indent=1)
     print(f"gpu_results: wrote {stem}.md and .json")
     return 0
 

@@ -7,7 +7,10 @@
 // router bias update. Writes metrics.jsonl, a progress line, and out/checkpoint (HF config +
 // model.safetensors + tokenizer.json + trainer state); rerunning with the same out resumes
 // from the checkpoint and reproduces the uninterrupted run bit for bit.
-//   r1-pretrain --config configs/tiny.json --out runs/r1-zero/base --steps 1500
+//   r1-pretrain --config configs/tiny.json --out runs/r1-zero/base --steps 1500 [--device cuda]
+// --device: where the model trains (the corpus, tokenizer and batches are made on the host);
+// the same initial weights and batches on every device (init_params draws per-tensor Philox
+// streams on the host), so a CUDA run can be held against the CPU's step for step.
 // Bad input: one line "r1-pretrain: <file or flag>: <problem>" and exit code 2.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -43,6 +46,7 @@ using nlohmann::json;
 
 struct Options {
   std::string config = "configs/tiny.json", out = "runs/r1-zero/base", tokenizer, holdout;
+  std::string device = "cpu";
   int64_t steps = 1500, batch = 16, seq = 256, docs = 30000, warmup = 50, save_every = 200;
   // Rows of the packed corpus held out of training (its last val_rows: documents drawn at
   // random by the packing order), whose mean token loss is logged as val_loss every val_every
@@ -136,6 +140,8 @@ int run(const Options& o) {
           }))
         throw InputError(o.config + ": --fp8-keep " + k + " names no projection of the model");
   }
+  const Device dev = Device::parse(o.device);
+  R1_INPUT_CHECK(device_available(dev.type), "--device {}: not available here", o.device);
   fs::create_directories(o.out);  // after the checks of the options: a refused run leaves nothing
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);
@@ -216,7 +222,7 @@ int run(const Options& o) {
     fmt::print(stderr, "r1-pretrain: {} rows train, {} held out (val_loss every {} steps)\n",
                train_rows, o.val_rows, o.val_every);
 
-  ParamMap params = DeepseekV3::init_params(cfg, o.seed);
+  ParamMap params = DeepseekV3::init_params(cfg, o.seed, DType::F32, dev);
   std::vector<Tensor> trainable;
   for (const ParamSpec& s : parameter_specs(cfg)) {
     Tensor& t = params.at(s.name);
@@ -250,8 +256,8 @@ int run(const Options& o) {
     sc.bf16_linear = name == "bf16";
     shadows.push_back({name, every, std::make_unique<DeepseekV3>(sc, model.params(), o.seq)});
   }
-  fmt::print(stderr, "r1-pretrain: {} parameters, {} steps of {}x{} tokens, lr {}, out {}\n",
-             cfg.num_parameters(), o.steps, o.batch, o.seq, o.lr, o.out);
+  fmt::print(stderr, "r1-pretrain: {} parameters on {}, {} steps of {}x{} tokens, lr {}, out {}\n",
+             cfg.num_parameters(), dev.str(), o.steps, o.batch, o.seq, o.lr, o.out);
   if (!cfg.fp8_keep.empty())
     fmt::print(stderr, "r1-pretrain: kept out of fp8: projections named *{}*\n",
                fmt::join(cfg.fp8_keep, "*, *"));
@@ -287,11 +293,12 @@ int run(const Options& o) {
       for (int64_t r = r0; r < r0 + n; ++r) add_row(b, r);
       const int64_t targets = std::count_if(b.tgt.begin(), b.tgt.end(), [](int64_t x) { return x >= 0; });
       if (targets == 0) continue;
-      const DeepseekV3::Output out = model.forward(Tensor::from_vector(b.ids, {n, T}),
-                                                   Tensor::from_vector(b.pos, {n, T}),
-                                                   Tensor::from_vector(b.seg, {n, T}));
+      const DeepseekV3::Output out = model.forward(Tensor::from_vector(b.ids, {n, T}).to(dev),
+                                                   Tensor::from_vector(b.pos, {n, T}).to(dev),
+                                                   Tensor::from_vector(b.seg, {n, T}).to(dev));
       sum += cross_entropy(out.logits.view({n * T, cfg.vocab_size}),
-                           Tensor::from_vector(b.tgt, {n * T})).item() * static_cast<double>(targets);
+                           Tensor::from_vector(b.tgt, {n * T}).to(dev)).item() *
+             static_cast<double>(targets);
       count += targets;
     }
     return count > 0 ? sum / static_cast<double>(count) : std::nan("");
@@ -309,10 +316,10 @@ int run(const Options& o) {
     }
     const double lr = lr_at(o, step);
     opt.config().lr = lr;
-    const Tensor segments = Tensor::from_vector(batch.seg, {o.batch, T});
-    const Tensor ids = Tensor::from_vector(batch.ids, {o.batch, T});
-    const Tensor positions = Tensor::from_vector(batch.pos, {o.batch, T});
-    const Tensor targets = Tensor::from_vector(batch.tgt, {o.batch * T});
+    const Tensor segments = Tensor::from_vector(batch.seg, {o.batch, T}).to(dev);
+    const Tensor ids = Tensor::from_vector(batch.ids, {o.batch, T}).to(dev);
+    const Tensor positions = Tensor::from_vector(batch.pos, {o.batch, T}).to(dev);
+    const Tensor targets = Tensor::from_vector(batch.tgt, {o.batch * T}).to(dev);
     DeepseekV3::Output out = model.forward(ids, positions, segments, true, o.balance_alpha);
     const Tensor ce = cross_entropy(out.logits.view({o.batch * T, cfg.vocab_size}), targets);
     const Tensor loss = out.balance_loss.defined() ? add(ce, out.balance_loss) : ce;
@@ -346,8 +353,8 @@ int run(const Options& o) {
       for (int64_t l : load) total += static_cast<double>(l), mx = std::max(mx, static_cast<double>(l));
       max_load_ratio = std::max(max_load_ratio, mx * static_cast<double>(load.size()) / std::max(1.0, total));
     }
+    const double l = ce.item();  // on a GPU: after the step's work (the read waits for it)
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double l = ce.item();
     json record = {{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", norm},
                    {"max_expert_load_ratio", max_load_ratio}, {"step_time_s", dt},
                    {"tokens_per_s", static_cast<double>(o.batch * T) / dt}};
@@ -380,6 +387,7 @@ int main(int argc, char** argv) {
   app.add_option("--config", o.config, "model config.json");
   app.add_option("--out", o.out, "run directory (metrics.jsonl, checkpoint/)");
   app.add_option("--holdout", o.holdout, "prompts JSONL whose questions the corpus must not contain");
+  app.add_option("--device", o.device, "where the model trains: cpu or cuda[:i]");
   app.add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: train one on the corpus)");
   app.add_option("--steps", o.steps, "optimizer steps")->check(CLI::PositiveNumber);
   app.add_option("--batch", o.batch, "rows per step")->check(CLI::PositiveNumber);
