@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/atomic_file.h"
 #include "engine/error.h"
 
 namespace r1::data {
@@ -32,20 +33,13 @@ void read_jsonl(const std::string& path, const std::function<void(const json&, s
 }
 
 void write_jsonl(const std::string& path, const std::vector<json>& rows) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    R1_INPUT_CHECK(f.good(), "{}: cannot write", tmp);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      try {
-        f << rows[i].dump() << '\n';
-      } catch (const json::type_error& e) {  // invalid UTF-8 in a string
-        throw InputError(fmt::format("{}: row {}: {}", path, i + 1, e.what()));
-      }
-    }
-    R1_INPUT_CHECK(f.good(), "{}: write failed", tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  // Model text is bytes: a sampled completion may end inside a UTF-8 sequence or hold
+  // bytes that no UTF-8 has; each such sequence is written as U+FFFD (as HF's tokenizers decode
+  // with errors="replace") rather than failing the write after the work is done.
+  std::string text;
+  for (const json& r : rows)
+    text += r.dump(-1, ' ', false, json::error_handler_t::replace) + '\n';
+  write_file_atomic(path, text);
 }
 
 namespace {

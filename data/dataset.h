@@ -36,7 +36,8 @@ void write_preferences(const std::string& path, const std::vector<PreferencePair
 // Any JSONL: one object per non-empty line; `fn(object, line_number)`.
 void read_jsonl(const std::string& path,
                 const std::function<void(const nlohmann::json&, size_t)>& fn);
-// Writes objects one per line to path.tmp, then renames it over path.
+// Writes objects one per line to path, atomically (engine/atomic_file.h); each sequence of a
+// string's bytes that is not UTF-8 is written as U+FFFD.
 void write_jsonl(const std::string& path, const std::vector<nlohmann::json>& rows);
 
 // A task instance as a prompt record (meta keeps what the verifier needs) and back.

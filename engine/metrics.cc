@@ -18,7 +18,9 @@ MetricsWriter::~MetricsWriter() {
 
 void MetricsWriter::write(const nlohmann::json& record) {
   if (!f_) return;
-  const std::string line = record.dump() + "\n";
+  // A string that is not UTF-8 (model text) gets U+FFFD rather than ending the run.
+  const std::string line =
+      record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   R1_CHECK(std::fwrite(line.data(), 1, line.size(), f_) == line.size(), "{}: write failed",
            path_);
   std::fflush(f_);

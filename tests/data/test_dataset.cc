@@ -62,6 +62,24 @@ TEST(Dataset, RecordsRoundTripAndVerifyAfterReading) {
   EXPECT_EQ(read_preferences(dir.file("r.jsonl"))[0].rejected, "bad");
 }
 
+// Sampled text that is not UTF-8 (a completion cut inside a multi-byte character, a stray
+// byte) is written with U+FFFD for each bad sequence, the rest as it was: the run that made it
+// does not fail at its last write (r1-eval --completions did on an untrained model).
+TEST(Dataset, TextThatIsNotUtf8IsWrittenWithReplacementCharacters) {
+  TempDir dir;
+  const std::string cut = std::string("\xe5\x9b", 2);  // the first two bytes of a 3-byte character
+  write_jsonl(dir.file("c.jsonl"), {nlohmann::json{{"completion", "ok " + cut + " \xff end"}},
+                                    nlohmann::json{{"completion", "答案"}}});
+  std::vector<std::string> got;
+  read_jsonl(dir.file("c.jsonl"), [&](const nlohmann::json& j, size_t) {
+    got.push_back(j.at("completion").get<std::string>());
+  });
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], "ok \uFFFD \uFFFD end");  // one per bad sequence, as Python's "replace"
+  EXPECT_EQ(got[1], "答案");
+  EXPECT_FALSE(fs::exists(dir.file("c.jsonl.tmp")));
+}
+
 TEST(Dataset, MalformedLinesNameFileAndLine) {
   TempDir dir;
   const auto expect_error = [&](const std::string& text, const std::string& needle, auto reader) {
