@@ -56,20 +56,33 @@ __device__ inline uint64_t global_timer_ns() {
 // by default: printf is a function call, and a call anywhere in a kernel makes ptxas serialize
 // every wgmma in it ("wgmma pipeline crossing function boundary", ptxas info C7510), which
 // the FP8 wgmma kernel's build printed until 2026-11-30.
+// kClusterScope: acquire at cluster scope, for a barrier that peer CTAs of a cluster arrive
+// on (mbar_arrive_cluster).
 inline constexpr uint64_t kMbarTimeoutNs = 10'000'000'000ull;
+template <bool kClusterScope = false>
 __device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = smem_u32(bar);
   uint32_t done = 0;
   uint32_t spins = 0;
   uint64_t t0 = 0;
   do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
+    if constexpr (kClusterScope) {
+      asm volatile(
+          "{\n.reg .pred p;\n"
+          "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+          "selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(addr), "r"(parity)
+          : "memory");
+    } else {
+      asm volatile(
+          "{\n.reg .pred p;\n"
+          "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+          "selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(addr), "r"(parity)
+          : "memory");
+    }
     if (!done && (++spins & 0xfffu) == 0) {  // rare: look at the clock every 4096 polls
       const uint64_t now = global_timer_ns();
       if (t0 == 0) {
@@ -85,6 +98,41 @@ __device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   } while (!done);
 }
 
+// ---- clusters (thread block clusters of 2+ CTAs: TMA multicast, remote arrivals) ----------
+__device__ inline uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ inline uint32_t cluster_id_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ inline uint32_t cluster_count_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+// Every thread of every CTA of the cluster: what each did to shared memory (its own or a
+// peer's: barrier inits, arrivals) before it is visible to all after. Not .aligned: the
+// threads of a warp may reach it apart (the producer warp's idle lanes).
+__device__ inline void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// One arrival on the barrier at the same offset as `bar` in the shared memory of CTA `cta` of
+// the cluster (mapa: the peer's address of a shared variable). Release at cluster scope:
+// this thread's earlier accesses are ordered before whatever the peer does after the phase
+// completes (its producer refills a stage this CTA has read).
+__device__ inline void mbar_arrive_cluster(uint64_t* bar, uint32_t cta) {
+  asm volatile(
+      "{\n.reg .b32 ra;\n"
+      "mapa.shared::cluster.u32 ra, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(smem_u32(bar)),
+      "r"(cta)
+      : "memory");
+}
 // ---- TMA ---------------------------------------------------------------------------------
 // Box (c0, c1) of the 2-d tensor map -> shared memory at dst, completing `bar`'s transaction
 // count by the box's bytes (out-of-range elements are written as zeros and counted too).
@@ -94,6 +142,17 @@ __device__ inline void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* 
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+// tma_load_2d into every CTA of the cluster in cta_mask (bit i: CTA rank i): the box lands at
+// dst's offset in each one's shared memory and completes the transactions of the barrier at
+// bar's offset in each (PTX ISA "cp.async.bulk.tensor", .multicast::cluster).
+__device__ inline void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar,
+                                             int c0, int c1, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"(cta_mask)
       : "memory");
 }
 // Orders this thread's generic-proxy accesses of shared memory before later async-proxy ones

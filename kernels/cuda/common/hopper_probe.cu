@@ -123,6 +123,46 @@ __global__ void __launch_bounds__(kProbeThreads)
 #endif
 }
 
+// A cluster of 2 (launched with the cluster attribute): the multicast halves and the remote
+// arrivals of the "c2" GEMM configurations, alone.
+__global__ void __launch_bounds__(kProbeThreads)
+    multicast_probe_kernel(const __grid_constant__ CUtensorMap map, uint8_t* out, int rows) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  __shared__ uint64_t full, both;
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t rank = cluster_ctarank();
+  const int chunks = rows * 8;
+  for (int i = static_cast<int>(threadIdx.x); i < chunks; i += kProbeThreads)
+    reinterpret_cast<uint4*>(smem)[i] = make_uint4(0xa5a5a5a5u, 0xa5a5a5a5u, 0xa5a5a5a5u, 0xa5a5a5a5u);
+  fence_proxy_async_smem();
+  if (threadIdx.x == 0) {
+    mbar_init(&full, 1);
+    mbar_init(&both, 2);  // this CTA's arrival and the peer's
+    fence_barrier_init();
+  }
+  __syncthreads();
+  cluster_sync();  // both CTAs' barriers initialized before either multicasts or arrives
+  if (threadIdx.x == 0) {
+    const int half = rows / 2;
+    mbar_arrive_expect_tx(&full, static_cast<uint32_t>(rows) * 128u);
+    tma_load_2d_multicast(smem + rank * half * 128, &map, &full, 0, static_cast<int>(rank) * half,
+                          0x3);
+    mbar_arrive(&both);
+    mbar_arrive_cluster(&both, rank ^ 1u);
+  }
+  mbar_wait(&full, 0);
+  mbar_wait<true>(&both, 0);
+  uint8_t* o = out + static_cast<size_t>(rank) * rows * 128;
+  for (int i = static_cast<int>(threadIdx.x); i < chunks; i += kProbeThreads)
+    reinterpret_cast<uint4*>(o)[i] = reinterpret_cast<const uint4*>(smem)[i];
+  cluster_sync();  // neither leaves while the other may still write into it
+#else
+  (void)map, (void)out, (void)rows;
+  __trap();
+#endif
+}
+
 void check_probe_device(const Tensor& t, const char* what) {
   R1_CHECK(t.device().is_cuda() && t.is_contiguous(), "{}: a contiguous CUDA tensor, got {}",
            what, t.str());
@@ -186,6 +226,39 @@ Tensor hopper_probe_wgmma(const Tensor& a, const Tensor& b, bool via_tma) {
   if (n == 64) launch(wgmma_probe_kernel<64>);
   else launch(wgmma_probe_kernel<128>);
   return d;
+}
+
+Tensor hopper_probe_multicast(const Tensor& src) {
+  check_probe_device(src, "hopper_probe_multicast");
+  const int64_t rows = src.dim() == 2 ? src.size(0) : 0;
+  R1_CHECK(src.dim() == 2 && src.size(1) == 128 && dtype_size(src.dtype()) == 1 && rows >= 16 &&
+               rows <= 256 && rows % 16 == 0,
+           "hopper_probe_multicast: src (rows, 128) of 1-byte elements, rows 16..256 a "
+           "multiple of 16, got {}", src.str());
+  const int dev = src.device().index;
+  DeviceGuard guard(dev);
+  // Each CTA's TMA box is its half of the rows.
+  const CUtensorMap map = make_tma_map_u8(src.data_ptr(), static_cast<uint64_t>(rows), 128, 128,
+                                          static_cast<uint32_t>(rows / 2), 128);
+  Tensor out = Tensor::empty({2, rows, 128}, DType::U8, src.device());
+  R1_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0xff, out.nbytes(), current_stream(dev)));
+  const int smem = static_cast<int>(rows) * 128 + 1024;
+  opt_in_dynamic_smem(reinterpret_cast<const void*>(multicast_probe_kernel), smem);
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(2);
+  cfg.blockDim = dim3(kProbeThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+  cfg.stream = current_stream(dev);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  R1_CUDA_CHECK(cudaLaunchKernelEx(&cfg, multicast_probe_kernel, map, out.data<uint8_t>(),
+                                   static_cast<int>(rows)));
+  return out;
 }
 
 }  // namespace r1::cuda

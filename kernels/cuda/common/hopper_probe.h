@@ -6,7 +6,9 @@
 //    the swizzle puts each byte, and the zeros past the matrix's rows and row bytes);
 //  - hopper_probe_wgmma: one 64 x N x 128 product through the descriptors of the GEMM and its
 //    fragment map, from operands placed in shared memory either by TMA or by plain stores at
-//    the positions the swizzle is documented to use.
+//    the positions the swizzle is documented to use;
+//  - hopper_probe_multicast: what a cluster of two CTAs holds after each multicast half of a
+//    box to both, with the arrivals on each other's barriers that the "c2" GEMMs use.
 #pragma once
 #include <cstdint>
 
@@ -27,5 +29,13 @@ Tensor hopper_probe_tma_box(const Tensor& src, int64_t row_bytes, int64_t row0, 
 // map hopper.cuh documents. via_tma: the operands are copied into shared memory by TMA (as in
 // the GEMM); else each thread stores 16-byte chunks where the 128-byte swizzle places them.
 Tensor hopper_probe_wgmma(const Tensor& a, const Tensor& b, bool via_tma);
+
+// src: (rows, 128) u8 on the GPU, contiguous, rows <= 256 and a multiple of 16. A cluster of
+// two CTAs; CTA r copies rows [r rows / 2, (r + 1) rows / 2) by one TMA multicast into both
+// CTAs' shared memory (at r rows / 2 x 128 bytes), each CTA's barrier expecting all rows; each
+// CTA also arrives once on its own and once on its peer's second barrier (mbar_arrive_cluster)
+// and waits for both arrivals. Returns (2, rows, 128) u8: each CTA's shared memory after both,
+// which must equal hopper_probe_tma_box(src, 128, 0, 0, rows) in both.
+Tensor hopper_probe_multicast(const Tensor& src);
 
 }  // namespace r1::cuda

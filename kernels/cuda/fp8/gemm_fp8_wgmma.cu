@@ -17,6 +17,13 @@
 //   per output and k-block against the 128 x 128 tile's 2 (a quarter less).
 //   1D1D (b with 1x128 row scales, wgrad): the producer also copies the k-block's column scales
 //   of the tile into the stage (one 1-d bulk copy), read from there at promotion.
+// Clusters (the "c2" configurations, dense only): two CTAs of a thread block cluster take the
+// two m tiles of one pair with the same n tile, and each loads half of the b tile's rows and
+// multicasts it into both CTAs' stage, so b comes from L2 once per pair: with 128x256, 1 byte
+// per output and k-block instead of 1.5. Each CTA's full barrier expects the whole stage
+// (its a, both halves of b); its empty barrier takes the arrivals of both CTAs' consumer
+// warps (a peer's remotely), since its producer refills the stage in both. A CTA whose m
+// tile lies past M still loads (zeros for a) and multicasts its half, and stores nothing.
 // The stages form a ring that runs on across tiles: the producer fetches the next tile's
 // k-blocks while the consumers finish and store the current one. Two consumer warpgroups
 // overlap one's promotion with the other's tensor-core work.
@@ -96,13 +103,15 @@ struct Args {
 // (1, or 2 for the 256-column tile: each consumer warpgroup multiplies its 64 rows by the
 // slices one after another into the same partial registers, promoting each before the next,
 // so it holds 64 x 256 accumulators with 64 x 128 partials: 192 registers, not 256).
-template <int kConsumers, int kBN, int kStages, int kSplit = 1>
+template <int kConsumers, int kBN, int kStages, int kSplit = 1, int kCluster = 1>
 struct Cfg {
   static constexpr int kBM = 64 * kConsumers;
   static constexpr int kTileN = kBN * kSplit;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kABytes = kBM * kBK, kBBytes = kTileN * kBK;
   static constexpr int kSliceBytes = kBN * kBK;  // one slice of b in a stage
+  // Cluster: the rows of the b tile (and its bytes) each CTA loads and multicasts.
+  static constexpr int kBRowsPerCta = kTileN / kCluster, kBBytesPerCta = kBBytes / kCluster;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kScaleBytes = kTileN * 4;  // 1D1D: a k-block's column scales of the tile
   static constexpr int kAcc = kBN / 2;  // fp32 accumulators per thread and slice (m64 x kBN / 128)
@@ -115,6 +124,8 @@ struct Cfg {
   static_assert(kFp8Block % kBN == 0, "a slice's columns share one block of b's scales");
   static_assert(kSplit == 1 || kBN == kFp8Block, "slice s of a tile is b's scale block n0/128 + s");
   static_assert(kTileN <= 256, "a TMA box has at most 256 rows");
+  static_assert(kCluster == 1 || kCluster == 2, "pairs of CTAs");
+  static_assert(kBBytesPerCta % 1024 == 0, "each CTA's part of b starts on a swizzle atom");
 };
 
 __device__ inline int64_t index_at(const Args& a, int i) {
@@ -124,6 +135,18 @@ __device__ inline int64_t index_at(const Args& a, int i) {
 
 __device__ inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Tile t of this block's walk. kCluster 2 (dense): t counts pairs of m tiles (block_m 2 kBM)
+// by n tiles, and CTA rank r of the cluster takes m tile 2 pair + r.
+template <int kCluster>
+__device__ __forceinline__ fp8_schedule::Tile block_tile(int t, const Groups& gs, const Args& a,
+                                                         int tiles_m, int kBM, int kTileN,
+                                                         uint32_t rank) {
+  fp8_schedule::Tile tl =
+      fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM * kCluster, kTileN);
+  tl.row0 += static_cast<int>(rank) * kBM;
+  return tl;
 }
 
 // Fills the group tables (all threads of the block call it; ends with a barrier).
@@ -190,12 +213,14 @@ __device__ inline void store2(uint16_t* d, int64_t i, float v0, float v1, bool b
 
 // kRowScales: b has 1x128 row scales (1D1D, wgrad), one per output column and k-block, copied
 // with each stage from a.sbt; else one 128x128 block scale per 128 columns and k-block.
-template <int kConsumers, int kBN, int kStages, int kSplit, class OutT, bool kRowScales>
-__global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThreads, 1)
+template <int kConsumers, int kBN, int kStages, int kSplit, int kCluster, class OutT,
+          bool kRowScales>
+__global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit, kCluster>::kThreads, 1)
     gemm_fp8_wgmma_kernel(const __grid_constant__ CUtensorMap tm_a,
                           const __grid_constant__ CUtensorMap tm_b, const Args a) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Cfg<kConsumers, kBN, kStages, kSplit>;
+  using C = Cfg<kConsumers, kBN, kStages, kSplit, kCluster>;
+  constexpr bool kMulticast = kCluster > 1;
   constexpr int kTileN = C::kTileN;
   constexpr int kBM = C::kBM;
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -209,30 +234,45 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
     tma_prefetch_descriptor(&tm_a);
     tma_prefetch_descriptor(&tm_b);
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);                // the producer's expect_tx arrival
-      mbar_init(&empty[s], 4 * kConsumers);  // one arrival per consumer warp
+      mbar_init(&full[s], 1);  // the producer's expect_tx arrival
+      mbar_init(&empty[s], 4 * kConsumers * kCluster);  // each consumer warp of the cluster
     }
     fence_barrier_init();
   }
   build_groups<kBM>(a, gs);  // ends with __syncthreads: the barriers are visible too
-  const int tiles_m = gs.tile_start[a.groups];
+  // A peer's multicasts and arrivals reach this CTA's barriers only once they are initialized.
+  if constexpr (kMulticast) cluster_sync();
+  const uint32_t rank = kMulticast ? cluster_ctarank() : 0;
+  // Work units: tiles, or (cluster) pairs of m tiles by n tiles, walked by blocks or clusters.
+  const int tiles_m = (gs.tile_start[a.groups] + kCluster - 1) / kCluster;
   const int tiles = tiles_m * a.tiles_n;
+  const int first = kMulticast ? static_cast<int>(cluster_id_x()) : static_cast<int>(blockIdx.x);
+  const int stride = kMulticast ? static_cast<int>(cluster_count_x()) : static_cast<int>(gridDim.x);
   const int wg = static_cast<int>(threadIdx.x / 128);
 
   if (wg == 0) {  // producer warpgroup: one thread issues every copy
     if constexpr (kConsumers == 2) setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       uint32_t it = 0;
-      for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
-        const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kTileN);
-        const int b_row = tl.g * a.n + tl.n0;
+      for (int t = first; t < tiles; t += stride) {
+        const Tile tl = block_tile<kCluster>(t, gs, a, tiles_m, kBM, kTileN, rank);
+        // this CTA's rows of the b tile (all of them without a cluster)
+        const int b_row = tl.g * a.n + tl.n0 + static_cast<int>(rank) * C::kBRowsPerCta;
         for (int kb = 0; kb < a.kbs; ++kb, ++it) {
           const uint32_t s = it % kStages, phase = (it / kStages) & 1;
-          mbar_wait(&empty[s], phase ^ 1);
+          mbar_wait<kMulticast>(&empty[s], phase ^ 1);
           uint8_t* st = smem + s * C::kStageBytes;
+          // The whole stage arrives here: a, this CTA's half of b and the peer's multicast half.
           mbar_arrive_expect_tx(&full[s], C::kStageBytes + (kRowScales ? C::kScaleBytes : 0));
-          tma_load_2d(st, &tm_a, &full[s], kb * kBK, tl.row0);
-          tma_load_2d(st + C::kABytes, &tm_b, &full[s], kb * kBK, b_row);
+          // A cluster's m tile past M (the odd last one) reads rows it will not store:
+          // valid ones, not a box wholly outside the matrix.
+          tma_load_2d(st, &tm_a, &full[s], kb * kBK,
+                      kMulticast && tl.row0 >= a.rows_total ? 0 : tl.row0);
+          if constexpr (kMulticast)
+            tma_load_2d_multicast(st + C::kABytes + rank * C::kBBytesPerCta, &tm_b, &full[s],
+                                  kb * kBK, b_row, static_cast<uint16_t>((1u << kCluster) - 1));
+          else
+            tma_load_2d(st + C::kABytes, &tm_b, &full[s], kb * kBK, b_row);
           if constexpr (kRowScales)
             bulk_load_1d(col_scales + s * kTileN, a.sbt + int64_t{kb} * a.sbt_pitch + tl.n0,
                          C::kScaleBytes, &full[s]);
@@ -249,8 +289,8 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
 #pragma unroll
     for (int i = 0; i < C::kAcc; ++i) part[i] = 0.0f;
     uint32_t it = 0;
-    for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
-      const Tile tl = fp8_schedule::tile_at(t, gs, a.groups, tiles_m, a.tiles_n, kBM, kTileN);
+    for (int t = first; t < tiles; t += stride) {
+      const Tile tl = block_tile<kCluster>(t, gs, a, tiles_m, kBM, kTileN, rank);
       const int r_lo = tl.row0 + 64 * c + 16 * warp + g8, r_hi = r_lo + 8;
       const float* sa_lo = a.sa + int64_t{min(r_lo, a.rows_total - 1)} * a.kbs;
       const float* sa_hi = a.sa + int64_t{min(r_hi, a.rows_total - 1)} * a.kbs;
@@ -289,7 +329,10 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
           // (no lambda for the release: a call between wgmmas would make ptxas serialize them)
           if (!kRowScales && h == kSplit - 1) {
             __syncwarp();
-            if (lane == 0) mbar_arrive(&empty[s]);
+            if (lane == 0) {
+              mbar_arrive(&empty[s]);
+              if constexpr (kMulticast) mbar_arrive_cluster(&empty[s], rank ^ 1u);
+            }
           }
           float* ac = acc[h];
           if constexpr (kRowScales) {
@@ -306,7 +349,10 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
             if (h == kSplit - 1) {
               fence_proxy_async_smem();
               __syncwarp();
-              if (lane == 0) mbar_arrive(&empty[s]);
+              if (lane == 0) {
+                mbar_arrive(&empty[s]);
+                if constexpr (kMulticast) mbar_arrive_cluster(&empty[s], rank ^ 1u);
+              }
             }
           } else {
             const float s_lo = a_lo * b_s[h], s_hi = a_hi * b_s[h];
@@ -336,6 +382,8 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
         }
     }
   }
+  // No CTA leaves while its peer may still arrive on its barriers (the last stages' releases).
+  if constexpr (kMulticast) cluster_sync();
 #else
   // Built for another architecture: wgmma does not exist there; the host never launches this.
   (void)tm_a;
@@ -345,26 +393,61 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit>::kThread
 #endif
 }
 
-template <int kConsumers, int kBN, int kStages, int kSplit, class OutT, bool kRowScales>
-void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int grid,
-            cudaStream_t s) {
-  using C = Cfg<kConsumers, kBN, kStages, kSplit>;
-  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, kSplit, OutT, kRowScales>;
+// units: output tiles, or (cluster) pairs of m tiles by n tiles. The grid: one block per
+// multiprocessor at most, or as many clusters as can be resident at once (cudaOccupancyMax-
+// ActiveClusters, asked once per kernel and device).
+template <int kConsumers, int kBN, int kStages, int kSplit, int kCluster, class OutT,
+          bool kRowScales>
+void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int64_t units,
+            int dev, cudaStream_t s) {
+  using C = Cfg<kConsumers, kBN, kStages, kSplit, kCluster>;
+  auto* kernel = gemm_fp8_wgmma_kernel<kConsumers, kBN, kStages, kSplit, kCluster, OutT, kRowScales>;
   opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), C::kSmem);
-  kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
-  R1_CUDA_CHECK_LAUNCH();
+  if constexpr (kCluster == 1) {
+    const int grid = static_cast<int>(std::min<int64_t>(units, sm_count(dev)));
+    kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
+    R1_CUDA_CHECK_LAUNCH();
+  } else {
+    cudaLaunchConfig_t cfg{};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kCluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.blockDim = dim3(C::kThreads);
+    cfg.dynamicSmemBytes = C::kSmem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    static std::array<std::atomic<int>, kMaxDevices> resident{};  // clusters; 0: not asked yet
+    std::atomic<int>& r = resident.at(static_cast<size_t>(dev));
+    if (r.load(std::memory_order_relaxed) == 0) {
+      cfg.gridDim = dim3(static_cast<unsigned>(sm_count(dev) / kCluster * kCluster));
+      int n = 0;
+      R1_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
+      R1_CHECK(n > 0, "gemm_fp8_wgmma: no cluster of {} blocks of {} bytes of shared memory "
+               "fits this GPU", kCluster, C::kSmem);
+      r.store(n, std::memory_order_relaxed);
+    }
+    cfg.gridDim = dim3(static_cast<unsigned>(
+        kCluster * std::min<int64_t>(units, r.load(std::memory_order_relaxed))));
+    R1_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ta, tb, args));
+  }
 }
 
-// The compiled configurations (block_m, block_n, stages): 2 or 1 consumer warpgroups, 256 (two
-// slices of 128), 128 or 64 columns; stages fill about 192 KB of shared memory.
+// The compiled configurations (block_m, block_n, stages, cluster): 2 or 1 consumer
+// warpgroups, 256 (two slices of 128), 128 or 64 columns; stages fill about 192 KB of shared
+// memory; clusters of 2 (dense only) for the two largest tiles.
 template <class OutT, bool kRowScales>
 void launch_config(const Fp8WgmmaConfig& c, const CUtensorMap& ta, const CUtensorMap& tb,
-                   const Args& args, int grid, cudaStream_t s) {
-  if (c == Fp8WgmmaConfig{128, 256, 4}) launch<2, 128, 4, 2, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, 1, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, 1, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, 1, OutT, kRowScales>(ta, tb, args, grid, s);
-  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, 1, OutT, kRowScales>(ta, tb, args, grid, s);
+                   const Args& args, int64_t units, int dev, cudaStream_t s) {
+  if (c == Fp8WgmmaConfig{128, 256, 4}) launch<2, 128, 4, 2, 1, OutT, kRowScales>(ta, tb, args, units, dev, s);
+  else if (c == Fp8WgmmaConfig{128, 128, 6}) launch<2, 128, 6, 1, 1, OutT, kRowScales>(ta, tb, args, units, dev, s);
+  else if (c == Fp8WgmmaConfig{128, 64, 8}) launch<2, 64, 8, 1, 1, OutT, kRowScales>(ta, tb, args, units, dev, s);
+  else if (c == Fp8WgmmaConfig{64, 128, 8}) launch<1, 128, 8, 1, 1, OutT, kRowScales>(ta, tb, args, units, dev, s);
+  else if (c == Fp8WgmmaConfig{64, 64, 8}) launch<1, 64, 8, 1, 1, OutT, kRowScales>(ta, tb, args, units, dev, s);
+  else if (c == Fp8WgmmaConfig{128, 256, 4, 2}) launch<2, 128, 4, 2, 2, OutT, kRowScales>(ta, tb, args, units, dev, s);
+  else if (c == Fp8WgmmaConfig{128, 128, 6, 2}) launch<2, 128, 6, 1, 2, OutT, kRowScales>(ta, tb, args, units, dev, s);
   else R1_CHECK(false, "gemm_fp8_wgmma: configuration {} is not compiled", c.name());
 }
 
@@ -388,9 +471,10 @@ std::optional<Fp8WgmmaConfig> parse_config(const std::string& s) {
   Fp8WgmmaConfig c;
   char x1 = 0, x2 = 0;
   std::istringstream in(s);
-  if (!(in >> c.block_m >> x1 >> c.block_n >> x2 >> c.stages) || x1 != 'x' || x2 != 'x' ||
-      !in.eof())
+  if (!(in >> c.block_m >> x1 >> c.block_n >> x2 >> c.stages) || x1 != 'x' || x2 != 'x')
     return std::nullopt;
+  if (in.peek() == 'c' && !(in.get() && in >> c.cluster)) return std::nullopt;  // "...c2"
+  if (in.peek() != std::char_traits<char>::eof()) return std::nullopt;  // nothing after it
   const auto& all = fp8_wgmma_configs();
   if (std::find(all.begin(), all.end(), c) == all.end()) return std::nullopt;
   return c;
@@ -451,7 +535,9 @@ void run(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q, const Ten
   R1_CHECK(rows_total < (int64_t{1} << 31) && groups * n < (int64_t{1} << 31) &&
                k < (int64_t{1} << 31),
            "{}: sizes exceed 32-bit tile coordinates", what);
-  const Fp8WgmmaConfig c = config ? *config : fp8_wgmma_choose(dev, rows_total / groups, n, k);
+  Fp8WgmmaConfig c = config ? *config : fp8_wgmma_choose(dev, rows_total / groups, n, k);
+  // A cluster's pairs of m tiles are dense rows: the grouped forms run its tile alone.
+  if (mode != kDense) c.cluster = 1;
   DeviceGuard guard(dev);
   const cudaStream_t s = current_stream(dev);
   const size_t out_bytes = d.dtype() == DType::F32 ? 4 : 2;
@@ -470,12 +556,14 @@ void run(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q, const Ten
   args.nbs = static_cast<int>(fp8_blocks(n));
   args.tiles_n = static_cast<int>((n + c.block_n - 1) / c.block_n);
   args.vec_store = n % 2 == 0 && reinterpret_cast<uintptr_t>(d.data_ptr()) % (2 * out_bytes) == 0;
-  const int64_t tiles = ((tile_bound_m + c.block_m - 1) / c.block_m + (mode == kDense ? 0 : groups)) *
+  // Work units (tiles; a cluster's pairs of m tiles), an upper bound for the grid.
+  const int64_t m_units = (tile_bound_m + c.block_m - 1) / c.block_m;
+  const int64_t units = ((m_units + c.cluster - 1) / c.cluster + (mode == kDense ? 0 : groups)) *
                         args.tiles_n;
-  const int grid = static_cast<int>(std::min<int64_t>(tiles, sm_count(dev)));
-  if (grid == 0) return;
+  if (units == 0) return;
   const CUtensorMap ta = map_rows(a_q, rows_total, k, c.block_m);
-  const CUtensorMap tb = map_rows(b_q, groups * n, k, c.block_n);
+  // b's box: each CTA of a cluster loads (and multicasts) its share of the tile's rows.
+  const CUtensorMap tb = map_rows(b_q, groups * n, k, c.block_n / c.cluster);
   // 1D1D: the row scales (n, kbs) transposed, so a k-block's column scales are contiguous,
   // and padded with zeros to a pitch of whole 256-column tiles, so that the producer copies a
   // tile's scales as one aligned 1-d bulk copy (a small copy; freed in stream order after the
@@ -490,25 +578,32 @@ void run(const Tensor& a_q, const Tensor& a_scales, const Tensor& b_q, const Ten
     args.sbt_pitch = static_cast<int>(pitch);
   }
   if (d.dtype() == DType::F32) {
-    if (rows) launch_config<float, true>(c, ta, tb, args, grid, s);
-    else launch_config<float, false>(c, ta, tb, args, grid, s);
+    if (rows) launch_config<float, true>(c, ta, tb, args, units, dev, s);
+    else launch_config<float, false>(c, ta, tb, args, units, dev, s);
   } else {
-    if (rows) launch_config<uint16_t, true>(c, ta, tb, args, grid, s);
-    else launch_config<uint16_t, false>(c, ta, tb, args, grid, s);
+    if (rows) launch_config<uint16_t, true>(c, ta, tb, args, units, dev, s);
+    else launch_config<uint16_t, false>(c, ta, tb, args, units, dev, s);
   }
 }
 
 }  // namespace
 
 std::string Fp8WgmmaConfig::name() const {
-  return std::to_string(block_m) + "x" + std::to_string(block_n) + "x" + std::to_string(stages);
+  std::string s =
+      std::to_string(block_m) + "x" + std::to_string(block_n) + "x" + std::to_string(stages);
+  if (cluster > 1) {  // appended, not "c" + to_string: GCC 12 warns (-Wrestrict) on that
+    s += 'c';
+    s += std::to_string(cluster);
+  }
+  return s;
 }
 
 const std::vector<Fp8WgmmaConfig>& fp8_wgmma_configs() {
-  // The newest tile last: the tests and the sweep run them in this order, and a fault in one
+  // The newest last: the tests and the sweep run them in this order, and a fault in one
   // (before it has run on a GPU) should not hide the others' results.
   static const std::vector<Fp8WgmmaConfig> all = {
-      {128, 128, 6}, {128, 64, 8}, {64, 128, 8}, {64, 64, 8}, {128, 256, 4}};
+      {128, 128, 6}, {128, 64, 8}, {64, 128, 8}, {64, 64, 8}, {128, 256, 4},
+      {128, 128, 6, 2}, {128, 256, 4, 2}};
   return all;
 }
 

@@ -17,10 +17,12 @@
 namespace r1::cuda {
 
 // One compiled configuration: block_m = 64 x consumer warpgroups (64 or 128), block_n (64,
-// 128, or 256 as two slices of 128 with block_m 128), shared-memory stages.
+// 128, or 256 as two slices of 128 with block_m 128), shared-memory stages, and cluster: 1, or
+// 2 CTAs that take two m tiles of the same n tile and multicast b to each other (dense only:
+// the grouped forms run such a configuration's tile without the cluster).
 struct Fp8WgmmaConfig {
-  int block_m = 128, block_n = 128, stages = 6;
-  std::string name() const;  // "128x128x6"
+  int block_m = 128, block_n = 128, stages = 6, cluster = 1;
+  std::string name() const;  // "128x128x6", "128x256x4c2"
   bool operator==(const Fp8WgmmaConfig&) const = default;
 };
 const std::vector<Fp8WgmmaConfig>& fp8_wgmma_configs();
