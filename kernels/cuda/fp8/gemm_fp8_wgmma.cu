@@ -256,8 +256,10 @@ __global__ void __launch_bounds__(Cfg<kConsumers, kBN, kStages, kSplit, kCluster
       uint32_t it = 0;
       for (int t = first; t < tiles; t += stride) {
         const Tile tl = block_tile<kCluster>(t, gs, a, tiles_m, kBM, kTileN, rank);
-        // this CTA's rows of the b tile (all of them without a cluster)
-        const int b_row = tl.g * a.n + tl.n0 + static_cast<int>(rank) * C::kBRowsPerCta;
+        // this CTA's rows of the b tile (all of them without a cluster); a cluster's second
+        // half wholly past N (its columns are not stored) reads valid rows instead, as a does
+        int b_row = tl.g * a.n + tl.n0 + static_cast<int>(rank) * C::kBRowsPerCta;
+        if (kMulticast && b_row >= a.n) b_row = 0;
         for (int kb = 0; kb < a.kbs; ++kb, ++it) {
           const uint32_t s = it % kStages, phase = (it / kStages) & 1;
           mbar_wait<kMulticast>(&empty[s], phase ^ 1);
@@ -476,7 +478,8 @@ std::optional<Fp8WgmmaConfig> parse_config(const std::string& s) {
   if (in.peek() == 'c' && !(in.get() && in >> c.cluster)) return std::nullopt;  // "...c2"
   if (in.peek() != std::char_traits<char>::eof()) return std::nullopt;  // nothing after it
   const auto& all = fp8_wgmma_configs();
-  if (std::find(all.begin(), all.end(), c) == all.end()) return std::nullopt;
+  // Compiled, and spelled as name() spells it (not "...c1" or "...c 2").
+  if (std::find(all.begin(), all.end(), c) == all.end() || c.name() != s) return std::nullopt;
   return c;
 }
 
@@ -635,11 +638,11 @@ Fp8WgmmaConfig fp8_wgmma_choose(int device, int64_t m, int64_t n, int64_t k) {
   // Logged once per shape class (the table's key and the choice; a training run has a
   // handful), the message formatted only then: this runs on every GEMM call.
   static std::mutex mu;
-  static std::set<std::tuple<int, int64_t, int64_t, int, int, int>> logged;
+  static std::set<std::tuple<int, int64_t, int64_t, int, int, int, int>> logged;
   bool first;
   {
     std::lock_guard<std::mutex> lock(mu);
-    first = logged.insert({device, n, k, c.block_m, c.block_n, c.stages}).second;
+    first = logged.insert({device, n, k, c.block_m, c.block_n, c.stages, c.cluster}).second;
   }
   if (first) {
     const std::string from =
