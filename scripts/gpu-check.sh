@@ -291,6 +291,7 @@ for dev in cuda cpu; do
   lim=$(cap 120)
   off r1-toy-lm && lim=0
   ((lim == 0)) && { skip "r1-toy-lm-$dev"; continue; }
+  rm -rf "$out/toy-$dev"  # a rerun into the same --out starts afresh, not from the last run
   timeout "$lim" "$bundle/bin/r1-toy-lm" --device "$dev" --steps "${R1_TOY_STEPS:-100}" \
     --out "$out/toy-$dev" >"$out/toy-$dev.log" 2>&1 ||
     { echo "gpu-check: r1-toy-lm --device $dev failed (rc $?), tail:"; tail -5 "$out/toy-$dev.log"; status=1; }
@@ -309,6 +310,7 @@ if [[ -f $bundle/base/config.json && -x $bundle/bin/r1-pretrain ]]; then
       lim=$(cap 120)
       off r1-pretrain && lim=0
       ((lim == 0)) && { skip "r1-pretrain-$prec-$dev"; continue; }
+      rm -rf "$out/pretrain-$prec-$dev"  # r1-pretrain would resume a previous check's run
       timeout "$lim" "$bundle/bin/r1-pretrain" --config "$bundle/base/config.json" \
         --tokenizer "$bundle/base/tokenizer.json" --docs 3000 --precision "$prec" \
         --steps "${R1_GPU_PRETRAIN_STEPS:-30}" --device "$dev" \
@@ -345,6 +347,7 @@ json.dump(c, open(sys.argv[3], "w"), indent=1)' configs/grpo/tiny.json "$R1_GPU_
     fi
     inv=0
     [[ $dev == cuda ]] && inv=${R1_GPU_INVARIANT_GEMM:-1} && echo "$inv" >"$out/grpo-invariant-cuda.txt"
+    rm -rf "$out/grpo-$dev"  # r1-grpo would resume a previous check's run from its checkpoint
     R1_INVARIANT_GEMM=$inv timeout "$lim" "$bundle/bin/r1-grpo" --init "$bundle/base" --out "$out/grpo-$dev" \
       --config "$grpo_cfg" --holdout "$bundle/base/heldout.jsonl" \
       --max-steps "${R1_GPU_GRPO_STEPS:-60}" --device "$dev" >"$out/grpo-$dev.log" 2>&1 ||
