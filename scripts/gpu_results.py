@@ -161,7 +161,7 @@ def device_runs(out, stem):
     return runs
 
 
-def toy(out, stem="toy"):
+def device_pair(out, stem):
     """A training run on cuda vs cpu (<stem>-cuda, <stem>-cpu: the toy LM, or r1-pretrain):
     per-step loss agreement and tokens/s."""
     runs = device_runs(out, stem)
@@ -368,8 +368,8 @@ def main():
     commit = manifest[0] if manifest else "commit unknown"
     ctx, rows = bench(a.out)
     _, fp8_rows = bench(a.out, "bench_fp8.json")
-    e2e = toy(a.out)
-    pre = {p: toy(a.out, f"pretrain-{p}") for p in ("default", "fp8")}
+    e2e = device_pair(a.out, "toy")
+    pre = {p: device_pair(a.out, f"pretrain-{p}") for p in ("default", "fp8")}
     rl = grpo(a.out)
     ts = tests(a.out)
     san = sanitizer(a.out)
