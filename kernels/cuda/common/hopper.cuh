@@ -114,6 +114,25 @@ __device__ inline uint32_t cluster_count_x() {
   asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
   return r;
 }
+// Host side: a launch of `grid` blocks in clusters of `cluster` along x (cudaLaunchKernelEx;
+// grid a multiple of cluster). attr holds the cluster attribute the config points to.
+inline cudaLaunchConfig_t cluster_launch_config(unsigned grid, unsigned block, size_t smem,
+                                                cudaStream_t s, unsigned cluster,
+                                                cudaLaunchAttribute& attr) {
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 // Every thread of every CTA of the cluster: what each did to shared memory (its own or a
 // peer's: barrier inits, arrivals) before it is visible to all after. Not .aligned: the
 // threads of a warp may reach it apart (the producer warp's idle lanes).

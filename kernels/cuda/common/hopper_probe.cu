@@ -244,18 +244,9 @@ Tensor hopper_probe_multicast(const Tensor& src) {
   R1_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0xff, out.nbytes(), current_stream(dev)));
   const int smem = static_cast<int>(rows) * 128 + 1024;
   opt_in_dynamic_smem(reinterpret_cast<const void*>(multicast_probe_kernel), smem);
-  cudaLaunchConfig_t cfg{};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(2);
-  cfg.blockDim = dim3(kProbeThreads);
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-  cfg.stream = current_stream(dev);
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_launch_config(2, kProbeThreads, static_cast<size_t>(smem),
+                                                       current_stream(dev), 2, attr);
   R1_CUDA_CHECK(cudaLaunchKernelEx(&cfg, multicast_probe_kernel, map, out.data<uint8_t>(),
                                    static_cast<int>(rows)));
   return out;

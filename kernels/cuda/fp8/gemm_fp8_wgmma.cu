@@ -410,22 +410,14 @@ void launch(const CUtensorMap& ta, const CUtensorMap& tb, const Args& args, int6
     kernel<<<grid, C::kThreads, C::kSmem, s>>>(ta, tb, args);
     R1_CUDA_CHECK_LAUNCH();
   } else {
-    cudaLaunchConfig_t cfg{};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kCluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.blockDim = dim3(C::kThreads);
-    cfg.dynamicSmemBytes = C::kSmem;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = cluster_launch_config(
+        static_cast<unsigned>(sm_count(dev) / kCluster * kCluster), C::kThreads, C::kSmem, s,
+        kCluster, attr);
     static std::array<std::atomic<int>, kMaxDevices> resident{};  // clusters; 0: not asked yet
     std::atomic<int>& r = resident.at(static_cast<size_t>(dev));
     if (r.load(std::memory_order_relaxed) == 0) {
-      cfg.gridDim = dim3(static_cast<unsigned>(sm_count(dev) / kCluster * kCluster));
-      int n = 0;
+      int n = 0;  // with the grid of one block per multiprocessor set above
       R1_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
       R1_CHECK(n > 0, "gemm_fp8_wgmma: no cluster of {} blocks of {} bytes of shared memory "
                "fits this GPU", kCluster, C::kSmem);
