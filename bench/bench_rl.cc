@@ -36,6 +36,8 @@
 
 #include "engine/autograd.h"
 #include "engine/determinism.h"
+#include "engine/device.h"
+#include "engine/error.h"
 #include "engine/ops.h"
 #include "engine/ops_grpo.h"
 #include "engine/optim.h"
@@ -165,7 +167,12 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
       r1::g_config = argv[++i];
     } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
-      r1::g_device = r1::Device::parse(argv[++i]);
+      try {
+        r1::g_device = r1::device_from_flag(argv[++i]);
+      } catch (const r1::InputError& e) {
+        std::fprintf(stderr, "bench_rl: %s\n", e.what());
+        return 2;
+      }
     } else if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
       const std::string d = argv[++i];
       if (d != "f32" && d != "bf16") {
@@ -183,10 +190,6 @@ int main(int argc, char** argv) {
     } else {
       rest.push_back(argv[i]);
     }
-  }
-  if (!r1::device_available(r1::g_device.type)) {
-    std::fprintf(stderr, "bench_rl: --device %s: not available here\n", r1::g_device.str().c_str());
-    return 2;
   }
   int n = static_cast<int>(rest.size());
   benchmark::Initialize(&n, rest.data());

@@ -67,6 +67,22 @@ bool device_available(DeviceType t) {
   return rt.allocate != nullptr && rt.device_count() > 0;
 }
 
+Device device_from_flag(const std::string& value, const std::string& flag) {
+  Device d;
+  try {
+    d = Device::parse(value);
+  } catch (const InputError&) {
+    throw InputError(fmt::format("{} {}: expected cpu, cuda or cuda:N", flag, value));
+  }
+  const DeviceRuntime& rt = runtimes()[static_cast<int>(d.type)];
+  R1_INPUT_CHECK(rt.allocate != nullptr, "{} {}: not available here (r1 was built without CUDA)",
+                 flag, value);
+  const int count = rt.device_count();
+  R1_INPUT_CHECK(d.index < count, "{} {}: not available here ({} {} device{})", flag, value,
+                 count, d.is_cuda() ? "CUDA" : "CPU", count == 1 ? "" : "s");
+  return d;
+}
+
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device d) {
   void* p = device_runtime(d.type).allocate(nbytes, d);
   return std::make_shared<Storage>(p, nbytes, d, &storage_free);

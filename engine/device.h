@@ -68,6 +68,10 @@ struct DeviceRuntime {
 void register_device_runtime(DeviceType t, const DeviceRuntime& rt);
 const DeviceRuntime& device_runtime(DeviceType t);  // throws if that backend is not built
 bool device_available(DeviceType t);                // built and at least one device present
+// A command line's device flag (`--device cuda:1`): parsed, and present on this machine (the
+// backend built, the index below its device count); otherwise InputError naming the flag and
+// the value, one line, before the program has done anything.
+Device device_from_flag(const std::string& value, const std::string& flag = "--device");
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device d);
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n);

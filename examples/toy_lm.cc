@@ -148,9 +148,7 @@ void make_batch(const Options& o, int64_t step, r1::Device dev, r1::Tensor* ids,
 }
 
 int run(const Options& o) {
-  const r1::Device dev = r1::Device::parse(o.device);
-  R1_INPUT_CHECK(r1::device_available(dev.type), "--device {}: no {} device available here",
-                 o.device, dev.is_cuda() ? "CUDA" : "CPU");
+  const r1::Device dev = r1::device_from_flag(o.device);
   std::filesystem::create_directories(o.out);
   Model m = init_model(o, dev);
   std::vector<r1::Tensor> params = m.params();

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "engine/autograd.h"
+#include "engine/device.h"
+#include "engine/error.h"
 #include "engine/rng.h"
 #include "engine/tensor.h"
 #include "tests/harness.h"
@@ -84,6 +86,26 @@ TEST(Tensor, RandomIsSeededAndPlausible) {
   v /= a.size();
   EXPECT_NEAR(m, 0.0, 0.1);   // 6 sigma of the sample mean
   EXPECT_NEAR(v, 1.0, 0.15);
+}
+
+// A --device flag: parsed and checked against this machine in one place (every binary's flag),
+// each refusal an InputError that names the flag and the value.
+TEST(Device, FlagIsParsedAndMustBePresent) {
+  EXPECT_EQ(device_from_flag("cpu"), Device::cpu());
+  const auto refused = [](const std::string& v, const std::string& why) {
+    try {
+      device_from_flag(v, "--dev");
+      ADD_FAILURE() << v << " was accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("--dev " + v + ": " + why), std::string::npos)
+          << e.what();
+    }
+  };
+  refused("tpu", "expected cpu, cuda or cuda:N");
+  refused("cuda:x", "expected cpu, cuda or cuda:N");
+  refused("cuda:1023", "not available here");  // no machine has that many GPUs
+  if (device_available(DeviceType::CUDA)) EXPECT_EQ(device_from_flag("cuda"), Device::cuda(0));
+  else refused("cuda", "not available here");
 }
 
 TEST(Philox, KnownAnswers) {

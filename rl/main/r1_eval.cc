@@ -39,8 +39,7 @@ int run(const Options& o) {
   const std::vector<data::PromptRecord> recs = data::read_prompts(o.prompts);
   R1_INPUT_CHECK(!recs.empty(), "{}: no prompts", o.prompts);
   R1_INPUT_CHECK(o.templ == "r1_zero" || o.templ == "r1_zero_short", "--template {}: r1_zero or r1_zero_short", o.templ);
-  const Device dev = Device::parse(o.device);
-  R1_INPUT_CHECK(device_available(dev.type), "--device {}: not available here", o.device);
+  const Device dev = device_from_flag(o.device);
   DeepseekV3 model(cfg, load_checkpoint(o.checkpoint, cfg, DType::F32, dev), 1024);
   const int32_t eos = *tok.token_to_id(data::kEos);
   rl::GenerationConfig gc;

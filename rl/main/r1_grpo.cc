@@ -62,8 +62,7 @@ int run(const Options& o) {
   if (!o.holdout.empty())
     for (const data::PromptRecord& r : data::read_prompts(o.holdout)) exclude.insert(r.prompt);
 
-  const Device dev = Device::parse(o.device);
-  R1_INPUT_CHECK(device_available(dev.type), "--device {}: not available here", o.device);
+  const Device dev = device_from_flag(o.device);
   ParamMap params = load_checkpoint(src, mcfg, DType::F32, dev);
   for (auto& [name, t] : params)
     if (name.find("e_score_correction_bias") == std::string::npos) t.set_requires_grad();

@@ -140,8 +140,7 @@ int run(const Options& o) {
           }))
         throw InputError(o.config + ": --fp8-keep " + k + " names no projection of the model");
   }
-  const Device dev = Device::parse(o.device);
-  R1_INPUT_CHECK(device_available(dev.type), "--device {}: not available here", o.device);
+  const Device dev = device_from_flag(o.device);
   fs::create_directories(o.out);  // after the checks of the options: a refused run leaves nothing
   const std::string ckpt = o.out + "/checkpoint";
   const bool resume = rl::has_run_checkpoint(ckpt);

@@ -55,8 +55,7 @@ int run(const Options& o) {
   const ModelConfig cfg = load_model_config(o.checkpoint + "/config.json");
   const data::Tokenizer tok = data::Tokenizer::from_file(o.checkpoint + "/tokenizer.json");
   const std::vector<std::string> texts = read_prompt_texts(o.prompts);
-  const Device dev = Device::parse(o.device);
-  R1_INPUT_CHECK(device_available(dev.type), "--device {}: not available here", o.device);
+  const Device dev = device_from_flag(o.device);
   DeepseekV3 model(cfg, load_checkpoint(o.checkpoint, cfg, DType::F32, dev), cfg.max_position_embeddings);
   std::vector<std::vector<int32_t>> prompts;
   for (const auto& t : texts) prompts.push_back(tok.encode(o.templ == "none" ? t : rl::render_prompt(o.templ, t), true));

@@ -226,6 +226,7 @@ TEST(CliErrors, BadInputIsOneLineAndExitCode2) {
   EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --tasks nope --steps 1"), 2);
   EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --docs 50 --val-rows 100000 --steps 1"), 2);
   EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --device tpu --steps 1"), 2);
+  EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --device cuda:1023 --steps 1"), 2);
   if (!r1::device_available(r1::DeviceType::CUDA)) {  // a device the machine does not have
     EXPECT_EQ(run(kBin + "/r1-pretrain --out " + dir + "/p --device cuda --steps 1"), 2);
   }
