@@ -420,6 +420,7 @@ int sweep(const std::vector<std::string>& base_args, const std::vector<TuneShape
         const std::vector<std::string> f = split(line, '\t');
         const std::string& kind = f[0];
         const size_t i = f.size() > 1 && kind != "gpu" ? std::stoul(f[1]) : 0;
+        if (i >= shapes.size()) throw r1::Error(fmt::format("r1-fp8-tune: a worker said '{}'", line));
         if (kind == "nogpu") {
           std::printf("r1-fp8-tune: no Hopper (sm_90) GPU here, or built without CUDA; nothing to tune\n");
           fclose(in);
@@ -536,8 +537,12 @@ int main(int argc, char** argv) {
   }
   const std::vector<TuneShape> shapes = make_shapes(ms, nks, wgrad_ks);
   if (worker_from) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a parent killed (a time limit) takes its worker along
-    if (getppid() == 1) return 1;
+    // A parent killed (a time limit) takes its worker along; one that died before the signal
+    // was armed has left this process reparented. (Not getppid() == 1: a parent that is
+    // itself PID 1, a container's entry point, is alive.)
+    const pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) return 1;
     FILE* f = fdopen(kChannelFd, "w");
     if (f == nullptr) {
       std::fprintf(stderr, "r1-fp8-tune: --worker is internal (it reports on fd %d)\n",
